@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/modproxy/modproxy/sumdb"
+)
+
+// StatusError is an upstream's non-200 answer.
+type StatusError struct {
+	Upstream string
+	Status   int
+	Msg      string // first line of the body, trimmed
+}
+
+func (e *StatusError) Error() string {
+	msg := e.Msg
+	if msg == "" {
+		msg = http.StatusText(e.Status)
+	}
+	return fmt.Sprintf("upstream %s: %d %s", e.Upstream, e.Status, msg)
+}
+
+// notFound reports whether the upstream says it does not have the
+// artifact. 403 counts: mirrors and artifact managers answer it for
+// modules they do not carry (and the public mirror for modules it refuses),
+// and the go command would otherwise stop at the first such upstream.
+func (e *StatusError) notFound() bool {
+	return e.Status == http.StatusNotFound || e.Status == http.StatusGone || e.Status == http.StatusForbidden
+}
+
+// errCircuitOpen is returned for an upstream skipped by its circuit breaker.
+var errCircuitOpen = errors.New("circuit open after repeated failures")
+
+// errBadContent marks an upstream answer that failed validation (garbage).
+var errBadContent = errors.New("invalid content")
+
+// HTTPError is an error with the status and one-line message that the
+// proxy's client sees.
+type HTTPError struct {
+	Status int
+	Msg    string
+	Err    error
+}
+
+func (e *HTTPError) Error() string { return e.Msg }
+func (e *HTTPError) Unwrap() error { return e.Err }
+
+func notFoundf(format string, args ...any) *HTTPError {
+	return &HTTPError{Status: http.StatusNotFound, Msg: "not found: " + fmt.Sprintf(format, args...)}
+}
+
+// upstreamFailure sums up why no upstream could serve req.
+func upstreamFailure(req Request, errs []error) *HTTPError {
+	if len(errs) == 0 {
+		return &HTTPError{Status: http.StatusBadGateway, Msg: fmt.Sprintf("%s: no upstream configured for this module", req)}
+	}
+	allNotFound, gone := true, false
+	status := http.StatusBadGateway
+	var mm *sumdb.MismatchError
+	var parts []string
+	for _, err := range errs {
+		parts = append(parts, oneLine(err.Error()))
+		var se *StatusError
+		if errors.As(err, &se) && se.notFound() {
+			gone = gone || se.Status == http.StatusGone
+			continue
+		}
+		allNotFound = false
+		if isTimeout(err) {
+			status = http.StatusGatewayTimeout
+		}
+		if errors.As(err, &mm) {
+			status = http.StatusBadGateway
+		}
+	}
+	if allNotFound {
+		st := http.StatusNotFound
+		if gone {
+			st = http.StatusGone
+		}
+		return &HTTPError{Status: st, Msg: fmt.Sprintf("not found: %s: %s", req, strings.Join(parts, "; ")), Err: errors.Join(errs...)}
+	}
+	if mm != nil {
+		return &HTTPError{Status: http.StatusBadGateway, Msg: fmt.Sprintf("checksum mismatch: %s", strings.Join(parts, "; ")), Err: errors.Join(errs...)}
+	}
+	return &HTTPError{Status: status, Msg: fmt.Sprintf("%s: upstreams failed: %s", req, strings.Join(parts, "; ")), Err: errors.Join(errs...)}
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// oneLine keeps error text on a single line for one-line response bodies.
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\r", " ")
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// UpstreamError is a failure to get an answer from an upstream (connection,
+// timeout, truncated or invalid content).
+type UpstreamError struct {
+	Upstream string
+	Err      error
+}
+
+func (e *UpstreamError) Error() string { return fmt.Sprintf("upstream %s: %v", e.Upstream, e.Err) }
+func (e *UpstreamError) Unwrap() error { return e.Err }

@@ -1,0 +1,507 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/mod/modfile"
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/semver"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/modproxy/modproxy/cache"
+)
+
+// Limits on metadata answers from upstreams; anything larger is garbage.
+const (
+	maxInfoSize = 64 << 10
+	maxListSize = 16 << 20
+	maxModSize  = 16 << 20 // golang.org/x/mod/zip.MaxGoMod
+)
+
+// Config configures a Fetcher and the Server built on it.
+type Config struct {
+	Store *cache.Store
+	// Client sends every upstream request. Its transport should bound
+	// connect, first-byte and idle-body time, not the whole request (large
+	// zips must not time out while still flowing).
+	Client *http.Client
+	// Upstreams is the public upstream list (GOPROXY syntax, parsed).
+	Upstreams []Upstream
+	// PrivateUpstreams serve module paths matching Private; those paths
+	// are never sent to a public upstream.
+	PrivateUpstreams []Upstream
+	// Private is a comma-separated list of module path glob patterns
+	// (GOPRIVATE syntax).
+	Private string
+	// Verifier checks .mod and .zip files against the checksum database;
+	// nil stores unverified.
+	Verifier Verifier
+	// Health orders upstreams and trips circuit breakers; nil means plain
+	// list order.
+	Health Health
+	// Offline serves only what is stored.
+	Offline bool
+	// ListTTL is how long list and @latest answers stay fresh.
+	ListTTL time.Duration
+	// NegativeTTL is how long an upstream's not-found answer is remembered.
+	NegativeTTL time.Duration
+	// SpoolDir holds zips while they download; default os.TempDir().
+	SpoolDir string
+	// MetadataTimeout bounds one metadata fetch across all upstreams.
+	MetadataTimeout time.Duration
+	// HoldBack is how much of a zip is buffered, and for how long, before
+	// it is streamed to waiting clients. A zip that completes within the
+	// hold-back is verified before its first byte is sent, so a bad copy
+	// can still be answered with a clean error and replaced by the next
+	// upstream's; past it, a bad copy aborts the clients' connections.
+	HoldBackBytes int64
+	HoldBackTime  time.Duration
+	Logger        *slog.Logger
+	Metrics       *Metrics
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.Client == nil {
+		c.Client = http.DefaultClient
+	}
+	if c.ListTTL <= 0 {
+		c.ListTTL = 5 * time.Minute
+	}
+	if c.NegativeTTL <= 0 {
+		c.NegativeTTL = time.Minute
+	}
+	if c.MetadataTimeout <= 0 {
+		c.MetadataTimeout = 2 * time.Minute
+	}
+	if c.HoldBackBytes <= 0 {
+		c.HoldBackBytes = 8 << 20
+	}
+	if c.HoldBackTime <= 0 {
+		c.HoldBackTime = 300 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Fetcher gets artifacts from the store or, on a miss, from the upstreams,
+// verifying and storing them. Concurrent identical misses share one fetch.
+// Fetches run on the Fetcher's own context, not the requesting client's, so
+// that a client going away does not waste a download others wait for.
+type Fetcher struct {
+	cfg    Config
+	store  *cache.Store
+	health Health
+	log    *slog.Logger
+	m      *Metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	meta singleflight.Group
+	neg  *negativeCache
+
+	zipMu      sync.Mutex
+	zipFlights map[cache.Key]*zipFlight
+}
+
+// NewFetcher returns a Fetcher; Close stops its background fetches.
+func NewFetcher(cfg Config) (*Fetcher, error) {
+	cfg.setDefaults()
+	if cfg.Store == nil {
+		return nil, errors.New("proxy: no store")
+	}
+	if !cfg.Offline && len(cfg.Upstreams) == 0 && len(cfg.PrivateUpstreams) == 0 {
+		return nil, errors.New("proxy: no upstream (use offline mode to serve only the store)")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Fetcher{
+		cfg:        cfg,
+		store:      cfg.Store,
+		health:     cfg.Health,
+		log:        cfg.Logger,
+		m:          cfg.Metrics,
+		ctx:        ctx,
+		cancel:     cancel,
+		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
+		zipFlights: make(map[cache.Key]*zipFlight),
+	}, nil
+}
+
+// Close cancels in-flight fetches and waits for them to stop.
+func (f *Fetcher) Close() {
+	f.cancel()
+	f.wg.Wait()
+}
+
+// upstreamsFor returns the upstreams that may serve module path, and
+// whether it is private.
+func (f *Fetcher) upstreamsFor(path string) ([]Upstream, bool) {
+	if f.cfg.Private != "" && module.MatchPrefixPatterns(f.cfg.Private, path) {
+		return f.cfg.PrivateUpstreams, true
+	}
+	return f.cfg.Upstreams, false
+}
+
+// get sends one GET to upstream u and returns the response when it is 200.
+func (f *Fetcher) get(ctx context.Context, u Upstream, p string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/"+p, nil)
+	if err != nil {
+		return nil, &UpstreamError{Upstream: u.Name(), Err: err}
+	}
+	req.Header.Set("User-Agent", "modproxy")
+	resp, err := f.cfg.Client.Do(req)
+	if err != nil {
+		return nil, &UpstreamError{Upstream: u.Name(), Err: err}
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		resp.Body.Close()
+		msg, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n")
+		return nil, &StatusError{Upstream: u.Name(), Status: resp.StatusCode, Msg: msg}
+	}
+	return resp, nil
+}
+
+// getSmall fetches a small file from u, refusing bodies over limit.
+func (f *Fetcher) getSmall(ctx context.Context, u Upstream, p string, limit int64) ([]byte, error) {
+	resp, err := f.get(ctx, u, p)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("read %s: %w", p, err)}
+	}
+	if int64(len(data)) > limit {
+		return nil, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: %s larger than %d bytes", errBadContent, p, limit)}
+	}
+	if resp.ContentLength >= 0 && int64(len(data)) != resp.ContentLength {
+		return nil, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("read %s: truncated: %d of %d bytes", p, len(data), resp.ContentLength)}
+	}
+	return data, nil
+}
+
+// Artifact is a small artifact ready to serve.
+type Artifact struct {
+	Data     []byte
+	Meta     cache.Meta
+	Cache    string // hit, miss, stale, bypass
+	Route    route
+	Modified time.Time
+}
+
+// result of a shared metadata fetch.
+type metaResult struct {
+	data  []byte
+	meta  cache.Meta
+	route route
+}
+
+// fetchShared runs fetch once for all concurrent callers with the same key,
+// on the Fetcher's context, and returns when it is done or ctx is.
+func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch func(context.Context) (metaResult, error)) (metaResult, bool, error) {
+	ch := f.meta.DoChan(key, func() (any, error) {
+		f.wg.Add(1)
+		defer f.wg.Done()
+		fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
+		defer cancel()
+		return fetch(fctx)
+	})
+	select {
+	case r := <-ch:
+		if r.Shared {
+			f.m.fetchShared.WithLabelValues(string(kind)).Inc()
+		}
+		if r.Err != nil {
+			return metaResult{}, r.Shared, r.Err
+		}
+		return r.Val.(metaResult), r.Shared, nil
+	case <-ctx.Done():
+		return metaResult{}, false, ctx.Err()
+	}
+}
+
+// Small returns the .info or .mod file named by req (canonical version).
+func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
+	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
+	data, meta, err := f.store.Get(key)
+	if err == nil {
+		return &Artifact{Data: data, Meta: meta, Cache: "hit", Modified: meta.Created}, nil
+	}
+	if !errors.Is(err, cache.ErrNotFound) {
+		return nil, fmt.Errorf("read %s from store: %w", req, err)
+	}
+	if f.cfg.Offline {
+		return nil, notFoundf("%s is not in the store (offline mode)", req)
+	}
+	if herr := f.neg.get(req.String() + "." + string(req.Kind)); herr != nil {
+		return nil, herr
+	}
+	ups, private := f.upstreamsFor(req.Module)
+	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+		got, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) (verified, error) {
+			return f.fetchSmall(ctx, u, req)
+		})
+		if rt.upstream == "" {
+			f.m.fetches.WithLabelValues(string(req.Kind), "error").Inc()
+			herr := upstreamFailure(req, errs)
+			if len(ups) == 0 {
+				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
+			}
+			f.neg.put(req.String()+"."+string(req.Kind), herr)
+			return metaResult{}, herr
+		}
+		m := cache.Meta{Upstream: rt.upstream, Hash: got.hash}
+		stored, err := f.store.Put(key, bytes.NewReader(got.data), m)
+		if err != nil {
+			return metaResult{}, fmt.Errorf("store %s: %w", req, err)
+		}
+		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
+		return metaResult{data: got.data, meta: stored, route: rt}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Artifact{Data: res.data, Meta: res.meta, Cache: "miss", Route: res.route, Modified: res.meta.Created}, nil
+}
+
+// verified is an upstream answer with the checksum-database hash it was
+// verified against ("" when exempt or unverified).
+type verified struct {
+	data []byte
+	hash string
+}
+
+// fetchSmall fetches and validates one .info or .mod file from u. A .mod
+// is verified against the checksum database here, inside the upstream
+// attempt, so that a mismatch falls through to the next upstream.
+func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (verified, error) {
+	limit := int64(maxInfoSize)
+	if req.Kind == KindMod {
+		limit = maxModSize
+	}
+	data, err := f.getSmall(ctx, u, req.URLPath(), limit)
+	if err != nil {
+		return verified{}, err
+	}
+	v := verified{data: data}
+	switch req.Kind {
+	case KindInfo:
+		if err := checkInfo(data, req.Version); err != nil {
+			return verified{}, &UpstreamError{Upstream: u.Name(), Err: err}
+		}
+	case KindMod:
+		if _, err := modfile.ParseLax("go.mod", data, nil); err != nil {
+			return verified{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: go.mod of %s: %v", errBadContent, req, err)}
+		}
+		if f.cfg.Verifier != nil && !f.cfg.Verifier.Exempt(req.Module) {
+			if v.hash, err = f.cfg.Verifier.VerifyMod(ctx, req.Module, req.Version, data); err != nil {
+				return verified{}, &UpstreamError{Upstream: u.Name(), Err: err}
+			}
+		}
+	}
+	return v, nil
+}
+
+// infoJSON is the .info and @latest answer format.
+type infoJSON struct {
+	Version string
+	Time    time.Time
+}
+
+// checkInfo validates an .info answer; want is "" for queries.
+func checkInfo(data []byte, want string) error {
+	var info infoJSON
+	if err := json.Unmarshal(data, &info); err != nil {
+		return fmt.Errorf("%w: .info is not JSON: %v", errBadContent, err)
+	}
+	if !isCanonical(info.Version) {
+		return fmt.Errorf("%w: .info names version %q, which is not canonical", errBadContent, info.Version)
+	}
+	if want != "" && info.Version != want {
+		return fmt.Errorf("%w: .info for %s names version %q", errBadContent, want, info.Version)
+	}
+	return nil
+}
+
+// Query resolves a non-canonical version query (.info) through the
+// upstreams. Answers are not stored under the query's name.
+func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
+	if f.cfg.Offline {
+		return nil, notFoundf("%s: version queries need an upstream (offline mode)", req)
+	}
+	ups, private := f.upstreamsFor(req.Module)
+	if len(ups) == 0 {
+		return nil, notFoundf("%s is private and no private upstream is configured", req.Module)
+	}
+	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) ([]byte, error) {
+			data, err := f.getSmall(ctx, u, req.URLPath(), maxInfoSize)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkInfo(data, ""); err != nil {
+				return nil, &UpstreamError{Upstream: u.Name(), Err: err}
+			}
+			return data, nil
+		})
+		if rt.upstream == "" {
+			return metaResult{}, upstreamFailure(req, errs)
+		}
+		return metaResult{data: data, route: rt}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Artifact{Data: res.data, Cache: "bypass", Route: res.route, Modified: f.cfg.Now()}, nil
+}
+
+// Mutable returns a list or @latest answer: fresh from the store within
+// ListTTL, else from the upstreams, else stale from the store (Cache
+// "stale") when every upstream fails.
+func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
+	key := string(req.Kind) + "/" + req.Module
+	entry, err := f.store.GetMeta(key)
+	haveStored := err == nil
+	if err != nil && !errors.Is(err, cache.ErrNotFound) {
+		return nil, fmt.Errorf("read %s from store: %w", req, err)
+	}
+	now := f.cfg.Now()
+	if haveStored && now.Sub(entry.Fetched) < f.cfg.ListTTL {
+		return &Artifact{Data: entry.Value, Cache: "hit", Modified: entry.Fetched}, nil
+	}
+	if f.cfg.Offline {
+		if haveStored {
+			return &Artifact{Data: entry.Value, Cache: "stale", Modified: entry.Fetched}, nil
+		}
+		return f.synthesize(req, "offline mode")
+	}
+	if herr := f.neg.get(key); herr != nil {
+		return nil, herr
+	}
+	ups, private := f.upstreamsFor(req.Module)
+	res, _, err := f.fetchShared(ctx, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) ([]byte, error) {
+			data, err := f.getSmall(ctx, u, req.URLPath(), maxListSize)
+			if err != nil {
+				return nil, err
+			}
+			if req.Kind == KindLatest {
+				if err := checkInfo(data, ""); err != nil {
+					return nil, &UpstreamError{Upstream: u.Name(), Err: err}
+				}
+			} else if data, err = cleanList(data); err != nil {
+				return nil, &UpstreamError{Upstream: u.Name(), Err: err}
+			}
+			return data, nil
+		})
+		if rt.upstream == "" {
+			herr := upstreamFailure(req, errs)
+			if len(ups) == 0 {
+				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
+			}
+			if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+				f.neg.put(key, herr)
+			}
+			return metaResult{}, herr
+		}
+		if err := f.store.PutMeta(key, data); err != nil {
+			return metaResult{}, fmt.Errorf("store %s: %w", req, err)
+		}
+		return metaResult{data: data, route: rt}, nil
+	})
+	if err == nil {
+		return &Artifact{Data: res.data, Cache: "miss", Route: res.route, Modified: now}, nil
+	}
+	var herr *HTTPError
+	if errors.As(err, &herr) && (herr.Status == http.StatusNotFound || herr.Status == http.StatusGone) {
+		return nil, err
+	}
+	// Every upstream failed: serve what we have, and say it is stale.
+	if haveStored {
+		f.log.Warn("serving stale metadata", "request", req.String(), "fetched", entry.Fetched, "err", err)
+		return &Artifact{Data: entry.Value, Cache: "stale", Modified: entry.Fetched}, nil
+	}
+	if a, serr := f.synthesize(req, "upstreams failed"); serr == nil {
+		f.log.Warn("serving metadata synthesized from the store", "request", req.String(), "err", err)
+		return a, nil
+	}
+	return nil, err
+}
+
+// synthesize answers list or @latest from the versions in the store, for
+// offline mode and for when every upstream fails before a list was ever
+// stored.
+func (f *Fetcher) synthesize(req Request, why string) (*Artifact, error) {
+	versions, err := f.store.Versions(req.Module)
+	if err != nil {
+		return nil, fmt.Errorf("read versions of %s: %w", req.Module, err)
+	}
+	if len(versions) == 0 {
+		return nil, notFoundf("%s is not in the store (%s)", req, why)
+	}
+	if req.Kind == KindList {
+		var b strings.Builder
+		for _, v := range versions {
+			if module.IsPseudoVersion(v) {
+				continue // the protocol's list omits pseudo-versions
+			}
+			b.WriteString(v)
+			b.WriteByte('\n')
+		}
+		return &Artifact{Data: []byte(b.String()), Cache: "stale", Modified: f.cfg.Now()}, nil
+	}
+	best := versions[len(versions)-1]
+	for i := len(versions) - 1; i >= 0; i-- {
+		if semver.Prerelease(versions[i]) == "" {
+			best = versions[i]
+			break
+		}
+	}
+	data, _, err := f.store.Get(cache.Key{Path: req.Module, Version: best, Kind: cache.KindInfo})
+	if err != nil {
+		return nil, fmt.Errorf("read %s@%s.info: %w", req.Module, best, err)
+	}
+	return &Artifact{Data: data, Cache: "stale", Modified: f.cfg.Now()}, nil
+}
+
+// cleanList validates a list answer: one version per line; blank lines are
+// dropped and lines that are not valid versions are refused.
+func cleanList(data []byte) ([]byte, error) {
+	var b bytes.Buffer
+	for line := range strings.SplitSeq(string(data), "\n") {
+		v := strings.TrimSpace(line)
+		if v == "" {
+			continue
+		}
+		// Some proxies append a timestamp after the version.
+		v, _, _ = strings.Cut(v, " ")
+		if !semver.IsValid(v) {
+			return nil, fmt.Errorf("%w: list has invalid version %q", errBadContent, v)
+		}
+		b.WriteString(v)
+		b.WriteByte('\n')
+	}
+	return b.Bytes(), nil
+}

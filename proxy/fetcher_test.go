@@ -1,0 +1,625 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/testupstream"
+	"github.com/modproxy/modproxy/sumdb"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// httptest servers' idle keep-alive connections close lazily.
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+	)
+}
+
+var testModules = []testupstream.Module{
+	{Path: "example.com/hello", Version: "v1.0.0", Files: map[string]string{"hello.go": "package hello\n"}},
+	{Path: "example.com/hello", Version: "v1.1.0", Files: map[string]string{"hello.go": "package hello\n// v1.1\n"}},
+	{Path: "github.com/Upper/Case", Version: "v0.1.0", Files: map[string]string{"case.go": "package uppercase\n"}},
+}
+
+func newUpstream(t *testing.T, mods ...testupstream.Module) *testupstream.Server {
+	t.Helper()
+	if len(mods) == 0 {
+		mods = testModules
+	}
+	up, err := testupstream.New(mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	return up
+}
+
+type env struct {
+	t     *testing.T
+	store *cache.Store
+	f     *Fetcher
+	srv   *httptest.Server
+	now   atomic.Pointer[time.Time]
+}
+
+// newEnv starts a proxy Server over a fresh store with the given upstream
+// list (GOPROXY syntax); cfg adjusts the Config.
+func newEnv(t *testing.T, list string, cfg func(*Config)) *env {
+	t.Helper()
+	e := &env{t: t}
+	st, err := cache.Open(filepath.Join(t.TempDir(), "modproxy.db"), cache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store = st
+	now := time.Now()
+	e.now.Store(&now)
+	c := Config{Store: st, ListTTL: time.Minute, Now: func() time.Time { return *e.now.Load() }, SpoolDir: t.TempDir()}
+	if list != "" {
+		ups, err := ParseUpstreams(list)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Upstreams = ups
+	}
+	c.Client = &http.Client{Transport: &http.Transport{}}
+	if cfg != nil {
+		cfg(&c)
+	}
+	e.f, err = NewFetcher(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = httptest.NewServer(NewServer(e.f, ServerOptions{}))
+	t.Cleanup(func() {
+		e.srv.CloseClientConnections()
+		e.srv.Close()
+		e.f.Close()
+		c.Client.CloseIdleConnections()
+		if err := st.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return e
+}
+
+func (e *env) advance(d time.Duration) {
+	n := e.now.Load().Add(d)
+	e.now.Store(&n)
+}
+
+type response struct {
+	status int
+	body   string
+	header http.Header
+}
+
+func (e *env) get(path string, hdr ...string) response {
+	e.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+path, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("GET %s: read body: %v", path, err)
+	}
+	return response{resp.StatusCode, string(b), resp.Header}
+}
+
+func (e *env) mustGet(path string, wantStatus int) response {
+	e.t.Helper()
+	r := e.get(path)
+	if r.status != wantStatus {
+		e.t.Fatalf("GET %s = %d %q, want %d", path, r.status, r.body, wantStatus)
+	}
+	return r
+}
+
+func TestLazyArtifactsAndHits(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+
+	r := e.mustGet("/example.com/hello/@v/v1.0.0.info", 200)
+	if !strings.Contains(r.body, `"Version":"v1.0.0"`) || r.header.Get("Content-Type") != "application/json" {
+		t.Errorf("info = %q (%s)", r.body, r.header.Get("Content-Type"))
+	}
+	if up.Count(".zip") != 0 || up.Count(".mod") != 0 {
+		t.Errorf(".info miss fetched more than .info: %v", up.Requests())
+	}
+	e.mustGet("/example.com/hello/@v/v1.0.0.mod", 200)
+	if up.Count(".zip") != 0 {
+		t.Errorf(".mod miss fetched the zip: %v", up.Requests())
+	}
+	// Hits never go upstream again.
+	for range 3 {
+		r = e.mustGet("/example.com/hello/@v/v1.0.0.mod", 200)
+	}
+	if n := up.Count("v1.0.0.mod"); n != 1 {
+		t.Errorf("upstream saw %d .mod requests, want 1", n)
+	}
+	if r.header.Get(headerCache) != "hit" || !strings.Contains(r.header.Get("Cache-Control"), "immutable") || r.header.Get("ETag") == "" {
+		t.Errorf("hit headers: %v", r.header)
+	}
+	// Case-encoded paths.
+	r = e.mustGet("/github.com/!upper/!case/@v/v0.1.0.mod", 200)
+	if r.body != "module github.com/Upper/Case\n" {
+		t.Errorf("mod = %q", r.body)
+	}
+}
+
+func TestStatusSemantics(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+	tests := []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/example.com/nosuch/@v/list", 404, "not found: "},
+		{"/example.com/hello/@v/v9.9.9.info", 404, "not found: "},
+		{"/example.com/hello/@v/v2.0.0.mod", 404, "not found: "},
+		{"/Bad.Path/@v/list", 400, "invalid"},
+		{"/example.com/hello", 400, "invalid request path"},
+		{"/example.com/hello/@v/master.zip", 404, "not canonical"},
+	}
+	for _, tt := range tests {
+		r := e.get(tt.path)
+		if r.status != tt.status || !strings.HasPrefix(r.body, tt.body) && !strings.Contains(r.body, tt.body) {
+			t.Errorf("GET %s = %d %q, want %d containing %q", tt.path, r.status, r.body, tt.status, tt.body)
+		}
+		if strings.Count(strings.TrimSpace(r.body), "\n") != 0 {
+			t.Errorf("GET %s: body is not one line: %q", tt.path, r.body)
+		}
+	}
+	resp, err := http.Post(e.srv.URL+"/example.com/hello/@v/list", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST = %d", resp.StatusCode)
+	}
+}
+
+func TestUpstreamListSemantics(t *testing.T) {
+	const path = "/example.com/hello/@v/v1.0.0.info"
+	tests := []struct {
+		name      string
+		sep       string
+		fault     testupstream.Fault
+		status    int
+		secondHit bool
+	}{
+		{"comma 404 falls through", ",", testupstream.Fault{Status: 404}, 200, true},
+		{"comma 410 falls through", ",", testupstream.Fault{Status: 410}, 200, true},
+		{"comma 403 falls through", ",", testupstream.Fault{Status: 403}, 200, true},
+		{"comma 500 stops", ",", testupstream.Fault{Status: 500}, 502, false},
+		{"comma reset stops", ",", testupstream.Fault{Reset: true}, 502, false},
+		{"comma garbage stops", ",", testupstream.Fault{Garbage: true}, 502, false},
+		{"pipe 500 falls through", "|", testupstream.Fault{Status: 500}, 200, true},
+		{"pipe reset falls through", "|", testupstream.Fault{Reset: true}, 200, true},
+		{"pipe garbage falls through", "|", testupstream.Fault{Garbage: true}, 200, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			first, second := newUpstream(t), newUpstream(t)
+			first.SetFaults(tt.fault)
+			e := newEnv(t, first.URL()+tt.sep+second.URL(), nil)
+			r := e.get(path)
+			if r.status != tt.status {
+				t.Fatalf("status %d %q, want %d", r.status, r.body, tt.status)
+			}
+			if got := second.Count("v1.0.0.info") > 0; got != tt.secondHit {
+				t.Errorf("second upstream asked = %v, want %v", got, tt.secondHit)
+			}
+			if tt.status == 200 && r.header.Get(headerUpstream) != second.URL() {
+				t.Errorf("%s = %q, want %q", headerUpstream, r.header.Get(headerUpstream), second.URL())
+			}
+			if tt.status == 502 && !strings.Contains(r.body, first.URL()) {
+				t.Errorf("502 body does not name the upstream: %q", r.body)
+			}
+		})
+	}
+}
+
+func TestAllNotFoundIs404AndNegativeCached(t *testing.T) {
+	a, b := newUpstream(t), newUpstream(t)
+	a.SetFaults(testupstream.Fault{Status: 403})
+	e := newEnv(t, a.URL()+","+b.URL(), nil)
+	for range 3 {
+		r := e.get("/example.com/missing/@v/list")
+		if r.status != 404 || !strings.HasPrefix(r.body, "not found: ") {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
+	}
+	if n := b.Count("/example.com/missing/"); n != 1 {
+		t.Errorf("upstream asked %d times within the negative TTL, want 1", n)
+	}
+	e.advance(2 * time.Minute)
+	e.get("/example.com/missing/@v/list")
+	if n := b.Count("/example.com/missing/"); n != 2 {
+		t.Errorf("upstream asked %d times after the negative TTL, want 2", n)
+	}
+}
+
+func TestListFreshStaleAndOffline(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+	r := e.mustGet("/example.com/hello/@v/list", 200)
+	if r.body != "v1.0.0\nv1.1.0\n" {
+		t.Errorf("list = %q", r.body)
+	}
+	e.mustGet("/example.com/hello/@v/list", 200)
+	if n := up.Count("/@v/list"); n != 1 {
+		t.Errorf("fresh list refetched: %d upstream requests", n)
+	}
+	e.mustGet("/example.com/hello/@latest", 200)
+
+	// Past the TTL with the upstream gone: stale, and it says so.
+	up.Close()
+	e.advance(2 * time.Minute)
+	r = e.mustGet("/example.com/hello/@v/list", 200)
+	if r.header.Get(headerCache) != "stale" || r.header.Get("X-Modproxy-Stale") == "" || r.body != "v1.0.0\nv1.1.0\n" {
+		t.Errorf("stale list: %q %v", r.body, r.header)
+	}
+	r = e.mustGet("/example.com/hello/@latest", 200)
+	if r.header.Get(headerCache) != "stale" || !strings.Contains(r.body, "v1.1.0") {
+		t.Errorf("stale latest: %q %v", r.body, r.header)
+	}
+}
+
+func TestOfflineSynthesizesFromStore(t *testing.T) {
+	up := newUpstream(t)
+	dir := t.TempDir()
+	dbPath := filepath.Join(dir, "db")
+	st, err := cache.Open(dbPath, cache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, _ := ParseUpstreams(up.URL())
+	f, err := NewFetcher(Config{Store: st, Upstreams: ups, Client: &http.Client{Transport: &http.Transport{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, v := range []string{"v1.0.0", "v1.1.0"} {
+		if _, err := f.Small(ctx, Request{Module: "example.com/hello", Kind: KindInfo, Version: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+
+	off, err := NewFetcher(Config{Store: st, Offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer off.Close()
+	defer st.Close()
+	a, err := off.Mutable(ctx, Request{Module: "example.com/hello", Kind: KindList})
+	if err != nil || string(a.Data) != "v1.0.0\nv1.1.0\n" {
+		t.Fatalf("offline list = %v, %v", a, err)
+	}
+	a, err = off.Mutable(ctx, Request{Module: "example.com/hello", Kind: KindLatest})
+	if err != nil || !strings.Contains(string(a.Data), "v1.1.0") {
+		t.Fatalf("offline latest = %v, %v", a, err)
+	}
+	_, err = off.Small(ctx, Request{Module: "example.com/hello", Kind: KindMod, Version: "v1.0.0"})
+	var herr *HTTPError
+	if !errors.As(err, &herr) || herr.Status != 404 || !strings.Contains(herr.Msg, "offline") {
+		t.Fatalf("offline miss = %v", err)
+	}
+	if up.Count("") != 2 {
+		t.Errorf("offline fetcher reached the upstream: %v", up.Requests())
+	}
+}
+
+func TestQueriesPassThroughUnstored(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+	r := e.mustGet("/example.com/hello/@v/master.info", 200)
+	if !strings.Contains(r.body, "v1.1.0") || r.header.Get(headerCache) != "bypass" {
+		t.Errorf("query: %q %v", r.body, r.header)
+	}
+	e.mustGet("/example.com/hello/@v/master.info", 200)
+	if n := up.Count("master.info"); n != 2 {
+		t.Errorf("query answered from store: %d upstream requests", n)
+	}
+	err := e.store.Walk(func(k cache.Key, m cache.Meta) error {
+		return fmt.Errorf("stored %v", k)
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+func TestConcurrentMissesShareOneFetch(t *testing.T) {
+	up := newUpstream(t)
+	up.SetFaults(testupstream.Fault{Delay: 200 * time.Millisecond})
+	e := newEnv(t, up.URL(), nil)
+	paths := []string{"/example.com/hello/@v/v1.0.0.mod", "/example.com/hello/@v/v1.0.0.zip", "/example.com/hello/@v/list"}
+	var wg sync.WaitGroup
+	for range 10 {
+		for _, p := range paths {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := e.srv.Client().Get(e.srv.URL + p)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Errorf("GET %s = %d", p, resp.StatusCode)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for _, p := range paths {
+		if n := up.Requests()[p]; n != 1 {
+			t.Errorf("%s fetched %d times, want 1", p, n)
+		}
+	}
+}
+
+func TestZipHTTPDetails(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+	const p = "/example.com/hello/@v/v1.0.0.zip"
+	want := string(up.Zip("example.com/hello", "v1.0.0"))
+	r := e.mustGet(p, 200)
+	if r.body != want || r.header.Get("Content-Type") != "application/zip" || r.header.Get(headerCache) != "miss" {
+		t.Fatalf("zip miss: %d bytes, headers %v", len(r.body), r.header)
+	}
+	r = e.mustGet(p, 200)
+	if r.body != want || r.header.Get(headerCache) != "hit" || r.header.Get("Content-Length") != fmt.Sprint(len(want)) {
+		t.Fatalf("zip hit: %d bytes, headers %v", len(r.body), r.header)
+	}
+	etag := r.header.Get("ETag")
+	if r := e.get(p, "Range", "bytes=10-19"); r.status != 206 || r.body != want[10:20] {
+		t.Errorf("range: %d %q", r.status, r.body)
+	}
+	if r := e.get(p, "If-None-Match", etag); r.status != 304 {
+		t.Errorf("If-None-Match: %d", r.status)
+	}
+	if r := e.get(p, "If-Modified-Since", time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)); r.status != 304 {
+		t.Errorf("If-Modified-Since: %d", r.status)
+	}
+	req, _ := http.NewRequest(http.MethodHead, e.srv.URL+"/example.com/hello/@v/v1.1.0.zip", nil)
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ContentLength != int64(len(up.Zip("example.com/hello", "v1.1.0"))) {
+		t.Errorf("HEAD of a missing zip: %d, length %d", resp.StatusCode, resp.ContentLength)
+	}
+}
+
+func TestBadZipsCommitNothing(t *testing.T) {
+	tests := []struct {
+		name  string
+		fault testupstream.Fault
+	}{
+		{"truncated", testupstream.Fault{Truncate: true}},
+		{"garbage", testupstream.Fault{Garbage: true}},
+		{"reset", testupstream.Fault{Reset: true}},
+		{"server error", testupstream.Fault{Status: 503}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newUpstream(t)
+			tt.fault.Match = func(p string) bool { return strings.HasSuffix(p, ".zip") }
+			up.SetFaults(tt.fault)
+			e := newEnv(t, up.URL(), nil)
+			const p = "/example.com/hello/@v/v1.0.0.zip"
+			if r := e.get(p); r.status < 500 {
+				t.Fatalf("bad zip answered %d", r.status)
+			}
+			if _, err := e.store.Stat(cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.KindZip}); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("bad zip stored: %v", err)
+			}
+			up.SetFaults()
+			if r := e.get(p); r.status != 200 || r.body != string(up.Zip("example.com/hello", "v1.0.0")) {
+				t.Fatalf("after the fault cleared: %d", r.status)
+			}
+		})
+	}
+}
+
+// hashVerifier is a Verifier that knows the good SHA-256 of each file.
+type hashVerifier struct {
+	good map[string][32]byte // path@version.kind
+}
+
+func (v *hashVerifier) Exempt(path string) bool { return strings.HasPrefix(path, "private.example") }
+
+func (v *hashVerifier) check(path, version, kind string, data []byte) (string, error) {
+	sum := sha256.Sum256(data)
+	if want, ok := v.good[path+"@"+version+"."+kind]; ok && want != sum {
+		return "", &sumdb.MismatchError{Path: path, Version: version, Kind: kind, Want: fmt.Sprintf("h1:%x", want[:6]), Got: fmt.Sprintf("h1:%x", sum[:6])}
+	}
+	return fmt.Sprintf("h1:%x", sum[:6]), nil
+}
+
+func (v *hashVerifier) VerifyMod(_ context.Context, path, version string, data []byte) (string, error) {
+	return v.check(path, version, "mod", data)
+}
+
+func (v *hashVerifier) VerifyZip(_ context.Context, path, version, file string) (string, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	return v.check(path, version, "zip", data)
+}
+
+func TestChecksumMismatchFallsThroughToGoodCopy(t *testing.T) {
+	bad, good := newUpstream(t), newUpstream(t)
+	bad.SetFaults(testupstream.Fault{Tamper: true})
+	v := &hashVerifier{good: map[string][32]byte{
+		"example.com/hello@v1.0.0.zip": sha256.Sum256(good.Zip("example.com/hello", "v1.0.0")),
+		"example.com/hello@v1.0.0.mod": sha256.Sum256([]byte("module example.com/hello\n")),
+	}}
+	for _, sep := range []string{",", "|"} {
+		t.Run(sep, func(t *testing.T) {
+			e := newEnv(t, bad.URL()+sep+good.URL(), func(c *Config) { c.Verifier = v })
+			r := e.mustGet("/example.com/hello/@v/v1.0.0.zip", 200)
+			if r.body != string(good.Zip("example.com/hello", "v1.0.0")) || r.header.Get(headerUpstream) != good.URL() {
+				t.Fatalf("served %d bytes from %q", len(r.body), r.header.Get(headerUpstream))
+			}
+			r = e.mustGet("/example.com/hello/@v/v1.0.0.mod", 200)
+			if r.body != "module example.com/hello\n" {
+				t.Fatalf("mod = %q", r.body)
+			}
+		})
+	}
+	t.Run("only bad", func(t *testing.T) {
+		e := newEnv(t, bad.URL(), func(c *Config) { c.Verifier = v })
+		for _, p := range []string{"/example.com/hello/@v/v1.0.0.zip", "/example.com/hello/@v/v1.0.0.mod"} {
+			r := e.get(p)
+			if r.status != 502 || !strings.Contains(r.body, "checksum mismatch") || !strings.Contains(r.body, bad.URL()) || !strings.Contains(r.body, "example.com/hello@v1.0.0") {
+				t.Errorf("GET %s = %d %q", p, r.status, r.body)
+			}
+		}
+		n := 0
+		e.store.Walk(func(cache.Key, cache.Meta) error { n++; return nil })
+		if n != 0 {
+			t.Errorf("%d artifacts stored after mismatches", n)
+		}
+	})
+}
+
+func TestLargeZipStreamsBeforeDownloadEnds(t *testing.T) {
+	big := make([]byte, 0, 600<<10)
+	for i := 0; len(big) < 600<<10; i++ {
+		big = fmt.Appendf(big, "// line %d %x\n", i, sha256.Sum256([]byte{byte(i), byte(i >> 8)}))
+	}
+	mod := testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + string(big)}}
+	up := newUpstream(t, mod)
+	zipLen := len(up.Zip(mod.Path, mod.Version))
+	up.SetFaults(testupstream.Fault{SlowBody: 30 * time.Millisecond, Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
+	e := newEnv(t, up.URL(), func(c *Config) { c.HoldBackBytes = 64 << 10 })
+
+	start := time.Now()
+	resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	firstByte := time.Since(start)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := time.Since(start)
+	if len(rest)+1 != zipLen {
+		t.Fatalf("got %d bytes, want %d", len(rest)+1, zipLen)
+	}
+	// The body arrives in ~zipLen/32KiB slow pieces; the first byte must
+	// come well before the last (ordering, not a timing threshold).
+	if firstByte >= total/2 {
+		t.Errorf("first byte after %v of %v: the client waited for the whole download", firstByte, total)
+	}
+	if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); err != nil {
+		t.Errorf("streamed zip not stored: %v", err)
+	}
+}
+
+func TestStreamedBadZipAbortsClient(t *testing.T) {
+	big := strings.Repeat("// filler line for a large zip\n", 20000)
+	mod := testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + big}}
+	up := newUpstream(t, mod)
+	up.SetFaults(testupstream.Fault{Truncate: true, Delay: 0, Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
+	e := newEnv(t, up.URL(), func(c *Config) { c.HoldBackBytes = 1 << 10 })
+	resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
+	if err != nil {
+		return // aborted before headers: also never a clean end
+	}
+	defer resp.Body.Close()
+	_, err = io.ReadAll(resp.Body)
+	if resp.StatusCode == 200 && err == nil {
+		t.Fatal("client got a clean end of a truncated zip")
+	}
+	if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("truncated zip stored: %v", err)
+	}
+}
+
+func TestPrivateModulesUsePrivateUpstreamsOnly(t *testing.T) {
+	public := newUpstream(t)
+	private := newUpstream(t, testupstream.Module{Path: "private.example/secret", Version: "v1.0.0"})
+	e := newEnv(t, public.URL(), func(c *Config) {
+		c.Private = "private.example"
+		c.PrivateUpstreams, _ = ParseUpstreams(private.URL())
+	})
+	e.mustGet("/private.example/secret/@v/v1.0.0.mod", 200)
+	e.mustGet("/private.example/secret/@v/v1.0.0.zip", 200)
+	e.mustGet("/private.example/secret/@v/list", 200)
+	e.mustGet("/private.example/other/@v/list", 404)
+	if n := public.Count("private.example"); n != 0 {
+		t.Errorf("public upstream saw %d private requests", n)
+	}
+	e2 := newEnv(t, public.URL(), func(c *Config) { c.Private = "private.example" })
+	r := e2.mustGet("/private.example/secret/@v/v1.0.0.info", 404)
+	if !strings.Contains(r.body, "private") {
+		t.Errorf("body %q", r.body)
+	}
+	if n := public.Count("private.example"); n != 0 {
+		t.Errorf("public upstream saw %d private requests", n)
+	}
+}
+
+func TestPanicIsGeneric500(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+	srv := httptest.NewServer(NewServer(e.f, ServerOptions{Extra: map[string]http.Handler{
+		"/boom": http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("secret detail") }),
+	}}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/boom")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 500 || strings.Contains(string(b), "secret") {
+		t.Errorf("panic answered %d %q", resp.StatusCode, b)
+	}
+}
+
+func TestHealthAndReady(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+	e.mustGet("/healthz", 200)
+	e.mustGet("/readyz", 200)
+}

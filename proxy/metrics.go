@@ -1,0 +1,49 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the proxy's own Prometheus collectors.
+type Metrics struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	staleServed *prometheus.CounterVec
+	fetches     *prometheus.CounterVec
+	fetchShared *prometheus.CounterVec
+}
+
+// NewMetrics creates the proxy's collectors and registers them with reg
+// (nil: unregistered, for tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_requests_total",
+			Help: "Client requests by kind, status code and cache result (hit, miss, stale, negative, bypass).",
+		}, []string{"kind", "code", "cache"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                            "modproxy_request_duration_seconds",
+			Help:                            "Time to answer client requests, by kind and cache result.",
+			Buckets:                         prometheus.ExponentialBucketsRange(0.0001, 60, 16),
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: 0,
+		}, []string{"kind", "cache"}),
+		staleServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_stale_served_total",
+			Help: "list and @latest answers served stale because every upstream failed (or offline mode).",
+		}, []string{"kind"}),
+		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_fetches_total",
+			Help: "Upstream fetches of artifacts by kind and result (ok, error).",
+		}, []string{"kind", "result"}),
+		fetchShared: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_fetch_shared_total",
+			Help: "Client requests that joined a fetch already in flight instead of starting one.",
+		}, []string{"kind"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared)
+	}
+	return m
+}

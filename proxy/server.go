@@ -1,0 +1,286 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/modproxy/modproxy/cache"
+)
+
+// Server answers the GOPROXY protocol and the operational endpoints.
+type Server struct {
+	f   *Fetcher
+	log *slog.Logger
+	m   *Metrics
+	mux *http.ServeMux
+	// SumDB, when set, serves /sumdb/… (the checksum-database proxy).
+	sumdb http.Handler
+}
+
+// ServerOptions are the parts of a Server that are not the Fetcher's.
+type ServerOptions struct {
+	SumDB http.Handler
+	// Extra handlers mounted as-is (e.g. "/metrics", "/debug/upstreams").
+	Extra map[string]http.Handler
+}
+
+// NewServer returns a Server over f.
+func NewServer(f *Fetcher, opts ServerOptions) *Server {
+	s := &Server{f: f, log: f.log, m: f.m, sumdb: opts.SumDB, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	for p, h := range opts.Extra {
+		s.mux.Handle(p, h)
+	}
+	s.mux.HandleFunc("/", s.serveModule)
+	return s
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := s.f.store.Ping(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "store not writable: %s\n", oneLine(err.Error()))
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// ServeHTTP logs every request, recovers from panics and dispatches.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				s.logRequest(r, rec, start, "aborted")
+				panic(p)
+			}
+			s.log.Error("panic serving request", "path", r.URL.Path, "panic", fmt.Sprint(p))
+			if !rec.wrote {
+				http.Error(rec, "internal error", http.StatusInternalServerError)
+			}
+		}
+		s.logRequest(r, rec, start, "")
+	}()
+	s.mux.ServeHTTP(rec, r)
+}
+
+func (s *Server) logRequest(r *http.Request, rec *recorder, start time.Time, note string) {
+	d := time.Since(start)
+	attrs := []any{
+		"method", r.Method, "path", r.URL.Path, "status", rec.status,
+		"bytes", rec.bytes, "duration", d,
+	}
+	if c := rec.Header().Get(headerCache); c != "" {
+		attrs = append(attrs, "cache", c)
+	}
+	if u := rec.Header().Get(headerUpstream); u != "" {
+		attrs = append(attrs, "upstream", u)
+	}
+	if note != "" {
+		attrs = append(attrs, "note", note)
+	}
+	s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", argsToAttrs(attrs)...)
+	if rec.kind != "" {
+		c := rec.Header().Get(headerCache)
+		s.m.requests.WithLabelValues(rec.kind, strconv.Itoa(rec.status), c).Inc()
+		s.m.duration.WithLabelValues(rec.kind, c).Observe(d.Seconds())
+	}
+}
+
+func argsToAttrs(args []any) []slog.Attr {
+	out := make([]slog.Attr, 0, len(args)/2)
+	for i := 0; i+1 < len(args); i += 2 {
+		out = append(out, slog.Any(args[i].(string), args[i+1]))
+	}
+	return out
+}
+
+// recorder captures what was written for logs and metrics.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+	wrote  bool
+	kind   string
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.status, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.wrote = true
+	n, err := r.ResponseWriter.Write(p)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Cache-Control values: artifacts never change; list and @latest do.
+const (
+	immutableCache = "public, max-age=31536000, immutable"
+)
+
+func (s *Server) serveModule(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/sumdb/") {
+		if s.sumdb == nil {
+			http.Error(w, "not found: checksum database proxying is disabled", http.StatusNotFound)
+			return
+		}
+		if rec, ok := w.(*recorder); ok {
+			rec.kind = "sumdb"
+		}
+		s.sumdb.ServeHTTP(w, r)
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if r.URL.Path == "/" {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "modproxy: a caching Go module proxy. Use GOPROXY=<this URL>.")
+		return
+	}
+	req, err := ParsePath(r.URL.Path)
+	if err != nil {
+		var pe *PathError
+		if errors.As(err, &pe) && pe.NotFound {
+			s.fail(w, notFoundf("%s", oneLine(pe.Err.Error())))
+			return
+		}
+		s.fail(w, &HTTPError{Status: http.StatusBadRequest, Msg: oneLine(err.Error())})
+		return
+	}
+	if rec, ok := w.(*recorder); ok {
+		rec.kind = string(req.Kind)
+	}
+	ctx := r.Context()
+	switch {
+	case req.Kind == KindZip:
+		s.serveZip(w, r, req)
+	case req.Query:
+		a, err := s.f.Query(ctx, req)
+		s.serveSmall(w, r, req, a, err)
+	case req.Kind == KindInfo || req.Kind == KindMod:
+		a, err := s.f.Small(ctx, req)
+		s.serveSmall(w, r, req, a, err)
+	default:
+		a, err := s.f.Mutable(ctx, req)
+		if err == nil && a.Cache == "stale" {
+			s.m.staleServed.WithLabelValues(string(req.Kind)).Inc()
+		}
+		s.serveSmall(w, r, req, a, err)
+	}
+}
+
+func contentType(k Kind) string {
+	switch k {
+	case KindInfo, KindLatest:
+		return "application/json"
+	case KindZip:
+		return "application/zip"
+	}
+	return "text/plain; charset=utf-8"
+}
+
+func etag(sum [32]byte) string { return `"` + hex.EncodeToString(sum[:16]) + `"` }
+
+func setRoute(h http.Header, rt route) {
+	if rt.upstream != "" {
+		h.Set(headerUpstream, rt.upstream)
+		h.Set(headerDecision, rt.reason)
+	}
+}
+
+func (s *Server) serveSmall(w http.ResponseWriter, r *http.Request, req Request, a *Artifact, err error) {
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", contentType(req.Kind))
+	h.Set(headerCache, a.Cache)
+	setRoute(h, a.Route)
+	switch {
+	case req.Query:
+		h.Set("Cache-Control", "no-cache")
+	case req.Kind == KindList || req.Kind == KindLatest:
+		h.Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(s.f.cfg.ListTTL.Seconds())))
+		if a.Cache == "stale" {
+			h.Set("Warning", `110 modproxy "Response is Stale"`)
+			h.Set("X-Modproxy-Stale", a.Modified.UTC().Format(time.RFC3339))
+		}
+	default:
+		h.Set("Cache-Control", immutableCache)
+		h.Set("ETag", etag(a.Meta.SHA256))
+	}
+	http.ServeContent(w, r, "", a.Modified, bytes.NewReader(a.Data))
+}
+
+func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
+	z, err := s.f.Zip(r.Context(), req, r.Method == http.MethodGet)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	defer z.Close()
+	h := w.Header()
+	h.Set("Content-Type", contentType(KindZip))
+	h.Set(headerCache, z.Cache)
+	setRoute(h, z.Route)
+	if z.Reader != nil {
+		m := z.Reader.Meta()
+		h.Set("Cache-Control", immutableCache)
+		h.Set("ETag", etag(m.SHA256))
+		http.ServeContent(w, r, "", m.Created, z.Reader)
+		return
+	}
+	if _, err := z.serveStream(r.Context(), w); err != nil {
+		// Headers and bytes are out: abort the connection so that the
+		// client never mistakes a partial or bad zip for a whole one.
+		s.log.Warn("aborting zip stream", "module", req.Module, "version", req.Version, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// fail writes err as a status and a one-line text body.
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	if errors.Is(err, context.Canceled) {
+		return // the client went away
+	}
+	var herr *HTTPError
+	if !errors.As(err, &herr) {
+		herr = &HTTPError{Status: http.StatusInternalServerError, Msg: "internal error", Err: err}
+		if errors.Is(err, cache.ErrNotFound) {
+			herr.Status, herr.Msg = http.StatusNotFound, "not found: "+oneLine(err.Error())
+		}
+		s.log.Error("request failed", "err", err)
+	}
+	if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+		w.Header().Set(headerCache, "negative")
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(herr.Status)
+	fmt.Fprintln(w, herr.Msg)
+}

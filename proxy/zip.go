@@ -1,0 +1,340 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/mod/module"
+	modzip "golang.org/x/mod/zip"
+
+	"github.com/modproxy/modproxy/cache"
+)
+
+// errStreamFailed is the error of every upstream tried after a zip that had
+// already been streamed to clients failed: those clients are committed to
+// that copy, so the flight ends.
+var errStreamFailed = errors.New("download failed after streaming to clients began")
+
+// zipFlight is one in-progress zip download shared by every client that
+// asks for the zip meanwhile.
+//
+// A download goes to a spool file. Clients wait while the first
+// HoldBackBytes/HoldBackTime of it arrive: a zip that completes in that
+// window (most module zips) is checked, verified and committed before a
+// byte is sent, so a bad copy still gets a clean error status and the next
+// upstream's copy. A larger or slower zip is streamed to the clients from
+// the spool as it arrives; its last byte is withheld until it is verified
+// and committed, and the clients' connections are aborted if it fails, so no
+// client ever sees a clean end of a bad zip.
+type zipFlight struct {
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced on every state change
+	streaming bool          // clients may read the spool
+	spool     string        // the spool file of the streaming attempt
+	written   int64         // bytes in the spool
+	size      int64         // Content-Length of the streaming attempt, or -1
+	upstream  string        // upstream of the streaming attempt
+	done      bool
+	err       error
+	meta      cache.Meta
+	rt        route
+}
+
+func newZipFlight() *zipFlight {
+	return &zipFlight{changed: make(chan struct{}), size: -1}
+}
+
+// update changes the flight's state under its lock and wakes waiters.
+func (fl *zipFlight) update(fn func()) {
+	fl.mu.Lock()
+	fn()
+	close(fl.changed)
+	fl.changed = make(chan struct{})
+	fl.mu.Unlock()
+}
+
+// ZipResult is a zip ready to serve: either a reader of the stored zip, or a
+// stream that follows a download in progress.
+type ZipResult struct {
+	Reader *cache.Reader // non-nil when the zip is stored
+	Cache  string
+	Route  route
+	flight *zipFlight
+	spool  *os.File
+}
+
+// Close releases the reader or spool file.
+func (z *ZipResult) Close() error {
+	if z.Reader != nil {
+		return z.Reader.Close()
+	}
+	if z.spool != nil {
+		return z.spool.Close()
+	}
+	return nil
+}
+
+// Zip returns the zip named by req: from the store, or from a download
+// shared with concurrent requests. wait is false for a client that must
+// not be streamed to (HEAD), which waits for the committed zip instead.
+func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult, error) {
+	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindZip}
+	r, err := f.store.Open(key)
+	if err == nil {
+		return &ZipResult{Reader: r, Cache: "hit"}, nil
+	}
+	if !errors.Is(err, cache.ErrNotFound) {
+		return nil, fmt.Errorf("read %s from store: %w", req, err)
+	}
+	if f.cfg.Offline {
+		return nil, notFoundf("%s.zip is not in the store (offline mode)", req)
+	}
+	negKey := req.String() + ".zip"
+	if herr := f.neg.get(negKey); herr != nil {
+		return nil, herr
+	}
+
+	f.zipMu.Lock()
+	fl, joined := f.zipFlights[key]
+	if !joined {
+		fl = newZipFlight()
+		f.zipFlights[key] = fl
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.runZip(key, req, fl)
+			f.zipMu.Lock()
+			delete(f.zipFlights, key)
+			f.zipMu.Unlock()
+		}()
+	} else {
+		f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
+	}
+	f.zipMu.Unlock()
+
+	for {
+		fl.mu.Lock()
+		done, streaming, ch := fl.done, fl.streaming, fl.changed
+		if streaming && stream && !done {
+			spool, err := os.Open(fl.spool)
+			fl.mu.Unlock()
+			if err != nil {
+				return nil, fmt.Errorf("follow download of %s: %w", req, err)
+			}
+			return &ZipResult{Cache: "miss", flight: fl, spool: spool}, nil
+		}
+		ferr, rt := fl.err, fl.rt
+		fl.mu.Unlock()
+		if done {
+			if ferr != nil {
+				return nil, ferr
+			}
+			r, err := f.store.Open(key)
+			if err != nil {
+				return nil, fmt.Errorf("read %s from store after download: %w", req, err)
+			}
+			return &ZipResult{Reader: r, Cache: "miss", Route: rt}, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// runZip downloads, checks, verifies and stores one zip, trying upstreams
+// in turn, and publishes the outcome to fl.
+func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
+	ups, _ := f.upstreamsFor(req.Module)
+	meta, rt, errs := tryUpstreams(f.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
+		return f.downloadZip(ctx, key, req, u, fl)
+	})
+	var ferr error
+	if rt.upstream == "" {
+		herr := upstreamFailure(req, errs)
+		if len(ups) == 0 {
+			herr = notFoundf("%s is private and no private upstream is configured", req.Module)
+		}
+		if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+			f.neg.put(req.String()+".zip", herr)
+		}
+		ferr = herr
+		f.m.fetches.WithLabelValues(string(KindZip), "error").Inc()
+		f.log.Warn("zip fetch failed", "module", req.Module, "version", req.Version, "err", herr.Msg)
+	} else {
+		f.m.fetches.WithLabelValues(string(KindZip), "ok").Inc()
+	}
+	var spool string
+	fl.update(func() {
+		fl.done, fl.err, fl.meta, fl.rt = true, ferr, meta, rt
+		spool = fl.spool
+	})
+	if spool != "" {
+		// Followers hold open descriptors; unlinking is safe.
+		os.Remove(spool)
+	}
+}
+
+// downloadZip is one upstream attempt of runZip.
+func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight) (cache.Meta, error) {
+	fl.mu.Lock()
+	committed := fl.streaming
+	fl.mu.Unlock()
+	if committed {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: errStreamFailed}
+	}
+	resp, err := f.get(ctx, u, req.URLPath())
+	if err != nil {
+		return cache.Meta{}, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > modzip.MaxZipFile {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s is %d bytes, over the %d-byte limit", errBadContent, req, resp.ContentLength, modzip.MaxZipFile)}
+	}
+	spool, err := os.CreateTemp(f.cfg.SpoolDir, "modproxy-zip-*")
+	if err != nil {
+		return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
+	}
+	streamed := false
+	defer func() {
+		spool.Close()
+		if !streamed {
+			os.Remove(spool.Name())
+		}
+	}()
+
+	start := time.Now()
+	buf := make([]byte, 256<<10)
+	var written int64
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if written+int64(n) > modzip.MaxZipFile {
+				return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, modzip.MaxZipFile)})
+			}
+			if _, err := spool.Write(buf[:n]); err != nil {
+				return cache.Meta{}, f.failZip(fl, streamed, fmt.Errorf("spool zip of %s: %w", req, err))
+			}
+			written += int64(n)
+			if !streamed && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
+				streamed = true
+				fl.update(func() {
+					fl.streaming, fl.spool, fl.size, fl.upstream, fl.written = true, spool.Name(), resp.ContentLength, u.Name(), written
+				})
+			} else if streamed {
+				fl.update(func() { fl.written = written })
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("read zip of %s: %w", req, rerr)})
+		}
+	}
+	if resp.ContentLength >= 0 && written != resp.ContentLength {
+		return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, resp.ContentLength)})
+	}
+	mv := module.Version{Path: req.Module, Version: req.Version}
+	if cf, err := modzip.CheckZip(mv, spool.Name()); err != nil || cf.Err() != nil {
+		if err == nil {
+			err = cf.Err()
+		}
+		return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s: %v", errBadContent, req, oneLine(err.Error()))})
+	}
+	meta := cache.Meta{Upstream: u.Name(), Size: written}
+	if v := f.cfg.Verifier; v != nil && !v.Exempt(req.Module) {
+		h, err := v.VerifyZip(ctx, req.Module, req.Version, spool.Name())
+		if err != nil {
+			return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: err})
+		}
+		meta.Hash = h
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return cache.Meta{}, f.failZip(fl, streamed, fmt.Errorf("rewind spool of %s: %w", req, err))
+	}
+	stored, err := f.store.Put(key, spool, meta)
+	if err != nil {
+		return cache.Meta{}, f.failZip(fl, streamed, fmt.Errorf("store %s: %w", req, err))
+	}
+	return stored, nil
+}
+
+// failZip returns err; when the attempt had already streamed, it also
+// marks the flight so that no other upstream is tried for these clients.
+func (f *Fetcher) failZip(fl *zipFlight, streamed bool, err error) error {
+	if streamed {
+		f.log.Warn("zip failed after streaming began; aborting its clients", "err", err)
+	}
+	return err
+}
+
+// serveStream copies a download in progress to w, withholding the last
+// byte until the zip is committed, and aborts the connection if the
+// download fails.
+func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (int64, error) {
+	fl := z.flight
+	fl.mu.Lock()
+	size := fl.size
+	fl.mu.Unlock()
+	if size >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	var sent int64
+	buf := make([]byte, 256<<10)
+	for {
+		fl.mu.Lock()
+		avail, done, ferr, ch := fl.written, fl.done, fl.err, fl.changed
+		fl.mu.Unlock()
+		if done && ferr != nil {
+			return sent, ferr
+		}
+		limit := avail
+		if !done && size >= 0 && limit >= size {
+			limit = size - 1 // the last byte waits for verification
+		}
+		if done {
+			limit = -1 // everything that is in the file
+		}
+		for limit < 0 || sent < limit {
+			want := int64(len(buf))
+			if limit >= 0 && limit-sent < want {
+				want = limit - sent
+			}
+			n, err := z.spool.ReadAt(buf[:want], sent)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return sent, werr
+				}
+				sent += int64(n)
+			}
+			if err == io.EOF {
+				if done {
+					return sent, nil
+				}
+				break
+			}
+			if err != nil {
+				return sent, fmt.Errorf("read spool: %w", err)
+			}
+		}
+		if err := rc.Flush(); err != nil {
+			return sent, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return sent, ctx.Err()
+		}
+	}
+}
