@@ -1,0 +1,603 @@
+package cache
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"go.etcd.io/bbolt"
+	"golang.org/x/mod/semver"
+)
+
+// keyBufLen sizes stack buffers for artifact keys; longer keys still work
+// (append reallocates).
+const keyBufLen = 192
+
+// readChunksPerTxn bounds the chunks copied by one read transaction.
+const readChunksPerTxn = 4
+
+// lookup returns the decoded record of k, wrapping ErrNotFound.
+func lookup(tx *bbolt.Tx, key []byte) (record, error) {
+	v := tx.Bucket(bucketArtifacts).Get(key)
+	if v == nil {
+		return record{}, ErrNotFound
+	}
+	return decodeRecord(v)
+}
+
+// Stat returns the Meta of a published artifact.
+func (s *Store) Stat(k Key) (Meta, error) {
+	rec, err := s.stat(k)
+	if err != nil {
+		return Meta{}, fmt.Errorf("stat %s: %w", k, err)
+	}
+	return rec.Meta, nil
+}
+
+func (s *Store) stat(k Key) (record, error) {
+	if err := k.validate(); err != nil {
+		return record{}, err
+	}
+	var buf [keyBufLen]byte
+	key := appendArtifactKey(buf[:0], k)
+	var rec record
+	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+		rec, err = lookup(tx, key)
+		return err
+	})
+	return rec, err
+}
+
+// Get returns the whole content of a published artifact. It is meant for
+// small artifacts (.info, .mod): it reads the record and the first chunks in
+// one read transaction; larger content continues in further short ones, as
+// a Reader would, never holding a transaction for long. Use Open to stream
+// zips.
+func (s *Store) Get(k Key) ([]byte, Meta, error) {
+	if err := k.validate(); err != nil {
+		return nil, Meta{}, fmt.Errorf("get %s: %w", k, err)
+	}
+	var buf [keyBufLen]byte
+	key := appendArtifactKey(buf[:0], k)
+	var (
+		rec  record
+		data []byte
+	)
+	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+		if rec, err = lookup(tx, key); err != nil {
+			return err
+		}
+		data = make([]byte, rec.Size)
+		_, err = readChunks(tx, &rec, data, 0)
+		return err
+	})
+	if err == nil && rec.chunks > readChunksPerTxn {
+		r := &Reader{s: s, key: k, rec: rec}
+		start := int64(readChunksPerTxn) * int64(rec.chunkSize)
+		_, err = r.ReadAt(data[start:], start)
+	}
+	if err != nil {
+		return nil, Meta{}, fmt.Errorf("get %s: %w", k, err)
+	}
+	return data, rec.Meta, nil
+}
+
+// readChunks copies content starting at off into p from at most
+// readChunksPerTxn chunks and returns the bytes copied. It must be called
+// inside a transaction; nothing it returns points into bbolt's memory.
+func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64) (int, error) {
+	if off >= rec.Size || len(p) == 0 {
+		return 0, nil
+	}
+	chunks := tx.Bucket(bucketChunks)
+	idx := uint32(off / int64(rec.chunkSize))
+	skip := int(off % int64(rec.chunkSize))
+	n := 0
+	for i := 0; i < readChunksPerTxn && n < len(p) && idx < rec.chunks; i++ {
+		key := chunkKey(rec.blob, idx)
+		v := chunks.Get(key[:])
+		if v == nil {
+			return n, fmt.Errorf("chunk %d of blob %d missing (deleted while reading?): %w", idx, rec.blob, ErrNotFound)
+		}
+		if len(v) != rec.chunkLen(idx) {
+			return n, fmt.Errorf("%w: chunk %d of blob %d has %d bytes, want %d", errCorrupt, idx, rec.blob, len(v), rec.chunkLen(idx))
+		}
+		n += copy(p[n:], v[skip:])
+		skip = 0
+		idx++
+	}
+	return n, nil
+}
+
+// Open returns a Reader for a published artifact of any kind.
+func (s *Store) Open(k Key) (*Reader, error) {
+	rec, err := s.stat(k)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", k, err)
+	}
+	return &Reader{s: s, key: k, rec: rec}, nil
+}
+
+// Put stores the content read from r under k, unless k is already
+// published: then it reads nothing from r and returns the stored Meta (the
+// first Put to commit wins; concurrent Puts of one key are safe).
+//
+// m supplies Hash and Upstream, and optionally Created (default: now),
+// Size and SHA256: when non-zero, they must match the content or Put fails.
+// The returned Meta has the computed Size and SHA256.
+//
+// Content is staged in transactions of a few MB, so memory does not grow
+// with the artifact, and no transaction is open while r is read. One final
+// transaction publishes the record. If r fails, or the content does not
+// match m, the staged content is deleted and nothing becomes visible; a
+// crash leaves staged content that the next Open deletes. Content that fits
+// one staging transaction (every .info and .mod) is written and published in
+// a single transaction.
+func (s *Store) Put(k Key, r io.Reader, m Meta) (Meta, error) {
+	meta, err := s.put(k, r, m)
+	if err != nil {
+		return Meta{}, fmt.Errorf("put %s@%s.%s: %w", k.Path, k.Version, k.Kind, err)
+	}
+	return meta, nil
+}
+
+func (s *Store) put(k Key, r io.Reader, m Meta) (Meta, error) {
+	if err := k.validate(); err != nil {
+		return Meta{}, err
+	}
+	if m.Size < 0 {
+		return Meta{}, fmt.Errorf("negative size %d", m.Size)
+	}
+	if s.readOnly {
+		return Meta{}, errReadOnly
+	}
+	key := appendArtifactKey(nil, k)
+
+	// Immutability: if already published, read nothing.
+	var stored Meta
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		rec, err := lookup(tx, key)
+		stored = rec.Meta
+		return err
+	})
+	if err == nil {
+		return stored, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return Meta{}, err
+	}
+
+	p := putter{s: s, key: key, kind: k.Kind, want: m}
+	p.rec.Meta = Meta{Hash: m.Hash, Upstream: m.Upstream, Created: m.Created}
+	p.rec.chunkSize = s.chunkSize
+	bufp := s.stagePool.Get().(*[]byte)
+	defer s.stagePool.Put(bufp)
+
+	stored, err = p.run(r, *bufp)
+	if err != nil && p.rec.blob != 0 && p.staged {
+		if derr := s.discard(p.rec.blob); derr != nil {
+			err = errors.Join(err, fmt.Errorf("discard staged content: %w", derr))
+		}
+	}
+	return stored, err
+}
+
+var errReadOnly = errors.New("store is read-only")
+
+// errLost reports that another Put published the key first.
+var errLost = errors.New("lost publish race")
+
+// putter is the state of one Put.
+type putter struct {
+	s      *Store
+	key    []byte
+	kind   Kind
+	want   Meta   // caller's expectations
+	rec    record // being built
+	staged bool   // rec.blob is in pending and has committed chunks
+}
+
+// run reads r batch by batch and returns the published Meta. On error the
+// caller discards p's staged blob.
+func (p *putter) run(r io.Reader, buf []byte) (Meta, error) {
+	h := sha256.New()
+	cs := p.s.chunkSize
+	for {
+		// Fill buf with whole chunks; only the last chunk may be short.
+		var chunks [][]byte
+		eof := false
+		for off := 0; off < len(buf) && !eof; off += cs {
+			n, err := io.ReadFull(r, buf[off:off+cs])
+			switch {
+			case err == io.EOF || err == io.ErrUnexpectedEOF:
+				eof = true
+			case err != nil:
+				return Meta{}, err
+			}
+			if n == 0 {
+				break
+			}
+			chunk := buf[off : off+n]
+			h.Write(chunk)
+			chunks = append(chunks, chunk)
+			p.rec.Size += int64(n)
+			if p.want.Size > 0 && p.rec.Size > p.want.Size {
+				return Meta{}, fmt.Errorf("content longer than expected %d bytes", p.want.Size)
+			}
+		}
+		if eof {
+			if p.want.Size > 0 && p.rec.Size != p.want.Size {
+				return Meta{}, fmt.Errorf("content is %d bytes, expected %d", p.rec.Size, p.want.Size)
+			}
+			h.Sum(p.rec.SHA256[:0])
+			if p.want.SHA256 != ([32]byte{}) && p.want.SHA256 != p.rec.SHA256 {
+				return Meta{}, fmt.Errorf("content SHA-256 %x, expected %x", p.rec.SHA256, p.want.SHA256)
+			}
+			return p.publish(chunks)
+		}
+		if err := p.stage(chunks); err != nil {
+			return Meta{}, err
+		}
+	}
+}
+
+// writeChunks allocates the blob ID if needed and writes chunks after those
+// already written. bbolt keeps the chunk slices until commit, so buf must not
+// be reused before the transaction ends.
+func (p *putter) writeChunks(tx *bbolt.Tx, chunks [][]byte) error {
+	b := tx.Bucket(bucketChunks)
+	if p.rec.blob == 0 {
+		blob, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		p.rec.blob = blob
+	}
+	for _, c := range chunks {
+		key := chunkKey(p.rec.blob, p.rec.chunks)
+		if err := b.Put(key[:], c); err != nil {
+			return err
+		}
+		p.rec.chunks++
+	}
+	return nil
+}
+
+// stage commits chunks of an unpublished blob, registering it in pending
+// in the same transaction as its first chunks.
+func (p *putter) stage(chunks [][]byte) error {
+	blob, n := p.rec.blob, p.rec.chunks
+	err := p.s.db.Update(func(tx *bbolt.Tx) error {
+		if err := p.writeChunks(tx, chunks); err != nil {
+			return err
+		}
+		if !p.staged {
+			prefix := blobPrefix(p.rec.blob)
+			return tx.Bucket(bucketPending).Put(prefix[:], appendTime(nil, p.s.now()))
+		}
+		return nil
+	})
+	if err != nil {
+		// Rolled back: forget what this transaction assigned.
+		p.rec.blob, p.rec.chunks = blob, n
+		return fmt.Errorf("stage content: %w", err)
+	}
+	p.staged = true
+	return nil
+}
+
+// publish writes the last chunks and the record in one transaction. If
+// the key was published meanwhile, it writes nothing and returns the stored
+// Meta; its own staged blob is then discarded.
+func (p *putter) publish(chunks [][]byte) (Meta, error) {
+	var stored Meta
+	lost := false
+	err := p.s.db.Update(func(tx *bbolt.Tx) error {
+		if rec, err := lookup(tx, p.key); err == nil {
+			stored, lost = rec.Meta, true
+			return nil
+		} else if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if err := p.writeChunks(tx, chunks); err != nil {
+			return err
+		}
+		if p.rec.Created.IsZero() {
+			p.rec.Created = p.s.now()
+		}
+		p.rec.Created = p.rec.Created.UTC().Round(0)
+		var buf [256]byte
+		if err := tx.Bucket(bucketArtifacts).Put(p.key, appendRecord(buf[:0], &p.rec)); err != nil {
+			return err
+		}
+		if p.staged {
+			prefix := blobPrefix(p.rec.blob)
+			if err := tx.Bucket(bucketPending).Delete(prefix[:]); err != nil {
+				return err
+			}
+		}
+		return count(tx, p.kind, 1, p.rec.Size)
+	})
+	if err != nil {
+		return Meta{}, fmt.Errorf("publish: %w", err)
+	}
+	if lost {
+		if p.staged {
+			if err := p.s.discard(p.rec.blob); err != nil {
+				return Meta{}, fmt.Errorf("%w; discard staged content: %w", errLost, err)
+			}
+		}
+		return stored, nil
+	}
+	// Same conversion as the decoder, so Put and Stat agree exactly.
+	return p.rec.Meta, nil
+}
+
+// Delete removes k's published artifact and any quarantined copies, with
+// their content. It wraps ErrNotFound if there was none. Readers already
+// open on the artifact fail once they reach a deleted chunk.
+func (s *Store) Delete(k Key) error {
+	if err := s.remove(k); err != nil {
+		return fmt.Errorf("delete %s: %w", k, err)
+	}
+	return nil
+}
+
+func (s *Store) remove(k Key) error {
+	if err := k.validate(); err != nil {
+		return err
+	}
+	key := appendArtifactKey(nil, k)
+	var blobs []uint64
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		pending := tx.Bucket(bucketPending)
+		free := func(blob uint64) error {
+			blobs = append(blobs, blob)
+			prefix := blobPrefix(blob)
+			return pending.Put(prefix[:], appendTime(nil, s.now()))
+		}
+		arts := tx.Bucket(bucketArtifacts)
+		if v := arts.Get(key); v != nil {
+			rec, err := decodeRecord(v)
+			if err != nil {
+				return err
+			}
+			if err := arts.Delete(key); err != nil {
+				return err
+			}
+			if err := count(tx, k.Kind, -1, rec.Size); err != nil {
+				return err
+			}
+			if err := free(rec.blob); err != nil {
+				return err
+			}
+		}
+		// Quarantined copies: key 0x00 blobID.
+		qprefix := append(slices.Clip(key), 0)
+		c := tx.Bucket(bucketQuarantine).Cursor()
+		for qk, v := c.Seek(qprefix); qk != nil && bytes.HasPrefix(qk, qprefix) && len(qk) == len(qprefix)+8; qk, v = c.Seek(qprefix) {
+			_, _, recb, err := splitQuarantine(v)
+			if err != nil {
+				return err
+			}
+			rec, err := decodeRecord(recb)
+			if err != nil {
+				return err
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			if err := countQuarantine(tx, -1, rec.Size); err != nil {
+				return err
+			}
+			if err := free(rec.blob); err != nil {
+				return err
+			}
+		}
+		if len(blobs) == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// The records are gone and the blobs in pending: delete the content in
+	// bounded transactions (a crash here leaves it to the next Open).
+	for _, blob := range blobs {
+		if err := s.discard(blob); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Quarantine moves a published artifact aside: Stat, Get, Open, Walk and
+// Versions no longer see it, and a new Put of k may store other content.
+// The record and content are kept for inspection (WalkQuarantine) until
+// Delete. Readers already open keep reading the quarantined content.
+func (s *Store) Quarantine(k Key, reason string) error {
+	if err := k.validate(); err != nil {
+		return fmt.Errorf("quarantine %s: %w", k, err)
+	}
+	key := appendArtifactKey(nil, k)
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		arts := tx.Bucket(bucketArtifacts)
+		v := arts.Get(key)
+		if v == nil {
+			return ErrNotFound
+		}
+		rec, err := decodeRecord(v)
+		if err != nil {
+			return err
+		}
+		qv := appendQuarantine(nil, s.now(), reason, v)
+		if err := tx.Bucket(bucketQuarantine).Put(quarantineKey(key, rec.blob), qv); err != nil {
+			return err
+		}
+		if err := arts.Delete(key); err != nil {
+			return err
+		}
+		if err := count(tx, k.Kind, -1, rec.Size); err != nil {
+			return err
+		}
+		return countQuarantine(tx, 1, rec.Size)
+	})
+	if err != nil {
+		return fmt.Errorf("quarantine %s: %w", k, err)
+	}
+	return nil
+}
+
+// Walk calls fn for every published artifact, ordered by path, version and
+// kind (byte order). It reads records in batches of short transactions and
+// calls fn outside them, so fn may use the store (even write to it);
+// artifacts changed during the walk may or may not be seen.
+func (s *Store) Walk(fn func(Key, Meta) error) error {
+	type item struct {
+		k Key
+		m Meta
+	}
+	err := walkBatched(s, bucketArtifacts, nil, nil,
+		func(k, v []byte) (item, error) {
+			key, err := parseArtifactKey(k)
+			if err != nil {
+				return item{}, err
+			}
+			rec, err := decodeRecord(v)
+			if err != nil {
+				return item{}, fmt.Errorf("artifact %s: %w", key, err)
+			}
+			return item{key, rec.Meta}, nil
+		},
+		func(it item) error { return fn(it.k, it.m) })
+	if err != nil {
+		return fmt.Errorf("walk store: %w", err)
+	}
+	return nil
+}
+
+// WalkQuarantine calls fn for every quarantined artifact with the reason it
+// was quarantined, like Walk. A key quarantined more than once appears once
+// per quarantined copy.
+func (s *Store) WalkQuarantine(fn func(Key, Meta, string) error) error {
+	type item struct {
+		k      Key
+		m      Meta
+		reason string
+	}
+	err := walkBatched(s, bucketQuarantine, nil, nil,
+		func(k, v []byte) (item, error) {
+			key, err := parseQuarantineKey(k)
+			if err != nil {
+				return item{}, err
+			}
+			reason, _, recb, err := splitQuarantine(v)
+			if err != nil {
+				return item{}, fmt.Errorf("quarantined %s: %w", key, err)
+			}
+			rec, err := decodeRecord(recb)
+			if err != nil {
+				return item{}, fmt.Errorf("quarantined %s: %w", key, err)
+			}
+			return item{key, rec.Meta, reason}, nil
+		},
+		func(it item) error { return fn(it.k, it.m, it.reason) })
+	if err != nil {
+		return fmt.Errorf("walk quarantine: %w", err)
+	}
+	return nil
+}
+
+// Versions returns the versions of path that have a published .info,
+// sorted by semantic version (as the list endpoint would be).
+func (s *Store) Versions(path string) ([]string, error) {
+	if path == "" || strings.IndexByte(path, 0) >= 0 {
+		return nil, fmt.Errorf("versions of %q: invalid module path", path)
+	}
+	prefix := append([]byte(path), 0)
+	var versions []string
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketArtifacts).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			rest := k[len(prefix):]
+			if i := indexByte(rest, 0); i >= 0 && string(rest[i+1:]) == string(KindInfo) {
+				versions = append(versions, string(rest[:i]))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("versions of %s: %w", path, err)
+	}
+	semver.Sort(versions)
+	return versions, nil
+}
+
+// walkBatchSize bounds the records decoded per read transaction of a walk.
+const walkBatchSize = 256
+
+// walkBatched decodes the entries of a bucket (nested under parent when
+// parent is non-nil) whose keys have prefix, walkBatchSize per read
+// transaction, and calls fn for each outside any transaction. decode must
+// copy what it keeps: k and v point into bbolt's mmap.
+func walkBatched[T any](s *Store, bucket, parent, prefix []byte, decode func(k, v []byte) (T, error), fn func(T) error) error {
+	var (
+		after []byte // last key of the previous batch
+		items = make([]T, 0, walkBatchSize)
+	)
+	for {
+		items = items[:0]
+		more := false
+		err := s.db.View(func(tx *bbolt.Tx) error {
+			var b *bbolt.Bucket
+			if parent != nil {
+				if p := tx.Bucket(parent); p != nil {
+					b = p.Bucket(bucket)
+				}
+			} else {
+				b = tx.Bucket(bucket)
+			}
+			if b == nil {
+				return nil
+			}
+			c := b.Cursor()
+			var k, v []byte
+			if after == nil {
+				k, v = c.Seek(prefix)
+			} else if k, v = c.Seek(after); bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+			for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				if len(items) == walkBatchSize {
+					more = true
+					break
+				}
+				if v == nil { // nested bucket
+					continue
+				}
+				it, err := decode(k, v)
+				if err != nil {
+					return err
+				}
+				items = append(items, it)
+				after = append(after[:0], k...)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			if err := fn(it); err != nil {
+				return err
+			}
+		}
+		if !more {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,75 @@
+// Package cache is modproxy's store of record: a single bbolt file holding
+// immutable module artifacts (.info, .mod, .zip), mutable entries with the
+// time they were fetched (list, @latest, checksum-database latest), and small
+// immutable key/value data (checksum-database tiles and lookups).
+//
+// # Bucket layout
+//
+// All integers are big-endian unless marked uvarint/varint
+// (encoding/binary).
+//
+//	artifacts   path 0x00 version 0x00 kind        -> artifact record
+//	quarantine  path 0x00 version 0x00 kind 0x00 blobID(8)
+//	                                               -> quarantine record
+//	chunks      blobID(8) chunkIndex(4)            -> content bytes
+//	pending     blobID(8)                          -> varint unix-nano time
+//	meta        caller's key ("list/<path>", ...)  -> entry record
+//	kv          caller's bucket name (nested bucket)
+//	              caller's key                     -> caller's value
+//	sys         "schema"                           -> 0x01
+//	            "heartbeat"                        -> varint unix-nano time (Ping)
+//	            "n:info" "b:info" ... "n:q" "b:q"  -> int64(8) artifact count / content bytes
+//
+// Paths and versions are decoded (not case-encoded) and never contain 0x00,
+// so the artifact keys of one path form the contiguous range with the prefix
+// path 0x00, sorted by version bytes then kind.
+//
+// # Records
+//
+// An artifact record (format version 1) is
+//
+//	0x01 uvarint(size) varint(created unix-nano) sha256[32]
+//	uvarint(blobID) uvarint(chunkSize) uvarint(chunkCount)
+//	uvarint(len) hash  uvarint(len) upstream
+//
+// A quarantine record is 0x01 varint(quarantined unix-nano) uvarint(len)
+// reason, followed by the artifact record it replaced. An entry record is
+// 0x01 varint(fetched unix-nano) followed by the value. Readers reject an
+// unknown leading format byte instead of guessing.
+//
+// # Invariants
+//
+//   - Content is split into chunks of the record's chunkSize; every chunk but
+//     the last is full, the last holds 1..chunkSize bytes, and an empty
+//     artifact has no chunks. The chunk size lives in the record, so changing
+//     Options.ChunkSize never misreads older artifacts.
+//   - Blob IDs come from the chunks bucket's sequence and are never reused,
+//     so a Reader whose artifact was deleted under it finds missing chunks
+//     (an error), never another artifact's bytes.
+//   - Every blob in the chunks bucket is referenced by exactly one artifact
+//     or quarantine record, or is listed in pending. A blob enters pending in
+//     the same transaction that writes its first staged chunk (Put) or that
+//     drops its record (Delete), and leaves it in the transaction that
+//     publishes it or deletes its last chunk. Open garbage-collects whatever
+//     a killed process left there.
+//   - An artifact is visible exactly when its record is in artifacts. The
+//     record is written in one transaction after all its chunks are
+//     committed, so a reader sees the whole artifact or nothing.
+//   - An artifact key is written at most once: the first Put to commit wins
+//     and later Puts return the stored Meta. Only Quarantine and Delete
+//     remove a record.
+//   - The sys counters are updated in the same transaction as the records
+//     they count, so Stats is exact and O(1).
+//   - No read transaction is held across calls into caller code or across
+//     Reader calls (see Reader), and no write transaction is held while
+//     reading a caller's io.Reader. A long read transaction blocks bbolt's
+//     remap and so stalls every writer; a write transaction held across a
+//     slow upstream would serialize the whole server behind it.
+//
+// # Concurrency and processes
+//
+// A Store is safe for concurrent use by multiple goroutines. bbolt locks the
+// file: one process opens a store for writing, and a second Open fails after
+// Options.LockTimeout with an error wrapping ErrLocked. Other processes
+// (prewarm, verify) talk to the running server over HTTP instead.
+package cache

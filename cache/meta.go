@@ -1,0 +1,116 @@
+package cache
+
+import (
+	"bytes"
+	"fmt"
+
+	"go.etcd.io/bbolt"
+)
+
+// GetMeta returns the mutable entry at key, wrapping ErrNotFound.
+func (s *Store) GetMeta(key string) (Entry, error) {
+	var e Entry
+	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+		v := tx.Bucket(bucketMeta).Get([]byte(key))
+		if v == nil {
+			return ErrNotFound
+		}
+		e, err = decodeEntry(v)
+		return err
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("get meta %q: %w", key, err)
+	}
+	return e, nil
+}
+
+// PutMeta replaces the mutable entry at key, with Fetched set to now.
+func (s *Store) PutMeta(key string, value []byte) error {
+	v := appendEntry(make([]byte, 0, 16+len(value)), s.now(), value)
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put([]byte(key), v)
+	})
+	if err != nil {
+		return fmt.Errorf("put meta %q: %w", key, err)
+	}
+	return nil
+}
+
+// WalkMeta calls fn for every entry whose key starts with prefix, in key
+// order, outside any transaction (see Walk).
+func (s *Store) WalkMeta(prefix string, fn func(key string, e Entry) error) error {
+	type item struct {
+		k string
+		e Entry
+	}
+	err := walkBatched(s, bucketMeta, nil, []byte(prefix),
+		func(k, v []byte) (item, error) {
+			e, err := decodeEntry(v)
+			if err != nil {
+				return item{}, fmt.Errorf("meta %q: %w", k, err)
+			}
+			return item{string(k), e}, nil
+		},
+		func(it item) error { return fn(it.k, it.e) })
+	if err != nil {
+		return fmt.Errorf("walk meta %q: %w", prefix, err)
+	}
+	return nil
+}
+
+// GetKV returns a copy of the value at key in bucket, wrapping ErrNotFound
+// if either is missing.
+func (s *Store) GetKV(bucket, key string) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketKV).Bucket([]byte(bucket))
+		if b == nil {
+			return ErrNotFound
+		}
+		v := b.Get([]byte(key))
+		if v == nil {
+			return ErrNotFound
+		}
+		out = bytes.Clone(v)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get %s/%s: %w", bucket, key, err)
+	}
+	return out, nil
+}
+
+// PutKV stores value at key in bucket, creating the bucket. The data is
+// meant to be immutable (tiles, lookups); a second Put replaces the value.
+func (s *Store) PutKV(bucket, key string, value []byte) error {
+	if bucket == "" {
+		return fmt.Errorf("put %s/%s: empty bucket name", bucket, key)
+	}
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := tx.Bucket(bucketKV).CreateBucketIfNotExists([]byte(bucket))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(key), value)
+	})
+	if err != nil {
+		return fmt.Errorf("put %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// WalkKV calls fn for every key in bucket, in key order, outside any
+// transaction (see Walk). A missing bucket is empty.
+func (s *Store) WalkKV(bucket string, fn func(key string, value []byte) error) error {
+	type item struct {
+		k string
+		v []byte
+	}
+	err := walkBatched(s, []byte(bucket), bucketKV, nil,
+		func(k, v []byte) (item, error) { return item{string(k), bytes.Clone(v)}, nil },
+		func(it item) error { return fn(it.k, it.v) })
+	if err != nil {
+		return fmt.Errorf("walk %s: %w", bucket, err)
+	}
+	return nil
+}
