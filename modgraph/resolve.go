@@ -1,0 +1,500 @@
+package modgraph
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+
+	"golang.org/x/mod/modfile"
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/semver"
+)
+
+// Need is what to fetch for one module version.
+type Need struct {
+	Path, Version string
+	// Zip reports that the module's zip is needed (it is in a build list or
+	// in a go.sum with its h1: hash). Otherwise only .info and .mod are needed.
+	Zip bool
+	// ModHash and ZipHash are the expected "h1:" hashes of the go.mod file and
+	// of the zip when known (from a go.sum), "" otherwise.
+	ModHash, ZipHash string
+}
+
+func (n Need) String() string {
+	s := n.Path + "@" + n.Version
+	if n.Zip {
+		s += " zip"
+	} else {
+		s += " mod"
+	}
+	return s
+}
+
+// Source is the resolver's only window on the network.
+type Source interface {
+	// GoMod returns the go.mod file of module path at version (the .mod
+	// endpoint of the GOPROXY protocol).
+	GoMod(ctx context.Context, path, version string) ([]byte, error)
+	// Latest resolves the "latest" query for path (the @latest endpoint,
+	// or the highest release in @v/list).
+	Latest(ctx context.Context, path string) (version string, err error)
+}
+
+// Options configure Resolve.
+type Options struct {
+	// Source fetches go.mod files and resolves "latest". It is needed only
+	// for graph walks (targets without go.sum) and module@version targets.
+	Source Source
+	// GoVersion is the Go version of the toolchain that will run the build,
+	// such as "1.26.8". Default: runtime.Version() without its "go" prefix.
+	GoVersion string
+	// Platforms lists the GOOS/GOARCH pairs ("linux/amd64") for which
+	// golang.org/toolchain zips are needed. Default: the host platform.
+	Platforms []string
+	// Concurrency bounds parallel go.mod fetches in the graph walk (default 16).
+	Concurrency int
+	// Exclude, when set, reports module paths to ignore: they are neither
+	// fetched nor walked, and no Need names them.
+	Exclude func(path string) bool
+}
+
+// Plan is the result of Resolve.
+type Plan struct {
+	// Needs is sorted by path then semantic version, with one entry per
+	// module version: a zip need absorbs a go.mod-only need of the same
+	// version, and known hashes are merged.
+	Needs []Need
+	// Notes says, for people, how each target was resolved and what was
+	// approximated or skipped.
+	Notes []string
+}
+
+// Resolve computes the module artifacts needed to build and verify targets.
+// A target is a go.mod, go.sum or go.work file (by base name; go.work.sum and
+// other *.sum files count as go.sum), a directory holding one (go.work wins over
+// go.mod, which wins over a lone go.sum), or module@version / module@latest.
+func Resolve(ctx context.Context, targets []string, opts Options) (*Plan, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("modgraph: no targets")
+	}
+	r, err := newResolver(opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range targets {
+		if err := r.target(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+	return r.plan()
+}
+
+type resolver struct {
+	opts  Options
+	host  string
+	needs map[module.Version]*Need
+	notes []string
+}
+
+func newResolver(opts Options) (*resolver, error) {
+	host := strings.TrimPrefix(opts.GoVersion, "go")
+	if opts.GoVersion == "" {
+		host = strings.TrimPrefix(runtime.Version(), "go")
+		if !goVersionValid(host) {
+			host = "" // development build: never needs a newer toolchain
+		}
+	} else if !goVersionValid(host) {
+		return nil, fmt.Errorf("modgraph: invalid GoVersion %q", opts.GoVersion)
+	}
+	if len(opts.Platforms) == 0 {
+		opts.Platforms = []string{runtime.GOOS + "/" + runtime.GOARCH}
+	}
+	for _, p := range opts.Platforms {
+		goos, goarch, ok := strings.Cut(p, "/")
+		if !ok || goos == "" || goarch == "" || strings.ContainsAny(goarch, "/.-") || strings.ContainsAny(goos, ".-") {
+			return nil, fmt.Errorf("modgraph: invalid platform %q (want GOOS/GOARCH)", p)
+		}
+	}
+	return &resolver{opts: opts, host: host, needs: map[module.Version]*Need{}}, nil
+}
+
+func (r *resolver) notef(format string, args ...any) {
+	r.notes = append(r.notes, fmt.Sprintf(format, args...))
+}
+
+// add merges needs into the plan. It fails when two sources disagree on a hash.
+func (r *resolver) add(needs ...Need) error {
+	for _, n := range needs {
+		if r.opts.Exclude != nil && r.opts.Exclude(n.Path) {
+			continue
+		}
+		k := module.Version{Path: n.Path, Version: n.Version}
+		old, ok := r.needs[k]
+		if !ok {
+			nn := n
+			r.needs[k] = &nn
+			continue
+		}
+		old.Zip = old.Zip || n.Zip
+		for _, h := range []struct {
+			what     string
+			dst, src *string
+		}{{"zip", &old.ZipHash, &n.ZipHash}, {"go.mod", &old.ModHash, &n.ModHash}} {
+			switch {
+			case *h.src == "" || *h.src == *h.dst:
+			case *h.dst == "":
+				*h.dst = *h.src
+			default:
+				return fmt.Errorf("modgraph: conflicting %s hashes for %s@%s: %s and %s", h.what, n.Path, n.Version, *h.dst, *h.src)
+			}
+		}
+	}
+	return nil
+}
+
+func (r *resolver) plan() (*Plan, error) {
+	p := &Plan{Notes: r.notes}
+	for _, n := range r.needs {
+		p.Needs = append(p.Needs, *n)
+	}
+	sort.Slice(p.Needs, func(i, j int) bool {
+		a, b := p.Needs[i], p.Needs[j]
+		if a.Path != b.Path {
+			return a.Path < b.Path
+		}
+		if c := semver.Compare(a.Version, b.Version); c != 0 {
+			return c < 0
+		}
+		return a.Version < b.Version
+	})
+	return p, nil
+}
+
+// target dispatches one command-line target.
+func (r *resolver) target(ctx context.Context, t string) error {
+	fi, statErr := os.Stat(t)
+	if statErr != nil {
+		if strings.Contains(t, "@") && !strings.ContainsAny(t, `\`) {
+			return r.moduleQuery(ctx, t)
+		}
+		return fmt.Errorf("target %s: %w", t, statErr)
+	}
+	abs, err := filepath.Abs(t)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", t, err)
+	}
+	if fi.IsDir() {
+		for _, name := range []string{"go.work", "go.mod", "go.sum"} {
+			f := filepath.Join(abs, name)
+			if _, err := os.Stat(f); err == nil {
+				return r.file(ctx, f)
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("target %s: %w", t, err)
+			}
+		}
+		return fmt.Errorf("target %s: directory holds no go.work, go.mod or go.sum", t)
+	}
+	return r.file(ctx, abs)
+}
+
+func (r *resolver) file(ctx context.Context, file string) error {
+	base := filepath.Base(file)
+	switch {
+	case base == "go.work" || strings.HasSuffix(base, ".work"):
+		return r.goWork(ctx, file)
+	case base == "go.mod" || strings.HasSuffix(base, ".mod"):
+		return r.goMod(ctx, file)
+	case strings.HasSuffix(base, ".sum"):
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		needs, err := parseGoSum(file, data)
+		if err != nil {
+			return err
+		}
+		r.notef("%s: go.sum alone: %d lines", file, len(needs))
+		return r.add(needs...)
+	}
+	return fmt.Errorf("target %s: not a go.mod, go.sum or go.work file", file)
+}
+
+// readSum reads the needs of an optional go.sum file; ok is false when the
+// file does not exist.
+func readSum(file string) (needs []Need, ok bool, err error) {
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	} else if err != nil {
+		return nil, false, err
+	}
+	needs, err = parseGoSum(file, data)
+	return needs, err == nil, err
+}
+
+func parseModFile(file string) (*modfile.File, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	f, err := modfile.Parse(file, data, nil)
+	if err != nil {
+		return nil, err // modfile errors name the file and line
+	}
+	if f.Module == nil {
+		return nil, fmt.Errorf("%s: no module directive", file)
+	}
+	return f, nil
+}
+
+// goMod resolves a main module: exactly from the go.sum beside it when there
+// is one, by a graph walk through Source otherwise.
+func (r *resolver) goMod(ctx context.Context, file string) error {
+	f, err := parseModFile(file)
+	if err != nil {
+		return err
+	}
+	if err := r.toolchain(file, f.Go, f.Toolchain); err != nil {
+		return err
+	}
+	dir := filepath.Dir(file)
+	c := r.newConfig()
+	c.mains[f.Module.Mod.Path] = c.summarize(f)
+	c.addReplaces(f.Replace, dir, false)
+	for _, e := range f.Exclude {
+		c.exclude[e.Mod] = true
+	}
+	sumFile := filepath.Join(dir, "go.sum")
+	sums, haveSum, err := readSum(sumFile)
+	if err != nil {
+		return err
+	}
+	if haveSum {
+		r.notef("%s: exact from %s (%d lines) plus the go.mod's requirements", file, sumFile, len(sums))
+		if err := r.add(sums...); err != nil {
+			return err
+		}
+		return r.add(c.directNeeds(f)...)
+	}
+	if r.opts.Source == nil {
+		return fmt.Errorf("%s: no go.sum beside it, and no Source to walk the module graph", file)
+	}
+	mode := pruningForGoVersion(goLine(f.Go))
+	var roots []module.Version
+	for _, req := range f.Require {
+		if !c.exclude[req.Mod] {
+			roots = append(roots, req.Mod)
+		}
+	}
+	res, err := c.walkModule(ctx, mode, f.Module.Mod.Path, roots)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	r.notef("%s: no go.sum, graph walk (%s): %d modules in the build list, %d go.mod files read", file, modeName(mode), len(res.buildList), len(c.modRead))
+	r.notes = append(r.notes, c.notes...)
+	return r.add(res.needs...)
+}
+
+// directNeeds returns the zips of a main module's requirements, after its
+// excludes and replacements.
+func (c *graphConfig) directNeeds(f *modfile.File) []Need {
+	var needs []Need
+	for _, req := range f.Require {
+		if _, main := c.mains[req.Mod.Path]; main || c.exclude[req.Mod] {
+			continue
+		}
+		if rep := c.resolveReplacement(req.Mod); rep.dir == "" {
+			needs = append(needs, Need{Path: rep.mod.Path, Version: rep.mod.Version, Zip: true})
+		}
+	}
+	return needs
+}
+
+// goWork resolves a workspace: from its go.sum files (go.work.sum and each
+// module's go.sum) when there are any, by a workspace graph walk otherwise.
+func (r *resolver) goWork(ctx context.Context, file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	wf, err := modfile.ParseWork(file, data, nil)
+	if err != nil {
+		return err
+	}
+	if err := r.toolchain(file, wf.Go, wf.Toolchain); err != nil {
+		return err
+	}
+	dir := filepath.Dir(file)
+	c := r.newConfig()
+	c.addReplaces(wf.Replace, dir, true)
+	var (
+		files []*modfile.File
+		sums  []Need
+		nsum  int
+	)
+	if s, ok, err := readSum(filepath.Join(dir, "go.work.sum")); err != nil {
+		return err
+	} else if ok {
+		sums, nsum = append(sums, s...), nsum+1
+	}
+	for _, u := range wf.Use {
+		mdir := u.Path
+		if !filepath.IsAbs(mdir) {
+			mdir = filepath.Join(dir, mdir)
+		}
+		f, err := parseModFile(filepath.Join(mdir, "go.mod"))
+		if err != nil {
+			return fmt.Errorf("%s:%d: use %s: %w", file, u.Syntax.Start.Line, u.Path, err)
+		}
+		if _, dup := c.mains[f.Module.Mod.Path]; dup {
+			return fmt.Errorf("%s:%d: module %s appears multiple times in workspace", file, u.Syntax.Start.Line, f.Module.Mod.Path)
+		}
+		files = append(files, f)
+		c.mains[f.Module.Mod.Path] = nil // placeholder until excludes are known
+		c.addReplaces(f.Replace, mdir, false)
+		for _, e := range f.Exclude {
+			c.exclude[e.Mod] = true
+		}
+		if s, ok, err := readSum(filepath.Join(mdir, "go.sum")); err != nil {
+			return err
+		} else if ok {
+			sums, nsum = append(sums, s...), nsum+1
+		}
+	}
+	for _, f := range files {
+		c.mains[f.Module.Mod.Path] = c.summarize(f)
+	}
+	if nsum > 0 {
+		r.notef("%s: exact from %d go.sum files (%d lines) plus the requirements of its %d modules", file, nsum, len(sums), len(files))
+		if err := r.add(sums...); err != nil {
+			return err
+		}
+		for _, f := range files {
+			if err := r.add(c.directNeeds(f)...); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if r.opts.Source == nil {
+		return fmt.Errorf("%s: no go.sum files, and no Source to walk the module graph", file)
+	}
+	res, err := c.walkWorkspace(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	r.notef("%s: no go.sum files, workspace graph walk of %d modules: %d modules in the build list, %d go.mod files read", file, len(files), len(res.buildList), len(c.modRead))
+	r.notes = append(r.notes, c.notes...)
+	return r.add(res.needs...)
+}
+
+// moduleQuery resolves module@version or module@latest as
+// 'go install module@version' would: the module is the only root of a
+// pruned graph under a synthetic main module without replace or exclude.
+func (r *resolver) moduleQuery(ctx context.Context, t string) error {
+	path, vers, _ := strings.Cut(t, "@")
+	if err := module.CheckPath(path); err != nil {
+		return fmt.Errorf("target %s: %w", t, err)
+	}
+	if r.opts.Source == nil {
+		return fmt.Errorf("target %s: no Source to fetch modules", t)
+	}
+	switch {
+	case vers == "latest":
+		v, err := r.opts.Source.Latest(ctx, path)
+		if err != nil {
+			return fmt.Errorf("target %s: resolving latest: %w", t, err)
+		}
+		if !semver.IsValid(v) {
+			return fmt.Errorf("target %s: latest resolved to invalid version %q", t, v)
+		}
+		vers = v
+	case !semver.IsValid(vers) || semver.Canonical(vers) != vers && !strings.HasSuffix(vers, "+incompatible"):
+		return fmt.Errorf("target %s: version %q is neither a canonical semantic version nor \"latest\"", t, vers)
+	}
+	if err := module.Check(path, vers); err != nil {
+		return fmt.Errorf("target %s: %w", t, err)
+	}
+	m := module.Version{Path: path, Version: vers}
+	c := r.newConfig()
+	data, err := r.opts.Source.GoMod(ctx, path, vers)
+	if err != nil {
+		return fmt.Errorf("target %s: go.mod of %s@%s: %w", t, path, vers, err)
+	}
+	mf, err := modfile.ParseLax(path+"@"+vers+"/go.mod", data, nil)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", t, err)
+	}
+	if len(mf.Replace) > 0 || len(mf.Exclude) > 0 {
+		r.notef("%s: go.mod has replace or exclude directives, which go install rejects; resolving without them", t)
+	}
+	// go install switches to a newer toolchain when the module needs one
+	// (toolchain.maybeSwitchForGoInstallVersion). The go command then picks the
+	// newest release of that language version from the "go" version list;
+	// we name the minimum release instead.
+	if mf.Go != nil {
+		if err := r.toolchain(t, mf.Go, nil); err != nil {
+			return err
+		}
+	}
+	// go install promotes every module providing an imported package to a
+	// root of the graph (updatePrunedRoots), reading its go.mod. Without
+	// the packages we cannot tell which modules do, so every requirement of
+	// the module is taken as a root: a superset of what go install reads.
+	roots := []module.Version{m}
+	for _, req := range mf.Require {
+		if req.Mod.Path != path {
+			roots = append(roots, req.Mod)
+		}
+	}
+	res, err := c.walkModule(ctx, pruned, "", roots)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", t, err)
+	}
+	r.notef("%s: %s@%s, graph walk as go install: %d modules in the build list, %d go.mod files read", t, path, vers, len(res.buildList), len(c.modRead))
+	r.notes = append(r.notes, c.notes...)
+	return r.add(append(res.needs, Need{Path: path, Version: vers, Zip: true})...)
+}
+
+func (r *resolver) newConfig() *graphConfig {
+	return newGraphConfig(r.opts.Source, r.opts.Concurrency, r.opts.Exclude, r.host)
+}
+
+// toolchain adds the golang.org/toolchain zips that GOTOOLCHAIN=auto would
+// download for a go.mod or go.work file with the given go and toolchain lines.
+func (r *resolver) toolchain(file string, g *modfile.Go, tc *modfile.Toolchain) error {
+	var tcName string
+	if tc != nil {
+		tcName = tc.Name
+	}
+	name, err := selectToolchain(file, r.host, goLine(g), tcName)
+	if err != nil || name == "" {
+		return err
+	}
+	r.notef("%s: needs toolchain %s (host go%s) for %s", file, name, r.host, strings.Join(r.opts.Platforms, ", "))
+	return r.add(toolchainNeeds(name, r.opts.Platforms)...)
+}
+
+func goLine(g *modfile.Go) string {
+	if g == nil {
+		return ""
+	}
+	return g.Version
+}
+
+func modeName(p pruning) string {
+	switch p {
+	case pruned:
+		return "pruned, go 1.17+"
+	case unpruned:
+		return "unpruned, before go 1.17"
+	}
+	return "workspace"
+}
