@@ -27,7 +27,8 @@ import (
 type Module struct {
 	Path, Version string
 	// Files maps file names (slash-separated, relative to the module root)
-	// to contents. A go.mod is added when missing ("module <Path>").
+	// to contents. A go.mod is added when missing ("module <Path>"),
+	// except for +incompatible versions, whose zip has none.
 	Files map[string]string
 	Time  time.Time
 }
@@ -113,10 +114,13 @@ func (s *Server) Add(m Module) error {
 	if m.Files == nil {
 		m.Files = map[string]string{}
 	}
-	if _, ok := m.Files["go.mod"]; !ok {
+	// A +incompatible version has no go.mod of its own: the proxy
+	// serves a synthesized one and the zip has none.
+	incompatible := strings.HasSuffix(m.Version, "+incompatible")
+	if _, ok := m.Files["go.mod"]; !ok && !incompatible {
 		m.Files["go.mod"] = m.GoMod()
 	}
-	b := &built{mod: m, gomod: []byte(m.Files["go.mod"])}
+	b := &built{mod: m, gomod: []byte(m.GoMod())}
 	b.info, _ = json.Marshal(struct {
 		Version string
 		Time    time.Time
@@ -145,6 +149,16 @@ func (s *Server) Zip(path, version string) []byte {
 	defer s.mu.Unlock()
 	if b := s.mods[path+"@"+version]; b != nil {
 		return b.zip
+	}
+	return nil
+}
+
+// GoMod returns the go.mod served for path@version (nil if unknown).
+func (s *Server) GoMod(path, version string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.mods[path+"@"+version]; b != nil {
+		return b.gomod
 	}
 	return nil
 }

@@ -1,0 +1,253 @@
+package sumdb
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/modproxy/modproxy/cache"
+)
+
+// Handler serves the checksum database to the go command under the proxy's
+// /sumdb/<name>/ URL space (the full request path, for example
+// /sumdb/sum.example.test/lookup/example.com/m@v1.0.0):
+//
+//   - supported: 200, so the go command uses the proxy for the database.
+//   - lookup/<path>@<version>: the record, authenticated by the Verifier's
+//     client before it is stored and served; paths matching the private
+//     patterns are refused with 404 and never sent to the database.
+//   - tile/…: from the store (tiles the Verifier authenticated, or that the
+//     handler passed through before; a partial tile may be cut from the
+//     stored full tile), else fetched remotely and stored. Tile content is
+//     fixed by its path, so stored tiles never expire.
+//   - latest: the database's latest signed tree head (its signature checked),
+//     stored and served for LatestTTL, then asked for again; served from the
+//     store when the database cannot be reached or the Verifier is Offline.
+//
+// Other database names answer 404.
+func (v *Verifier) Handler() http.Handler { return http.HandlerFunc(v.serveHTTP) }
+
+func (v *Verifier) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	prefix := "/sumdb/" + v.name + "/"
+	rest, ok := strings.CutPrefix(r.URL.Path, prefix)
+	if !ok {
+		v.notFound(w, "other", fmt.Sprintf("not found: this proxy serves only the checksum database %s", v.name))
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	switch {
+	case rest == "supported":
+		v.metrics.requests.WithLabelValues("supported", "hit").Inc()
+		w.WriteHeader(http.StatusOK)
+	case rest == "latest":
+		v.serveLatest(w)
+	case strings.HasPrefix(rest, "lookup/"):
+		v.serveLookup(w, r, strings.TrimPrefix(rest, "lookup/"))
+	case strings.HasPrefix(rest, "tile/"):
+		v.serveTile(w, rest)
+	default:
+		v.notFound(w, "other", "not found: unknown checksum database endpoint "+r.URL.Path)
+	}
+}
+
+func (v *Verifier) notFound(w http.ResponseWriter, endpoint, msg string) {
+	v.metrics.requests.WithLabelValues(endpoint, "not_found").Inc()
+	http.Error(w, msg, http.StatusNotFound)
+}
+
+func (v *Verifier) fail(w http.ResponseWriter, endpoint string, code int, msg string) {
+	v.metrics.requests.WithLabelValues(endpoint, "error").Inc()
+	http.Error(w, msg, code)
+}
+
+func serve(w http.ResponseWriter, contentType string, data []byte) {
+	w.Header().Set("Content-Type", contentType)
+	w.Write(data)
+}
+
+func (v *Verifier) serveLookup(w http.ResponseWriter, r *http.Request, mod string) {
+	const ep = "lookup"
+	epath, evers, ok := strings.Cut(mod, "@")
+	path, err1 := module.UnescapePath(epath)
+	vers, err2 := module.UnescapeVersion(evers)
+	if !ok || err1 != nil || err2 != nil || strings.Contains(evers, "/") {
+		v.fail(w, ep, http.StatusBadRequest, "invalid module@version syntax: "+mod)
+		return
+	}
+	// Normalize the escaping so the store key matches the client's.
+	epath, _ = module.EscapePath(path)
+	evers, _ = module.EscapeVersion(vers)
+	mod = epath + "@" + evers
+	if v.Exempt(path) {
+		v.metrics.requests.WithLabelValues(ep, "private").Inc()
+		http.Error(w, fmt.Sprintf("not found: %s is private (matches GOPRIVATE/GONOSUMDB); not looked up in checksum database %s", path, v.name), http.StatusNotFound)
+		return
+	}
+	file := v.name + "/lookup/" + mod
+	if data, err := v.store.GetKV(bucketVerified, file); err == nil {
+		v.metrics.requests.WithLabelValues(ep, "hit").Inc()
+		serve(w, "text/plain; charset=UTF-8", data)
+		return
+	}
+	// Look the record up through the client, which authenticates it and
+	// stores it in the verified bucket.
+	if _, err := v.clientLookup(r.Context(), path, vers); err != nil {
+		switch {
+		case errors.Is(err, ErrNotFound):
+			v.notFound(w, ep, fmt.Sprintf("not found: %s@%s: %v", path, vers, oneLine(err)))
+		case v.cfg.Offline && errors.Is(err, ErrUnavailable):
+			v.notFound(w, ep, fmt.Sprintf("not found: %s@%s is not in the store and the proxy is offline", path, vers))
+		case errors.Is(err, ErrSecurity):
+			v.fail(w, ep, http.StatusBadGateway, fmt.Sprintf("checksum database %s: security error (misbehavior detected; see the proxy's log)", v.name))
+		default:
+			v.fail(w, ep, http.StatusBadGateway, fmt.Sprintf("%s@%s: %v", path, vers, oneLine(err)))
+		}
+		return
+	}
+	data, err := v.store.GetKV(bucketVerified, file)
+	if err != nil {
+		// The record was authenticated but could not be stored; pass
+		// the database's answer through (the go command checks it too).
+		if data, err = v.readRemote("/lookup/" + mod); err != nil {
+			v.fail(w, ep, http.StatusBadGateway, oneLine(err))
+			return
+		}
+	}
+	v.metrics.requests.WithLabelValues(ep, "miss").Inc()
+	serve(w, "text/plain; charset=UTF-8", data)
+}
+
+func (v *Verifier) serveTile(w http.ResponseWriter, rest string) {
+	const ep = "tile"
+	t, err := tlog.ParseTilePath(rest)
+	if err != nil {
+		v.fail(w, ep, http.StatusBadRequest, "invalid tile syntax: "+rest)
+		return
+	}
+	contentType := "application/octet-stream"
+	if t.L < 0 {
+		contentType = "text/plain; charset=UTF-8"
+	}
+	if data, ok := v.storedTile(t); ok {
+		v.metrics.requests.WithLabelValues(ep, "hit").Inc()
+		serve(w, contentType, data)
+		return
+	}
+	if v.cfg.Offline {
+		v.notFound(w, ep, fmt.Sprintf("not found: tile %s of %s is not in the store and the proxy is offline", rest, v.name))
+		return
+	}
+	data, err := v.readRemote("/" + rest)
+	if err != nil {
+		if isNotFound(err) {
+			v.notFound(w, ep, oneLine(err))
+			return
+		}
+		v.fail(w, ep, http.StatusBadGateway, oneLine(err))
+		return
+	}
+	if t.L >= 0 && len(data) != t.W*tlog.HashSize {
+		v.fail(w, ep, http.StatusBadGateway, fmt.Sprintf("checksum database %s: tile %s has %d bytes, want %d", v.name, rest, len(data), t.W*tlog.HashSize))
+		return
+	}
+	if err := v.store.PutKV(bucketUnverified, v.name+"/"+rest, data); err != nil {
+		v.log.Warn("cannot store checksum database tile", "tile", rest, "err", err)
+	}
+	v.metrics.requests.WithLabelValues(ep, "miss").Inc()
+	serve(w, contentType, data)
+}
+
+// storedTile returns tile t from the store: the tile itself, or for a
+// partial hash tile the prefix of the stored full tile or of a wider
+// verified partial tile, looking first at verified tiles and then at
+// passed-through ones.
+func (v *Verifier) storedTile(t tlog.Tile) ([]byte, bool) {
+	full := t
+	full.W = 1 << uint(t.H)
+	for _, bucket := range []string{bucketVerified, bucketUnverified} {
+		if data, err := v.store.GetKV(bucket, v.name+"/"+t.Path()); err == nil {
+			return data, true
+		}
+		if t.L >= 0 && t != full {
+			if data, err := v.store.GetKV(bucket, v.name+"/"+full.Path()); err == nil && len(data) == full.W*tlog.HashSize {
+				return data[:t.W*tlog.HashSize], true
+			}
+			if bucket != bucketVerified {
+				continue
+			}
+			wider := t
+			if wider.W = v.widestPartialTile(t); wider.W > t.W {
+				if data, err := v.store.GetKV(bucket, v.name+"/"+wider.Path()); err == nil && len(data) == wider.W*tlog.HashSize {
+					return data[:t.W*tlog.HashSize], true
+				}
+			}
+		}
+	}
+	return nil, false
+}
+
+// servedLatestKey is the store entry for the tree head served at /latest.
+func (v *Verifier) servedLatestKey() string { return "sumdb/" + v.name + "/served-latest" }
+
+func (v *Verifier) serveLatest(w http.ResponseWriter) {
+	const ep = "latest"
+	stored, err := v.store.GetMeta(v.servedLatestKey())
+	have := err == nil && len(stored.Value) > 0
+	if have && (v.cfg.Offline || time.Since(stored.Fetched) < v.cfg.LatestTTL) {
+		v.metrics.requests.WithLabelValues(ep, "hit").Inc()
+		serve(w, "text/plain; charset=UTF-8", stored.Value)
+		return
+	}
+	var remoteErr error
+	if !v.cfg.Offline {
+		data, err := v.readRemote("/latest")
+		if err == nil {
+			if _, err = note.Open(data, v.note); err != nil {
+				err = fmt.Errorf("checksum database %s: /latest is not a valid signed tree head: %v", v.name, err)
+			}
+		}
+		if err == nil {
+			if err := v.store.PutMeta(v.servedLatestKey(), data); err != nil {
+				v.log.Warn("cannot store checksum database latest tree head", "err", err)
+			}
+			v.metrics.requests.WithLabelValues(ep, "miss").Inc()
+			serve(w, "text/plain; charset=UTF-8", data)
+			return
+		}
+		remoteErr = err
+	}
+	// Stale: the last served head, or else the one the Verifier trusts.
+	if !have {
+		if e, err := v.store.GetMeta(latestKey(v.name + "/latest")); err == nil && len(e.Value) > 0 {
+			stored, have = e, true
+		} else if err != nil && !errors.Is(err, cache.ErrNotFound) {
+			v.log.Warn("cannot read checksum database tree head from store", "err", err)
+		}
+	}
+	if have {
+		v.metrics.requests.WithLabelValues(ep, "stale").Inc()
+		w.Header().Set("Warning", `110 - "stale: checksum database unreachable"`)
+		serve(w, "text/plain; charset=UTF-8", stored.Value)
+		return
+	}
+	if remoteErr == nil {
+		v.notFound(w, ep, fmt.Sprintf("not found: no tree head of %s in the store and the proxy is offline", v.name))
+		return
+	}
+	v.fail(w, ep, http.StatusBadGateway, oneLine(remoteErr))
+}
+
+// oneLine returns err's message on one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}

@@ -1,0 +1,269 @@
+package sumdb
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	xsumdb "golang.org/x/mod/sumdb"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/modproxy/modproxy/cache"
+)
+
+// configMu serializes the compare-and-swap of WriteConfig. One process owns
+// a store (bbolt locks its file), so a process-wide lock is enough even
+// when several Verifiers share a store.
+var configMu sync.Mutex
+
+// clientOps implements xsumdb.ClientOps over a Verifier's store and remotes.
+type clientOps struct{ v *Verifier }
+
+var _ xsumdb.ClientOps = (*clientOps)(nil)
+
+// latestKey is the store's mutable entry for a configuration file
+// ("<name>/latest" → "sumdb/<name>/latest").
+func latestKey(file string) string { return "sumdb/" + file }
+
+func (o *clientOps) ReadConfig(file string) ([]byte, error) {
+	v := o.v
+	switch file {
+	case "key":
+		return []byte(v.cfg.VerifierKey), nil
+	case v.name + "/latest":
+		e, err := v.store.GetMeta(latestKey(file))
+		if errors.Is(err, cache.ErrNotFound) {
+			return []byte{}, nil // start from the empty tree
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading %s from store: %w", file, err)
+		}
+		return e.Value, nil
+	}
+	return nil, fmt.Errorf("unknown checksum database config file %q", file)
+}
+
+func (o *clientOps) WriteConfig(file string, old, new []byte) error {
+	v := o.v
+	if file != v.name+"/latest" {
+		return fmt.Errorf("cannot write checksum database config file %q", file)
+	}
+	configMu.Lock()
+	defer configMu.Unlock()
+	cur, err := o.ReadConfig(file)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(cur, old) {
+		return xsumdb.ErrWriteConflict
+	}
+	if err := v.store.PutMeta(latestKey(file), new); err != nil {
+		return fmt.Errorf("writing %s to store: %w", file, err)
+	}
+	return nil
+}
+
+func (o *clientOps) ReadCache(file string) ([]byte, error) {
+	return o.v.store.GetKV(bucketVerified, file)
+}
+
+func (o *clientOps) WriteCache(file string, data []byte) {
+	v := o.v
+	if err := v.store.PutKV(bucketVerified, file, data); err != nil {
+		v.log.Warn("cannot store checksum database data", "file", file, "err", err)
+		return
+	}
+	if rest, ok := strings.CutPrefix(file, v.name+"/"); ok && strings.HasPrefix(rest, "tile/") {
+		if t, err := tlog.ParseTilePath(rest); err == nil && t.L >= 0 && t.W < 1<<uint(t.H) {
+			v.notePartialTile(t)
+		}
+	}
+}
+
+// partialKey is the store entry recording the widest verified partial tile
+// stored for the position of t, so that the handler can cut narrower
+// partial tiles (of older trees) from it.
+func (v *Verifier) partialKey(t tlog.Tile) string {
+	return fmt.Sprintf("sumdb/%s/partial/%d/%d/%d", v.name, t.H, t.L, t.N)
+}
+
+// notePartialTile records t as stored if it is wider than the recorded one.
+func (v *Verifier) notePartialTile(t tlog.Tile) {
+	configMu.Lock()
+	defer configMu.Unlock()
+	key := v.partialKey(t)
+	if e, err := v.store.GetMeta(key); err == nil {
+		if w, err := strconv.Atoi(string(e.Value)); err == nil && w >= t.W {
+			return
+		}
+	}
+	if err := v.store.PutMeta(key, []byte(strconv.Itoa(t.W))); err != nil {
+		v.log.Warn("cannot store checksum database tile index", "tile", t.Path(), "err", err)
+	}
+}
+
+// widestPartialTile returns the width of the widest verified partial tile
+// stored at t's position, or 0.
+func (v *Verifier) widestPartialTile(t tlog.Tile) int {
+	e, err := v.store.GetMeta(v.partialKey(t))
+	if err != nil {
+		return 0
+	}
+	w, _ := strconv.Atoi(string(e.Value))
+	return w
+}
+
+func (o *clientOps) Log(msg string) { o.v.log.Debug(msg) }
+
+func (o *clientOps) SecurityError(msg string) { o.v.reportSecurity(msg) }
+
+func (o *clientOps) ReadRemote(path string) ([]byte, error) { return o.v.readRemote(path) }
+
+// maxRemoteBody bounds a remote answer (tiles are 8 KiB, records smaller).
+const maxRemoteBody = 4 << 20
+
+// httpError is a non-200 answer. Its text ends "<url>: <code> <reason>",
+// which isRemoteNotFound relies on.
+type httpError struct {
+	URL    string
+	Status int
+	Body   string // first line of the body, if any
+}
+
+func (e *httpError) Error() string {
+	s := fmt.Sprintf("GET %s: %d %s", e.URL, e.Status, http.StatusText(e.Status))
+	if e.Body != "" {
+		s += " (server says: " + e.Body + ")"
+	}
+	return s
+}
+
+func isNotFound(err error) bool {
+	var he *httpError
+	return errors.As(err, &he) && (he.Status == http.StatusNotFound || he.Status == http.StatusGone)
+}
+
+// readRemote fetches path ("/lookup/…", "/tile/…", "/latest") from the
+// database, through the upstreams that pass it through or else directly.
+// A 404 or 410 is final; other failures fall through to the next upstream.
+func (v *Verifier) readRemote(path string) ([]byte, error) {
+	if v.cfg.Offline {
+		return nil, fmt.Errorf("%w: offline: %s%s is not in the store", ErrUnavailable, v.name, path)
+	}
+	bases, err := v.remoteBases()
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, base := range bases {
+		data, err := v.get(base + path)
+		if err == nil {
+			return data, nil
+		}
+		if isNotFound(err) {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("%w: %v", ErrUnavailable, errors.Join(errs...))
+}
+
+// get fetches url within the configured timeout.
+func (v *Verifier) get(url string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := v.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		line, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+		return nil, &httpError{URL: url, Status: resp.StatusCode, Body: line}
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxRemoteBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: reading body: %w", url, err)
+	}
+	if len(data) > maxRemoteBody {
+		return nil, fmt.Errorf("GET %s: body larger than %d bytes", url, maxRemoteBody)
+	}
+	return data, nil
+}
+
+// probe is what is known about an upstream's passthrough of the database.
+type probe struct {
+	known     bool      // supported is final
+	supported bool      // <upstream>/sumdb/<name>/supported answered 200
+	failedAt  time.Time // last probe failed (neither 200 nor 404/410)
+	err       error
+}
+
+// probeRetry is how long a failed probe is remembered before the upstream
+// is asked again.
+const probeRetry = 30 * time.Second
+
+// remoteBases returns the base URLs to read the database from: the
+// passthrough URLs of the upstreams that support it, or else the direct URL
+// when every upstream declined (404/410) or there are none. An upstream
+// that could not answer the probe makes the database unavailable unless
+// another upstream supports it, as with the go command's "," lists.
+func (v *Verifier) remoteBases() ([]string, error) {
+	if len(v.cfg.Upstreams) == 0 {
+		return []string{v.cfg.URL}, nil
+	}
+	v.probeMu.Lock()
+	defer v.probeMu.Unlock()
+	var bases []string
+	var errs []error
+	for _, up := range v.cfg.Upstreams {
+		p := v.probes[up]
+		if p == nil {
+			p = &probe{}
+			v.probes[up] = p
+		}
+		if !p.known && (p.failedAt.IsZero() || time.Since(p.failedAt) >= probeRetry) {
+			v.probeUpstream(up, p)
+		}
+		switch {
+		case p.known && p.supported:
+			bases = append(bases, up+"/sumdb/"+v.name)
+		case !p.known:
+			errs = append(errs, p.err)
+		}
+	}
+	if len(bases) > 0 {
+		return bases, nil
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: no upstream passes %s through: %v", ErrUnavailable, v.name, errors.Join(errs...))
+	}
+	return []string{v.cfg.URL}, nil
+}
+
+// probeUpstream asks up whether it passes the database through.
+func (v *Verifier) probeUpstream(up string, p *probe) {
+	_, err := v.get(up + "/sumdb/" + v.name + "/supported")
+	switch {
+	case err == nil:
+		p.known, p.supported = true, true
+	case isNotFound(err):
+		p.known, p.supported = true, false
+	default:
+		p.failedAt, p.err = time.Now(), err
+		return
+	}
+	v.log.Debug("probed checksum database passthrough", "upstream", up, "supported", p.supported)
+}
