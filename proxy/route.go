@@ -16,6 +16,10 @@ const (
 	headerCache    = "X-Modproxy-Cache"
 )
 
+// reasonCircuitOpenChecksum is the Health.Allow reason for a circuit opened
+// by checksum mismatches rather than by transport failures.
+const reasonCircuitOpenChecksum = "circuit_open_checksum"
+
 // route is the outcome of trying upstreams for one request.
 type route struct {
 	upstream string // the upstream that answered
@@ -111,7 +115,11 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 				if !ok {
 					f.health.RecordDecision(u.Name(), "skipped", why)
 					errs = append(errs, &UpstreamError{Upstream: u.Name(), Err: errCircuitOpen})
-					if u.AnyError {
+					// An open circuit predicts the upstream's failure. That
+					// falls through after '|'; after ',' only when the
+					// failures were checksum mismatches, which always fall
+					// through (the next copy may be good).
+					if u.AnyError || why == reasonCircuitOpenChecksum {
 						continue
 					}
 					return false

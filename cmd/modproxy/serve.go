@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/proxy"
+	"github.com/modproxy/modproxy/sumdb"
+)
+
+// serveConfig is everything "modproxy serve" is configured with.
+type serveConfig struct {
+	listen          string
+	db              string
+	upstream        string
+	privateUpstream string
+	private         string
+	nosumdb         string
+	sumdb           string
+	offline         bool
+	listTTL         time.Duration
+	negativeTTL     time.Duration
+	logFormat       string
+	logLevel        string
+	spoolDir        string
+	shutdownTimeout time.Duration
+	net             netConfig
+}
+
+func newServeCmd() *cobra.Command {
+	var c serveConfig
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the GOPROXY protocol from the store, fetching what it lacks",
+		Long: `Serve the go command's module proxy protocol (GOPROXY) from one bbolt
+store file, fetching what it lacks from the upstream proxies, verifying it
+against the checksum database and keeping it.
+
+Every flag can also be set with an environment variable MODPROXY_<FLAG>
+(upper case, dashes as underscores), e.g. MODPROXY_LIST_TTL=1m.`,
+		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			return bindEnv(cmd)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), c, cmd.Flags().Changed)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.listen, "listen", ":8080", "address to listen on")
+	f.StringVar(&c.db, "db", "./modproxy.db", "bbolt store file")
+	f.StringVar(&c.upstream, "upstream", "", "upstream proxies in GOPROXY list syntax (default: go env GOPROXY)")
+	f.StringVar(&c.privateUpstream, "private-upstream", "", "upstreams for private module paths, GOPROXY syntax")
+	f.StringVar(&c.private, "private", "", "private module path patterns, GOPRIVATE syntax (default: go env GOPRIVATE)")
+	f.StringVar(&c.nosumdb, "nosumdb", "", "module path patterns not checked against the checksum database (default: go env GONOSUMDB)")
+	f.StringVar(&c.sumdb, "sumdb", "", "checksum database in GOSUMDB syntax: name, name+key, name+key url, or off (default: go env GOSUMDB)")
+	f.BoolVar(&c.offline, "offline", false, "serve only what is stored; never contact an upstream")
+	f.DurationVar(&c.listTTL, "list-ttl", 5*time.Minute, "freshness of list and @latest answers")
+	f.DurationVar(&c.negativeTTL, "negative-ttl", time.Minute, "how long an upstream's not-found answer is remembered")
+	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being downloaded (default: the system temp dir)")
+	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
+	addNetFlags(f, &c.net)
+	return cmd
+}
+
+// resolvedSettings are the defaults taken from "go env" for flags left unset.
+type resolvedSettings struct {
+	upstreams, privateUpstreams []proxy.Upstream
+	private, nosumdb            string
+	sumdbName, sumdbKey         string
+	sumdbURL                    string
+	sumdbOff                    bool
+	sumdbExplicitURL            bool
+}
+
+// resolveSettings validates the flags and fills unset ones from "go env".
+func resolveSettings(ctx context.Context, c serveConfig, changed func(string) bool) (resolvedSettings, error) {
+	var s resolvedSettings
+	if c.listTTL <= 0 {
+		return s, usagef("invalid --list-ttl %s: must be positive", c.listTTL)
+	}
+	if c.negativeTTL <= 0 {
+		return s, usagef("invalid --negative-ttl %s: must be positive", c.negativeTTL)
+	}
+	need := []string{}
+	if !changed("upstream") && !c.offline {
+		need = append(need, "GOPROXY")
+	}
+	if !changed("sumdb") {
+		need = append(need, "GOSUMDB")
+	}
+	if !changed("private") {
+		need = append(need, "GOPRIVATE")
+	}
+	if !changed("nosumdb") {
+		need = append(need, "GONOSUMDB")
+	}
+	env := map[string]string{}
+	if len(need) > 0 {
+		var err error
+		env, err = goEnv(ctx, need...)
+		if err != nil {
+			return s, fmt.Errorf("read defaults (set --upstream, --sumdb, --private and --nosumdb to do without the go command): %w", err)
+		}
+	}
+	pick := func(flag, val, envName string) string {
+		if changed(flag) {
+			return val
+		}
+		return env[envName]
+	}
+	up := pick("upstream", c.upstream, "GOPROXY")
+	if !c.offline {
+		ups, err := proxy.ParseUpstreams(up)
+		if err != nil {
+			return s, usagef("invalid --upstream %q: %v", up, err)
+		}
+		s.upstreams = ups
+	}
+	if c.privateUpstream != "" {
+		ups, err := proxy.ParseUpstreams(c.privateUpstream)
+		if err != nil {
+			return s, usagef("invalid --private-upstream %q: %v", c.privateUpstream, err)
+		}
+		s.privateUpstreams = ups
+	}
+	s.private = pick("private", c.private, "GOPRIVATE")
+	s.nosumdb = pick("nosumdb", c.nosumdb, "GONOSUMDB")
+	if s.nosumdb == "" {
+		s.nosumdb = s.private // as the go command: GONOSUMDB defaults to GOPRIVATE
+	}
+	db := pick("sumdb", c.sumdb, "GOSUMDB")
+	if db == "" {
+		db = "off"
+	}
+	name, key, u, off, err := sumdb.ParseGOSUMDB(db)
+	if err != nil {
+		return s, usagef("invalid --sumdb %q: %v", db, err)
+	}
+	s.sumdbName, s.sumdbKey, s.sumdbURL, s.sumdbOff = name, key, u, off
+	// As with the go command, an explicit URL in GOSUMDB bypasses the
+	// proxies' /sumdb/ passthrough.
+	s.sumdbExplicitURL = len(strings.Fields(db)) > 1
+	return s, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, usagef("invalid --log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// runServe runs the server until ctx is cancelled, then drains it.
+func runServe(ctx context.Context, c serveConfig, changed func(string) bool) error {
+	level, err := parseLevel(c.logLevel)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(c.logFormat, level)
+	if err != nil {
+		return err
+	}
+	set, err := resolveSettings(ctx, c, changed)
+	if err != nil {
+		return err
+	}
+	if err := c.net.validate(); err != nil {
+		return err
+	}
+	if len(set.privateUpstreams) > 0 && set.private == "" {
+		logger.Warn("--private-upstream is set but no private patterns are (--private or GOPRIVATE): it will never be used")
+	}
+
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.listen, err)
+	}
+	defer ln.Close()
+
+	store, err := cache.Open(c.db, cache.Options{})
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			logger.Error("close store", "err", err)
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(newStoreCollector(store))
+
+	allURLs := append(proxy.URLs(set.upstreams), proxy.URLs(set.privateUpstreams)...)
+	network, err := newNetwork(ctx, c.net, allURLs, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer network.Close()
+
+	var verifier proxy.Verifier
+	var sumdbHandler http.Handler
+	if !set.sumdbOff {
+		var sumUpstreams []string
+		if !set.sumdbExplicitURL {
+			// Reach the database through the public upstreams' passthrough,
+			// as the go command does; an explicit URL bypasses proxies.
+			for _, u := range set.upstreams {
+				sumUpstreams = append(sumUpstreams, u.Name())
+			}
+		}
+		v, err := sumdb.New(sumdb.Config{
+			Name:        set.sumdbName,
+			VerifierKey: set.sumdbKey,
+			URL:         set.sumdbURL,
+			Upstreams:   sumUpstreams,
+			Client:      network.Client(),
+			Offline:     c.offline,
+			Private:     set.private,
+			NoSumDB:     set.nosumdb,
+			Logger:      logger,
+			Registerer:  reg,
+		}, store)
+		if err != nil {
+			return fmt.Errorf("checksum database: %w", err)
+		}
+		verifier, sumdbHandler = v, v.Handler()
+	} else {
+		logger.Warn("checksum database verification is off: artifacts are stored unverified")
+	}
+
+	fetcher, err := proxy.NewFetcher(proxy.Config{
+		Store:            store,
+		Client:           network.Client(),
+		Upstreams:        set.upstreams,
+		PrivateUpstreams: set.privateUpstreams,
+		Private:          set.private,
+		Verifier:         verifier,
+		Health:           network.Health(),
+		Offline:          c.offline,
+		ListTTL:          c.listTTL,
+		NegativeTTL:      c.negativeTTL,
+		SpoolDir:         c.spoolDir,
+		Logger:           logger,
+		Metrics:          proxy.NewMetrics(reg),
+	})
+	if err != nil {
+		return err
+	}
+	defer fetcher.Close()
+
+	extra := map[string]http.Handler{
+		"GET /metrics": promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError)}),
+	}
+	for p, h := range network.DebugHandlers() {
+		extra[p] = h
+	}
+	srv := &http.Server{
+		Handler:           proxy.NewServer(fetcher, proxy.ServerOptions{SumDB: sumdbHandler, Extra: extra}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	logger.Info("modproxy serving",
+		"listen", ln.Addr().String(), "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
+		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString())
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: draining in-flight requests", "timeout", c.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn("shutdown did not drain every request", "err", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func sumdbDesc(s resolvedSettings) string {
+	if s.sumdbOff {
+		return "off"
+	}
+	return s.sumdbName
+}
+
+// storeCollector exports the store's size at scrape time.
+type storeCollector struct {
+	store                      *cache.Store
+	bytes, artifacts, diskFree *prometheus.Desc
+	limit                      *prometheus.Desc
+}
+
+func newStoreCollector(s *cache.Store) *storeCollector {
+	return &storeCollector{
+		store:     s,
+		bytes:     prometheus.NewDesc("modproxy_store_bytes", "Size of the store file in bytes.", nil, nil),
+		artifacts: prometheus.NewDesc("modproxy_store_artifacts", "Stored artifacts by kind.", []string{"kind"}, nil),
+		diskFree:  prometheus.NewDesc("modproxy_store_disk_free_bytes", "Free bytes on the file system that holds the store.", nil, nil),
+		limit:     prometheus.NewDesc("modproxy_store_limit_bytes", "Configured store size limit in bytes (0: unlimited).", nil, nil),
+	}
+}
+
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.bytes
+	ch <- c.artifacts
+	ch <- c.diskFree
+	ch <- c.limit
+}
+
+func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.store.Stats()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.bytes, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.FileSize))
+	for kind, n := range st.Artifacts {
+		ch <- prometheus.MustNewConstMetric(c.artifacts, prometheus.GaugeValue, float64(n), string(kind))
+	}
+	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, 0)
+	if free, err := diskFree(c.store.Path()); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.diskFree, prometheus.GaugeValue, float64(free))
+	}
+}
