@@ -7,9 +7,9 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// corruptZipChunk flips a byte inside the first stored chunk that holds a
-// zip (it starts with the local-file-header signature), as a disk or an
-// operator editing the file might, bypassing the store's API.
+// corruptZipChunk flips a byte inside every stored chunk that starts a zip
+// (the local-file-header signature), as a failing disk or an operator
+// editing the file might, bypassing the store's API.
 func corruptZipChunk(t *testing.T, path string) {
 	t.Helper()
 	db, err := bbolt.Open(path, 0o600, nil)
@@ -22,15 +22,23 @@ func corruptZipChunk(t *testing.T, path string) {
 		if b == nil {
 			t.Fatal("no chunks bucket")
 		}
+		bad := map[string][]byte{}
 		c := b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if bytes.HasPrefix(v, []byte("PK\x03\x04")) && len(v) > 80 {
-				bad := append([]byte(nil), v...)
-				bad[len(bad)/2] ^= 0xff
-				return b.Put(append([]byte(nil), k...), bad)
+				nv := append([]byte(nil), v...)
+				nv[len(nv)/2] ^= 0xff
+				bad[string(k)] = nv
 			}
 		}
-		t.Fatal("no zip chunk found")
+		if len(bad) == 0 {
+			t.Fatal("no zip chunk found")
+		}
+		for k, v := range bad {
+			if err := b.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err != nil {

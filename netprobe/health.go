@@ -1,0 +1,581 @@
+package netprobe
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Health scores upstreams from the outcomes the transport observes and the
+// checksum failures the proxy reports, runs a circuit breaker per upstream
+// and suggests hedging delays. It implements the proxy package's Health
+// interface. All methods are safe for concurrent use; unknown upstreams are
+// healthy.
+//
+// # Score
+//
+// Over a sliding window of the last 5 minutes (30 buckets of 10 s):
+//
+//	R  requests (cancelled ones excluded)
+//	F  failures: 5xx, timeouts, resets, connect errors
+//	   (404, 410, 403 and other 4xx are answers, not failures)
+//	C  new-connection attempts (new connections + connect errors), CF connect errors
+//	A  artifact responses (ok .mod and .zip), K checksum failures
+//
+//	fail     = max(F/R, ewma)       ewma: EWMA (α = 0.1) of the per-request failure
+//	                                indicator, so a burst counts at once
+//	connect  = 1 - CF/C             (1 without attempts)
+//	latency  = clamp(1 - (ρ-1.5)/3.5, 0, 1), ρ = recent median TTFB (window) /
+//	           baseline median TTFB (last 1024 samples); 1 up to 1.5× the
+//	           upstream's own baseline, 0 from 5×; 1 with < 20 samples
+//	base     = (1 - fail)² × (0.6·connect + 0.4·latency)
+//	           (10 % failures → 0.81, 20 % → 0.64, 30 % → 0.49)
+//	k        = K / max(A, K)        checksum-failure rate
+//	wk       = min(0.9, 5k)         the checksum weight grows with the rate
+//	score    = (1 - wk)·base + wk·(1 - min(1, 10k))
+//
+// A 10 % checksum-failure rate halves the score at best; 20 % leaves at most
+// 0.1. States: healthy ≥ 0.8, degraded ≥ 0.5, unhealthy below.
+//
+// # Circuit breaker
+//
+// With at least CircuitMinSamples requests (or checksum failures) in the
+// window and state unhealthy, the circuit opens: Allow returns false,
+// "circuit_open". After CircuitCooldown exactly one caller gets true,
+// "half_open_trial"; the outcome of the next request to that upstream
+// observed by the transport closes the circuit (and clears the window's
+// failure counts: a fresh start) or re-opens it. A trial with no outcome
+// within another cool-down is granted again.
+type Health struct {
+	cfg *Config
+	m   *metrics
+	now func() time.Time
+
+	mu  sync.Mutex
+	ups map[string]*upHealth
+}
+
+const (
+	bucketWidth   = 10 * time.Second
+	windowBuckets = 30 // 5 minutes
+	healthWindow  = bucketWidth * windowBuckets
+	ewmaAlpha     = 0.1
+	ttfbRingSize  = 1024
+	maxErrors     = 5
+
+	scoreHealthy  = 0.8
+	scoreDegraded = 0.5
+)
+
+type circuitState int
+
+const (
+	circuitClosed circuitState = iota
+	circuitOpen
+	circuitHalfOpen
+)
+
+func (c circuitState) String() string {
+	switch c {
+	case circuitOpen:
+		return "open"
+	case circuitHalfOpen:
+		return "half_open"
+	default:
+		return "closed"
+	}
+}
+
+// event is one finished request as seen by the transport.
+type event struct {
+	kind    string
+	outcome string
+	newConn bool
+	reused  bool
+	ttfb    time.Duration // 0 without a response
+	err     error
+}
+
+type bucket struct {
+	slot                   int64 // time / bucketWidth
+	requests, failures     int
+	connects, connectFails int
+	artifacts, checksum    int
+}
+
+type sample struct {
+	d  time.Duration
+	at time.Time
+}
+
+// ErrorRecord is one recent upstream error (debug page).
+type ErrorRecord struct {
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"`
+	Outcome string    `json:"outcome"`
+	Error   string    `json:"error"`
+}
+
+type upHealth struct {
+	name    string
+	buckets [windowBuckets]bucket
+	ewma    float64
+
+	ttfb     [ttfbRingSize]sample
+	ttfbN    int // samples stored (≤ ttfbRingSize)
+	ttfbNext int
+
+	// cached latency statistics, recomputed when dirty
+	statsDirty         bool
+	statsAt            time.Time
+	latency            float64
+	p95                time.Duration
+	recentN            int
+	recentP50, baseP50 time.Duration
+
+	circuit  circuitState
+	openedAt time.Time
+	// openedByChecksum: the circuit opened while checksum mismatches
+	// outnumbered transport failures. The proxy lets a request fall
+	// through such an upstream even after ',', as it would a mismatch.
+	openedByChecksum bool
+	trialAt  time.Time
+	trialOut bool
+
+	state string
+
+	outcomes   map[string]int64
+	newConns   int64
+	reuseConns int64
+	errors     []ErrorRecord // newest last, at most maxErrors
+	decisions  map[[2]string]int64
+}
+
+func newHealth(cfg *Config, m *metrics) *Health {
+	return &Health{cfg: cfg, m: m, now: cfg.Clock, ups: make(map[string]*upHealth)}
+}
+
+// get returns the state of upstream, creating it.
+func (h *Health) get(upstream string) *upHealth {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.getLocked(upstream)
+}
+
+func (h *Health) getLocked(upstream string) *upHealth {
+	u := h.ups[upstream]
+	if u == nil {
+		u = &upHealth{
+			name:      upstream,
+			latency:   1,
+			outcomes:  make(map[string]int64),
+			decisions: make(map[[2]string]int64),
+		}
+		h.ups[upstream] = u
+		h.setStateLocked(u, StateHealthy)
+		h.m.score.WithLabelValues(upstream).Set(1)
+	}
+	return u
+}
+
+func isFailure(outcome string) bool {
+	switch outcome {
+	case OutcomeServerError, OutcomeTimeout, OutcomeConnectError, OutcomeReset:
+		return true
+	}
+	return false
+}
+
+func (u *upHealth) bucket(now time.Time) *bucket {
+	slot := now.UnixNano() / int64(bucketWidth)
+	b := &u.buckets[slot%windowBuckets]
+	if b.slot != slot {
+		*b = bucket{slot: slot}
+	}
+	return b
+}
+
+// window sums the buckets of the last healthWindow.
+func (u *upHealth) window(now time.Time) bucket {
+	slot := now.UnixNano() / int64(bucketWidth)
+	var s bucket
+	for _, b := range u.buckets {
+		if b.slot > slot-windowBuckets && b.slot <= slot {
+			s.requests += b.requests
+			s.failures += b.failures
+			s.connects += b.connects
+			s.connectFails += b.connectFails
+			s.artifacts += b.artifacts
+			s.checksum += b.checksum
+		}
+	}
+	return s
+}
+
+// record feeds one finished request into upstream's health.
+func (h *Health) record(upstream string, ev event) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	u.outcomes[ev.outcome]++
+	if ev.newConn {
+		u.newConns++
+	} else if ev.reused {
+		u.reuseConns++
+	}
+	if ev.err != nil && ev.outcome != OutcomeCanceled {
+		u.errors = append(u.errors, ErrorRecord{Time: now, Kind: ev.kind, Outcome: ev.outcome, Error: ev.err.Error()})
+		if len(u.errors) > maxErrors {
+			u.errors = slices.Delete(u.errors, 0, len(u.errors)-maxErrors)
+		}
+	}
+	if ev.outcome == OutcomeCanceled {
+		if u.circuit == circuitHalfOpen && u.trialOut {
+			u.trialOut = false // the trial did not happen; grant another
+		}
+		return
+	}
+	failed := isFailure(ev.outcome)
+	b := u.bucket(now)
+	b.requests++
+	if failed {
+		b.failures++
+	}
+	if ev.newConn {
+		b.connects++
+	}
+	if ev.outcome == OutcomeConnectError {
+		b.connects++
+		b.connectFails++
+	}
+	if ev.outcome == OutcomeOK && (ev.kind == KindMod || ev.kind == KindZip) {
+		b.artifacts++
+	}
+	x := 0.0
+	if failed {
+		x = 1
+	}
+	u.ewma += ewmaAlpha * (x - u.ewma)
+	if ev.ttfb > 0 {
+		u.ttfb[u.ttfbNext] = sample{ev.ttfb, now}
+		u.ttfbNext = (u.ttfbNext + 1) % ttfbRingSize
+		u.ttfbN = min(u.ttfbN+1, ttfbRingSize)
+		u.statsDirty = true
+	}
+
+	switch u.circuit {
+	case circuitHalfOpen:
+		if !u.trialOut {
+			break
+		}
+		if failed {
+			h.openLocked(u, now)
+		} else {
+			h.closeLocked(u)
+		}
+	case circuitOpen:
+		// A straggler that started before the circuit opened: no effect.
+	}
+	h.evaluateLocked(u, now)
+}
+
+func (h *Health) openLocked(u *upHealth, now time.Time) {
+	w := u.window(now)
+	u.circuit, u.openedAt, u.trialOut = circuitOpen, now, false
+	u.openedByChecksum = w.checksum > w.failures
+	h.cfg.Logger.Warn("netprobe: upstream circuit open", "upstream", u.name)
+}
+
+// closeLocked closes the circuit after a successful trial and clears the
+// window's failure history so that the old failures do not re-open it.
+func (h *Health) closeLocked(u *upHealth) {
+	u.circuit, u.trialOut = circuitClosed, false
+	u.buckets = [windowBuckets]bucket{}
+	u.ewma = 0
+	h.cfg.Logger.Info("netprobe: upstream circuit closed after a successful trial", "upstream", u.name)
+}
+
+// scoreLocked computes the score (see the type's doc comment).
+func (h *Health) scoreLocked(u *upHealth, now time.Time) float64 {
+	w := u.window(now)
+	fail := u.ewma
+	if w.requests > 0 {
+		fail = max(fail, float64(w.failures)/float64(w.requests))
+	}
+	connect := 1.0
+	if w.connects > 0 {
+		connect = 1 - float64(w.connectFails)/float64(w.connects)
+	}
+	h.latencyStatsLocked(u, now)
+	base := (1 - fail) * (1 - fail) * (0.6*connect + 0.4*u.latency)
+	score := base
+	if w.checksum > 0 {
+		k := float64(w.checksum) / float64(max(w.artifacts, w.checksum))
+		wk := min(0.9, 5*k)
+		score = (1-wk)*base + wk*(1-min(1, 10*k))
+	}
+	return min(1, max(0, score))
+}
+
+// latencyStatsLocked refreshes the cached TTFB statistics: at most once a
+// second under load, immediately while samples are few.
+func (h *Health) latencyStatsLocked(u *upHealth, now time.Time) {
+	if !u.statsDirty && now.Sub(u.statsAt) < bucketWidth {
+		return
+	}
+	if u.ttfbN >= 100 && now.Sub(u.statsAt) < time.Second && now.After(u.statsAt) {
+		return
+	}
+	u.statsDirty, u.statsAt = false, now
+	all := make([]time.Duration, 0, u.ttfbN)
+	recent := make([]time.Duration, 0, u.ttfbN)
+	for _, s := range u.ttfb[:u.ttfbN] {
+		all = append(all, s.d)
+		if now.Sub(s.at) < healthWindow {
+			recent = append(recent, s.d)
+		}
+	}
+	slices.Sort(all)
+	slices.Sort(recent)
+	u.recentN = len(recent)
+	u.p95, u.recentP50, u.baseP50, u.latency = 0, 0, 0, 1
+	if len(recent) > 0 {
+		u.p95 = quantile(recent, 0.95)
+		u.recentP50 = quantile(recent, 0.5)
+	}
+	if len(all) > 0 {
+		u.baseP50 = quantile(all, 0.5)
+	}
+	if len(all) >= 20 && len(recent) >= 5 && u.baseP50 > 0 {
+		rho := float64(u.recentP50) / float64(u.baseP50)
+		u.latency = min(1, max(0, 1-(rho-1.5)/3.5))
+	}
+}
+
+// quantile of sorted values (nearest rank).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	i := int(q*float64(len(sorted))+0.5) - 1
+	return sorted[min(len(sorted)-1, max(0, i))]
+}
+
+func stateOf(score float64) string {
+	switch {
+	case score >= scoreHealthy:
+		return StateHealthy
+	case score >= scoreDegraded:
+		return StateDegraded
+	default:
+		return StateUnhealthy
+	}
+}
+
+// evaluateLocked recomputes the score, opens the circuit when warranted and
+// updates the gauges. It returns the score.
+func (h *Health) evaluateLocked(u *upHealth, now time.Time) float64 {
+	score := h.scoreLocked(u, now)
+	state := stateOf(score)
+	if u.circuit == circuitClosed && state == StateUnhealthy {
+		w := u.window(now)
+		if w.requests+w.checksum >= h.cfg.CircuitMinSamples {
+			h.openLocked(u, now)
+		}
+	}
+	if u.circuit != circuitClosed {
+		state = StateOpen
+	}
+	h.m.score.WithLabelValues(u.name).Set(score)
+	h.setStateLocked(u, state)
+	return score
+}
+
+func (h *Health) setStateLocked(u *upHealth, state string) {
+	if u.state == state {
+		return
+	}
+	u.state = state
+	for _, s := range allStates {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		h.m.state.WithLabelValues(u.name, s).Set(v)
+	}
+}
+
+// Allow reports whether a request may be sent to upstream now; see the
+// type's doc comment. reason is "circuit_open" ("circuit_open_checksum"
+// when checksum mismatches opened it), "half_open_trial" or the upstream's
+// state ("healthy", "degraded", "unhealthy").
+func (h *Health) Allow(upstream string) (ok bool, reason string) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	closed := "circuit_open"
+	if u.openedByChecksum {
+		closed = "circuit_open_checksum"
+	}
+	switch u.circuit {
+	case circuitOpen:
+		if now.Sub(u.openedAt) < h.cfg.CircuitCooldown {
+			return false, closed
+		}
+		u.circuit, u.trialAt, u.trialOut = circuitHalfOpen, now, true
+		return true, "half_open_trial"
+	case circuitHalfOpen:
+		if u.trialOut && now.Sub(u.trialAt) < h.cfg.CircuitCooldown {
+			return false, closed
+		}
+		u.trialAt, u.trialOut = now, true
+		return true, "half_open_trial"
+	}
+	return true, stateOf(h.evaluateLocked(u, now))
+}
+
+// Score is upstream's health score in [0, 1].
+func (h *Health) Score(upstream string) float64 {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.evaluateLocked(h.getLocked(upstream), now)
+}
+
+// State is upstream's state: healthy, degraded, unhealthy or open (circuit
+// open or half-open).
+func (h *Health) State(upstream string) string {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	h.evaluateLocked(u, now)
+	return u.state
+}
+
+// HedgeAfter is upstream's p95 time to first byte over the window, at least
+// HedgeFloor; ok is false with fewer than HedgeMinSamples recent samples.
+func (h *Health) HedgeAfter(upstream string) (d time.Duration, ok bool) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	h.latencyStatsLocked(u, now)
+	if u.recentN < h.cfg.HedgeMinSamples {
+		return 0, false
+	}
+	return max(u.p95, h.cfg.HedgeFloor), true
+}
+
+// ReportChecksumFailure counts an artifact from upstream that disagreed
+// with the checksum database; it weighs heavily on the score.
+func (h *Health) ReportChecksumFailure(upstream string) {
+	now := h.now()
+	h.m.checksumErr.WithLabelValues(upstream).Inc()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	u.bucket(now).checksum++
+	u.errors = append(u.errors, ErrorRecord{Time: now, Outcome: "checksum_failure", Error: errChecksum.Error()})
+	if len(u.errors) > maxErrors {
+		u.errors = slices.Delete(u.errors, 0, len(u.errors)-maxErrors)
+	}
+	h.evaluateLocked(u, now)
+}
+
+var errChecksum = errors.New("artifact disagreed with the checksum database")
+
+// RecordDecision counts one fallback decision of the proxy
+// (modproxy_upstream_decisions_total{upstream,decision,reason}).
+func (h *Health) RecordDecision(upstream, decision, reason string) {
+	h.m.decisions.WithLabelValues(upstream, decision, reason).Inc()
+	h.mu.Lock()
+	h.getLocked(upstream).decisions[[2]string{decision, reason}]++
+	h.mu.Unlock()
+}
+
+// healthSnapshot is the debug page's view of one upstream.
+type healthSnapshot struct {
+	Score      float64
+	State      string
+	Circuit    string
+	HedgeAfter time.Duration
+	HedgeOK    bool
+	NewConns   int64
+	Reused     int64
+	Outcomes   map[string]int64
+	Errors     []ErrorRecord
+	Decisions  []DecisionCount
+	Window     WindowCounts
+}
+
+// DecisionCount is one (decision, reason) counter.
+type DecisionCount struct {
+	Decision string `json:"decision"`
+	Reason   string `json:"reason"`
+	Count    int64  `json:"count"`
+}
+
+// WindowCounts are the sliding-window counts behind the score.
+type WindowCounts struct {
+	Requests         int `json:"requests"`
+	Failures         int `json:"failures"`
+	Connects         int `json:"connects"`
+	ConnectFailures  int `json:"connect_failures"`
+	Artifacts        int `json:"artifacts"`
+	ChecksumFailures int `json:"checksum_failures"`
+}
+
+func (h *Health) upstreams() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := make([]string, 0, len(h.ups))
+	for n := range h.ups {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (h *Health) snapshot(upstream string) healthSnapshot {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	s := healthSnapshot{
+		Score:    h.evaluateLocked(u, now),
+		State:    u.state,
+		Circuit:  u.circuit.String(),
+		NewConns: u.newConns,
+		Reused:   u.reuseConns,
+		Outcomes: make(map[string]int64, len(u.outcomes)),
+		Errors:   slices.Clone(u.errors),
+	}
+	if u.recentN >= h.cfg.HedgeMinSamples {
+		s.HedgeAfter, s.HedgeOK = max(u.p95, h.cfg.HedgeFloor), true
+	}
+	for k, v := range u.outcomes {
+		s.Outcomes[k] = v
+	}
+	for k, v := range u.decisions {
+		s.Decisions = append(s.Decisions, DecisionCount{Decision: k[0], Reason: k[1], Count: v})
+	}
+	slices.SortFunc(s.Decisions, func(a, b DecisionCount) int {
+		if a.Decision != b.Decision {
+			if a.Decision < b.Decision {
+				return -1
+			}
+			return 1
+		}
+		if a.Reason < b.Reason {
+			return -1
+		}
+		if a.Reason > b.Reason {
+			return 1
+		}
+		return 0
+	})
+	w := u.window(now)
+	s.Window = WindowCounts{w.requests, w.failures, w.connects, w.connectFails, w.artifacts, w.checksum}
+	return s
+}

@@ -1,0 +1,216 @@
+package netprobe
+
+import (
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func newTestHealth(t *testing.T) (*Health, *fakeClock) {
+	t.Helper()
+	clock := newFakeClock()
+	cfg := Config{Clock: clock.Now}
+	cfg.setDefaults()
+	return newHealth(&cfg, newMetrics()), clock
+}
+
+func TestHealthNotFoundIsNotFailure(t *testing.T) {
+	h, _ := newTestHealth(t)
+	for range 50 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeNotFound, ttfb: time.Millisecond})
+		h.record("u", event{kind: KindInfo, outcome: OutcomeForbidden, ttfb: time.Millisecond})
+	}
+	if s := h.Score("u"); s != 1 {
+		t.Errorf("score after 404/403s = %v, want 1", s)
+	}
+	if ok, reason := h.Allow("u"); !ok || reason != StateHealthy {
+		t.Errorf("Allow = %v %q", ok, reason)
+	}
+}
+
+func TestHealthFailuresDegrade(t *testing.T) {
+	h, _ := newTestHealth(t)
+	for i := range 40 {
+		out := OutcomeOK
+		if i%5 == 0 {
+			out = OutcomeServerError // 20 %
+		}
+		h.record("u", event{kind: KindInfo, outcome: out, ttfb: time.Millisecond})
+	}
+	s := h.Score("u")
+	if s >= scoreHealthy || s < scoreDegraded {
+		t.Errorf("score with 20%% failures = %.2f, want degraded", s)
+	}
+	if st := h.State("u"); st != StateDegraded {
+		t.Errorf("state = %s", st)
+	}
+}
+
+func TestHealthChecksumFailuresDropScore(t *testing.T) {
+	h, _ := newTestHealth(t)
+	for range 20 {
+		h.record("u", event{kind: KindZip, outcome: OutcomeOK, ttfb: time.Millisecond})
+	}
+	if s := h.Score("u"); s < 0.99 {
+		t.Fatalf("score before = %v", s)
+	}
+	h.ReportChecksumFailure("u")
+	one := h.Score("u")
+	h.ReportChecksumFailure("u")
+	h.ReportChecksumFailure("u")
+	three := h.Score("u")
+	if !(three < one && three < 0.3) {
+		t.Errorf("score after 1 and 3 of 20 checksum failures: %.2f, %.2f; want a sharp drop below 0.3", one, three)
+	}
+	if ok, reason := h.Allow("u"); ok || reason != "circuit_open_checksum" {
+		t.Errorf("Allow after checksum failures = %v %q, want circuit_open_checksum", ok, reason)
+	}
+}
+
+func TestHealthLatencyAgainstBaseline(t *testing.T) {
+	h, clock := newTestHealth(t)
+	for range 200 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeOK, ttfb: 10 * time.Millisecond})
+	}
+	clock.Advance(10 * time.Minute) // the baseline leaves the window
+	for range 30 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeOK, ttfb: 100 * time.Millisecond})
+	}
+	if s := h.Score("u"); s > 0.7 || s < scoreDegraded {
+		t.Errorf("score at 10× the baseline TTFB = %.2f, want degraded (latency term 0)", s)
+	}
+}
+
+func TestHedgeAfter(t *testing.T) {
+	h, clock := newTestHealth(t)
+	for range 19 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeOK, ttfb: time.Millisecond})
+	}
+	if _, ok := h.HedgeAfter("u"); ok {
+		t.Error("HedgeAfter ok with 19 samples")
+	}
+	h.record("u", event{kind: KindInfo, outcome: OutcomeOK, ttfb: time.Millisecond})
+	if d, ok := h.HedgeAfter("u"); !ok || d != DefaultHedgeFloor {
+		t.Errorf("HedgeAfter = %v %v, want the 50ms floor", d, ok)
+	}
+	for i := range 100 {
+		h.record("v", event{kind: KindInfo, outcome: OutcomeOK, ttfb: time.Duration(i+1) * 10 * time.Millisecond})
+	}
+	if d, ok := h.HedgeAfter("v"); !ok || d != 950*time.Millisecond {
+		t.Errorf("HedgeAfter = %v %v, want p95 950ms", d, ok)
+	}
+	clock.Advance(6 * time.Minute)
+	if _, ok := h.HedgeAfter("v"); ok {
+		t.Error("HedgeAfter ok with only old samples")
+	}
+}
+
+func TestCircuitBreaker(t *testing.T) {
+	var fail atomic.Bool
+	fail.Store(true)
+	e := newEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}), "", func(c *Config) { c.CircuitCooldown = 30 * time.Second })
+	h := e.p.Health()
+	for i := range 10 {
+		if ok, _ := h.Allow(e.base); !ok {
+			t.Fatalf("circuit open after %d failures, want ≥ 10 (CircuitMinSamples)", i)
+		}
+		e.get(t, "/m/@v/list")
+	}
+	if ok, reason := h.Allow(e.base); ok || reason != "circuit_open" {
+		t.Fatalf("Allow after 10 failures = %v %q, want circuit_open", ok, reason)
+	}
+	if got := counter(t, e.reg, "modproxy_upstream_state", map[string]string{"upstream": e.base, "state": StateOpen}); got != 1 {
+		t.Errorf("state{open} = %v", got)
+	}
+	e.clock.Advance(29 * time.Second)
+	if ok, _ := h.Allow(e.base); ok {
+		t.Fatal("allowed before the cool-down")
+	}
+	e.clock.Advance(2 * time.Second)
+
+	trial := func() {
+		t.Helper()
+		var wg sync.WaitGroup
+		var granted atomic.Int32
+		for range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if ok, reason := h.Allow(e.base); ok {
+					if reason != "half_open_trial" {
+						t.Errorf("reason %q", reason)
+					}
+					granted.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if granted.Load() != 1 {
+			t.Fatalf("%d half-open trials granted, want exactly 1", granted.Load())
+		}
+	}
+	// The trial fails: the circuit re-opens.
+	trial()
+	e.get(t, "/m/@v/list")
+	if ok, reason := h.Allow(e.base); ok || reason != "circuit_open" {
+		t.Fatalf("after a failed trial Allow = %v %q", ok, reason)
+	}
+	// The next trial succeeds: the circuit closes.
+	e.clock.Advance(31 * time.Second)
+	fail.Store(false)
+	trial()
+	e.get(t, "/m/@v/list")
+	if ok, reason := h.Allow(e.base); !ok || reason == "half_open_trial" {
+		t.Fatalf("after a successful trial Allow = %v %q", ok, reason)
+	}
+	if s := h.Score(e.base); s < scoreHealthy {
+		t.Errorf("score after closing = %.2f", s)
+	}
+	h.RecordDecision(e.base, "skipped", "circuit_open")
+	if got := counter(t, e.reg, "modproxy_upstream_decisions_total", map[string]string{"upstream": e.base, "decision": "skipped", "reason": "circuit_open"}); got != 1 {
+		t.Errorf("decisions = %v", got)
+	}
+}
+
+func TestCircuitTrialExpires(t *testing.T) {
+	h, clock := newTestHealth(t)
+	for range 10 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeTimeout, err: errors.New("timeout")})
+	}
+	clock.Advance(DefaultCircuitCooldown)
+	if ok, _ := h.Allow("u"); !ok {
+		t.Fatal("no trial after the cool-down")
+	}
+	if ok, _ := h.Allow("u"); ok {
+		t.Fatal("second trial granted")
+	}
+	// The trial was cancelled by its caller: another one may go.
+	h.record("u", event{kind: KindInfo, outcome: OutcomeCanceled})
+	if ok, reason := h.Allow("u"); !ok || reason != "half_open_trial" {
+		t.Fatalf("after a cancelled trial Allow = %v %q", ok, reason)
+	}
+	// No outcome within a cool-down: granted again.
+	clock.Advance(DefaultCircuitCooldown)
+	if ok, reason := h.Allow("u"); !ok || reason != "half_open_trial" {
+		t.Fatalf("after an expired trial Allow = %v %q", ok, reason)
+	}
+}
+
+// proxyHealth mirrors the Health interface of package proxy (proxy/deps.go),
+// which netprobe cannot import; the assertion keeps the two in step.
+type proxyHealth interface {
+	Allow(upstream string) (ok bool, reason string)
+	Score(upstream string) float64
+	HedgeAfter(upstream string) (d time.Duration, ok bool)
+	ReportChecksumFailure(upstream string)
+	RecordDecision(upstream, decision, reason string)
+}
+
+var _ proxyHealth = (*Health)(nil)
