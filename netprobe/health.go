@@ -140,8 +140,8 @@ type upHealth struct {
 	// outnumbered transport failures. The proxy lets a request fall
 	// through such an upstream even after ',', as it would a mismatch.
 	openedByChecksum bool
-	trialAt  time.Time
-	trialOut bool
+	trialAt          time.Time
+	trialOut         bool
 
 	state string
 
