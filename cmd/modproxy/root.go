@@ -26,7 +26,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// A bare "modproxy" is a usage error, not a silent success.
-		Args: cobra.NoArgs,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return usagef("missing command; try 'modproxy serve' or 'modproxy --help'")
 		},
@@ -38,7 +38,22 @@ func newRootCmd() *cobra.Command {
 	for _, c := range extraCommands {
 		root.AddCommand(c())
 	}
+	for _, c := range root.Commands() {
+		if c.Args != nil {
+			c.Args = usageArgs(c.Args)
+		}
+	}
 	return root
+}
+
+// usageArgs makes an argument validator's errors usage errors (exit 2).
+func usageArgs(fn cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := fn(cmd, args); err != nil {
+			return &usageError{err}
+		}
+		return nil
+	}
 }
 
 // extraCommands are added by the files that implement them.

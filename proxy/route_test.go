@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modproxy/modproxy/internal/testupstream"
+)
+
+// fakeHealth is a scripted Health.
+type fakeHealth struct {
+	mu        sync.Mutex
+	scores    map[string]float64
+	closed    map[string]string // upstream -> Allow reason when not allowed
+	hedge     map[string]time.Duration
+	decisions []string // "upstream decision reason"
+	checksums map[string]int
+}
+
+func newFakeHealth() *fakeHealth {
+	return &fakeHealth{scores: map[string]float64{}, closed: map[string]string{}, hedge: map[string]time.Duration{}, checksums: map[string]int{}}
+}
+
+func (h *fakeHealth) Allow(u string) (bool, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if why, ok := h.closed[u]; ok {
+		return false, why
+	}
+	return true, "healthy"
+}
+
+func (h *fakeHealth) Score(u string) float64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s, ok := h.scores[u]; ok {
+		return s
+	}
+	return 1
+}
+
+func (h *fakeHealth) HedgeAfter(u string) (time.Duration, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, ok := h.hedge[u]
+	return d, ok
+}
+
+func (h *fakeHealth) ReportChecksumFailure(u string) {
+	h.mu.Lock()
+	h.checksums[u]++
+	h.mu.Unlock()
+}
+
+func (h *fakeHealth) RecordDecision(u, decision, reason string) {
+	h.mu.Lock()
+	h.decisions = append(h.decisions, u+" "+decision+" "+reason)
+	h.mu.Unlock()
+}
+
+func (h *fakeHealth) has(u, decision, reason string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, d := range h.decisions {
+		if d == u+" "+decision+" "+reason {
+			return true
+		}
+	}
+	return false
+}
+
+func TestHedgeStalledPrimaryLoses(t *testing.T) {
+	slow, fast := newUpstream(t), newUpstream(t)
+	slow.SetFaults(testupstream.Fault{Delay: 5 * time.Second})
+	h := newFakeHealth()
+	h.hedge[slow.URL()] = 50 * time.Millisecond
+	e := newEnv(t, slow.URL()+"|"+fast.URL(), func(c *Config) { c.Health = h })
+
+	start := time.Now()
+	r := e.mustGet("/example.com/hello/@v/v1.0.0.info", 200)
+	if took := time.Since(start); took >= 5*time.Second {
+		t.Fatalf("hedged request took %v: it waited for the stalled primary", took)
+	}
+	if r.header.Get(headerUpstream) != fast.URL() || r.header.Get(headerDecision) != "hedge_won" {
+		t.Errorf("answered by %q (%q)", r.header.Get(headerUpstream), r.header.Get(headerDecision))
+	}
+	if !h.has(slow.URL(), "hedged", "no_first_byte_by_p95") || !h.has(fast.URL(), "hedge_won", "hedge_won") {
+		t.Errorf("decisions: %v", h.decisions)
+	}
+}
+
+func TestNoHedge(t *testing.T) {
+	tests := []struct {
+		name, list, path string
+		private          bool
+	}{
+		{"comma list", ",", "/example.com/hello/@v/v1.0.0.info", false},
+		{"zip", "|", "/example.com/hello/@v/v1.0.0.zip", false},
+		{"private path", "|", "/example.com/hello/@v/v1.0.0.info", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			slow, other := newUpstream(t), newUpstream(t)
+			slow.SetFaults(testupstream.Fault{Delay: 300 * time.Millisecond})
+			h := newFakeHealth()
+			h.hedge[slow.URL()] = 10 * time.Millisecond
+			list := slow.URL() + tt.list + other.URL()
+			e := newEnv(t, list, func(c *Config) {
+				c.Health = h
+				if tt.private {
+					c.Private = "example.com"
+					c.PrivateUpstreams, _ = ParseUpstreams(list)
+				}
+			})
+			r := e.mustGet(tt.path, 200)
+			if r.header.Get(headerUpstream) != slow.URL() || other.Count("example.com/hello") != 0 {
+				t.Errorf("answered by %q; other upstream saw %d requests", r.header.Get(headerUpstream), other.Count("example.com/hello"))
+			}
+		})
+	}
+}
+
+func TestCircuitOpenSkipsWithinSyntax(t *testing.T) {
+	tests := []struct {
+		name, sep, reason string
+		status            int
+		otherAsked        bool
+	}{
+		{"pipe skips", "|", "circuit_open", 200, true},
+		{"comma stops", ",", "circuit_open", 502, false},
+		{"comma falls through a checksum circuit", ",", reasonCircuitOpenChecksum, 200, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dead, other := newUpstream(t), newUpstream(t)
+			h := newFakeHealth()
+			h.closed[dead.URL()] = tt.reason
+			e := newEnv(t, dead.URL()+tt.sep+other.URL(), func(c *Config) { c.Health = h })
+			r := e.get("/example.com/hello/@v/v1.0.0.mod")
+			if r.status != tt.status {
+				t.Fatalf("status %d %q, want %d", r.status, r.body, tt.status)
+			}
+			if dead.Count("example.com") != 0 {
+				t.Error("request sent to an upstream with an open circuit")
+			}
+			if (other.Count("example.com") > 0) != tt.otherAsked {
+				t.Errorf("other upstream asked = %v, want %v", !tt.otherAsked, tt.otherAsked)
+			}
+			if !h.has(dead.URL(), "skipped", tt.reason) {
+				t.Errorf("decisions: %v", h.decisions)
+			}
+			if tt.status == 502 && !strings.Contains(r.body, "circuit open") {
+				t.Errorf("body %q", r.body)
+			}
+		})
+	}
+}
+
+func TestHealthOrdersPipeGroups(t *testing.T) {
+	a, b, c := newUpstream(t), newUpstream(t), newUpstream(t)
+	h := newFakeHealth()
+	h.scores[a.URL()] = 0.6
+	h.scores[b.URL()] = 0.95
+	// "a|b,c": a and b may be reordered; c stays last after ','.
+	h.scores[c.URL()] = 1
+	e := newEnv(t, a.URL()+"|"+b.URL()+","+c.URL(), func(cfg *Config) { cfg.Health = h })
+	r := e.mustGet("/example.com/hello/@v/v1.0.0.info", 200)
+	if r.header.Get(headerUpstream) != b.URL() || r.header.Get(headerDecision) != "health_order" {
+		t.Errorf("answered by %q (%q), want the healthier %q", r.header.Get(headerUpstream), r.header.Get(headerDecision), b.URL())
+	}
+	if a.Count("example.com") != 0 || c.Count("example.com") != 0 {
+		t.Errorf("less healthy or later upstreams asked: a=%d c=%d", a.Count("example.com"), c.Count("example.com"))
+	}
+	// b failing with a 500 falls through to a (a '|' group), never past ','.
+	b.SetFaults(testupstream.Fault{Status: 500})
+	r = e.mustGet("/example.com/hello/@v/v1.1.0.info", 200)
+	if r.header.Get(headerUpstream) != a.URL() {
+		t.Errorf("after b failed answered by %q, want %q", r.header.Get(headerUpstream), a.URL())
+	}
+}
