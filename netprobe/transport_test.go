@@ -137,7 +137,9 @@ func TestPhasesHTTP(t *testing.T) {
 	check(PhaseDNS, 80*time.Millisecond)
 	check(PhaseConnect, 0)
 	check(PhaseTTFB, 150*time.Millisecond)
-	check(PhaseTransfer, 100*time.Millisecond)
+	// transfer is the difference of two client-side stamps; a late first
+	// stamp (scheduling under -race) can shave a little off the 100 ms.
+	check(PhaseTransfer, 90*time.Millisecond)
 	check(PhaseTotal, 330*time.Millisecond)
 	if n, _ := e.phase(t, "list", PhaseTLS); n != 0 {
 		t.Errorf("tls samples on plain HTTP: %d", n)
