@@ -7,6 +7,9 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 FUZZTIME  ?= 10s
 # Arguments for `make run`, e.g. make run ARGS="--listen :9090 --offline".
 ARGS      ?=
+# The committed eBPF objects were built with Debian 12's clang 14; another
+# clang version produces a different (equally valid) object.
+BPF_CC    ?= clang-14
 
 .PHONY: help build run test test-short fuzz lint vet bench bpf bpf-check e2e-live clean
 
@@ -41,10 +44,11 @@ bench: ## load and latency benchmarks against a local fake upstream (see README)
 	$(GO) run ./internal/bench
 
 bpf: ## regenerate the eBPF objects and Go bindings (needs clang, llvm-strip, bpftool)
-	cd bpf && $(GO) generate ./...
+	cd bpf && BPF2GO_CC=$(BPF_CC) $(GO) generate ./...
 
 bpf-check: bpf ## fail if regenerating the eBPF objects changes committed files
 	git diff --exit-code -- bpf/
+	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "untracked generated files"; exit 1; }
 
 e2e-live: build ## opt-in smoke test against the real default upstream (network)
 	MODPROXY_E2E_LIVE=1 $(GO) test -count=1 -run 'TestLive' -v ./cmd/modproxy/
