@@ -155,8 +155,17 @@ type Store interface {
 // passes through unverified is kept apart so that a bad tile from one
 // upstream cannot poison the verifier.
 const (
-	bucketVerified   = "sumdb"
-	bucketUnverified = "sumdb-unverified"
+	bucketVerified   = BucketVerified
+	bucketUnverified = BucketUnverified
+)
+
+// The store buckets of the package's layout, for code that moves store
+// content in bulk (bundles): BucketVerified holds records and tiles the
+// client authenticated (and re-checks whenever it reads them);
+// BucketUnverified holds tiles passed through unauthenticated.
+const (
+	BucketVerified   = "sumdb"
+	BucketUnverified = "sumdb-unverified"
 )
 
 // ParseGOSUMDB parses a GOSUMDB value as the go command does: "off"; a

@@ -1,0 +1,197 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"go.etcd.io/bbolt"
+)
+
+// CopyStats counts what a copy wrote into the destination store.
+type CopyStats struct {
+	Artifacts int   // artifacts published in the destination
+	Bytes     int64 // their content bytes
+	Existing  int   // artifacts the destination already held (left as they were)
+}
+
+// CopyTo copies every published artifact of s for which keep returns true
+// (every artifact when keep is nil) into dst, with its Meta (hash, upstream,
+// creation time). Each artifact is published in dst the way Put publishes:
+// whole or not at all, its size and SHA-256 checked against the source
+// record. Artifacts dst already holds are left untouched (artifacts are
+// immutable). Quarantined copies are not copied.
+func (s *Store) CopyTo(dst *Store, keep func(Key) bool) (CopyStats, error) {
+	var st CopyStats
+	if s == dst {
+		return st, errors.New("copy store: source and destination are the same store")
+	}
+	var keys []Key
+	err := s.Walk(func(k Key, _ Meta) error {
+		if keep == nil || keep(k) {
+			keys = append(keys, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("copy store %s: %w", s.path, err)
+	}
+	for _, k := range keys {
+		if _, err := dst.Stat(k); err == nil {
+			st.Existing++
+			continue
+		} else if !errors.Is(err, ErrNotFound) {
+			return st, fmt.Errorf("copy %s: %w", k, err)
+		}
+		r, err := s.Open(k)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted or quarantined since the walk
+		}
+		if err != nil {
+			return st, fmt.Errorf("copy %s: %w", k, err)
+		}
+		m := r.Meta()
+		_, err = dst.Put(k, r, m)
+		r.Close()
+		if err != nil {
+			return st, fmt.Errorf("copy %s to %s: %w", k, dst.path, err)
+		}
+		st.Artifacts++
+		st.Bytes += m.Size
+	}
+	return st, nil
+}
+
+// rawPair is a raw key/value pair read from a source bucket.
+type rawPair struct{ k, v []byte }
+
+// CopyMetaTo copies the mutable entries of s whose key keep accepts (every
+// entry when keep is nil) into dst, keeping their fetched times. An entry
+// dst already holds is replaced only when overwrite is set. It returns the
+// number of entries written. Entries are written a batch per transaction.
+func (s *Store) CopyMetaTo(dst *Store, keep func(key string) bool, overwrite bool) (int, error) {
+	if dst.readOnly {
+		return 0, fmt.Errorf("copy meta to %s: %w", dst.path, errReadOnly)
+	}
+	n := 0
+	var batch []rawPair
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := dst.db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketMeta)
+			for _, p := range batch {
+				if !overwrite && b.Get(p.k) != nil {
+					continue
+				}
+				if err := b.Put(p.k, p.v); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		batch = batch[:0]
+		return err
+	}
+	err := walkBatched(s, bucketMeta, nil, nil,
+		func(k, v []byte) (rawPair, error) {
+			if _, err := decodeEntry(v); err != nil {
+				return rawPair{}, fmt.Errorf("meta %q: %w", k, err)
+			}
+			return rawPair{bytes.Clone(k), bytes.Clone(v)}, nil
+		},
+		func(p rawPair) error {
+			if keep != nil && !keep(string(p.k)) {
+				return nil
+			}
+			batch = append(batch, p)
+			if len(batch) == walkBatchSize {
+				return flush()
+			}
+			return nil
+		})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return n, fmt.Errorf("copy meta from %s to %s: %w", s.path, dst.path, err)
+	}
+	return n, nil
+}
+
+// KVBuckets returns the names of the key/value buckets (see PutKV), sorted.
+func (s *Store) KVBuckets() ([]string, error) {
+	var names []string
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketKV).ForEachBucket(func(k []byte) error {
+			names = append(names, string(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list key/value buckets of %s: %w", s.path, err)
+	}
+	return names, nil
+}
+
+// CopyKVTo copies the key/value buckets of s that keep accepts (every
+// bucket when keep is nil) into dst, a batch of keys per transaction. Keys
+// dst already holds keep their value (key/value data is immutable). It
+// returns the number of keys written.
+func (s *Store) CopyKVTo(dst *Store, keep func(bucket string) bool) (int, error) {
+	if dst.readOnly {
+		return 0, fmt.Errorf("copy key/value data to %s: %w", dst.path, errReadOnly)
+	}
+	names, err := s.KVBuckets()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, name := range names {
+		if keep != nil && !keep(name) {
+			continue
+		}
+		var batch []rawPair
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			err := dst.db.Update(func(tx *bbolt.Tx) error {
+				b, err := tx.Bucket(bucketKV).CreateBucketIfNotExists([]byte(name))
+				if err != nil {
+					return err
+				}
+				for _, p := range batch {
+					if b.Get(p.k) != nil {
+						continue
+					}
+					if err := b.Put(p.k, p.v); err != nil {
+						return err
+					}
+					n++
+				}
+				return nil
+			})
+			batch = batch[:0]
+			return err
+		}
+		err := walkBatched(s, []byte(name), bucketKV, nil,
+			func(k, v []byte) (rawPair, error) { return rawPair{bytes.Clone(k), bytes.Clone(v)}, nil },
+			func(p rawPair) error {
+				batch = append(batch, p)
+				if len(batch) == walkBatchSize {
+					return flush()
+				}
+				return nil
+			})
+		if err == nil {
+			err = flush()
+		}
+		if err != nil {
+			return n, fmt.Errorf("copy key/value bucket %s from %s to %s: %w", name, s.path, dst.path, err)
+		}
+	}
+	return n, nil
+}
