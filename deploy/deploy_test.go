@@ -1,0 +1,401 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	yaml "go.yaml.in/yaml/v2"
+)
+
+const placeholderUpstream = "https://your-go-module-mirror.example"
+
+// tool returns the path of an external tool, skipping the test when it is
+// missing unless MODPROXY_REQUIRE_TOOLS=1.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("MODPROXY_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("%s not found and MODPROXY_REQUIRE_TOOLS=1", name)
+		}
+		t.Skipf("skipping: %s not installed (set MODPROXY_REQUIRE_TOOLS=1 to fail instead)", name)
+	}
+	return p
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestPromtool(t *testing.T) {
+	promtool := tool(t, "promtool")
+	run(t, promtool, "check", "config", "prometheus/prometheus.yml")
+	run(t, promtool, "check", "rules", "prometheus/rules.yml")
+
+	// prometheus-native.yml is prometheus.yml plus settings that only newer
+	// versions know. Check that it differs in nothing else, and let this
+	// promtool check the rest of it.
+	base := readYAML(t, "prometheus/prometheus.yml")
+	native := readYAML(t, "prometheus/prometheus-native.yml")
+	scs := native["scrape_configs"].([]any)
+	sc := scs[0].(map[any]any)
+	for _, k := range []string{"scrape_native_histograms", "always_scrape_classic_histograms"} {
+		if sc[k] != true {
+			t.Errorf("prometheus-native.yml: %s is %v, want true", k, sc[k])
+		}
+		delete(sc, k)
+	}
+	sc["static_configs"] = base["scrape_configs"].([]any)[0].(map[any]any)["static_configs"]
+	if !reflect.DeepEqual(base, native) {
+		t.Errorf("prometheus-native.yml differs from prometheus.yml beyond the histogram settings and target:\n%v\n%v", native, base)
+	}
+	out := run(t, promtool, "--version")
+	if regexp.MustCompile(`version 3\.([89]|\d\d)`).MatchString(out) {
+		run(t, promtool, "check", "config", "prometheus/prometheus-native.yml")
+	} else {
+		dir := t.TempDir()
+		stripped, err := yaml.Marshal(native)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, "prometheus.yml"), stripped)
+		writeFile(t, filepath.Join(dir, "rules.yml"), readFile(t, "prometheus/rules.yml"))
+		run(t, promtool, "check", "config", filepath.Join(dir, "prometheus.yml"))
+	}
+}
+
+func TestSystemdUnit(t *testing.T) {
+	analyze := tool(t, "systemd-analyze")
+	unit := readFile(t, "modproxy.service")
+	for _, want := range []string{
+		"ExecStart=/usr/local/bin/modproxy serve --db ${STATE_DIRECTORY}/modproxy.db",
+		"StateDirectory=modproxy", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+		"RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+		"AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+		"CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+		"SystemCallFilter=@system-service bpf",
+	} {
+		if !bytes.Contains(unit, []byte(want)) {
+			t.Errorf("modproxy.service lacks %q", want)
+		}
+	}
+	// verify wants ExecStart's binary to exist: point it at one that does.
+	bin, err := exec.LookPath("true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "modproxy.service")
+	writeFile(t, path, bytes.ReplaceAll(unit, []byte("/usr/local/bin/modproxy"), []byte(bin)))
+	out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// docs splits a YAML file into its documents.
+func docs(t *testing.T, path string) []map[any]any {
+	t.Helper()
+	dec := yaml.NewDecoder(bytes.NewReader(readFile(t, path)))
+	var out []map[any]any
+	for {
+		var m map[any]any
+		if err := dec.Decode(&m); err != nil {
+			if err.Error() == "EOF" {
+				return out
+			}
+			t.Fatalf("%s: %v", path, err)
+		}
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+}
+
+// get walks a parsed YAML value by map keys and list indexes.
+func get(v any, path ...any) any {
+	for _, p := range path {
+		switch p := p.(type) {
+		case string:
+			m, ok := v.(map[any]any)
+			if !ok {
+				return nil
+			}
+			v = m[p]
+		case int:
+			l, ok := v.([]any)
+			if !ok || p >= len(l) {
+				return nil
+			}
+			v = l[p]
+		}
+	}
+	return v
+}
+
+func TestKubernetes(t *testing.T) {
+	files, err := filepath.Glob("k8s/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no manifests: %v", err)
+	}
+	kinds := map[string]map[any]any{}
+	for _, f := range files {
+		for _, d := range docs(t, f) {
+			kind, _ := d["kind"].(string)
+			if kind == "" || d["apiVersion"] == nil {
+				t.Errorf("%s: document without kind/apiVersion", f)
+			}
+			kinds[kind] = d
+		}
+	}
+	for _, k := range []string{"Deployment", "Service", "ServiceMonitor", "PersistentVolumeClaim", "ConfigMap", "Kustomization"} {
+		if kinds[k] == nil {
+			t.Errorf("no %s", k)
+		}
+	}
+	dep := kinds["Deployment"]
+	if get(dep, "spec", "strategy", "type") != "Recreate" || get(dep, "spec", "replicas") != 1 {
+		t.Errorf("Deployment: want one replica and the Recreate strategy (bbolt lock)")
+	}
+	c := get(dep, "spec", "template", "spec", "containers", 0)
+	if get(c, "ports", 0, "containerPort") != 8080 || get(c, "ports", 0, "name") != "http" {
+		t.Errorf("container port: %v", get(c, "ports"))
+	}
+	for probe, path := range map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"} {
+		if get(c, probe, "httpGet", "path") != path || get(c, probe, "httpGet", "port") != "http" {
+			t.Errorf("%s: %v", probe, get(c, probe))
+		}
+	}
+	if get(c, "volumeMounts", 0, "mountPath") != "/var/lib/modproxy" ||
+		get(dep, "spec", "template", "spec", "volumes", 0, "persistentVolumeClaim", "claimName") != get(kinds["PersistentVolumeClaim"], "metadata", "name") {
+		t.Errorf("store volume not mounted from the PVC at /var/lib/modproxy")
+	}
+	if fmt.Sprint(get(c, "securityContext", "capabilities", "add")) != "[BPF NET_ADMIN PERFMON]" {
+		t.Errorf("capabilities: %v", get(c, "securityContext", "capabilities"))
+	}
+	if get(c, "envFrom", 0, "configMapRef", "name") != get(kinds["ConfigMap"], "metadata", "name") ||
+		get(kinds["ConfigMap"], "data", "MODPROXY_UPSTREAM") != placeholderUpstream {
+		t.Errorf("MODPROXY_UPSTREAM not provided by the ConfigMap")
+	}
+	svc := kinds["Service"]
+	if get(svc, "spec", "ports", 0, "port") != 8080 || get(svc, "spec", "ports", 0, "name") != "http" {
+		t.Errorf("Service ports: %v", get(svc, "spec", "ports"))
+	}
+	sm := kinds["ServiceMonitor"]
+	if get(sm, "spec", "endpoints", 0, "port") != "http" || get(sm, "spec", "endpoints", 0, "path") != "/metrics" {
+		t.Errorf("ServiceMonitor endpoints: %v", get(sm, "spec", "endpoints"))
+	}
+	var listed []string
+	for _, r := range get(kinds["Kustomization"], "resources").([]any) {
+		listed = append(listed, "k8s/"+r.(string))
+	}
+	for _, f := range files {
+		if f != "k8s/kustomization.yaml" && !strings.Contains(strings.Join(listed, " "), f) {
+			t.Errorf("kustomization.yaml does not list %s", f)
+		}
+	}
+}
+
+func TestCompose(t *testing.T) {
+	d := docs(t, "docker-compose.yml")[0]
+	mp := get(d, "services", "modproxy")
+	if !strings.Contains(fmt.Sprint(get(mp, "environment", "MODPROXY_UPSTREAM")), placeholderUpstream) {
+		t.Errorf("modproxy service: MODPROXY_UPSTREAM = %v", get(mp, "environment", "MODPROXY_UPSTREAM"))
+	}
+	if get(mp, "build", "dockerfile") != "deploy/Dockerfile" {
+		t.Errorf("modproxy build: %v", get(mp, "build"))
+	}
+	cmd := fmt.Sprint(get(d, "services", "prometheus", "command"))
+	for _, want := range []string{"--enable-feature=native-histograms", "prometheus-native.yml"} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("prometheus command lacks %s: %s", want, cmd)
+		}
+	}
+	// Every file a service mounts from deploy/ exists.
+	for _, svc := range []string{"prometheus", "grafana"} {
+		for _, v := range get(d, "services", svc, "volumes").([]any) {
+			src := strings.SplitN(v.(string), ":", 2)[0]
+			if strings.HasPrefix(src, "./") {
+				if _, err := os.Stat(src); err != nil {
+					t.Errorf("%s mounts %s: %v", svc, src, err)
+				}
+			}
+		}
+	}
+	for _, f := range []string{"grafana/provisioning/datasources/prometheus.yml", "grafana/provisioning/dashboards/modproxy.yml"} {
+		if len(docs(t, f)) != 1 {
+			t.Errorf("%s: want one document", f)
+		}
+	}
+	if get(docs(t, "grafana/provisioning/datasources/prometheus.yml")[0], "datasources", 0, "uid") != "prometheus" {
+		t.Errorf("datasource uid is not the one dashboard.json uses")
+	}
+}
+
+func TestDockerfile(t *testing.T) {
+	df := string(readFile(t, "Dockerfile"))
+	for _, want := range []string{
+		"FROM golang:1.26 AS build",
+		`CGO_ENABLED=0 go build -trimpath -ldflags "-s -w"`,
+		"./cmd/modproxy",
+		"USER 65532",
+		"VOLUME /var/lib/modproxy",
+		"EXPOSE 8080",
+		`ENTRYPOINT ["/modproxy","serve","--db","/var/lib/modproxy/modproxy.db","--listen",":8080"]`,
+		"--cap-add BPF --cap-add NET_ADMIN",
+		"MODPROXY_UPSTREAM",
+	} {
+		if !strings.Contains(df, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+}
+
+func TestDashboard(t *testing.T) {
+	var d struct {
+		UID    string `json:"uid"`
+		Panels []struct {
+			Type       string `json:"type"`
+			Title      string `json:"title"`
+			Datasource struct {
+				UID string `json:"uid"`
+			} `json:"datasource"`
+			Targets []struct {
+				Expr   string `json:"expr"`
+				Format string `json:"format"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(readFile(t, "grafana/dashboard.json"), &d); err != nil {
+		t.Fatal(err)
+	}
+	heat := map[string]bool{}
+	for _, p := range d.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		if p.Datasource.UID != "prometheus" || len(p.Targets) == 0 {
+			t.Errorf("panel %q: datasource %q, %d targets", p.Title, p.Datasource.UID, len(p.Targets))
+		}
+		if p.Type == "heatmap" {
+			e := p.Targets[0].Expr
+			m := regexp.MustCompile(`^sum by \(le\) \(rate\(modproxy_upstream_phase_seconds_bucket\{phase="(\w+)"`).FindStringSubmatch(e)
+			if m == nil || p.Targets[0].Format != "heatmap" || !strings.Contains(e, "[$__rate_interval]") {
+				t.Errorf("heatmap %q: %s (format %q)", p.Title, e, p.Targets[0].Format)
+				continue
+			}
+			heat[m[1]] = true
+		}
+	}
+	for _, ph := range []string{"dns", "connect", "tls", "ttfb", "transfer"} {
+		if !heat[ph] {
+			t.Errorf("no heatmap panel for phase %s", ph)
+		}
+	}
+	exprs, err := Expressions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(exprs, "\n")
+	for _, want := range []string{`modproxy_requests_total{cache="hit"}`, "modproxy_upstream_health_score", "modproxy_upstream_decisions_total"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("no expression uses %s", want)
+		}
+	}
+}
+
+// TestMetricNames checks the helper and that every name is one of the
+// contract's (docs/ARCHITECTURE.md); the test against a live /metrics lives
+// with the binary.
+func TestMetricNames(t *testing.T) {
+	names, err := MetricNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"modproxy_upstream_phase_seconds", "modproxy_upstream_health_score", "modproxy_upstream_checksum_failures_total",
+		"modproxy_stale_served_total", "modproxy_store_disk_free_bytes", "modproxy_store_limit_bytes", "modproxy_requests_total", "modproxy_upstream_decisions_total"} {
+		if !contains(names, want) {
+			t.Errorf("MetricNames lacks %s: %v", want, names)
+		}
+	}
+	for _, n := range names {
+		if strings.HasSuffix(n, "_bucket") || strings.Contains(n, ":") {
+			t.Errorf("MetricNames returned %s", n)
+		}
+	}
+	arch, err := os.ReadFile("../docs/ARCHITECTURE.md")
+	if err != nil {
+		t.Skipf("no contract to compare with: %v", err)
+	}
+	for _, n := range names {
+		if !regexp.MustCompile("`" + n + "[`{]").Match(arch) {
+			t.Errorf("%s is not in the metric name contract of docs/ARCHITECTURE.md", n)
+		}
+	}
+}
+
+// TestNoRealUpstream: deployment files name only the placeholder upstream.
+func TestNoRealUpstream(t *testing.T) {
+	re := regexp.MustCompile(`MODPROXY_UPSTREAM[=:]\s*(\S+)`)
+	err := filepath.WalkDir(".", func(path string, de os.DirEntry, err error) error {
+		if err != nil || de.IsDir() || strings.HasSuffix(path, ".go") {
+			return err
+		}
+		for _, m := range re.FindAllSubmatch(readFile(t, path), -1) {
+			v := strings.Trim(string(m[1]), `"'`)
+			if !strings.Contains(v, placeholderUpstream) && !strings.HasPrefix(v, "${") {
+				t.Errorf("%s: MODPROXY_UPSTREAM set to %q; use the placeholder %s", path, v, placeholderUpstream)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readYAML(t *testing.T, path string) map[any]any {
+	t.Helper()
+	var m map[any]any
+	if err := yaml.Unmarshal(readFile(t, path), &m); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return m
+}
