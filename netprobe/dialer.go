@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -14,9 +15,10 @@ import (
 // performs TLS itself, recording the duration of each step on the
 // connection it returns (see probeConn).
 type dialer struct {
-	cfg *Config
-	res *Resolver
-	m   *metrics
+	cfg    *Config
+	res    *Resolver
+	m      *metrics
+	kernel *atomic.Pointer[Kernel]
 }
 
 // dialInfo is what a new connection cost; the transport attributes it to
@@ -25,6 +27,7 @@ type dialInfo struct {
 	dns, connect, tls time.Duration
 	tlsVersion        uint16 // 0 without TLS
 	upstream          string
+	kc                *kernelConn // nil unless kernel telemetry registered the socket
 }
 
 // probeConn is a TCP connection carrying its dialInfo.
@@ -36,8 +39,8 @@ type probeConn struct {
 // NetConn returns the underlying connection.
 func (c *probeConn) NetConn() net.Conn { return c.Conn }
 
-func newDialer(cfg *Config, res *Resolver, m *metrics) *dialer {
-	return &dialer{cfg: cfg, res: res, m: m}
+func newDialer(cfg *Config, res *Resolver, m *metrics, kernel *atomic.Pointer[Kernel]) *dialer {
+	return &dialer{cfg: cfg, res: res, m: m, kernel: kernel}
 }
 
 // dialInfoOf finds the dialInfo of a connection handed out by the
@@ -76,6 +79,10 @@ func (d *dialer) dial(ctx context.Context, network, address string) (*probeConn,
 	upstream := upstreamOf(ctx, address)
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.ConnectTimeout)
 	defer cancel()
+	k := d.kernel.Load()
+	if k != nil {
+		k.noteHost(host, upstream)
+	}
 
 	t0 := time.Now()
 	addrs, err := d.res.LookupNetIP(ctx, host)
@@ -89,11 +96,15 @@ func (d *dialer) dial(ctx context.Context, network, address string) (*probeConn,
 			Err: &net.AddrError{Err: "no suitable address for " + network, Addr: host}}
 	}
 	t1 := time.Now()
-	c, err := d.race(ctx, network, addrs, port, upstream)
+	c, err := d.race(ctx, network, addrs, port, upstream, k)
 	if err != nil {
 		return nil, err
 	}
-	return &probeConn{Conn: c, info: dialInfo{dns: dnsDur, connect: time.Since(t1), upstream: upstream}}, nil
+	pc := &probeConn{Conn: c, info: dialInfo{dns: dnsDur, connect: time.Since(t1), upstream: upstream}}
+	if k != nil {
+		pc.info.kc = k.connOf(c)
+	}
+	return pc, nil
 }
 
 // DialTLSContext dials like DialContext and performs the TLS handshake,
@@ -131,6 +142,10 @@ func (d *dialer) DialTLSContext(ctx context.Context, network, address string) (n
 	}
 	pc.info.tls = time.Since(start)
 	pc.info.tlsVersion = tc.ConnectionState().Version
+	if pc.info.kc != nil && tc.ConnectionState().NegotiatedProtocol == "h2" {
+		// Kernel TTFB is meaningless on HTTP/2 (see package bpf).
+		pc.info.kc.h2.Store(true)
+	}
 	d.m.tls.WithLabelValues(pc.info.upstream, tls.VersionName(pc.info.tlsVersion)).Inc()
 	return tc, nil
 }
@@ -173,11 +188,22 @@ func orderAddrs(addrs []netip.Addr, network string) []netip.Addr {
 // race connects to addrs in order, starting the next attempt when the
 // previous fails or FallbackDelay passes; the first success wins and the
 // other attempts are cancelled and closed before race returns.
-func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, port, upstream string) (net.Conn, error) {
+func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, port, upstream string, k *Kernel) (net.Conn, error) {
 	nd := &net.Dialer{}
-	if hook := d.cfg.SocketHook; hook != nil {
+	if hook := d.cfg.SocketHook; hook != nil || k != nil {
+		kind, rec := KindOther, (*recorder)(nil)
+		if st, ok := ctx.Value(reqStateKey{}).(*reqState); ok {
+			kind, rec = st.kind, st.rec
+		}
 		nd.Control = func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) { hook(fd, upstream, "upstream") })
+			return c.Control(func(fd uintptr) {
+				if hook != nil {
+					hook(fd, upstream, "upstream")
+				}
+				if k != nil {
+					k.registerTCP(fd, upstream, kind, rec)
+				}
+			})
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -199,6 +200,9 @@ type Probe struct {
 	client    *http.Client
 	health    *Health
 	stats     *phaseStats
+	// kernel is the attached eBPF telemetry (nil: userspace timing only);
+	// the dialers register their sockets with it.
+	kernel atomic.Pointer[Kernel]
 
 	obsMu     sync.RWMutex
 	observers []func(upstream, kind, phase, source string, d time.Duration)
@@ -230,11 +234,11 @@ func New(cfg Config) (*Probe, error) {
 	for _, u := range ups {
 		p.health.get(u.name) // the debug page lists every configured upstream
 	}
-	p.resolver, err = newResolver(&p.cfg, p.metrics)
+	p.resolver, err = newResolver(&p.cfg, p.metrics, &p.kernel)
 	if err != nil {
 		return nil, err
 	}
-	p.dialer = newDialer(&p.cfg, p.resolver, p.metrics)
+	p.dialer = newDialer(&p.cfg, p.resolver, p.metrics, &p.kernel)
 	p.base = newBaseTransport(&p.cfg, p.dialer)
 	p.rt = &transport{p: p, base: p.base}
 	p.client = &http.Client{Transport: p.rt}

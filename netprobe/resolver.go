@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -91,7 +92,7 @@ type flight struct {
 // prefetchTick is the period of the maintenance loop (prefetch and sweep).
 const prefetchTick = 250 * time.Millisecond
 
-func newResolver(cfg *Config, m *metrics) (*Resolver, error) {
+func newResolver(cfg *Config, m *metrics, kernel *atomic.Pointer[Kernel]) (*Resolver, error) {
 	servers, err := dnsServers(cfg)
 	if err != nil {
 		return nil, err
@@ -108,11 +109,25 @@ func newResolver(cfg *Config, m *metrics) (*Resolver, error) {
 		cache:   make(map[qkey]*rrEntry),
 		flights: make(map[qkey]*flight),
 	}
-	nd := &net.Dialer{}
-	if hook := cfg.SocketHook; hook != nil {
-		nd.Control = func(network, address string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) { hook(fd, address, "dns") })
-		}
+	hook := cfg.SocketHook
+	nd := &net.Dialer{
+		// The query name rides in the context (see exchange) so that the
+		// kernel telemetry can attribute its per-query timings.
+		ControlContext: func(ctx context.Context, network, address string, c syscall.RawConn) error {
+			k := kernel.Load()
+			if hook == nil && k == nil {
+				return nil
+			}
+			return c.Control(func(fd uintptr) {
+				if hook != nil {
+					hook(fd, address, "dns")
+				}
+				if k != nil && strings.HasPrefix(network, "udp") {
+					qname, _ := ctx.Value(dnsQueryKey{}).(string)
+					k.registerDNS(fd, address, qname)
+				}
+			})
+		},
 	}
 	r.udp = &dns.Client{Net: "udp", Dialer: nd}
 	r.tcp = &dns.Client{Net: "tcp", Dialer: nd}
@@ -353,13 +368,16 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (e *r
 	return nil, label, err
 }
 
+// dnsQueryKey is the context key of the name a DNS socket is dialed for.
+type dnsQueryKey struct{}
+
 // exchange sends one query over UDP, repeating it over TCP when the answer
 // is truncated.
 func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16, srv string) (*dns.Msg, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
 	m.SetEdns0(1232, false)
-	qctx, cancel := context.WithTimeout(ctx, r.cfg.DNSTimeout)
+	qctx, cancel := context.WithTimeout(context.WithValue(ctx, dnsQueryKey{}, name), r.cfg.DNSTimeout)
 	in, _, err := r.udp.ExchangeContext(qctx, m, srv)
 	cancel()
 	if err != nil || !in.Truncated {

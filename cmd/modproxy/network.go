@@ -10,7 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
+	"github.com/modproxy/modproxy/heatmap"
 	"github.com/modproxy/modproxy/netprobe"
+	"github.com/modproxy/modproxy/proxy"
 )
 
 // netConfig holds the network-layer flags shared by serve and probe.
@@ -58,8 +60,9 @@ func (c netConfig) validate() error {
 // network is the wired network layer: netprobe plus, when enabled, the
 // kernel probes feeding it.
 type network struct {
-	probe  *netprobe.Probe
-	kernel *kernelTelemetry
+	probe   *netprobe.Probe
+	kernel  *kernelTelemetry
+	heatmap *heatmap.Recorder
 }
 
 func newNetwork(ctx context.Context, c netConfig, upstreams []string, reg prometheus.Registerer, logger *slog.Logger) (*network, error) {
@@ -88,15 +91,35 @@ func newNetwork(ctx context.Context, c netConfig, upstreams []string, reg promet
 		return nil, fmt.Errorf("network layer: %w", err)
 	}
 	kernel.attach(p)
-	return &network{probe: p, kernel: kernel}, nil
+	rec := heatmap.NewRecorder(heatmap.Options{})
+	p.AddPhaseObserver(rec.Observe)
+	return &network{probe: p, kernel: kernel, heatmap: rec}, nil
 }
 
-func (n *network) Client() *http.Client     { return n.probe.Client() }
-func (n *network) Health() *netprobe.Health { return n.probe.Health() }
+func (n *network) Client() *http.Client { return n.probe.Client() }
+
+// Health is netprobe's health scorer, with fallback decisions also drawn
+// on the heatmap page's time line.
+func (n *network) Health() proxy.Health {
+	return observedHealth{Health: n.probe.Health(), rec: n.heatmap}
+}
+
+type observedHealth struct {
+	*netprobe.Health
+	rec *heatmap.Recorder
+}
+
+func (h observedHealth) RecordDecision(upstream, decision, reason string) {
+	h.Health.RecordDecision(upstream, decision, reason)
+	h.rec.ObserveDecision(upstream, decision, reason)
+}
 
 // DebugHandlers are the network layer's pages, by mux pattern.
 func (n *network) DebugHandlers() map[string]http.Handler {
-	return map[string]http.Handler{"GET /debug/upstreams": n.probe.DebugHandler()}
+	return map[string]http.Handler{
+		"GET /debug/upstreams": n.probe.DebugHandler(),
+		"GET /debug/heatmap":   n.heatmap.Handler(),
+	}
 }
 
 func (n *network) Close() {
