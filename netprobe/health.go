@@ -173,6 +173,9 @@ func (h *Health) getLocked(upstream string) *upHealth {
 			decisions: make(map[[2]string]int64),
 		}
 		h.ups[upstream] = u
+		// Export the zero, so that alerts on increase() see the series
+		// before the first mismatch.
+		h.m.checksumErr.WithLabelValues(upstream)
 		h.setStateLocked(u, StateHealthy)
 		h.m.score.WithLabelValues(upstream).Set(1)
 	}

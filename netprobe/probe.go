@@ -63,6 +63,10 @@ type ProbeResult struct {
 	// Phases maps phase name to seconds (only the phases that happened:
 	// dns, connect and tls only on new connections).
 	Phases map[string]float64 `json:"phases"`
+	// KernelPhases are the eBPF measurements of the same request, when
+	// kernel telemetry is attached: connect, tls and tls_hello (new
+	// connections) and ttfb (HTTP/1.1 only).
+	KernelPhases map[string]float64 `json:"kernel_phases,omitempty"`
 }
 
 // recorder collects one request's phases for RunProbe (context value).
@@ -71,6 +75,7 @@ type recorderKey struct{}
 type recorder struct {
 	mu      sync.Mutex
 	phases  map[string]time.Duration
+	kphases map[string]time.Duration // kernel telemetry
 	status  int
 	proto   string
 	outcome string
@@ -82,6 +87,15 @@ type recorder struct {
 func (r *recorder) phase(name string, d time.Duration) {
 	r.mu.Lock()
 	r.phases[name] = d
+	r.mu.Unlock()
+}
+
+func (r *recorder) kernelPhase(name string, d time.Duration) {
+	r.mu.Lock()
+	if r.kphases == nil {
+		r.kphases = make(map[string]time.Duration)
+	}
+	r.kphases[name] = d
 	r.mu.Unlock()
 }
 
@@ -177,10 +191,22 @@ func probeOne(ctx context.Context, p *Probe, u string, runStart time.Time) Probe
 		_, err = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
+	if k := p.kernel.Load(); k != nil {
+		// Deliver this request's kernel events now rather than at the next poll.
+		if ferr := k.Flush(); ferr != nil {
+			p.cfg.Logger.Debug("netprobe: flushing kernel events", "err", ferr)
+		}
+	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for k, d := range rec.phases {
 		res.Phases[k] = d.Seconds()
+	}
+	for k, d := range rec.kphases {
+		if res.KernelPhases == nil {
+			res.KernelPhases = map[string]float64{}
+		}
+		res.KernelPhases[k] = d.Seconds()
 	}
 	res.Status, res.Proto, res.Outcome, res.Reused, res.Bytes = rec.status, rec.proto, rec.outcome, rec.reused, rec.n
 	if err != nil {
@@ -242,19 +268,35 @@ func (r *ProbeReport) WriteText(w io.Writer) error {
 			}
 			b.WriteByte('\n')
 		}
-		fmt.Fprintf(&b, "  %-9s %9s %9s %9s\n", "phase", "min", "median", "max")
-		for _, ph := range Phases {
-			var v []float64
-			for _, q := range up.Requests {
-				if d, ok := q.Phases[ph]; ok {
-					v = append(v, d)
-				}
-			}
-			if len(v) == 0 {
+		kernel := false
+		for _, q := range up.Requests {
+			kernel = kernel || len(q.KernelPhases) > 0
+		}
+		if kernel {
+			fmt.Fprintf(&b, "  %-9s %9s %9s %9s   %9s %9s %9s\n", "phase", "min", "median", "max", "kernel min", "median", "max")
+		} else {
+			fmt.Fprintf(&b, "  %-9s %9s %9s %9s\n", "phase", "min", "median", "max")
+		}
+		rows := Phases
+		if kernel {
+			rows = append(slices.Clone(Phases[:2]), append([]string{KernelPhaseTLSHello}, Phases[2:]...)...)
+		}
+		for _, ph := range rows {
+			user, kern := phaseRange(up.Requests, ph, false), phaseRange(up.Requests, ph, true)
+			if user == "" && kern == "" {
 				continue
 			}
-			slices.Sort(v)
-			fmt.Fprintf(&b, "  %-9s %9s %9s %9s\n", ph, secs(v[0]), secs(v[len(v)/2]), secs(v[len(v)-1]))
+			if user == "" {
+				user = fmt.Sprintf("%9s %9s %9s", "-", "-", "-")
+			}
+			if kernel && kern == "" {
+				kern = fmt.Sprintf("%10s %9s %9s", "-", "-", "-")
+			}
+			line := fmt.Sprintf("  %-9s %s", ph, user)
+			if kernel {
+				line += "   " + kern
+			}
+			b.WriteString(strings.TrimRight(line, " ") + "\n")
 		}
 	}
 	r.writeHeatmap(&b)
@@ -263,6 +305,30 @@ func (r *ProbeReport) WriteText(w io.Writer) error {
 		return errorf("probe: write report: %w", err)
 	}
 	return nil
+}
+
+// phaseRange formats the min, median and max of a phase over requests
+// (userspace or kernel), or "" when no request has it.
+func phaseRange(reqs []ProbeResult, phase string, kernel bool) string {
+	var v []float64
+	for _, q := range reqs {
+		m := q.Phases
+		if kernel {
+			m = q.KernelPhases
+		}
+		if d, ok := m[phase]; ok {
+			v = append(v, d)
+		}
+	}
+	if len(v) == 0 {
+		return ""
+	}
+	slices.Sort(v)
+	w := 9
+	if kernel {
+		w = 10 // under "kernel min"
+	}
+	return fmt.Sprintf("%*s %9s %9s", w, secs(v[0]), secs(v[len(v)/2]), secs(v[len(v)-1]))
 }
 
 func bar(q ProbeResult, maxTotal float64) string {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/modproxy/modproxy/bpf"
 )
 
 // ErrBodyIdle is wrapped by the error of a response body Read that made no
@@ -85,6 +87,12 @@ type timings struct {
 	firstByte         time.Time
 	status            int
 	proto             string
+	// Kernel TTFB correlation (HTTP/1.1 connections registered with the
+	// eBPF telemetry): the connection, this request's number on it, and
+	// CLOCK_MONOTONIC readings (the kernel's clock) at GotConn and first byte.
+	kc                   *kernelConn
+	kseq                 uint32
+	kGotConn, kFirstByte uint64
 }
 
 func (st *reqState) trace() *httptrace.ClientTrace {
@@ -94,6 +102,9 @@ func (st *reqState) trace() *httptrace.ClientTrace {
 			st.mu.Lock()
 			st.t.gotConn, st.t.reused = true, ci.Reused
 			st.t.info, st.t.hasInfo = info, ok && !ci.Reused
+			if kc := info.kc; kc != nil && !kc.h2.Load() {
+				st.t.kc, st.t.kseq, st.t.kGotConn = kc, kc.reqs.Add(1), bpf.MonotonicNow()
+			}
 			st.mu.Unlock()
 			reused := "false"
 			if ci.Reused {
@@ -125,6 +136,9 @@ func (st *reqState) trace() *httptrace.ClientTrace {
 		GotFirstResponseByte: func() {
 			st.mu.Lock()
 			st.t.firstByte = time.Now()
+			if st.t.kc != nil {
+				st.t.kFirstByte = bpf.MonotonicNow()
+			}
 			st.mu.Unlock()
 		},
 	}
@@ -238,6 +252,11 @@ func (st *reqState) complete(end time.Time, outcome string, err error, headers b
 		p.metrics.bytes.WithLabelValues(up, kind).Add(float64(n))
 	}
 	p.metrics.requests.WithLabelValues(up, kind, outcome).Inc()
+	if s.kc != nil {
+		if k := p.kernel.Load(); k != nil {
+			k.userRequest(s.kc, s.kseq, up, kind, st.rec, s.kGotConn, s.kFirstByte)
+		}
+	}
 	if headers && err == nil && outcome == OutcomeServerError {
 		err = fmt.Errorf("HTTP %d", s.status)
 	}

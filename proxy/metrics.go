@@ -42,6 +42,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Client requests that joined a fetch already in flight instead of starting one.",
 		}, []string{"kind"}),
 	}
+	// Export zeros for the known label values, so that rate() and
+	// increase() in rules and dashboards see the series from the start.
+	for _, k := range []Kind{KindList, KindLatest} {
+		m.staleServed.WithLabelValues(string(k))
+	}
+	for _, k := range []Kind{KindInfo, KindMod, KindZip, KindList, KindLatest} {
+		m.fetchShared.WithLabelValues(string(k))
+		for _, r := range []string{"ok", "error"} {
+			m.fetches.WithLabelValues(string(k), r)
+		}
+	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared)
 	}

@@ -322,6 +322,9 @@ func New(cfg Config, store Store) (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sumdb.New: %v", err)
 	}
+	// Export the zero, so that alerts on increase() see the series before
+	// the first security error.
+	m.security.WithLabelValues(cfg.Name)
 	return &Verifier{
 		cfg:     cfg,
 		name:    cfg.Name,

@@ -9,14 +9,17 @@ import (
 	"github.com/modproxy/modproxy/netprobe"
 )
 
-// kernelTelemetry is the eBPF half of the telemetry; nil when off or
-// unavailable. Its methods are nil-safe.
+// kernelTelemetry is the eBPF half of the telemetry (netprobe.Kernel); nil
+// when off or unavailable. Its methods are nil-safe.
 type kernelTelemetry struct {
-	logger *slog.Logger
+	k       *netprobe.Kernel
+	enabled prometheus.Gauge
+	logger  *slog.Logger
 }
 
 // startKernelTelemetry loads the eBPF probes per --ebpf: "off" never
-// tries, "auto" runs without them when they cannot load, "on" fails.
+// tries, "auto" runs without them when they cannot load (one log line says
+// why), "on" fails with the reason.
 func startKernelTelemetry(mode string, reg prometheus.Registerer, logger *slog.Logger) (*kernelTelemetry, error) {
 	enabled := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "modproxy_ebpf_enabled",
@@ -26,16 +29,39 @@ func startKernelTelemetry(mode string, reg prometheus.Registerer, logger *slog.L
 	if mode == "off" {
 		return nil, nil
 	}
-	err := fmt.Errorf("eBPF probes are not wired in this build yet")
-	if mode == "on" {
-		return nil, fmt.Errorf("--ebpf=on: %w", err)
+	k, err := netprobe.NewKernel(netprobe.KernelConfig{Registerer: reg, Logger: logger})
+	if err != nil {
+		if mode == "on" {
+			return nil, fmt.Errorf("--ebpf=on: kernel telemetry cannot start: %w", err)
+		}
+		logger.Info("kernel telemetry disabled; userspace timing only", "reason", err.Error())
+		return nil, nil
 	}
-	logger.Info("kernel telemetry disabled; userspace timing only", "reason", err)
-	return nil, nil
+	enabled.Set(1)
+	logger.Info("kernel telemetry enabled", "cgroup", k.CgroupPath())
+	return &kernelTelemetry{k: k, enabled: enabled, logger: logger}, nil
 }
 
-func (k *kernelTelemetry) socketHook(fd uintptr, upstream, purpose string) {}
+// attach feeds p with the kernel measurements; its dialers register their
+// sockets from then on.
+func (t *kernelTelemetry) attach(p *netprobe.Probe) {
+	if t == nil {
+		return
+	}
+	if err := t.k.Attach(p); err != nil {
+		// Only possible through a wiring bug; keep serving without it.
+		t.logger.Error("kernel telemetry not attached", "err", err)
+		t.Close()
+	}
+}
 
-func (k *kernelTelemetry) attach(p *netprobe.Probe) {}
-
-func (k *kernelTelemetry) Close() {}
+// Close detaches the eBPF programs.
+func (t *kernelTelemetry) Close() {
+	if t == nil {
+		return
+	}
+	t.enabled.Set(0)
+	if err := t.k.Close(); err != nil {
+		t.logger.Warn("detaching kernel telemetry", "err", err)
+	}
+}

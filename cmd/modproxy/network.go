@@ -82,9 +82,6 @@ func newNetwork(ctx context.Context, c netConfig, upstreams []string, reg promet
 		Registerer:       reg,
 		Logger:           logger,
 	}
-	if kernel != nil {
-		cfg.SocketHook = kernel.socketHook
-	}
 	p, err := netprobe.New(cfg)
 	if err != nil {
 		kernel.Close()

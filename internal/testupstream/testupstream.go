@@ -73,7 +73,8 @@ type Fault struct {
 
 // Server is a running fake upstream.
 type Server struct {
-	srv *httptest.Server
+	srv     *httptest.Server
+	certPEM []byte // NewTLS: the server certificate
 
 	mu       sync.Mutex
 	mods     map[string]*built // key path@version
@@ -84,13 +85,22 @@ type Server struct {
 
 // New starts a fake upstream on 127.0.0.1 serving mods.
 func New(mods ...Module) (*Server, error) {
+	s, err := newServer(mods)
+	if err != nil {
+		return nil, err
+	}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	return s, nil
+}
+
+// newServer builds a Server serving mods, not yet listening.
+func newServer(mods []Module) (*Server, error) {
 	s := &Server{mods: make(map[string]*built), requests: make(map[string]int)}
 	for _, m := range mods {
 		if err := s.Add(m); err != nil {
 			return nil, err
 		}
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s, nil
 }
 
@@ -102,6 +112,10 @@ func (s *Server) Close() {
 	s.srv.CloseClientConnections()
 	s.srv.Close()
 }
+
+// CloseClientConnections drops every open client connection, so that
+// the next requests dial (and resolve, and handshake) again.
+func (s *Server) CloseClientConnections() { s.srv.CloseClientConnections() }
 
 // Add makes a module version available.
 func (s *Server) Add(m Module) error {
