@@ -107,11 +107,20 @@ func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64) (int, error) {
 			return n, fmt.Errorf("%w: chunk %d of blob %d has %d bytes, want %d", errCorrupt, idx, rec.blob, len(v), rec.chunkLen(idx))
 		}
 		n += copy(p[n:], v[skip:])
+		if rec.Size >= dropMappedSize {
+			dropMapped(v)
+		}
 		skip = 0
 		idx++
 	}
 	return n, nil
 }
+
+// dropMappedSize is the artifact size from which chunks are dropped from
+// the process's mapping after they are read: large zips are read once per
+// client and would otherwise inflate RSS by their size; for small ones the
+// extra page faults would cost more than they save.
+const dropMappedSize = 32 << 20
 
 // Open returns a Reader for a published artifact of any kind.
 func (s *Store) Open(k Key) (*Reader, error) {

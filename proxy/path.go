@@ -115,11 +115,9 @@ func ParsePath(p string) (Request, error) {
 		}
 	}
 
+	// UnescapePath also validates the path (module.CheckPath).
 	mod, err := module.UnescapePath(escMod)
 	if err != nil {
-		return bad(err)
-	}
-	if err := module.CheckPath(mod); err != nil {
 		return bad(err)
 	}
 	req.Module = mod
@@ -138,10 +136,13 @@ func ParsePath(p string) (Request, error) {
 		req.Query = true
 		return req, nil
 	}
-	if err := module.Check(mod, req.Version); err != nil {
+	// module.Check without its second CheckPath: the major version must
+	// match the path's /vN suffix (or carry +incompatible).
+	_, pathMajor, _ := module.SplitPathVersion(mod)
+	if err := module.CheckPathMajor(req.Version, pathMajor); err != nil {
 		// Well formed, but a version this module can never have (a v2.0.0
 		// without /v2 and without +incompatible): not found, not malformed.
-		return Request{}, &PathError{Path: p, Err: err, NotFound: true}
+		return Request{}, &PathError{Path: p, Err: fmt.Errorf("invalid version %s of %s: %w", req.Version, mod, err), NotFound: true}
 	}
 	return req, nil
 }

@@ -79,33 +79,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) logRequest(r *http.Request, rec *recorder, start time.Time, note string) {
 	d := time.Since(start)
-	attrs := []any{
-		"method", r.Method, "path", r.URL.Path, "status", rec.status,
-		"bytes", rec.bytes, "duration", d,
+	h := rec.Header()
+	c := h.Get(headerCache)
+	attrs := make([]slog.Attr, 0, 9)
+	attrs = append(attrs,
+		slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", rec.status),
+		slog.Int64("bytes", rec.bytes), slog.Duration("duration", d))
+	if c != "" {
+		attrs = append(attrs, slog.String("cache", c))
 	}
-	if c := rec.Header().Get(headerCache); c != "" {
-		attrs = append(attrs, "cache", c)
-	}
-	if u := rec.Header().Get(headerUpstream); u != "" {
-		attrs = append(attrs, "upstream", u)
+	if u := h.Get(headerUpstream); u != "" {
+		attrs = append(attrs, slog.String("upstream", u))
 	}
 	if note != "" {
-		attrs = append(attrs, "note", note)
+		attrs = append(attrs, slog.String("note", note))
 	}
-	s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", argsToAttrs(attrs)...)
+	s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	if rec.kind != "" {
-		c := rec.Header().Get(headerCache)
+		if c == "" {
+			c = "bypass"
+		}
 		s.m.requests.WithLabelValues(rec.kind, strconv.Itoa(rec.status), c).Inc()
 		s.m.duration.WithLabelValues(rec.kind, c).Observe(d.Seconds())
 	}
-}
-
-func argsToAttrs(args []any) []slog.Attr {
-	out := make([]slog.Attr, 0, len(args)/2)
-	for i := 0; i+1 < len(args); i += 2 {
-		out = append(out, slog.Any(args[i].(string), args[i+1]))
-	}
-	return out
 }
 
 // recorder captures what was written for logs and metrics.
@@ -233,7 +229,27 @@ func (s *Server) serveSmall(w http.ResponseWriter, r *http.Request, req Request,
 		h.Set("Cache-Control", immutableCache)
 		h.Set("ETag", etag(a.Meta.SHA256))
 	}
+	if r.Header.Get("Range") == "" && !conditional(r) {
+		// The common case, without http.ServeContent's range and
+		// precondition machinery (a measurable share of a warm hit).
+		if !a.Modified.IsZero() {
+			h.Set("Last-Modified", a.Modified.UTC().Format(http.TimeFormat))
+		}
+		h.Set("Content-Length", strconv.Itoa(len(a.Data)))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			w.Write(a.Data)
+		}
+		return
+	}
 	http.ServeContent(w, r, "", a.Modified, bytes.NewReader(a.Data))
+}
+
+// conditional reports whether r has preconditions for ServeContent.
+func conditional(r *http.Request) bool {
+	h := r.Header
+	return h.Get("If-None-Match") != "" || h.Get("If-Modified-Since") != "" ||
+		h.Get("If-Match") != "" || h.Get("If-Unmodified-Since") != "" || h.Get("If-Range") != ""
 }
 
 func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {

@@ -1,0 +1,28 @@
+package cache
+
+import (
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+var pageSize = uintptr(os.Getpagesize())
+
+// dropMapped tells the kernel that the pages of v, a slice of bbolt's
+// read-only shared file mapping, are not needed in this process any more.
+// The data stays in the page cache and is faulted back in on the next
+// access; only the process's resident set shrinks. Streaming a large zip
+// would otherwise leave every page of it counted in the proxy's RSS.
+func dropMapped(v []byte) {
+	if len(v) == 0 {
+		return
+	}
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(v)))
+	lo := int((pageSize - base%pageSize) % pageSize)
+	hi := len(v) - int((base+uintptr(len(v)))%pageSize)
+	if hi-lo >= int(pageSize) {
+		// Advice only: an error changes nothing that matters.
+		_ = unix.Madvise(v[lo:hi], unix.MADV_DONTNEED)
+	}
+}

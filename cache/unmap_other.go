@@ -1,0 +1,6 @@
+//go:build !linux
+
+package cache
+
+// dropMapped is a no-op where madvise is not used.
+func dropMapped([]byte) {}
