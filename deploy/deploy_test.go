@@ -84,8 +84,8 @@ func TestSystemdUnit(t *testing.T) {
 		"ExecStart=/usr/local/bin/modproxy serve --db ${STATE_DIRECTORY}/modproxy.db",
 		"StateDirectory=modproxy", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
 		"RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
-		"AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
-		"CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+		"AmbientCapabilities=CAP_BPF CAP_NET_ADMIN",
+		"CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN",
 		"SystemCallFilter=@system-service bpf",
 	} {
 		if !bytes.Contains(unit, []byte(want)) {
@@ -182,7 +182,7 @@ func TestKubernetes(t *testing.T) {
 		get(dep, "spec", "template", "spec", "volumes", 0, "persistentVolumeClaim", "claimName") != get(kinds["PersistentVolumeClaim"], "metadata", "name") {
 		t.Errorf("store volume not mounted from the PVC at /var/lib/modproxy")
 	}
-	if fmt.Sprint(get(c, "securityContext", "capabilities", "add")) != "[BPF NET_ADMIN PERFMON]" {
+	if fmt.Sprint(get(c, "securityContext", "capabilities", "add")) != "[BPF NET_ADMIN]" {
 		t.Errorf("capabilities: %v", get(c, "securityContext", "capabilities"))
 	}
 	if get(c, "envFrom", 0, "configMapRef", "name") != get(kinds["ConfigMap"], "metadata", "name") ||
