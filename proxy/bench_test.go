@@ -15,6 +15,7 @@ import (
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/internal/testupstream"
+	"github.com/modproxy/modproxy/netprobe"
 )
 
 // The benchmarks serve warm artifacts (already in the store) the way
@@ -34,6 +35,12 @@ type benchServer struct {
 
 func newBenchServer(b *testing.B, mods []testupstream.Module, exts ...string) (*benchServer, []string) {
 	b.Helper()
+	return newBenchServerWith(b, mods, nil, exts...)
+}
+
+// newBenchServerWith is newBenchServer with the Config adjusted by cfg.
+func newBenchServerWith(b *testing.B, mods []testupstream.Module, cfg func(*Config), exts ...string) (*benchServer, []string) {
+	b.Helper()
 	up, err := testupstream.New(mods...)
 	if err != nil {
 		b.Fatal(err)
@@ -48,11 +55,15 @@ func newBenchServer(b *testing.B, mods []testupstream.Module, exts ...string) (*
 		b.Fatal(err)
 	}
 	client := &http.Client{Transport: &http.Transport{}}
-	f, err := NewFetcher(Config{
+	c := Config{
 		Store: st, Upstreams: ups, Client: client, SpoolDir: b.TempDir(),
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Metrics: NewMetrics(prometheus.NewRegistry()),
-	})
+	}
+	if cfg != nil {
+		cfg(&c)
+	}
+	f, err := NewFetcher(c)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,6 +117,42 @@ func BenchmarkWarmInfo(b *testing.B) {
 		if w.Code != http.StatusOK {
 			b.Fatalf("status %d", w.Code)
 		}
+	}
+}
+
+// BenchmarkWarmInfoTelemetry compares warm hits with the network layer's
+// telemetry (netprobe's instrumented client and health scorer) against a
+// plain client and no health: warm hits never reach the upstream path, so
+// the ratio should be 1 within noise.
+//
+//	go test -run '^$' -bench WarmInfoTelemetry -count 6 ./proxy/ | benchstat -col /telemetry -
+func BenchmarkWarmInfoTelemetry(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		b.Run(fmt.Sprintf("telemetry=%v", on), func(b *testing.B) {
+			bs, paths := newBenchServerWith(b, benchSmallModules(100), func(c *Config) {
+				if !on {
+					return
+				}
+				p, err := netprobe.New(netprobe.Config{Upstreams: URLs(c.Upstreams), Registerer: prometheus.NewRegistry()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { p.Close() })
+				c.Client, c.Health = p.Client(), p.Health()
+			}, "info", "mod")
+			reqs := make([]*http.Request, len(paths))
+			for i, p := range paths {
+				reqs[i] = httptest.NewRequest(http.MethodGet, p, nil)
+			}
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				w := httptest.NewRecorder()
+				bs.s.ServeHTTP(w, reqs[i%len(reqs)])
+				if w.Code != http.StatusOK {
+					b.Fatalf("status %d", w.Code)
+				}
+			}
+		})
 	}
 }
 
