@@ -20,7 +20,6 @@ import (
 	"github.com/modproxy/modproxy/deploy"
 	"github.com/modproxy/modproxy/heatmap/heatmaptest"
 	"github.com/modproxy/modproxy/internal/testsumdb"
-	"github.com/modproxy/modproxy/internal/testupstream"
 )
 
 // TestDeployedTelemetryEndToEnd drives go command traffic through modproxy,
@@ -31,20 +30,9 @@ func TestDeployedTelemetryEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
-	modproxyBin(t) // built before SSL_CERT_FILE narrows the trusted roots
 	// A TLS upstream reached by name through modproxy's resolver, so that
 	// every phase (dns, connect, tls, ttfb, transfer) is exercised.
-	up, err := testupstream.NewTLS(e2eModules...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(up.Close)
-	certFile := filepath.Join(t.TempDir(), "upstream.pem")
-	if err := os.WriteFile(certFile, up.CertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SSL_CERT_FILE", certFile)
-	upstream := up.HostURL(testupstream.TLSHost)
+	up, upstream, dnsAddr := startTLSUpstream(t)
 	db := testsumdb.New(t, "sum.modproxy.test")
 	for _, m := range up.Modules() {
 		db.AddModule(m.Path, m.Version, up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version))
@@ -55,7 +43,7 @@ func TestDeployedTelemetryEndToEnd(t *testing.T) {
 		t.Fatalf("eBPF required (MODPROXY_REQUIRE_EBPF=1) but unavailable: %v", bpf.Available())
 	}
 	mp := startModproxy(t, ebpfMode, "--db", filepath.Join(t.TempDir(), "modproxy.db"), "--upstream", upstream,
-		"--dns-server", startNameServer(t, testupstream.TLSHost),
+		"--dns-server", dnsAddr,
 		"--sumdb", db.VerifierKey()+" "+db.URL(), "--private", "", "--nosumdb", "", "--list-ttl", "1s",
 		"--dns-min-ttl", "0s", "--dns-max-ttl", "1s")
 

@@ -48,6 +48,26 @@ func startNameServer(t *testing.T, name string) string {
 	return pc.LocalAddr().String()
 }
 
+// startTLSUpstream starts the fake upstream over TLS, reached by name
+// (testupstream.TLSHost) through a name server it also starts, and makes
+// processes started afterwards trust its certificate. It returns the
+// upstream, its URL by name and the name server's address.
+func startTLSUpstream(t *testing.T) (*testupstream.Server, string, string) {
+	t.Helper()
+	modproxyBin(t) // built before SSL_CERT_FILE narrows the trusted roots
+	up, err := testupstream.NewTLS(e2eModules...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	certFile := filepath.Join(t.TempDir(), "upstream.pem")
+	if err := os.WriteFile(certFile, up.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SSL_CERT_FILE", certFile) // inherited by modproxy: Go reads it on Linux
+	return up, up.HostURL(testupstream.TLSHost), startNameServer(t, testupstream.TLSHost)
+}
+
 // TestEBPFEndToEnd drives go mod download through modproxy with --ebpf=on,
 // reaching a TLS upstream by name through modproxy's own resolver, and
 // finds kernel-side samples for every phase in /metrics and on
@@ -62,20 +82,7 @@ func TestEBPFEndToEnd(t *testing.T) {
 		}
 		t.Skipf("eBPF unavailable: %v", err)
 	}
-	modproxyBin(t) // built before SSL_CERT_FILE narrows the trusted roots
-
-	up, err := testupstream.NewTLS(e2eModules...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(up.Close)
-	certFile := filepath.Join(t.TempDir(), "upstream.pem")
-	if err := os.WriteFile(certFile, up.CertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SSL_CERT_FILE", certFile) // inherited by modproxy: Go reads it on Linux
-	dnsAddr := startNameServer(t, testupstream.TLSHost)
-	upstream := up.HostURL(testupstream.TLSHost)
+	_, upstream, dnsAddr := startTLSUpstream(t)
 
 	mp := startModproxy(t, "--ebpf=on", "--db", filepath.Join(t.TempDir(), "modproxy.db"),
 		"--upstream", upstream, "--sumdb", "off", "--private", "", "--nosumdb", "",

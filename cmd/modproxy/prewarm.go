@@ -19,7 +19,6 @@ import (
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/modgraph"
 	"github.com/modproxy/modproxy/proxy"
-	"github.com/modproxy/modproxy/sumdb"
 )
 
 func init() { extraCommands = append(extraCommands, newPrewarmCmd) }
@@ -274,28 +273,12 @@ func newDBBackend(ctx context.Context, sc serveConfig, set resolvedSettings, sto
 	}
 	b := &dbBackend{store: store}
 	var verifier proxy.Verifier
-	if !set.sumdbOff {
-		var sumUpstreams []string
-		if !set.sumdbExplicitURL {
-			for _, u := range set.upstreams {
-				sumUpstreams = append(sumUpstreams, u.Name())
-			}
-		}
-		v, err := sumdb.New(sumdb.Config{
-			Name:        set.sumdbName,
-			VerifierKey: set.sumdbKey,
-			URL:         set.sumdbURL,
-			Upstreams:   sumUpstreams,
-			Client:      network.Client(),
-			Private:     set.private,
-			NoSumDB:     set.nosumdb,
-			Logger:      logger,
-			Registerer:  reg,
-		}, store)
-		if err != nil {
-			network.Close()
-			return nil, nil, fmt.Errorf("checksum database: %w", err)
-		}
+	v, err := newVerifier(set, network.Client(), false, store, reg, logger)
+	if err != nil {
+		network.Close()
+		return nil, nil, err
+	}
+	if v != nil {
 		verifier, b.sumdb = v, v.Handler()
 	}
 	f, err := proxy.NewFetcher(proxy.Config{

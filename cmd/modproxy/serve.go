@@ -216,30 +216,11 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 
 	var verifier proxy.Verifier
 	var sumdbHandler http.Handler
-	if !set.sumdbOff {
-		var sumUpstreams []string
-		if !set.sumdbExplicitURL {
-			// Reach the database through the public upstreams' passthrough,
-			// as the go command does; an explicit URL bypasses proxies.
-			for _, u := range set.upstreams {
-				sumUpstreams = append(sumUpstreams, u.Name())
-			}
-		}
-		v, err := sumdb.New(sumdb.Config{
-			Name:        set.sumdbName,
-			VerifierKey: set.sumdbKey,
-			URL:         set.sumdbURL,
-			Upstreams:   sumUpstreams,
-			Client:      network.Client(),
-			Offline:     c.offline,
-			Private:     set.private,
-			NoSumDB:     set.nosumdb,
-			Logger:      logger,
-			Registerer:  reg,
-		}, store)
-		if err != nil {
-			return fmt.Errorf("checksum database: %w", err)
-		}
+	v, err := newVerifier(set, network.Client(), c.offline, store, reg, logger)
+	if err != nil {
+		return err
+	}
+	if v != nil {
 		verifier, sumdbHandler = v, v.Handler()
 	} else {
 		logger.Warn("checksum database verification is off: artifacts are stored unverified")
@@ -299,6 +280,38 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// newVerifier returns the checksum-database verifier the settings ask for,
+// or nil when verification is off. As the go command does, it reaches the
+// database through the public upstreams' /sumdb/ passthrough unless GOSUMDB
+// named an explicit URL.
+func newVerifier(set resolvedSettings, client *http.Client, offline bool, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
+	if set.sumdbOff {
+		return nil, nil
+	}
+	var sumUpstreams []string
+	if !set.sumdbExplicitURL {
+		for _, u := range set.upstreams {
+			sumUpstreams = append(sumUpstreams, u.Name())
+		}
+	}
+	v, err := sumdb.New(sumdb.Config{
+		Name:        set.sumdbName,
+		VerifierKey: set.sumdbKey,
+		URL:         set.sumdbURL,
+		Upstreams:   sumUpstreams,
+		Client:      client,
+		Offline:     offline,
+		Private:     set.private,
+		NoSumDB:     set.nosumdb,
+		Logger:      logger,
+		Registerer:  reg,
+	}, store)
+	if err != nil {
+		return nil, fmt.Errorf("checksum database: %w", err)
+	}
+	return v, nil
 }
 
 func sumdbDesc(s resolvedSettings) string {
