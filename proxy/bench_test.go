@@ -105,6 +105,11 @@ func benchSmallModules(n int) []testupstream.Module {
 // BenchmarkWarmInfo measures the handler alone: ServeHTTP into a recorder.
 func BenchmarkWarmInfo(b *testing.B) {
 	bs, paths := newBenchServer(b, benchSmallModules(100), "info", "mod")
+	serveWarm(b, bs, paths)
+}
+
+// serveWarm runs ServeHTTP into recorders over paths, round robin.
+func serveWarm(b *testing.B, bs *benchServer, paths []string) {
 	reqs := make([]*http.Request, len(paths))
 	for i, p := range paths {
 		reqs[i] = httptest.NewRequest(http.MethodGet, p, nil)
@@ -140,18 +145,7 @@ func BenchmarkWarmInfoTelemetry(b *testing.B) {
 				b.Cleanup(func() { p.Close() })
 				c.Client, c.Health = p.Client(), p.Health()
 			}, "info", "mod")
-			reqs := make([]*http.Request, len(paths))
-			for i, p := range paths {
-				reqs[i] = httptest.NewRequest(http.MethodGet, p, nil)
-			}
-			b.ReportAllocs()
-			for i := 0; b.Loop(); i++ {
-				w := httptest.NewRecorder()
-				bs.s.ServeHTTP(w, reqs[i%len(reqs)])
-				if w.Code != http.StatusOK {
-					b.Fatalf("status %d", w.Code)
-				}
-			}
+			serveWarm(b, bs, paths)
 		})
 	}
 }
