@@ -273,7 +273,9 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		logger.Warn("shutdown did not drain every request", "err", err)
+		// Close what is left before the store closes under it.
+		logger.Warn("shutdown did not drain every request; closing the rest", "err", err)
+		srv.Close()
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
