@@ -2,6 +2,8 @@ package sumdb
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -163,8 +165,23 @@ func VerifyStore(ctx context.Context, st ArtifactStore, opts VerifyOptions) (*Ve
 // verifyArtifact checks one artifact, returning nil if it is fine.
 func verifyArtifact(ctx context.Context, st ArtifactStore, k cache.Key, m cache.Meta, opts VerifyOptions) *VerifyProblem {
 	p := &VerifyProblem{Path: k.Path, Version: k.Version, Kind: string(k.Kind), Want: m.Hash}
-	if m.Hash == "" {
+	if m.Hash == "" && m.SHA256 == ([32]byte{}) {
 		p.Status, p.Reason = StatusSkipped, "no recorded hash (stored unverified: private module or checksum database off)"
+		return p
+	}
+	if m.Hash == "" {
+		// No checksum-database hash to compare with, but the store's own
+		// SHA-256 still catches content damaged after it was stored.
+		sum, err := contentSHA256(st, k)
+		switch {
+		case err != nil:
+			p.Status, p.Reason = StatusError, err.Error()
+		case sum != m.SHA256:
+			p.Status, p.Reason = StatusMismatch, "content does not match the SHA-256 recorded when it was stored"
+			p.Want, p.Got = "sha256:"+hex.EncodeToString(m.SHA256[:]), "sha256:"+hex.EncodeToString(sum[:])
+		default:
+			p.Status, p.Reason = StatusSkipped, "no checksum-database hash (private module or checksum database off); content matches its stored SHA-256"
+		}
 		return p
 	}
 	got, corrupt, err := hashArtifact(st, k, opts.TempDir)
@@ -198,6 +215,22 @@ func verifyArtifact(ctx context.Context, st ArtifactStore, k cache.Key, m cache.
 		}
 	}
 	return nil
+}
+
+// contentSHA256 hashes a stored artifact's content.
+func contentSHA256(st ArtifactStore, k cache.Key) ([32]byte, error) {
+	rc, err := st.Open(k)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("opening: %w", err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, rc); err != nil {
+		return [32]byte{}, fmt.Errorf("reading: %w", err)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum, nil
 }
 
 // hashArtifact computes the "h1:" hash of a stored .mod or .zip. corrupt

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -470,6 +471,11 @@ func TestChecksumDatabaseEndToEnd(t *testing.T) {
 	out, err = exec.Command(modproxyBin(t), "verify", "--db", store, "--quarantine").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "mismatch") {
 		t.Fatalf("verify of a corrupted store: %v\n%s", err, out)
+	}
+	// The private module has no checksum-database hash; its stored SHA-256
+	// still catches the damage.
+	if !regexp.MustCompile(`(?m)^mismatch\s+corp\.example/secret@v1\.0\.0 zip`).MatchString(string(out)) {
+		t.Errorf("verify did not flag the corrupted private zip:\n%s", out)
 	}
 	if out, err := exec.Command(modproxyBin(t), "verify", "--db", store).CombinedOutput(); err != nil {
 		t.Fatalf("verify after quarantine: %v\n%s", err, out)
