@@ -82,7 +82,7 @@ func (z *ZipResult) Close() error {
 }
 
 // Zip returns the zip named by req: from the store, or from a download
-// shared with concurrent requests. wait is false for a client that must
+// shared with concurrent requests. stream is false for a client that must
 // not be streamed to (HEAD), which waits for the committed zip instead.
 func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult, error) {
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindZip}
@@ -184,7 +184,7 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 }
 
 // downloadZip is one upstream attempt of runZip.
-func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight) (cache.Meta, error) {
+func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight) (_ cache.Meta, err error) {
 	fl.mu.Lock()
 	committed := fl.streaming
 	fl.mu.Unlock()
@@ -208,6 +208,10 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 		spool.Close()
 		if !streamed {
 			os.Remove(spool.Name())
+		} else if err != nil {
+			// Clients already have bytes of this copy: the flight ends
+			// with it (see errStreamFailed) and their connections abort.
+			f.log.Warn("zip failed after streaming began; aborting its clients", "module", req.Module, "version", req.Version, "err", err)
 		}
 	}()
 
@@ -218,10 +222,10 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			if written+int64(n) > modzip.MaxZipFile {
-				return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, modzip.MaxZipFile)})
+				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, modzip.MaxZipFile)}
 			}
 			if _, err := spool.Write(buf[:n]); err != nil {
-				return cache.Meta{}, f.failZip(fl, streamed, fmt.Errorf("spool zip of %s: %w", req, err))
+				return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
 			}
 			written += int64(n)
 			if !streamed && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
@@ -237,44 +241,35 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 			break
 		}
 		if rerr != nil {
-			return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("read zip of %s: %w", req, rerr)})
+			return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("read zip of %s: %w", req, rerr)}
 		}
 	}
 	if resp.ContentLength >= 0 && written != resp.ContentLength {
-		return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, resp.ContentLength)})
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, resp.ContentLength)}
 	}
 	mv := module.Version{Path: req.Module, Version: req.Version}
 	if cf, err := modzip.CheckZip(mv, spool.Name()); err != nil || cf.Err() != nil {
 		if err == nil {
 			err = cf.Err()
 		}
-		return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s: %v", errBadContent, req, oneLine(err.Error()))})
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s: %v", errBadContent, req, oneLine(err.Error()))}
 	}
 	meta := cache.Meta{Upstream: u.Name(), Size: written}
 	if v := f.cfg.Verifier; v != nil && !v.Exempt(req.Module) {
 		h, err := v.VerifyZip(ctx, req.Module, req.Version, spool.Name())
 		if err != nil {
-			return cache.Meta{}, f.failZip(fl, streamed, &UpstreamError{Upstream: u.Name(), Err: err})
+			return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 		}
 		meta.Hash = h
 	}
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
-		return cache.Meta{}, f.failZip(fl, streamed, fmt.Errorf("rewind spool of %s: %w", req, err))
+		return cache.Meta{}, fmt.Errorf("rewind spool of %s: %w", req, err)
 	}
 	stored, err := f.store.Put(key, spool, meta)
 	if err != nil {
-		return cache.Meta{}, f.failZip(fl, streamed, fmt.Errorf("store %s: %w", req, err))
+		return cache.Meta{}, fmt.Errorf("store %s: %w", req, err)
 	}
 	return stored, nil
-}
-
-// failZip returns err; when the attempt had already streamed, it also
-// marks the flight so that no other upstream is tried for these clients.
-func (f *Fetcher) failZip(fl *zipFlight, streamed bool, err error) error {
-	if streamed {
-		f.log.Warn("zip failed after streaming began; aborting its clients", "err", err)
-	}
-	return err
 }
 
 // serveStream copies a download in progress to w, withholding the last
