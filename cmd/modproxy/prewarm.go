@@ -6,16 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
+	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"golang.org/x/mod/module"
 
-	"github.com/modproxy/modproxy/bundle"
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/modgraph"
 	"github.com/modproxy/modproxy/proxy"
@@ -92,27 +90,13 @@ The exit status is 1 if any module failed.`,
 	return cmd
 }
 
-// prewarmFailure is a module version that could not be prewarmed.
-type prewarmFailure struct {
-	Module  string `json:"module"`
-	Version string `json:"version"`
-	Error   string `json:"error"`
-}
-
-// prewarmSummary is the outcome of a run (printed, or JSON with --json).
+// prewarmSummary is the outcome of a run (printed, or JSON with --json):
+// the library's report with the run's mode, target and resolution notes.
 type prewarmSummary struct {
-	Mode     string           `json:"mode"` // "db" or "server"
-	Target   string           `json:"target"`
-	Modules  int              `json:"modules"`
-	Fetched  int              `json:"fetched"`        // module versions with at least one artifact fetched
-	Cached   int              `json:"already_cached"` // module versions entirely in the store already
-	Failed   int              `json:"failed"`
-	Bytes    int64            `json:"bytes"`
-	Seconds  float64          `json:"seconds"`
-	SumDB    string           `json:"sumdb,omitempty"`
-	Records  int              `json:"sumdb_records"` // checksum-database records verified and stored
-	Failures []prewarmFailure `json:"failures"`
-	Notes    []string         `json:"notes,omitempty"`
+	Mode   string `json:"mode"` // "db" or "server"
+	Target string `json:"target"`
+	proxy.PrewarmReport
+	Notes []string `json:"notes,omitempty"`
 }
 
 func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool, targets []string, stdout, stderr io.Writer) (err error) {
@@ -149,28 +133,27 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 			goVersion = ""
 		}
 	}
-
-	exempt := func(path string) bool {
-		return module.MatchPrefixPatterns(set.private, path) || module.MatchPrefixPatterns(set.nosumdb, path)
+	opts := proxy.PrewarmOptions{
+		Jobs: c.jobs,
+		Exempt: func(path string) bool {
+			return module.MatchPrefixPatterns(set.private, path) || module.MatchPrefixPatterns(set.nosumdb, path)
+		},
 	}
-	sumdbPfx := ""
 	if !set.sumdbOff {
-		sumdbPfx = "/sumdb/" + set.sumdbName + "/"
+		opts.SumDB, opts.SumDBKey = set.sumdbName, set.sumdbKey
 	}
-	tempDir := c.serve.spoolDir
 
-	var backend prewarmBackend
-	sum := prewarmSummary{SumDB: sumdbDesc(set)}
+	var sum prewarmSummary
 	if c.server != "" {
 		sum.Mode, sum.Target = "server", strings.TrimRight(c.server, "/")
-		sb := &serverBackend{base: sum.Target, client: newPrewarmClient(c.jobs), sumdbPfx: sumdbPfx, tempDir: tempDir}
-		defer sb.client.CloseIdleConnections()
-		if sumdbPfx != "" {
-			if _, err := sb.getSmall(ctx, sumdbPfx+"supported"); err != nil {
+		client := newPrewarmClient(c.jobs)
+		defer client.CloseIdleConnections()
+		opts.Backend = proxy.NewHTTPBackend(client, sum.Target, c.serve.spoolDir)
+		if opts.SumDB != "" {
+			if _, err := opts.Backend.SumDB(ctx, opts.SumDB, "supported"); err != nil {
 				return fmt.Errorf("server %s does not serve checksum database %s (set --sumdb to the server's database, or off): %w", sum.Target, set.sumdbName, err)
 			}
 		}
-		backend = sb
 	} else {
 		sum.Mode, sum.Target = "db", c.serve.db
 		store, err := cache.Open(c.serve.db, cache.Options{})
@@ -185,18 +168,17 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 				err = fmt.Errorf("close store: %w", cerr)
 			}
 		}()
-		db, closeDB, err := newDBBackend(ctx, sc, set, store, logger)
+		backend, closeDB, err := newDBBackend(ctx, sc, set, store, logger)
 		if err != nil {
 			return err
 		}
 		defer closeDB()
-		db.sumdbPfx, db.tempDir = sumdbPfx, tempDir
-		backend = db
+		opts.Backend = backend
 	}
 
-	start := time.Now()
+	opts.Start = time.Now()
 	plan, err := modgraph.Resolve(ctx, targets, modgraph.Options{
-		Source:      backend,
+		Source:      opts.Backend,
 		GoVersion:   goVersion,
 		Platforms:   c.platforms,
 		Concurrency: c.jobs,
@@ -208,49 +190,26 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 		return fmt.Errorf("resolve targets: %w", err)
 	}
 	sum.Notes = plan.Notes
-	sum.Modules = len(plan.Needs)
 
-	var mirror *bundle.Mirror
-	if sumdbPfx != "" {
-		mirror, err = bundle.NewMirror(func(rel string) ([]byte, error) { return backend.sumdbGet(ctx, rel) }, set.sumdbKey)
-		if err != nil {
-			return err
-		}
-	}
 	prog, err := newPrewarmProgress(stderr, c.progress, len(plan.Needs), c.interval)
 	if err != nil {
 		return err
 	}
-	p := &prewarmer{backend: backend, mirror: mirror, exempt: exempt, prog: prog}
-	results := p.run(ctx, plan.Needs, c.jobs)
-	if mirror != nil && ctx.Err() == nil {
-		if err := mirror.Finish(); err != nil {
-			sum.Failures = append(sum.Failures, prewarmFailure{Module: "(checksum database " + set.sumdbName + ")", Error: err.Error()})
-		}
-	}
+	opts.Progress = prog.update
+	rep, err := proxy.Prewarm(ctx, plan.Needs, opts)
 	prog.finish()
-
-	for _, r := range results {
-		switch {
-		case r.err != nil:
-			sum.Failures = append(sum.Failures, prewarmFailure{Module: r.need.Path, Version: r.need.Version, Error: oneLineErr(r.err)})
-		case r.fetched:
-			sum.Fetched++
-		default:
-			sum.Cached++
-		}
-		sum.Bytes += r.bytes
-		if r.record {
-			sum.Records++
-		}
-	}
-	sum.Failed = len(sum.Failures)
-	sum.Seconds = time.Since(start).Seconds()
-	if err := printPrewarmSummary(stdout, sum, c.json); err != nil {
+	if rep == nil {
 		return err
 	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("prewarm interrupted: %w (what was stored is complete; run again to continue)", context.Cause(ctx))
+	sum.PrewarmReport = *rep
+	if sum.SumDB == "" {
+		sum.SumDB = "off"
+	}
+	if perr := printPrewarmSummary(stdout, sum, c.json); perr != nil {
+		return perr
+	}
+	if err != nil {
+		return fmt.Errorf("%w (what was stored is complete; run again to continue)", err)
 	}
 	if sum.Failed > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("prewarm: %d of %d module versions failed", sum.Failed, sum.Modules)}
@@ -260,7 +219,7 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 
 // newDBBackend wires the in-process pipeline as runServe does: network
 // layer, checksum-database verifier and fetcher over store.
-func newDBBackend(ctx context.Context, sc serveConfig, set resolvedSettings, store *cache.Store, logger *slog.Logger) (*dbBackend, func(), error) {
+func newDBBackend(ctx context.Context, sc serveConfig, set resolvedSettings, store *cache.Store, logger *slog.Logger) (proxy.PrewarmBackend, func(), error) {
 	if err := sc.net.validate(); err != nil {
 		return nil, nil, err
 	}
@@ -271,15 +230,17 @@ func newDBBackend(ctx context.Context, sc serveConfig, set resolvedSettings, sto
 	if err != nil {
 		return nil, nil, err
 	}
-	b := &dbBackend{store: store}
-	var verifier proxy.Verifier
+	var (
+		verifier     proxy.Verifier
+		sumdbHandler http.Handler
+	)
 	v, err := newVerifier(set, network.Client(), false, store, reg, logger)
 	if err != nil {
 		network.Close()
 		return nil, nil, err
 	}
 	if v != nil {
-		verifier, b.sumdb = v, v.Handler()
+		verifier, sumdbHandler = v, v.Handler()
 	}
 	f, err := proxy.NewFetcher(proxy.Config{
 		Store:            store,
@@ -299,125 +260,21 @@ func newDBBackend(ctx context.Context, sc serveConfig, set resolvedSettings, sto
 		network.Close()
 		return nil, nil, err
 	}
-	b.fetcher = f
-	return b, func() { f.Close(); network.Close() }, nil
+	return proxy.NewFetcherBackend(f, sumdbHandler), func() { f.Close(); network.Close() }, nil
 }
 
-// prewarmer runs the per-module work on a pool of workers.
-type prewarmer struct {
-	backend prewarmBackend
-	mirror  *bundle.Mirror // nil when checksum verification is off
-	exempt  func(path string) bool
-	prog    *prewarmProgress
+// newPrewarmClient returns the one client every request of a --server run
+// shares, so that connections are reused across workers.
+func newPrewarmClient(jobs int) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 2 * jobs
+	t.MaxIdleConnsPerHost = 2 * jobs
+	t.ResponseHeaderTimeout = 5 * time.Minute // the server may be fetching a large zip
+	return &http.Client{Transport: t}
 }
 
-// needResult is the outcome for one module version.
-type needResult struct {
-	need    modgraph.Need
-	fetched bool // at least one artifact was not stored before
-	bytes   int64
-	record  bool // its checksum-database record was verified and stored
-	err     error
-}
-
-func (p *prewarmer) run(ctx context.Context, needs []modgraph.Need, jobs int) []needResult {
-	results := make([]needResult, len(needs))
-	work := make(chan int)
-	var wg sync.WaitGroup
-	for range min(jobs, max(len(needs), 1)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				results[i] = p.one(ctx, needs[i])
-				p.prog.moduleDone()
-			}
-		}()
-	}
-	for i := range needs {
-		if ctx.Err() != nil {
-			results[i] = needResult{need: needs[i], err: context.Cause(ctx)}
-			continue
-		}
-		select {
-		case work <- i:
-		case <-ctx.Done():
-			results[i] = needResult{need: needs[i], err: context.Cause(ctx)}
-		}
-	}
-	close(work)
-	wg.Wait()
-	return results
-}
-
-// one makes the artifacts of n present, checks them against the go.sum
-// hashes in n, and verifies and stores its checksum-database record.
-func (p *prewarmer) one(ctx context.Context, n modgraph.Need) needResult {
-	res := needResult{need: n}
-	kinds := []cache.Kind{cache.KindInfo, cache.KindMod}
-	if n.Zip {
-		kinds = append(kinds, cache.KindZip)
-	}
-	checkDB := p.mirror != nil && !p.exempt(n.Path)
-	hashes := map[cache.Kind]string{}
-	for _, kind := range kinds {
-		k := cache.Key{Path: n.Path, Version: n.Version, Kind: kind}
-		r, err := p.backend.fetch(ctx, k, n.ZipHash != "" || checkDB)
-		if err != nil {
-			res.err = fmt.Errorf("%s: %w", kind, err)
-			return res
-		}
-		res.bytes += r.size
-		p.prog.addBytes(r.size)
-		res.fetched = res.fetched || !r.cached
-		hashes[kind] = r.hash
-	}
-	if want := n.ModHash; want != "" && hashes[cache.KindMod] != want {
-		res.err = fmt.Errorf("go.sum mismatch: go.sum has %s for %s@%s/go.mod, the fetched go.mod hashes to %s", want, n.Path, n.Version, hashes[cache.KindMod])
-		return res
-	}
-	if want := n.ZipHash; n.Zip && want != "" && hashes[cache.KindZip] != want {
-		res.err = fmt.Errorf("go.sum mismatch: go.sum has %s for %s@%s, the fetched zip hashes to %s", want, n.Path, n.Version, hashes[cache.KindZip])
-		return res
-	}
-	if !checkDB {
-		return res
-	}
-	lines, err := p.mirror.Lookup(n.Path, n.Version)
-	if err != nil {
-		res.err = err
-		return res
-	}
-	for _, line := range lines {
-		f := strings.Fields(line)
-		if len(f) != 3 {
-			continue
-		}
-		kind, got := cache.KindZip, hashes[cache.KindZip]
-		if strings.HasSuffix(f[1], "/go.mod") {
-			kind, got = cache.KindMod, hashes[cache.KindMod]
-		}
-		if got != "" && got != f[2] {
-			res.err = fmt.Errorf("checksum database mismatch for %s@%s %s: the database has %s, the stored content hashes to %s", n.Path, n.Version, kind, f[2], got)
-			return res
-		}
-	}
-	res.record = true
-	return res
-}
-
-func oneLineErr(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
-
+// printPrewarmSummary prints s as JSON or as lines for people.
 func printPrewarmSummary(w io.Writer, s prewarmSummary, asJSON bool) error {
-	if s.Failures == nil {
-		s.Failures = []prewarmFailure{}
-	}
-	sort.Slice(s.Failures, func(i, j int) bool {
-		if s.Failures[i].Module != s.Failures[j].Module {
-			return s.Failures[i].Module < s.Failures[j].Module
-		}
-		return s.Failures[i].Version < s.Failures[j].Version
-	})
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

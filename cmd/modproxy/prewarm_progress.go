@@ -10,6 +10,8 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
+
+	"github.com/modproxy/modproxy/proxy"
 )
 
 // prewarmProgress reports modules done out of total, bytes, rate and ETA:
@@ -93,20 +95,15 @@ func (p *prewarmProgress) line() string {
 	return s
 }
 
-// addBytes counts content bytes received or found.
-func (p *prewarmProgress) addBytes(n int64) {
-	p.bytes.Add(n)
-}
-
-// moduleDone counts one finished module version.
-func (p *prewarmProgress) moduleDone() {
-	p.done.Add(1)
-	if p.bar != nil {
+// update takes the progress of the run (proxy.PrewarmOptions.Progress):
+// the bar advances when a module version is done.
+func (p *prewarmProgress) update(pr proxy.PrewarmProgress) {
+	p.bytes.Store(pr.Bytes)
+	if prev := p.done.Swap(int64(pr.Done)); p.bar != nil && int64(pr.Done) > prev {
 		p.mu.Lock()
-		b := p.bytes.Load()
-		rate := float64(b) / max(time.Since(p.start).Seconds(), 1e-3)
-		p.bar.Describe(fmt.Sprintf("%s, %s/s", formatBytes(b), formatBytes(int64(rate))))
-		p.bar.Add(1)
+		rate := float64(pr.Bytes) / max(time.Since(p.start).Seconds(), 1e-3)
+		p.bar.Describe(fmt.Sprintf("%s, %s/s", formatBytes(pr.Bytes), formatBytes(int64(rate))))
+		p.bar.Set(pr.Done)
 		p.mu.Unlock()
 	}
 }
