@@ -63,7 +63,10 @@
 // program time per request (~3%) with batching. So the programs submit with
 // BPF_RB_NO_WAKEUP and force a wakeup only every [Options.WakeupEvents]
 // events per CPU; the reader also polls every
-// [Options.PollInterval] (100 ms by default). Events therefore reach
+// [Options.PollInterval] (100 ms by default). The reader waits in Go's
+// network poller (on a duplicate of the ring buffer's fd), not in a blocking
+// epoll_wait, which would hold one of the runtime's Ps for the whole wait.
+// Events therefore reach
 // [Options.OnEvent] up to one poll interval late; [Probes.Flush] delivers
 // everything pending synchronously. Ring buffer reservation failures are
 // counted as dropped events and records that cannot be decoded as parse

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -49,9 +50,14 @@ var attachTypes = []ebpf.AttachType{
 // Probes are the loaded and attached programs and the reader delivering
 // their events. Methods are safe for concurrent use.
 type Probes struct {
-	objs       modproxyObjects
-	links      []link.Link
-	rd         *ringbuf.Reader
+	objs  modproxyObjects
+	links []link.Link
+	rd    *ringbuf.Reader
+	// wake is a duplicate of the ring buffer's fd registered with Go's
+	// network poller, which the reader waits on; nil if that is not
+	// possible (the reader then blocks in rd's own epoll_wait).
+	wake       *os.File
+	wakeRC     syscall.RawConn
 	cgroupPath string
 	progIDs    []ebpf.ProgramID
 	onEvent    func(Event)
@@ -250,6 +256,11 @@ func Load(opts Options) (*Probes, error) {
 		}
 		return nil, fmt.Errorf("bpf: loading programs: %w%s", err, memlockErr)
 	}
+	// RegisterSocket passes pointers to these types to the map.
+	if ks, vs := p.objs.Sockets.KeySize(), p.objs.Sockets.ValueSize(); ks != 8 || vs != uint32(unsafe.Sizeof(modproxyRegistration{})) {
+		p.closeResources()
+		return nil, fmt.Errorf("bpf: sockets map has key/value sizes %d/%d, want 8/%d", ks, vs, unsafe.Sizeof(modproxyRegistration{}))
+	}
 	progs := []*ebpf.Program{p.objs.ModproxySockops, p.objs.ModproxyEgress, p.objs.ModproxyIngress}
 	for _, prog := range progs {
 		if info, err := prog.Info(); err == nil {
@@ -274,8 +285,45 @@ func Load(opts Options) (*Probes, error) {
 		p.closeResources()
 		return nil, fmt.Errorf("bpf: ring buffer reader: %w", err)
 	}
+	p.wake, p.wakeRC = pollableRing(p.objs.Events)
 	go p.read()
 	return p, nil
+}
+
+// pollableRing returns a duplicate of the ring buffer map's fd in Go's
+// network poller, or nil if the poller does not take it.
+//
+// The reader waits for the programs' (batched) wakeups there rather than
+// in ringbuf.Reader's own epoll_wait: a goroutine blocked in a system call
+// keeps its P (one of GOMAXPROCS) until sysmon retakes it, which on a
+// 2-CPU machine cost the proxy's other goroutines a P after every wakeup,
+// kept sysmon polling every 20 µs, and added thread handoffs (futex
+// wakeups, context switches): about 10 µs of CPU per new upstream
+// connection in BenchmarkKernelColdFetch, more than the programs' run time.
+func pollableRing(m *ebpf.Map) (*os.File, syscall.RawConn) {
+	fd, err := unix.FcntlInt(uintptr(m.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil
+	}
+	// O_NONBLOCK is what makes os.NewFile register the fd with the poller
+	// (it is a flag of the shared open file; the bpf(2) calls on the map
+	// and ringbuf.Reader's epoll ignore it).
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, nil
+	}
+	f := os.NewFile(uintptr(fd), "modproxy-ringbuf")
+	// Deadlines work only on files in the poller.
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return nil, nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil
+	}
+	return f, rc
 }
 
 // synRetries reads net.ipv4.tcp_syn_retries (the kernel's own connect
@@ -293,21 +341,86 @@ func synRetries() uint32 {
 // read is the reader goroutine.
 func (p *Probes) read() {
 	defer close(p.done)
+	if p.wake == nil {
+		p.readBlocking()
+		return
+	}
+	var rec ringbuf.Record
+	for {
+		// Flushes requested before this drain are complete after it.
+		p.mu.Lock()
+		flushed := p.flushCh
+		p.flushCh = nil
+		p.mu.Unlock()
+		if !p.drain(&rec) {
+			return
+		}
+		if flushed != nil {
+			close(flushed)
+		}
+		// Wait for a wakeup from the programs, the poll interval, a Flush
+		// (which moves the deadline into the past) or Close (which closes
+		// p.wake), in the network poller.
+		p.wake.SetReadDeadline(time.Now().Add(p.poll))
+		p.mu.Lock()
+		pending := p.flushCh != nil
+		p.mu.Unlock()
+		if pending {
+			continue
+		}
+		err := p.wakeRC.Read(func(uintptr) bool { return p.rd.AvailableBytes() > 0 })
+		if errors.Is(err, os.ErrClosed) {
+			return
+		}
+	}
+}
+
+// drain delivers every record in the ring buffer without blocking. It
+// returns false when the reader is closed.
+func (p *Probes) drain(rec *ringbuf.Record) bool {
+	// A deadline in the past: ReadInto returns the records present, then
+	// os.ErrDeadlineExceeded, without waiting.
+	p.rd.SetDeadline(time.Unix(1, 0))
+	for {
+		err := p.rd.ReadInto(rec)
+		switch {
+		case err == nil:
+			p.deliver(rec.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return true
+		case errors.Is(err, ringbuf.ErrFlushed):
+			// Only readBlocking uses the reader's own flush.
+		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
+			return false
+		default:
+			p.parseErrors.Add(1)
+			return true
+		}
+	}
+}
+
+func (p *Probes) deliver(b []byte) {
+	ev, ok := decodeEvent(b)
+	if !ok {
+		p.parseErrors.Add(1)
+		return
+	}
+	p.delivered.Add(1)
+	if p.onEvent != nil {
+		p.onEvent(ev)
+	}
+}
+
+// readBlocking is the reader when the ring buffer's fd cannot be put in the
+// network poller: it blocks in ringbuf.Reader's epoll_wait.
+func (p *Probes) readBlocking() {
 	var rec ringbuf.Record
 	for {
 		p.rd.SetDeadline(time.Now().Add(p.poll))
 		err := p.rd.ReadInto(&rec)
 		switch {
 		case err == nil:
-			ev, ok := decodeEvent(rec.RawSample)
-			if !ok {
-				p.parseErrors.Add(1)
-				continue
-			}
-			p.delivered.Add(1)
-			if p.onEvent != nil {
-				p.onEvent(ev)
-			}
+			p.deliver(rec.RawSample)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, ringbuf.ErrFlushed):
 			p.mu.Lock()
@@ -380,7 +493,9 @@ func (p *Probes) RegisterSocket(fd uintptr, upstreamID uint32, purpose Purpose) 
 		return 0, err
 	}
 	reg := modproxyRegistration{UpstreamId: upstreamID, Purpose: uint8(purpose)}
-	if err := p.objs.Sockets.Update(cookie, reg, ebpf.UpdateAny); err != nil {
+	// Pointers skip cilium/ebpf's reflection-based marshalling (~0.3 µs
+	// and four allocations per socket); both types match the map's BTF.
+	if err := p.objs.Sockets.Update(unsafe.Pointer(&cookie), unsafe.Pointer(&reg), ebpf.UpdateAny); err != nil {
 		return 0, fmt.Errorf("bpf: registering socket %d: %w", cookie, err)
 	}
 	return cookie, nil
@@ -416,14 +531,20 @@ func SocketCookie(fd uintptr) (uint64, error) {
 }
 
 // MonotonicNow returns CLOCK_MONOTONIC in nanoseconds, the clock of
-// Event.KernelTime.
-func MonotonicNow() uint64 {
+// Event.KernelTime. Unlike unix.ClockGettime it makes no system call (the
+// transport reads it twice per request): it adds the Go runtime's
+// monotonic clock (CLOCK_MONOTONIC through the vDSO on Linux) to one
+// reading of CLOCK_MONOTONIC taken at start-up.
+func MonotonicNow() uint64 { return monoBase + uint64(time.Since(monoStart)) }
+
+var monoStart, monoBase = func() (time.Time, uint64) {
+	start := time.Now()
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
+		panic("bpf: CLOCK_MONOTONIC: " + err.Error()) // cannot fail on Linux
 	}
-	return uint64(ts.Nano())
-}
+	return start, uint64(ts.Nano())
+}()
 
 // KernelTimeToTime converts an Event.KernelTime to wall-clock time.
 func KernelTimeToTime(kt uint64) time.Time {
@@ -462,6 +583,14 @@ func (p *Probes) startFlush() (<-chan struct{}, error) {
 	p.mu.Lock()
 	p.flushCh = ch
 	p.mu.Unlock()
+	if p.wake != nil {
+		// Interrupts the reader's wait (it checks flushCh after setting
+		// its own deadline, so a flush between the two is not missed).
+		if err := p.wake.SetReadDeadline(time.Unix(1, 0)); err != nil {
+			return nil, fmt.Errorf("bpf: flush: %w", err)
+		}
+		return ch, nil
+	}
 	if err := p.rd.Flush(); err != nil {
 		return nil, fmt.Errorf("bpf: flush: %w", err)
 	}
@@ -583,6 +712,9 @@ func (p *Probes) closeResources() error {
 			}
 		}
 		p.finalStats = p.kernelStats()
+		if p.wake != nil {
+			p.wake.Close() // ends the reader's wait
+		}
 		if err := p.rd.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("bpf: closing reader: %w", err))
 		}

@@ -96,13 +96,13 @@ func (d *dialer) dial(ctx context.Context, network, address string) (*probeConn,
 			Err: &net.AddrError{Err: "no suitable address for " + network, Addr: host}}
 	}
 	t1 := time.Now()
-	c, err := d.race(ctx, network, addrs, port, upstream, k)
+	c, cookie, err := d.race(ctx, network, addrs, port, upstream, k)
 	if err != nil {
 		return nil, err
 	}
 	pc := &probeConn{Conn: c, info: dialInfo{dns: dnsDur, connect: time.Since(t1), upstream: upstream}}
-	if k != nil {
-		pc.info.kc = k.connOf(c)
+	if k != nil && cookie != 0 {
+		pc.info.kc = k.connOf(cookie)
 	}
 	return pc, nil
 }
@@ -187,30 +187,37 @@ func orderAddrs(addrs []netip.Addr, network string) []netip.Addr {
 
 // race connects to addrs in order, starting the next attempt when the
 // previous fails or FallbackDelay passes; the first success wins and the
-// other attempts are cancelled and closed before race returns.
-func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, port, upstream string, k *Kernel) (net.Conn, error) {
-	nd := &net.Dialer{}
+// other attempts are cancelled and closed before race returns. cookie is
+// the winning socket's cookie if kernel telemetry registered it, else 0.
+func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, port, upstream string, k *Kernel) (net.Conn, uint64, error) {
+	// control returns the net.Dialer.Control of one attempt; it stores the
+	// cookie of the registered socket in *cookie (one socket per attempt:
+	// each dials a single address).
+	var control func(cookie *uint64) func(string, string, syscall.RawConn) error
 	if hook := d.cfg.SocketHook; hook != nil || k != nil {
 		kind, rec := KindOther, (*recorder)(nil)
 		if st, ok := ctx.Value(reqStateKey{}).(*reqState); ok {
 			kind, rec = st.kind, st.rec
 		}
-		nd.Control = func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) {
-				if hook != nil {
-					hook(fd, upstream, "upstream")
-				}
-				if k != nil {
-					k.registerTCP(fd, upstream, kind, rec)
-				}
-			})
+		control = func(cookie *uint64) func(string, string, syscall.RawConn) error {
+			return func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) {
+					if hook != nil {
+						hook(fd, upstream, "upstream")
+					}
+					if k != nil {
+						*cookie = k.registerTCP(fd, upstream, kind, rec)
+					}
+				})
+			}
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
-		c   net.Conn
-		err error
+		c      net.Conn
+		cookie uint64
+		err    error
 	}
 	results := make(chan result, len(addrs))
 	next, pending := 0, 0
@@ -219,8 +226,13 @@ func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, p
 		next++
 		pending++
 		go func() {
-			c, err := nd.DialContext(ctx, "tcp", a)
-			results <- result{c, err}
+			var r result
+			nd := &net.Dialer{}
+			if control != nil {
+				nd.Control = control(&r.cookie)
+			}
+			r.c, r.err = nd.DialContext(ctx, "tcp", a)
+			results <- r
 		}()
 	}
 	start()
@@ -238,7 +250,7 @@ func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, p
 						l.c.Close()
 					}
 				}
-				return r.c, nil
+				return r.c, r.cookie, nil
 			}
 			errs = append(errs, r.err)
 			if next < len(addrs) {
@@ -253,7 +265,7 @@ func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, p
 		}
 	}
 	if len(errs) == 1 {
-		return nil, errs[0]
+		return nil, 0, errs[0]
 	}
-	return nil, &net.OpError{Op: "dial", Net: network, Err: errors.Join(errs...)}
+	return nil, 0, &net.OpError{Op: "dial", Net: network, Err: errors.Join(errs...)}
 }

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -261,20 +259,27 @@ func (k *Kernel) nameOfLocked(id uint32) string {
 }
 
 // register hands one socket to the programs; called from net.Dialer.Control.
-// Failures never fail the dial: telemetry must not break traffic.
-func (k *Kernel) register(fd uintptr, name string, s *ksock) {
+// It returns the socket's cookie, or 0 if it is not registered. Failures
+// never fail the dial: telemetry must not break traffic.
+func (k *Kernel) register(fd uintptr, name string, s *ksock) uint64 {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	if k.closed {
-		return
+		k.mu.Unlock()
+		return 0
 	}
-	cookie, err := k.probes.RegisterSocket(fd, k.idLocked(name), s.purpose)
+	id := k.idLocked(name)
+	k.mu.Unlock()
+	// The system calls run without k.mu, which the event reader takes.
+	// Events of the socket cannot arrive before connect(), which follows.
+	cookie, err := k.probes.RegisterSocket(fd, id, s.purpose)
 	if err != nil {
 		k.logger.Debug("netprobe: kernel telemetry cannot register a socket", "upstream", name, "err", err)
-		return
+		return 0
 	}
 	now := time.Now()
 	s.seen = now
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.socks[cookie] = s
 	if k.onRegister != nil {
 		k.onRegister(cookie)
@@ -283,11 +288,13 @@ func (k *Kernel) register(fd uintptr, name string, s *ksock) {
 		k.lastSweep = now
 		k.sweepLocked(now)
 	}
+	return cookie
 }
 
-// registerTCP registers an upstream TCP socket dialed by a request of kind.
-func (k *Kernel) registerTCP(fd uintptr, upstream, kind string, rec *recorder) {
-	k.register(fd, upstream, &ksock{purpose: bpf.PurposeTCP, upstream: upstream, kind: kind, rec: rec})
+// registerTCP registers an upstream TCP socket dialed by a request of kind
+// and returns its cookie (0: not registered).
+func (k *Kernel) registerTCP(fd uintptr, upstream, kind string, rec *recorder) uint64 {
+	return k.register(fd, upstream, &ksock{purpose: bpf.PurposeTCP, upstream: upstream, kind: kind, rec: rec})
 }
 
 // registerDNS registers a resolver UDP socket about to query server for
@@ -316,21 +323,10 @@ func (k *Kernel) noteHost(host, upstream string) {
 	k.mu.Unlock()
 }
 
-// connOf returns the kernel identity of a freshly dialed connection, or nil
-// when its socket is not registered.
-func (k *Kernel) connOf(c net.Conn) *kernelConn {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	var cookie uint64
-	if cerr := raw.Control(func(fd uintptr) { cookie, err = bpf.SocketCookie(fd) }); cerr != nil || err != nil {
-		return nil
-	}
+// connOf returns the kernel identity of a freshly dialed connection whose
+// socket was registered with cookie (as returned by registerTCP, so no
+// SO_COOKIE system call per connection), or nil when it is not known.
+func (k *Kernel) connOf(cookie uint64) *kernelConn {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	s := k.socks[cookie]
