@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/sumdb"
 )
 
 // Limits on metadata answers from upstreams; anything larger is garbage.
@@ -46,6 +47,9 @@ type Config struct {
 	// Verifier checks .mod and .zip files against the checksum database;
 	// nil stores unverified.
 	Verifier Verifier
+	// VerifyFailOpen stores (and serves) artifacts unverified while the
+	// checksum database cannot be reached, instead of refusing them.
+	VerifyFailOpen bool
 	// Health orders upstreams and trips circuit breakers; nil means plain
 	// list order.
 	Health Health
@@ -316,12 +320,25 @@ func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (veri
 			return verified{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: go.mod of %s: %v", errBadContent, req, err)}
 		}
 		if f.cfg.Verifier != nil && !f.cfg.Verifier.Exempt(req.Module) {
-			if v.hash, err = f.cfg.Verifier.VerifyMod(ctx, req.Module, req.Version, data); err != nil {
+			v.hash, err = f.cfg.Verifier.VerifyMod(ctx, req.Module, req.Version, data)
+			if v.hash, err = f.failOpen(req, KindMod, v.hash, err); err != nil {
 				return verified{}, &UpstreamError{Upstream: u.Name(), Err: err}
 			}
 		}
 	}
 	return v, nil
+}
+
+// failOpen applies Config.VerifyFailOpen to a verification result: with it
+// set, an unreachable checksum database lets the artifact be stored
+// unverified (hash ""), counted in modproxy_stored_unverified_total.
+func (f *Fetcher) failOpen(req Request, kind Kind, hash string, err error) (string, error) {
+	if err == nil || !f.cfg.VerifyFailOpen || !errors.Is(err, sumdb.ErrUnavailable) {
+		return hash, err
+	}
+	f.log.Warn("checksum database unavailable: storing unverified (fail-open)", "module", req.Module, "version", req.Version, "kind", kind, "err", err)
+	f.m.storedUnverified.WithLabelValues(string(kind)).Inc()
+	return "", nil
 }
 
 // infoJSON is the .info and @latest answer format.

@@ -515,6 +515,49 @@ func TestChecksumMismatchFallsThroughToGoodCopy(t *testing.T) {
 	})
 }
 
+// downVerifier is a Verifier whose checksum database cannot be reached.
+type downVerifier struct{}
+
+func (downVerifier) Exempt(string) bool { return false }
+func (downVerifier) VerifyMod(context.Context, string, string, []byte) (string, error) {
+	return "", fmt.Errorf("lookup: %w", sumdb.ErrUnavailable)
+}
+func (downVerifier) VerifyZip(context.Context, string, string, string) (string, error) {
+	return "", fmt.Errorf("lookup: %w", sumdb.ErrUnavailable)
+}
+
+func TestChecksumDatabaseDownFailsClosedUnlessFailOpen(t *testing.T) {
+	for _, failOpen := range []bool{false, true} {
+		t.Run(fmt.Sprint("failOpen=", failOpen), func(t *testing.T) {
+			up := newUpstream(t)
+			e := newEnv(t, up.URL(), func(c *Config) { c.Verifier, c.VerifyFailOpen = downVerifier{}, failOpen })
+			for _, p := range []string{"/example.com/hello/@v/v1.0.0.mod", "/example.com/hello/@v/v1.0.0.zip"} {
+				r := e.get(p)
+				if !failOpen {
+					if r.status != 502 || !strings.Contains(r.body, "checksum database unavailable") {
+						t.Errorf("GET %s = %d %q, want 502 naming the database", p, r.status, r.body)
+					}
+					continue
+				}
+				if r.status != 200 {
+					t.Errorf("GET %s = %d %q, want 200 (fail-open)", p, r.status, r.body)
+				}
+			}
+			n := 0
+			e.store.Walk(func(k cache.Key, m cache.Meta) error {
+				n++
+				if m.Hash != "" {
+					t.Errorf("%v stored with hash %q although unverified", k, m.Hash)
+				}
+				return nil
+			})
+			if want := map[bool]int{false: 0, true: 2}[failOpen]; n != want {
+				t.Errorf("%d artifacts stored, want %d", n, want)
+			}
+		})
+	}
+}
+
 func TestLargeZipStreamsBeforeDownloadEnds(t *testing.T) {
 	big := make([]byte, 0, 600<<10)
 	for i := 0; len(big) < 600<<10; i++ {

@@ -11,6 +11,9 @@ type Metrics struct {
 	staleServed *prometheus.CounterVec
 	fetches     *prometheus.CounterVec
 	fetchShared *prometheus.CounterVec
+	// storedUnverified counts artifacts stored without checksum-database
+	// verification because the database was unreachable (fail-open).
+	storedUnverified *prometheus.CounterVec
 }
 
 // NewMetrics creates the proxy's collectors and registers them with reg
@@ -37,6 +40,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "modproxy_fetches_total",
 			Help: "Upstream fetches of artifacts by kind and result (ok, error).",
 		}, []string{"kind", "result"}),
+		storedUnverified: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_stored_unverified_total",
+			Help: "Artifacts stored unverified because the checksum database was unreachable (--sumdb-fail-open).",
+		}, []string{"kind"}),
 		fetchShared: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_fetch_shared_total",
 			Help: "Client requests that joined a fetch already in flight instead of starting one.",
@@ -47,6 +54,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, k := range []Kind{KindList, KindLatest} {
 		m.staleServed.WithLabelValues(string(k))
 	}
+	for _, k := range []Kind{KindMod, KindZip} {
+		m.storedUnverified.WithLabelValues(string(k))
+	}
 	for _, k := range []Kind{KindInfo, KindMod, KindZip, KindList, KindLatest} {
 		m.fetchShared.WithLabelValues(string(k))
 		for _, r := range []string{"ok", "error"} {
@@ -54,7 +64,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared)
+		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified)
 	}
 	return m
 }

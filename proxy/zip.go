@@ -257,7 +257,7 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	meta := cache.Meta{Upstream: u.Name(), Size: written}
 	if v := f.cfg.Verifier; v != nil && !v.Exempt(req.Module) {
 		h, err := v.VerifyZip(ctx, req.Module, req.Version, spool.Name())
-		if err != nil {
+		if h, err = f.failOpen(req, KindZip, h, err); err != nil {
 			return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 		}
 		meta.Hash = h

@@ -30,6 +30,7 @@ type serveConfig struct {
 	nosumdb         string
 	sumdb           string
 	offline         bool
+	sumdbFailOpen   bool
 	listTTL         time.Duration
 	negativeTTL     time.Duration
 	logFormat       string
@@ -67,6 +68,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.StringVar(&c.nosumdb, "nosumdb", "", "module path patterns not checked against the checksum database (default: go env GONOSUMDB)")
 	f.StringVar(&c.sumdb, "sumdb", "", "checksum database in GOSUMDB syntax: name, name+key, name+key url, or off (default: go env GOSUMDB)")
 	f.BoolVar(&c.offline, "offline", false, "serve only what is stored; never contact an upstream")
+	f.BoolVar(&c.sumdbFailOpen, "sumdb-fail-open", false, "while the checksum database is unreachable, store and serve modules unverified instead of refusing them")
 	f.DurationVar(&c.listTTL, "list-ttl", 5*time.Minute, "freshness of list and @latest answers")
 	f.DurationVar(&c.negativeTTL, "negative-ttl", time.Minute, "how long an upstream's not-found answer is remembered")
 	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
@@ -233,6 +235,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 		PrivateUpstreams: set.privateUpstreams,
 		Private:          set.private,
 		Verifier:         verifier,
+		VerifyFailOpen:   c.sumdbFailOpen,
 		Health:           network.Health(),
 		Offline:          c.offline,
 		ListTTL:          c.listTTL,
