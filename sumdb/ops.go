@@ -153,6 +153,9 @@ func isNotFound(err error) bool {
 // readRemote fetches path ("/lookup/…", "/tile/…", "/latest") from the
 // database, through the upstreams that pass it through or else directly.
 // A 404 or 410 is final; other failures fall through to the next upstream.
+// With Config.Health, a request that has not answered within the
+// upstream's hedge delay is raced against the next upstream; the first
+// answer wins and the other is cancelled.
 func (v *Verifier) readRemote(path string) ([]byte, error) {
 	if v.cfg.Offline {
 		return nil, fmt.Errorf("%w: offline: %s%s is not in the store", ErrUnavailable, v.name, path)
@@ -161,23 +164,78 @@ func (v *Verifier) readRemote(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		i    int
+		data []byte
+		err  error
+	}
+	results := make(chan result, len(bases))
+	next, inflight := 0, 0
+	hedged := make([]bool, len(bases))
+	var timer *time.Timer
+	var hedgeC <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	launch := func() {
+		i := next
+		next++
+		inflight++
+		go func() {
+			data, err := v.get(ctx, bases[i]+path)
+			results <- result{i, data, err}
+		}()
+		hedgeC = nil
+		if h := v.cfg.Health; h != nil && next < len(bases) {
+			if d, ok := h.HedgeAfter(v.upstreamOf(bases[i])); ok {
+				if timer != nil {
+					timer.Stop()
+				}
+				timer = time.NewTimer(d)
+				hedgeC = timer.C
+			}
+		}
+	}
+	launch()
 	var errs []error
-	for _, base := range bases {
-		data, err := v.get(base + path)
-		if err == nil {
-			return data, nil
+	for inflight > 0 {
+		select {
+		case <-hedgeC:
+			v.cfg.Health.RecordDecision(v.upstreamOf(bases[next-1]), "hedged", "no_first_byte_by_p95")
+			hedged[next] = true
+			launch()
+		case r := <-results:
+			inflight--
+			if r.err == nil {
+				if hedged[r.i] {
+					v.cfg.Health.RecordDecision(v.upstreamOf(bases[r.i]), "hedge_won", "hedge_won")
+				}
+				return r.data, nil
+			}
+			if isNotFound(r.err) {
+				return nil, r.err
+			}
+			errs = append(errs, r.err)
+			if inflight == 0 && next < len(bases) {
+				launch()
+			}
 		}
-		if isNotFound(err) {
-			return nil, err
-		}
-		errs = append(errs, err)
 	}
 	return nil, fmt.Errorf("%w: %v", ErrUnavailable, errors.Join(errs...))
 }
 
+// upstreamOf names the upstream (or the direct URL) behind a base URL.
+func (v *Verifier) upstreamOf(base string) string {
+	return strings.TrimSuffix(base, "/sumdb/"+v.name)
+}
+
 // get fetches url within the configured timeout.
-func (v *Verifier) get(url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.Timeout)
+func (v *Verifier) get(ctx context.Context, url string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -255,7 +313,7 @@ func (v *Verifier) remoteBases() ([]string, error) {
 
 // probeUpstream asks up whether it passes the database through.
 func (v *Verifier) probeUpstream(up string, p *probe) {
-	_, err := v.get(up + "/sumdb/" + v.name + "/supported")
+	_, err := v.get(context.Background(), up+"/sumdb/"+v.name+"/supported")
 	switch {
 	case err == nil:
 		p.known, p.supported = true, true

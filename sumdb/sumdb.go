@@ -139,6 +139,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer registers the package's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// Health, if set, hedges slow database requests across passthrough
+	// upstreams and counts those decisions, as module requests do.
+	Health Health
+}
+
+// Health is the part of the proxy's upstream health tracking that database
+// requests use; netprobe.Health implements it.
+type Health interface {
+	// HedgeAfter is how long to wait for upstream before also asking the
+	// next one; ok is false when there is not enough data to decide.
+	HedgeAfter(upstream string) (d time.Duration, ok bool)
+	// RecordDecision counts one fallback decision.
+	RecordDecision(upstream, decision, reason string)
 }
 
 // Store holds the verifier's state. *cache.Store implements it. Errors for

@@ -797,3 +797,67 @@ func TestCanceledContext(t *testing.T) {
 		t.Fatalf("err = %v after %v, want deadline exceeded promptly", err, time.Since(start))
 	}
 }
+
+// hedgeHealth hedges every upstream after a fixed delay and records the
+// decisions.
+type hedgeHealth struct {
+	after     time.Duration
+	mu        sync.Mutex
+	decisions []string
+}
+
+func (h *hedgeHealth) HedgeAfter(string) (time.Duration, bool) { return h.after, true }
+
+func (h *hedgeHealth) RecordDecision(upstream, decision, reason string) {
+	h.mu.Lock()
+	h.decisions = append(h.decisions, upstream+" "+decision)
+	h.mu.Unlock()
+}
+
+func TestHedgeSlowPassthrough(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	m := makeMod(t, "example.com/m", "v1.0.0", "m")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	fast := newPassthrough(t, db, true)
+	// The slow upstream answers "supported" at once but stalls every
+	// database read well past the hedge delay.
+	slowInner := newPassthrough(t, db, true)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/supported") {
+			select {
+			case <-time.After(5 * time.Second):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		resp, err := http.Get(slowInner.URL + r.URL.Path)
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(slow.Close)
+
+	h := &hedgeHealth{after: 30 * time.Millisecond}
+	cfg := testConfig(db)
+	cfg.Upstreams = []string{slow.URL, fast.URL}
+	cfg.URL = "http://127.0.0.1:1" // never used
+	cfg.Health = h
+	v := newVerifier(t, cfg, newMemStore())
+	start := time.Now()
+	if _, err := v.VerifyMod(context.Background(), m.path, m.version, m.gomod); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took >= 5*time.Second {
+		t.Fatalf("verification took %v: it waited for the stalled upstream", took)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	got := strings.Join(h.decisions, "; ")
+	if !strings.Contains(got, slow.URL+" hedged") || !strings.Contains(got, fast.URL+" hedge_won") {
+		t.Errorf("decisions: %s", got)
+	}
+}

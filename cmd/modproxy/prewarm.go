@@ -234,7 +234,7 @@ func newDBBackend(ctx context.Context, sc serveConfig, set resolvedSettings, sto
 		verifier     proxy.Verifier
 		sumdbHandler http.Handler
 	)
-	v, err := newVerifier(set, network.Client(), false, store, reg, logger)
+	v, err := newVerifier(set, network, false, store, reg, logger)
 	if err != nil {
 		network.Close()
 		return nil, nil, err

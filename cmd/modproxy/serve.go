@@ -218,7 +218,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 
 	var verifier proxy.Verifier
 	var sumdbHandler http.Handler
-	v, err := newVerifier(set, network.Client(), c.offline, store, reg, logger)
+	v, err := newVerifier(set, network, c.offline, store, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -291,7 +291,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 // or nil when verification is off. As the go command does, it reaches the
 // database through the public upstreams' /sumdb/ passthrough unless GOSUMDB
 // named an explicit URL.
-func newVerifier(set resolvedSettings, client *http.Client, offline bool, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
+func newVerifier(set resolvedSettings, n *network, offline bool, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
 	if set.sumdbOff {
 		return nil, nil
 	}
@@ -306,7 +306,8 @@ func newVerifier(set resolvedSettings, client *http.Client, offline bool, store 
 		VerifierKey: set.sumdbKey,
 		URL:         set.sumdbURL,
 		Upstreams:   sumUpstreams,
-		Client:      client,
+		Client:      n.Client(),
+		Health:      n.Health(),
 		Offline:     offline,
 		Private:     set.private,
 		NoSumDB:     set.nosumdb,
