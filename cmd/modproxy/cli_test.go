@@ -18,9 +18,10 @@ import (
 
 func runBin(t *testing.T, env []string, args ...string) (string, int) {
 	t.Helper()
+	bin := modproxyBin(t) // built first: with a cold build cache that takes a while
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, modproxyBin(t), args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); ok {

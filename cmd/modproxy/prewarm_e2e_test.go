@@ -101,9 +101,10 @@ func pwWriteFixture(t *testing.T, extra map[string]string) string {
 // the test log on failure.
 func pwRun(t *testing.T, wantFail bool, args ...string) string {
 	t.Helper()
+	bin := modproxyBin(t) // built before the deadline starts: a cold build takes a while
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, modproxyBin(t), args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "GOFLAGS=")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
