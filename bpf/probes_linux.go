@@ -58,6 +58,7 @@ type Probes struct {
 	// possible (the reader then blocks in rd's own epoll_wait).
 	wake       *os.File
 	wakeRC     syscall.RawConn
+	stopping   atomic.Bool // set by Close: the reader returns
 	cgroupPath string
 	progIDs    []ebpf.ProgramID
 	onEvent    func(Event)
@@ -368,8 +369,8 @@ func (p *Probes) read() {
 		if pending {
 			continue
 		}
-		err := p.wakeRC.Read(func(uintptr) bool { return p.rd.AvailableBytes() > 0 })
-		if errors.Is(err, os.ErrClosed) {
+		err := p.wakeRC.Read(func(uintptr) bool { return p.stopping.Load() || p.rd.AvailableBytes() > 0 })
+		if p.stopping.Load() || errors.Is(err, os.ErrClosed) {
 			return
 		}
 	}
@@ -713,12 +714,18 @@ func (p *Probes) closeResources() error {
 		}
 		p.finalStats = p.kernelStats()
 		if p.wake != nil {
-			p.wake.Close() // ends the reader's wait
+			// Stop the reader (a deadline in the past ends its wait; the
+			// wait's callback sees stopping) and only then close what it
+			// uses: closing the file would not wake a pending RawRead.
+			p.stopping.Store(true)
+			p.wake.SetReadDeadline(time.Unix(1, 0))
+			<-p.done
+			p.wake.Close()
 		}
 		if err := p.rd.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("bpf: closing reader: %w", err))
 		}
-		<-p.done
+		<-p.done // readBlocking returns once the ring buffer is closed
 	}
 	if err := p.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("bpf: closing objects: %w", err))
