@@ -538,13 +538,28 @@ func SocketCookie(fd uintptr) (uint64, error) {
 // reading of CLOCK_MONOTONIC taken at start-up.
 func MonotonicNow() uint64 { return monoBase + uint64(time.Since(monoStart)) }
 
+// monoStart and monoBase pair a Go time with CLOCK_MONOTONIC read around
+// it: the closest of a few brackets, so that a preemption during start-up
+// cannot skew every later reading.
 var monoStart, monoBase = func() (time.Time, uint64) {
-	start := time.Now()
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		panic("bpf: CLOCK_MONOTONIC: " + err.Error()) // cannot fail on Linux
+	clock := func() uint64 {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			panic("bpf: CLOCK_MONOTONIC: " + err.Error()) // cannot fail on Linux
+		}
+		return uint64(ts.Nano())
 	}
-	return start, uint64(ts.Nano())
+	var start time.Time
+	var base, width uint64
+	for i := 0; i < 8; i++ {
+		before := clock()
+		now := time.Now()
+		after := clock()
+		if i == 0 || after-before < width {
+			start, base, width = now, before+(after-before)/2, after-before
+		}
+	}
+	return start, base
 }()
 
 // KernelTimeToTime converts an Event.KernelTime to wall-clock time.

@@ -77,6 +77,7 @@ type reqState struct {
 // timings are the trace observations of one request.
 type timings struct {
 	gotConn           bool
+	gotConnAt         time.Time
 	reused            bool
 	info              dialInfo
 	hasInfo           bool
@@ -100,7 +101,7 @@ func (st *reqState) trace() *httptrace.ClientTrace {
 		GotConn: func(ci httptrace.GotConnInfo) {
 			info, ok := dialInfoOf(ci.Conn)
 			st.mu.Lock()
-			st.t.gotConn, st.t.reused = true, ci.Reused
+			st.t.gotConn, st.t.gotConnAt, st.t.reused = true, time.Now(), ci.Reused
 			st.t.info, st.t.hasInfo = info, ok && !ci.Reused
 			if kc := info.kc; kc != nil && !kc.h2.Load() {
 				st.t.kc, st.t.kseq, st.t.kGotConn = kc, kc.reqs.Add(1), bpf.MonotonicNow()
@@ -239,7 +240,13 @@ func (st *reqState) complete(end time.Time, outcome string, err error, headers b
 	}
 	var ttfb time.Duration
 	if headers {
+		// From the request written; failing that, from the connection in
+		// hand, so that a trace without WroteRequest never counts dial and
+		// handshake time as time to first byte.
 		from := s.wrote
+		if from.IsZero() {
+			from = s.gotConnAt
+		}
 		if from.IsZero() {
 			from = st.start
 		}

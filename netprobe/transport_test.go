@@ -205,11 +205,15 @@ func TestPhasesTLS(t *testing.T) {
 			if string(body) != wantProto {
 				t.Errorf("protocol %q, want %q", body, wantProto)
 			}
-			if n, sum := e.phase(t, "mod", PhaseTLS); n != 1 || sum < 0.120 {
-				t.Errorf("tls: count %d sum %.3f, want 1 sample ≥ 120ms", n, sum)
+			n, tlsSum := e.phase(t, "mod", PhaseTLS)
+			if n != 1 || tlsSum < 0.120 {
+				t.Errorf("tls: count %d sum %.3f, want 1 sample ≥ 120ms", n, tlsSum)
 			}
-			if n, sum := e.phase(t, "mod", PhaseTTFB); n != 1 || sum > 0.100 {
-				t.Errorf("ttfb: count %d sum %.3f, want 1 short sample", n, sum)
+			// The slow handshake belongs to tls, not to ttfb: ttfb must be
+			// shorter than the handshake it follows (a relation, not a
+			// threshold, so a loaded machine does not fail it).
+			if n, sum := e.phase(t, "mod", PhaseTTFB); n != 1 || sum >= tlsSum {
+				t.Errorf("ttfb: count %d sum %.3f, want 1 sample shorter than the %.3fs handshake", n, sum, tlsSum)
 			}
 			if got := counter(t, e.reg, "modproxy_upstream_tls_handshakes_total", map[string]string{"upstream": e.base, "version": "TLS 1.3"}); got != 1 {
 				t.Errorf("TLS 1.3 handshakes = %v", got)
