@@ -503,22 +503,31 @@ func (f *Fetcher) synthesize(req Request, why string) (*Artifact, error) {
 	return &Artifact{Data: data, Cache: "stale", Modified: f.cfg.Now()}, nil
 }
 
-// cleanList validates a list answer: one version per line; blank lines are
-// dropped and lines that are not valid versions are refused.
+// cleanList validates a list answer: one version per line, optionally
+// followed by a timestamp. Blank lines are dropped, and so are lines that
+// are not versions, as the go command ignores them; an answer with lines
+// but no version at all is garbage (an HTML error page, say) and refused.
 func cleanList(data []byte) ([]byte, error) {
 	var b bytes.Buffer
+	lines, bad := 0, ""
 	for line := range strings.SplitSeq(string(data), "\n") {
 		v := strings.TrimSpace(line)
 		if v == "" {
 			continue
 		}
-		// Some proxies append a timestamp after the version.
+		lines++
 		v, _, _ = strings.Cut(v, " ")
 		if !semver.IsValid(v) {
-			return nil, fmt.Errorf("%w: list has invalid version %q", errBadContent, v)
+			if bad == "" {
+				bad = v
+			}
+			continue
 		}
 		b.WriteString(v)
 		b.WriteByte('\n')
+	}
+	if lines > 0 && b.Len() == 0 {
+		return nil, fmt.Errorf("%w: list has no valid version (first line %q)", errBadContent, bad)
 	}
 	return b.Bytes(), nil
 }

@@ -666,3 +666,28 @@ func TestHealthAndReady(t *testing.T) {
 	e.mustGet("/healthz", 200)
 	e.mustGet("/readyz", 200)
 }
+
+func TestCleanList(t *testing.T) {
+	tests := []struct {
+		in, want string
+		bad      bool
+	}{
+		{in: "", want: ""},
+		{in: "v1.0.0\nv1.1.0\n", want: "v1.0.0\nv1.1.0\n"},
+		{in: "v1.0.0 2024-01-02T03:04:05Z\n\n  v1.1.0-rc.1\r\n", want: "v1.0.0\nv1.1.0-rc.1\n"},
+		{in: "v1.0.0\nnot-a-version\nv2.0.0+incompatible\n", want: "v1.0.0\nv2.0.0+incompatible\n"},
+		{in: "<html>\n<body>oops</body>\n</html>\n", bad: true},
+	}
+	for _, tt := range tests {
+		got, err := cleanList([]byte(tt.in))
+		if tt.bad {
+			if err == nil {
+				t.Errorf("cleanList(%q) = %q, want an error", tt.in, got)
+			}
+			continue
+		}
+		if err != nil || string(got) != tt.want {
+			t.Errorf("cleanList(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
