@@ -41,6 +41,7 @@ import (
 	modzip "golang.org/x/mod/zip"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/sumdb"
 )
 
 // sumdbMetaPrefix is the prefix of the store's mutable entries that belong
@@ -202,7 +203,7 @@ func importArtifact(dst *cache.Store, k cache.Key, r io.Reader, m cache.Meta, ha
 				return bad("invalid go.mod: %v", err)
 			}
 			if hash != "" {
-				got, err := HashMod(data)
+				got, err := sumdb.HashMod(data)
 				if err != nil {
 					return bad("hashing: %v", err)
 				}
@@ -257,14 +258,6 @@ func importArtifact(dst *cache.Store, k cache.Key, r io.Reader, m cache.Meta, ha
 		return nil
 	}
 	return bad("unknown artifact kind")
-}
-
-// HashMod returns the "h1:" hash of a go.mod file's content, as recorded in
-// go.sum lines ending in "/go.mod".
-func HashMod(data []byte) (string, error) {
-	return dirhash.Hash1([]string{"go.mod"}, func(string) (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(data)), nil
-	})
 }
 
 // checkInfo validates an .info file for version.

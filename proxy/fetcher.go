@@ -349,17 +349,24 @@ type infoJSON struct {
 
 // checkInfo validates an .info answer; want is "" for queries.
 func checkInfo(data []byte, want string) error {
+	_, err := parseInfo(data, want)
+	return err
+}
+
+// parseInfo validates an .info or @latest answer and returns the version
+// it names; want is "" for queries.
+func parseInfo(data []byte, want string) (string, error) {
 	var info infoJSON
 	if err := json.Unmarshal(data, &info); err != nil {
-		return fmt.Errorf("%w: .info is not JSON: %v", errBadContent, err)
+		return "", fmt.Errorf("%w: .info is not JSON: %v", errBadContent, err)
 	}
 	if !isCanonical(info.Version) {
-		return fmt.Errorf("%w: .info names version %q, which is not canonical", errBadContent, info.Version)
+		return "", fmt.Errorf("%w: .info names version %q, which is not canonical", errBadContent, info.Version)
 	}
 	if want != "" && info.Version != want {
-		return fmt.Errorf("%w: .info for %s names version %q", errBadContent, want, info.Version)
+		return "", fmt.Errorf("%w: .info for %s names version %q", errBadContent, want, info.Version)
 	}
-	return nil
+	return info.Version, nil
 }
 
 // Query resolves a non-canonical version query (.info) through the

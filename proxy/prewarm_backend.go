@@ -1,24 +1,19 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 
 	"golang.org/x/mod/module"
-	"golang.org/x/mod/semver"
-	"golang.org/x/mod/sumdb/dirhash"
 
-	"github.com/modproxy/modproxy/bundle"
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/modgraph"
+	"github.com/modproxy/modproxy/sumdb"
 )
 
 // PrewarmArtifact is one artifact that a PrewarmBackend made present in its
@@ -76,20 +71,13 @@ func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) 
 	var m cache.Meta
 	switch k.Kind {
 	case cache.KindZip:
+		// Without streaming, Zip returns only once the zip is stored.
 		z, err := b.f.Zip(ctx, req, false)
 		if err != nil {
 			return PrewarmArtifact{}, err
 		}
-		if z.Reader != nil {
-			m = z.Reader.Meta()
-		}
+		m = z.Reader.Meta()
 		z.Close()
-		if z.Reader == nil {
-			// Cannot happen with stream=false; read the record instead.
-			if m, err = store.Stat(k); err != nil {
-				return PrewarmArtifact{}, fmt.Errorf("stat %s after fetch: %w", k, err)
-			}
-		}
 	default:
 		a, err := b.f.Small(ctx, req)
 		if err != nil {
@@ -97,7 +85,7 @@ func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) 
 		}
 		m = a.Meta
 		if k.Kind == cache.KindMod && m.Hash == "" {
-			h, err := bundle.HashMod(a.Data)
+			h, err := sumdb.HashMod(a.Data)
 			if err != nil {
 				return PrewarmArtifact{}, fmt.Errorf("hash %s: %w", k, err)
 			}
@@ -127,9 +115,9 @@ func (b *fetcherBackend) storedHash(k cache.Key) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("read %s: %w", k, err)
 		}
-		return bundle.HashMod(data)
+		return sumdb.HashMod(data)
 	}
-	return hashZipFrom(r, b.f.cfg.SpoolDir)
+	return sumdb.HashZipFrom(r, b.f.cfg.SpoolDir)
 }
 
 func (b *fetcherBackend) GoMod(ctx context.Context, path, version string) ([]byte, error) {
@@ -248,12 +236,12 @@ func (b *httpBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (Pr
 			return PrewarmArtifact{}, fmt.Errorf("GET %s: %w", p, err)
 		}
 		res.Size = int64(len(data))
-		if res.Hash, err = bundle.HashMod(data); err != nil {
+		if res.Hash, err = sumdb.HashMod(data); err != nil {
 			return PrewarmArtifact{}, fmt.Errorf("hash %s: %w", k, err)
 		}
 	case k.Kind == cache.KindZip && needHash:
 		cr := &countingReader{r: resp.Body}
-		if res.Hash, err = hashZipFrom(cr, b.spoolDir); err != nil {
+		if res.Hash, err = sumdb.HashZipFrom(cr, b.spoolDir); err != nil {
 			return PrewarmArtifact{}, fmt.Errorf("GET %s: %w", p, err)
 		}
 		res.Size = cr.n
@@ -288,44 +276,16 @@ func (b *httpBackend) Latest(ctx context.Context, path string) (string, error) {
 }
 
 func (b *httpBackend) SumDB(ctx context.Context, name, rel string) ([]byte, error) {
-	data, err := b.getSmall(ctx, "/sumdb/"+name+"/"+rel)
-	if err != nil {
-		return nil, err
-	}
-	return bytes.Clone(data), nil
+	return b.getSmall(ctx, "/sumdb/"+name+"/"+rel)
 }
 
 // infoVersion returns the version named by an @latest answer.
 func infoVersion(path string, data []byte) (string, error) {
-	var info infoJSON
-	if err := json.Unmarshal(data, &info); err != nil {
-		return "", fmt.Errorf("%s@latest: invalid answer: %w", path, err)
-	}
-	if !semver.IsValid(info.Version) {
-		return "", fmt.Errorf("%s@latest: invalid version %q", path, info.Version)
-	}
-	return info.Version, nil
-}
-
-// hashZipFrom spools a zip to a temporary file in dir and returns its "h1:"
-// hash.
-func hashZipFrom(r io.Reader, dir string) (string, error) {
-	f, err := os.CreateTemp(dir, "modproxy-prewarm-*.zip")
+	v, err := parseInfo(data, "")
 	if err != nil {
-		return "", fmt.Errorf("spool zip: %w", err)
+		return "", fmt.Errorf("%s@latest: %w", path, err)
 	}
-	defer func() {
-		f.Close()
-		os.Remove(f.Name())
-	}()
-	if _, err := io.Copy(f, r); err != nil {
-		return "", fmt.Errorf("spool zip: %w", err)
-	}
-	h, err := dirhash.HashZip(f.Name(), dirhash.Hash1)
-	if err != nil {
-		return "", fmt.Errorf("hash zip: %w", err)
-	}
-	return h, nil
+	return v, nil
 }
 
 // countingReader counts the bytes read through it.

@@ -96,8 +96,7 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 
 	// launch starts the next allowed candidate. It reports false when the
 	// list is exhausted or stops at an entry whose circuit is open.
-	var launch func() bool
-	launch = func() bool {
+	launch := func() bool {
 		for next < len(cands) {
 			i := next
 			u := cands[i]

@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -383,7 +384,7 @@ func (v *Verifier) Lookup(ctx context.Context, path, version string) (modHash, z
 // *MismatchError.
 func (v *Verifier) VerifyMod(ctx context.Context, path, version string, data []byte) (string, error) {
 	return v.verify(ctx, "mod", path, version, func() (string, error) {
-		return hashMod(data)
+		return HashMod(data)
 	})
 }
 
@@ -438,11 +439,41 @@ func resultOf(err error) string {
 	return "error"
 }
 
-// hashMod returns the "h1:" hash of a go.mod file.
-func hashMod(data []byte) (string, error) {
+// HashMod returns the "h1:" hash of a go.mod file's content, as recorded
+// in the checksum database and in go.sum lines ending in "/go.mod".
+func HashMod(data []byte) (string, error) {
 	return dirhash.Hash1([]string{"go.mod"}, func(string) (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(data)), nil
 	})
+}
+
+// HashZipFrom spools the module zip read from r to a temporary file in
+// tempDir ("": the system's) and returns its "h1:" hash.
+func HashZipFrom(r io.Reader, tempDir string) (string, error) {
+	h, _, err := hashZipFrom(r, tempDir)
+	return h, err
+}
+
+// hashZipFrom is HashZipFrom; corrupt reports that the content was read but
+// is not a valid zip.
+func hashZipFrom(r io.Reader, tempDir string) (hash string, corrupt bool, err error) {
+	f, err := os.CreateTemp(tempDir, "modproxy-hash-*.zip")
+	if err != nil {
+		return "", false, fmt.Errorf("spool zip: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("spool zip to %s: %w", f.Name(), err)
+	}
+	h, err := dirhash.HashZip(f.Name(), dirhash.Hash1)
+	if err != nil {
+		return "", !errors.Is(err, os.ErrNotExist), fmt.Errorf("hash zip: %w", err)
+	}
+	return h, false, nil
 }
 
 // securityError returns the error wrapping ErrSecurity once the database

@@ -4,12 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-
-	"golang.org/x/mod/sumdb/dirhash"
 
 	"github.com/modproxy/modproxy/cache"
 )
@@ -246,24 +242,8 @@ func hashArtifact(st ArtifactStore, k cache.Key, tempDir string) (hash string, c
 		if err != nil {
 			return "", false, fmt.Errorf("reading: %w", err)
 		}
-		h, err := hashMod(data)
+		h, err := HashMod(data)
 		return h, false, err
 	}
-	f, err := os.CreateTemp(tempDir, "modproxy-verify-*.zip")
-	if err != nil {
-		return "", false, err
-	}
-	defer os.Remove(f.Name())
-	_, err = io.Copy(f, rc)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("copying zip to %s: %w", f.Name(), err)
-	}
-	h, err := dirhash.HashZip(f.Name(), dirhash.Hash1)
-	if err != nil {
-		return "", !errors.Is(err, os.ErrNotExist), err
-	}
-	return h, false, nil
+	return hashZipFrom(rc, tempDir)
 }

@@ -224,43 +224,11 @@ func newDBBackend(ctx context.Context, sc serveConfig, set resolvedSettings, sto
 		return nil, nil, err
 	}
 	sc.net.ebpf = "off" // kernel telemetry is for the long-running server
-	reg := prometheus.NewRegistry()
-	allURLs := append(proxy.URLs(set.upstreams), proxy.URLs(set.privateUpstreams)...)
-	network, err := newNetwork(ctx, sc.net, allURLs, reg, logger)
+	pl, err := newPipeline(ctx, sc, set, store, prometheus.NewRegistry(), logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	var (
-		verifier     proxy.Verifier
-		sumdbHandler http.Handler
-	)
-	v, err := newVerifier(set, network, false, store, reg, logger)
-	if err != nil {
-		network.Close()
-		return nil, nil, err
-	}
-	if v != nil {
-		verifier, sumdbHandler = v, v.Handler()
-	}
-	f, err := proxy.NewFetcher(proxy.Config{
-		Store:            store,
-		Client:           network.Client(),
-		Upstreams:        set.upstreams,
-		PrivateUpstreams: set.privateUpstreams,
-		Private:          set.private,
-		Verifier:         verifier,
-		Health:           network.Health(),
-		ListTTL:          sc.listTTL,
-		NegativeTTL:      sc.negativeTTL,
-		SpoolDir:         sc.spoolDir,
-		Logger:           logger,
-		Metrics:          proxy.NewMetrics(reg),
-	})
-	if err != nil {
-		network.Close()
-		return nil, nil, err
-	}
-	return proxy.NewFetcherBackend(f, sumdbHandler), func() { f.Close(); network.Close() }, nil
+	return proxy.NewFetcherBackend(pl.fetcher, pl.sumdbHandler()), pl.Close, nil
 }
 
 // newPrewarmClient returns the one client every request of a --server run

@@ -209,54 +209,20 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(newStoreCollector(store))
 
-	allURLs := append(proxy.URLs(set.upstreams), proxy.URLs(set.privateUpstreams)...)
-	network, err := newNetwork(ctx, c.net, allURLs, reg, logger)
+	pl, err := newPipeline(ctx, c, set, store, reg, logger)
 	if err != nil {
 		return err
 	}
-	defer network.Close()
-
-	var verifier proxy.Verifier
-	var sumdbHandler http.Handler
-	v, err := newVerifier(set, network, c.offline, store, reg, logger)
-	if err != nil {
-		return err
-	}
-	if v != nil {
-		verifier, sumdbHandler = v, v.Handler()
-	} else {
-		logger.Warn("checksum database verification is off: artifacts are stored unverified")
-	}
-
-	fetcher, err := proxy.NewFetcher(proxy.Config{
-		Store:            store,
-		Client:           network.Client(),
-		Upstreams:        set.upstreams,
-		PrivateUpstreams: set.privateUpstreams,
-		Private:          set.private,
-		Verifier:         verifier,
-		VerifyFailOpen:   c.sumdbFailOpen,
-		Health:           network.Health(),
-		Offline:          c.offline,
-		ListTTL:          c.listTTL,
-		NegativeTTL:      c.negativeTTL,
-		SpoolDir:         c.spoolDir,
-		Logger:           logger,
-		Metrics:          proxy.NewMetrics(reg),
-	})
-	if err != nil {
-		return err
-	}
-	defer fetcher.Close()
+	defer pl.Close()
 
 	extra := map[string]http.Handler{
 		"GET /metrics": promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError)}),
 	}
-	for p, h := range network.DebugHandlers() {
+	for p, h := range pl.network.DebugHandlers() {
 		extra[p] = h
 	}
 	srv := &http.Server{
-		Handler:           proxy.NewServer(fetcher, proxy.ServerOptions{SumDB: sumdbHandler, Extra: extra}),
+		Handler:           proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/proxy"
+	"github.com/modproxy/modproxy/sumdb"
+)
+
+// pipeline is the fetch–verify–store pipeline over a store: the network
+// layer, the checksum-database verifier and the fetcher, wired the same way
+// for "serve" and "prewarm --db".
+type pipeline struct {
+	network  *network
+	verifier *sumdb.Verifier // nil when verification is off
+	fetcher  *proxy.Fetcher
+}
+
+func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*pipeline, error) {
+	allURLs := append(proxy.URLs(set.upstreams), proxy.URLs(set.privateUpstreams)...)
+	n, err := newNetwork(ctx, c.net, allURLs, reg, logger)
+	if err != nil {
+		return nil, err
+	}
+	v, err := newVerifier(set, n, c.offline, store, reg, logger)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	var verifier proxy.Verifier
+	if v != nil {
+		verifier = v
+	} else {
+		logger.Warn("checksum database verification is off: artifacts are stored unverified")
+	}
+	f, err := proxy.NewFetcher(proxy.Config{
+		Store:            store,
+		Client:           n.Client(),
+		Upstreams:        set.upstreams,
+		PrivateUpstreams: set.privateUpstreams,
+		Private:          set.private,
+		Verifier:         verifier,
+		VerifyFailOpen:   c.sumdbFailOpen,
+		Health:           n.Health(),
+		Offline:          c.offline,
+		ListTTL:          c.listTTL,
+		NegativeTTL:      c.negativeTTL,
+		SpoolDir:         c.spoolDir,
+		Logger:           logger,
+		Metrics:          proxy.NewMetrics(reg),
+	})
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	return &pipeline{network: n, verifier: v, fetcher: f}, nil
+}
+
+// sumdbHandler serves /sumdb/… from the store, or is nil when verification
+// is off.
+func (p *pipeline) sumdbHandler() http.Handler {
+	if p.verifier == nil {
+		return nil
+	}
+	return p.verifier.Handler()
+}
+
+// Close stops the fetcher's downloads, then the network layer.
+func (p *pipeline) Close() {
+	p.fetcher.Close()
+	p.network.Close()
+}
