@@ -599,18 +599,27 @@ func TestLargeZipStreamsBeforeDownloadEnds(t *testing.T) {
 }
 
 func TestStreamedBadZipAbortsClient(t *testing.T) {
-	big := strings.Repeat("// filler line for a large zip\n", 20000)
-	mod := testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + big}}
+	// Incompressible content, so that the half the upstream sends before
+	// resetting is far past the 1 KiB hold-back: streaming has begun.
+	var big []byte
+	for i := 0; len(big) < 200<<10; i++ {
+		big = fmt.Appendf(big, "// %x\n", sha256.Sum256([]byte{byte(i), byte(i >> 8)}))
+	}
+	mod := testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + string(big)}}
 	up := newUpstream(t, mod)
-	up.SetFaults(testupstream.Fault{Truncate: true, Delay: 0, Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
+	// Half the zip, a pause in which the client gets those bytes, a reset.
+	up.SetFaults(testupstream.Fault{Truncate: true, SlowBody: 200 * time.Millisecond, Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
 	e := newEnv(t, up.URL(), func(c *Config) { c.HoldBackBytes = 1 << 10 })
 	resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
 	if err != nil {
-		return // aborted before headers: also never a clean end
+		t.Fatalf("no response: %v (the zip should have been streaming)", err)
 	}
 	defer resp.Body.Close()
-	_, err = io.ReadAll(resp.Body)
-	if resp.StatusCode == 200 && err == nil {
+	n, err := io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 || n == 0 {
+		t.Fatalf("status %d with %d bytes: the zip never streamed", resp.StatusCode, n)
+	}
+	if err == nil {
 		t.Fatal("client got a clean end of a truncated zip")
 	}
 	if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); !errors.Is(err, cache.ErrNotFound) {

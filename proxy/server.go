@@ -270,9 +270,14 @@ func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
 		http.ServeContent(w, r, "", m.Created, z.Reader)
 		return
 	}
-	if _, err := z.serveStream(r.Context(), w); err != nil {
-		// Headers and bytes are out: abort the connection so that the
-		// client never mistakes a partial or bad zip for a whole one.
+	headerSent, err := z.serveStream(r.Context(), w)
+	switch {
+	case err == nil:
+	case !headerSent:
+		s.fail(w, err) // nothing sent yet: a clean error status
+	default:
+		// Bytes are out: abort the connection so that the client never
+		// mistakes a partial or bad zip for a whole one.
 		s.log.Warn("aborting zip stream", "module", req.Module, "version", req.Version, "err", err)
 		panic(http.ErrAbortHandler)
 	}

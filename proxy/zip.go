@@ -273,17 +273,15 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 }
 
 // serveStream copies a download in progress to w, withholding the last
-// byte until the zip is committed, and aborts the connection if the
-// download fails.
-func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (int64, error) {
+// byte until the zip is committed. headerSent reports whether the response
+// had begun when it returned: a download that fails before this client
+// got a byte can still be answered with a clean error status; one that
+// fails later must abort the connection.
+func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (headerSent bool, err error) {
 	fl := z.flight
 	fl.mu.Lock()
 	size := fl.size
 	fl.mu.Unlock()
-	if size >= 0 {
-		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	}
-	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	var sent int64
 	buf := make([]byte, 256<<10)
@@ -292,7 +290,7 @@ func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (int
 		avail, done, ferr, ch := fl.written, fl.done, fl.err, fl.changed
 		fl.mu.Unlock()
 		if done && ferr != nil {
-			return sent, ferr
+			return headerSent, ferr
 		}
 		limit := avail
 		if !done && size >= 0 && limit >= size {
@@ -308,28 +306,40 @@ func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (int
 			}
 			n, err := z.spool.ReadAt(buf[:want], sent)
 			if n > 0 {
+				if !headerSent {
+					if size >= 0 {
+						w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+					}
+					w.WriteHeader(http.StatusOK)
+					headerSent = true
+				}
 				if _, werr := w.Write(buf[:n]); werr != nil {
-					return sent, werr
+					return headerSent, werr
 				}
 				sent += int64(n)
 			}
 			if err == io.EOF {
 				if done {
-					return sent, nil
+					if !headerSent { // an empty zip: still a whole answer
+						w.WriteHeader(http.StatusOK)
+					}
+					return true, nil
 				}
 				break
 			}
 			if err != nil {
-				return sent, fmt.Errorf("read spool: %w", err)
+				return headerSent, fmt.Errorf("read spool: %w", err)
 			}
 		}
-		if err := rc.Flush(); err != nil {
-			return sent, err
+		if headerSent {
+			if err := rc.Flush(); err != nil {
+				return headerSent, err
+			}
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return sent, ctx.Err()
+			return headerSent, ctx.Err()
 		}
 	}
 }

@@ -60,7 +60,7 @@ type Fault struct {
 	// Reset closes the connection without an answer.
 	Reset bool
 	// Truncate sends a correct Content-Length but only half of the body,
-	// then closes the connection.
+	// then (after SlowBody, when set) closes the connection.
 	Truncate bool
 	// Tamper serves a changed copy: a zip whose files differ (still a valid
 	// zip) or a go.mod with an extra line.
@@ -283,6 +283,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		if f, ok := w.(http.Flusher); ok {
 			f.Flush()
 		}
+		sleep(r, fault.SlowBody)
 		reset(w)
 	case fault != nil && fault.SlowBody > 0:
 		for len(body) > 0 {
