@@ -272,6 +272,9 @@ func TestDecodeMatchesGenerated(t *testing.T) {
 func TestOwnCgroup(t *testing.T) {
 	cg, err := OwnCgroup()
 	if err != nil {
+		if os.Getenv("MODPROXY_REQUIRE_EBPF") == "1" {
+			t.Fatalf("no cgroup v2 (MODPROXY_REQUIRE_EBPF=1): %v", err)
+		}
 		t.Skipf("no cgroup v2: %v", err)
 	}
 	var st unix.Statfs_t
