@@ -40,10 +40,8 @@ type zipFlight struct {
 	spool     string        // the spool file of the streaming attempt
 	written   int64         // bytes in the spool
 	size      int64         // Content-Length of the streaming attempt, or -1
-	upstream  string        // upstream of the streaming attempt
 	done      bool
 	err       error
-	meta      cache.Meta
 	rt        route
 }
 
@@ -154,7 +152,7 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 // in turn, and publishes the outcome to fl.
 func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	ups, _ := f.upstreamsFor(req.Module)
-	meta, rt, errs := tryUpstreams(f.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
+	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
 		return f.downloadZip(ctx, key, req, u, fl)
 	})
 	var ferr error
@@ -174,7 +172,7 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	}
 	var spool string
 	fl.update(func() {
-		fl.done, fl.err, fl.meta, fl.rt = true, ferr, meta, rt
+		fl.done, fl.err, fl.rt = true, ferr, rt
 		spool = fl.spool
 	})
 	if spool != "" {
@@ -231,7 +229,7 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 			if !streamed && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
 				streamed = true
 				fl.update(func() {
-					fl.streaming, fl.spool, fl.size, fl.upstream, fl.written = true, spool.Name(), resp.ContentLength, u.Name(), written
+					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), resp.ContentLength, written
 				})
 			} else if streamed {
 				fl.update(func() { fl.written = written })
