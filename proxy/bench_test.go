@@ -167,19 +167,8 @@ func BenchmarkWarmInfoLoopback(b *testing.B) {
 		i := rand.IntN(len(paths))
 		for pb.Next() {
 			i++
-			resp, err := c.Get(srv.URL + paths[i%len(paths)])
-			if err != nil {
+			if _, err := getAll(c, srv.URL+paths[i%len(paths)], buf); err != nil {
 				b.Error(err)
-				return
-			}
-			for {
-				if _, err := resp.Body.Read(buf); err != nil {
-					break
-				}
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b.Errorf("status %d", resp.StatusCode)
 				return
 			}
 		}
@@ -217,24 +206,36 @@ func BenchmarkWarmZip(b *testing.B) {
 		i := rand.IntN(len(paths))
 		for pb.Next() {
 			i++
-			resp, err := c.Get(srv.URL + paths[i%len(paths)])
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			var n int64
-			for {
-				m, err := resp.Body.Read(buf)
-				n += int64(m)
-				if err != nil {
-					break
-				}
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || n < size/2 {
-				b.Errorf("status %d, %d bytes", resp.StatusCode, n)
+			n, err := getAll(c, srv.URL+paths[i%len(paths)], buf)
+			if err != nil || n < size/2 {
+				b.Errorf("%d bytes, %v", n, err)
 				return
 			}
 		}
 	})
+}
+
+// getAll GETs url and reads the body through buf, returning its length;
+// a status other than 200 is an error.
+func getAll(c *http.Client, url string, buf []byte) (int64, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var n int64
+	for {
+		m, err := resp.Body.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return n, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return n, nil
 }
