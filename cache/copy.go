@@ -73,6 +73,26 @@ func (s *Store) CopyMetaTo(dst *Store, keep func(key string) bool, overwrite boo
 	if dst.readOnly {
 		return 0, fmt.Errorf("copy meta to %s: %w", dst.path, errReadOnly)
 	}
+	n, err := copyPairs(s, dst, bucketMeta, nil, overwrite,
+		func(k, v []byte) (bool, error) {
+			if _, err := decodeEntry(v); err != nil {
+				return false, fmt.Errorf("meta %q: %w", k, err)
+			}
+			return keep == nil || keep(string(k)), nil
+		},
+		func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketMeta), nil })
+	if err != nil {
+		return n, fmt.Errorf("copy meta from %s to %s: %w", s.path, dst.path, err)
+	}
+	return n, nil
+}
+
+// copyPairs copies the pairs of bucket (nested in parent when non-nil) of
+// s that accept keeps into the bucket of dst that dstBucket returns, a
+// batch per transaction. Keys dst holds already are replaced only when
+// overwrite is set. It returns the number of pairs written.
+func copyPairs(s, dst *Store, bucket, parent []byte, overwrite bool,
+	accept func(k, v []byte) (bool, error), dstBucket func(*bbolt.Tx) (*bbolt.Bucket, error)) (int, error) {
 	n := 0
 	var batch []rawPair
 	flush := func() error {
@@ -80,7 +100,10 @@ func (s *Store) CopyMetaTo(dst *Store, keep func(key string) bool, overwrite boo
 			return nil
 		}
 		err := dst.db.Update(func(tx *bbolt.Tx) error {
-			b := tx.Bucket(bucketMeta)
+			b, err := dstBucket(tx)
+			if err != nil {
+				return err
+			}
 			for _, p := range batch {
 				if !overwrite && b.Get(p.k) != nil {
 					continue
@@ -95,15 +118,16 @@ func (s *Store) CopyMetaTo(dst *Store, keep func(key string) bool, overwrite boo
 		batch = batch[:0]
 		return err
 	}
-	err := walkBatched(s, bucketMeta, nil, nil,
+	err := walkBatched(s, bucket, parent, nil,
 		func(k, v []byte) (rawPair, error) {
-			if _, err := decodeEntry(v); err != nil {
-				return rawPair{}, fmt.Errorf("meta %q: %w", k, err)
+			ok, err := accept(k, v)
+			if err != nil || !ok {
+				return rawPair{}, err
 			}
 			return rawPair{bytes.Clone(k), bytes.Clone(v)}, nil
 		},
 		func(p rawPair) error {
-			if keep != nil && !keep(string(p.k)) {
+			if p.k == nil { // not accepted
 				return nil
 			}
 			batch = append(batch, p)
@@ -115,10 +139,7 @@ func (s *Store) CopyMetaTo(dst *Store, keep func(key string) bool, overwrite boo
 	if err == nil {
 		err = flush()
 	}
-	if err != nil {
-		return n, fmt.Errorf("copy meta from %s to %s: %w", s.path, dst.path, err)
-	}
-	return n, nil
+	return n, err
 }
 
 // KVBuckets returns the names of the key/value buckets (see PutKV), sorted.
@@ -153,42 +174,13 @@ func (s *Store) CopyKVTo(dst *Store, keep func(bucket string) bool) (int, error)
 		if keep != nil && !keep(name) {
 			continue
 		}
-		var batch []rawPair
-		flush := func() error {
-			if len(batch) == 0 {
-				return nil
-			}
-			err := dst.db.Update(func(tx *bbolt.Tx) error {
-				b, err := tx.Bucket(bucketKV).CreateBucketIfNotExists([]byte(name))
-				if err != nil {
-					return err
-				}
-				for _, p := range batch {
-					if b.Get(p.k) != nil {
-						continue
-					}
-					if err := b.Put(p.k, p.v); err != nil {
-						return err
-					}
-					n++
-				}
-				return nil
+		name := name
+		written, err := copyPairs(s, dst, []byte(name), bucketKV, false,
+			func(k, v []byte) (bool, error) { return true, nil },
+			func(tx *bbolt.Tx) (*bbolt.Bucket, error) {
+				return tx.Bucket(bucketKV).CreateBucketIfNotExists([]byte(name))
 			})
-			batch = batch[:0]
-			return err
-		}
-		err := walkBatched(s, []byte(name), bucketKV, nil,
-			func(k, v []byte) (rawPair, error) { return rawPair{bytes.Clone(k), bytes.Clone(v)}, nil },
-			func(p rawPair) error {
-				batch = append(batch, p)
-				if len(batch) == walkBatchSize {
-					return flush()
-				}
-				return nil
-			})
-		if err == nil {
-			err = flush()
-		}
+		n += written
 		if err != nil {
 			return n, fmt.Errorf("copy key/value bucket %s from %s to %s: %w", name, s.path, dst.path, err)
 		}
