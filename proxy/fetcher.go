@@ -160,7 +160,7 @@ func (f *Fetcher) Close() {
 // upstreamsFor returns the upstreams that may serve module path, and
 // whether it is private.
 func (f *Fetcher) upstreamsFor(path string) ([]Upstream, bool) {
-	if f.cfg.Private != "" && module.MatchPrefixPatterns(f.cfg.Private, path) {
+	if sumdb.MatchPatterns(f.cfg.Private, path) {
 		return f.cfg.PrivateUpstreams, true
 	}
 	return f.cfg.Upstreams, false
