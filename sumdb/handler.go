@@ -146,25 +146,32 @@ func (v *Verifier) serveTile(w http.ResponseWriter, r *http.Request, rest string
 	}
 	ctx := r.Context()
 	file := v.name + "/" + t.Path()
-	if data, src, ok := v.storedTile(t); ok {
+	// Each stored copy that fails authentication is dropped, and the next
+	// one tried; a bounded loop, since each pass removes an entry.
+	for range 4 {
+		data, src, ok := v.storedTile(t)
+		if !ok {
+			break
+		}
 		err := v.authenticateTile(ctx, t, data, "")
-		switch {
-		case err == nil:
+		if err == nil {
 			if src.bucket != bucketVerified || src.key != file {
 				v.storeVerified(file, data)
 			}
 			v.metrics.requests.WithLabelValues(ep, "hit").Inc()
 			serve(w, contentType, data)
 			return
-		case errors.Is(err, errBadData):
-			v.reportBadData(fmt.Sprintf("stored %s (%s) fails authentication, dropped it: %v", src.key, src.bucket, err))
-			if derr := v.store.DeleteKV(src.bucket, src.key); derr != nil {
-				v.log.Warn("cannot drop checksum database tile that fails authentication", "tile", src.key, "err", derr)
-			}
-		default:
+		}
+		if !errors.Is(err, errBadData) {
 			// The store holds the tile but not what proves it: ask the
 			// database, as for a tile not stored.
 			v.log.Debug("stored checksum database tile cannot be authenticated from the store", "tile", rest, "err", err)
+			break
+		}
+		v.reportBadData(fmt.Sprintf("stored %s (%s) fails authentication, dropped it: %v", src.key, src.bucket, err))
+		if derr := v.store.DeleteKV(src.bucket, src.key); derr != nil {
+			v.log.Warn("cannot drop checksum database tile that fails authentication", "tile", src.key, "err", derr)
+			break
 		}
 	}
 	if v.cfg.Offline {
