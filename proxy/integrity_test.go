@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/testsumdb"
+	"github.com/modproxy/modproxy/internal/testupstream"
+	"github.com/modproxy/modproxy/sumdb"
+)
+
+// newTestVerifier returns a Verifier of db whose state lives in st.
+func newTestVerifier(t *testing.T, db *testsumdb.DB, st *cache.Store, edit func(*sumdb.Config)) *sumdb.Verifier {
+	t.Helper()
+	cfg := sumdb.Config{
+		VerifierKey: db.VerifierKey(),
+		URL:         db.URL(),
+		Timeout:     5 * time.Second,
+		Client:      &http.Client{Transport: &http.Transport{}},
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	v, err := sumdb.New(cfg, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cfg.Client.CloseIdleConnections)
+	return v
+}
+
+// forgeStoredRecord changes the go.mod hash in the stored lookup record of
+// path@version, keeping the record well-formed and its tree note signed.
+func forgeStoredRecord(t *testing.T, st *cache.Store, db *testsumdb.DB, path, version string) {
+	t.Helper()
+	key := db.Name() + "/lookup/" + path + "@" + version
+	rec, err := st.GetKV(sumdb.BucketVerified, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(rec, []byte("/go.mod h1:"))
+	if i < 0 {
+		t.Fatalf("record without go.mod line:\n%s", rec)
+	}
+	rec[i+len("/go.mod h1:")] ^= 0x01
+	if err := st.PutKV(sumdb.BucketVerified, key, rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With --sumdb-fail-open, a cached record that fails authentication is a
+// security error, not "unavailable": a tampered go.mod from the upstream is
+// refused, never stored unverified. Without poisoned state, the same
+// database outage does fail open (the control).
+func TestFailOpenNeverStoresOverPoisonedState(t *testing.T) {
+	const path, version = "example.com/hello", "v1.0.0"
+	for _, poisoned := range []bool{true, false} {
+		name := map[bool]string{true: "poisoned record", false: "control: record missing"}[poisoned]
+		t.Run(name, func(t *testing.T) {
+			up := newUpstream(t)
+			db := testsumdb.New(t, "sum.example.test")
+			db.AddModule(path, version, up.GoMod(path, version), up.Zip(path, version))
+			e := newEnv(t, up.URL(), func(c *Config) {
+				if poisoned {
+					v := newTestVerifier(t, db, c.Store, nil)
+					if _, err := v.VerifyMod(context.Background(), path, version, up.GoMod(path, version)); err != nil {
+						t.Fatal(err)
+					}
+					forgeStoredRecord(t, c.Store, db, path, version)
+				}
+				c.Verifier = newTestVerifier(t, db, c.Store, nil) // a restarted proxy
+				c.VerifyFailOpen = true
+			})
+			db.SetDown(true)
+			up.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.HasSuffix(p, ".mod") }, Tamper: true})
+
+			r := e.get("/" + path + "/@v/" + version + ".mod")
+			_, _, serr := e.store.Get(cache.Key{Path: path, Version: version, Kind: cache.KindMod})
+			if !poisoned {
+				if r.status != 200 || serr != nil {
+					t.Fatalf("control: GET = %d %q, stored err %v; want the fail-open store this test relies on", r.status, r.body, serr)
+				}
+				return
+			}
+			if r.status == 200 || !strings.Contains(r.body, "security") {
+				t.Fatalf("GET over a poisoned record = %d %q; want an error naming the security problem", r.status, r.body)
+			}
+			if !errors.Is(serr, cache.ErrNotFound) {
+				t.Fatalf("tampered go.mod stored: %v", serr)
+			}
+		})
+	}
+}
+
+// A case variant of a private path is private: it goes to the private
+// upstream only, never to the public upstream or the checksum database.
+func TestPrivateCaseVariantStaysPrivate(t *testing.T) {
+	mods := []testupstream.Module{
+		{Path: "example.com/Private/foo", Version: "v1.0.0"},
+		{Path: "example.com/private/foo", Version: "v1.0.0"},
+	}
+	public := newUpstream(t, mods...)
+	private := newUpstream(t, mods...)
+	db := testsumdb.New(t, "sum.example.test")
+	const patterns = "example.com/private"
+	var v *sumdb.Verifier
+	e := newEnv(t, public.URL(), func(c *Config) {
+		c.Private = patterns
+		c.PrivateUpstreams, _ = ParseUpstreams(private.URL())
+		v = newTestVerifier(t, db, c.Store, func(sc *sumdb.Config) { sc.Private = patterns })
+		c.Verifier = v
+	})
+	sumSrv := httptest.NewServer(v.Handler())
+	t.Cleanup(sumSrv.Close)
+	for _, p := range []string{"example.com/!private/foo", "example.com/private/foo"} {
+		for _, f := range []string{"@v/list", "@v/v1.0.0.info", "@v/v1.0.0.mod", "@v/v1.0.0.zip", "@latest"} {
+			e.mustGet("/"+p+"/"+f, 200)
+		}
+		resp, err := http.Get(sumSrv.URL + "/sumdb/" + db.Name() + "/lookup/" + p + "@v1.0.0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		code, body := resp.StatusCode, string(b)
+		if code != 404 || !strings.Contains(body, "private") {
+			t.Errorf("checksum database lookup of %s through the proxy: %d %q, want 404 private", p, code, body)
+		}
+	}
+	if n := public.Count("rivate"); n != 0 {
+		t.Errorf("public upstream got %d requests for private paths: %v", n, public.Requests())
+	}
+	if n := db.RequestCount(""); n != 0 {
+		t.Errorf("checksum database got %d requests: %v", n, db.Requests())
+	}
+	if n := private.Count("/example.com/!private/foo/"); n == 0 {
+		t.Errorf("private upstream never asked for the case variant: %v", private.Requests())
+	}
+}
