@@ -5,11 +5,16 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/internal/testsumdb"
@@ -25,6 +30,7 @@ func newTestVerifier(t *testing.T, db *testsumdb.DB, st *cache.Store, edit func(
 		URL:         db.URL(),
 		Timeout:     5 * time.Second,
 		Client:      &http.Client{Transport: &http.Transport{}},
+		Logger:      slog.New(slog.DiscardHandler),
 	}
 	if edit != nil {
 		edit(&cfg)
@@ -144,4 +150,115 @@ func TestPrivateCaseVariantStaysPrivate(t *testing.T) {
 	if n := private.Count("/example.com/!private/foo/"); n == 0 {
 		t.Errorf("private upstream never asked for the case variant: %v", private.Requests())
 	}
+}
+
+// syncLog collects log output for tests.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Artifacts stored unverified under fail-open are verified in the
+// background once the database answers again: the good ones stay, a
+// tampered one is quarantined (counted, logged at Error) and the next
+// request fetches and verifies it anew.
+func TestFailOpenArtifactsAreVerifiedInTheBackground(t *testing.T) {
+	const path = "example.com/hello"
+	up := newUpstream(t)
+	db := testsumdb.New(t, "sum.example.test")
+	for _, v := range []string{"v1.0.0", "v1.1.0"} {
+		db.AddModule(path, v, up.GoMod(path, v), up.Zip(path, v))
+	}
+	logs := &syncLog{}
+	e := newEnv(t, up.URL(), func(c *Config) {
+		c.Verifier = newTestVerifier(t, db, c.Store, nil)
+		c.VerifyFailOpen = true
+		c.ReverifyRetry = 20 * time.Millisecond
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	db.SetDown(true)
+	up.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.HasSuffix(p, "v1.1.0.mod") }, Tamper: true})
+	for _, p := range []string{"v1.0.0.mod", "v1.0.0.zip", "v1.1.0.mod"} {
+		e.mustGet("/"+path+"/@v/"+p, 200) // fail-open
+	}
+	up.SetFaults()
+	// While the database stays down, nothing is quarantined.
+	time.Sleep(100 * time.Millisecond)
+	if _, err := e.store.Stat(cache.Key{Path: path, Version: "v1.1.0", Kind: cache.KindMod}); err != nil {
+		t.Fatalf("quarantined while the database was down: %v", err)
+	}
+	db.SetDown(false)
+
+	tampered := cache.Key{Path: path, Version: "v1.1.0", Kind: cache.KindMod}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := e.store.Stat(tampered)
+		okMod := counterValue(t, e.f.m.reverified.WithLabelValues("mod", "ok"))
+		okZip := counterValue(t, e.f.m.reverified.WithLabelValues("zip", "ok"))
+		if errors.Is(err, cache.ErrNotFound) && okMod == 1 && okZip == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("background verification did not finish: stat %v, ok mod %v zip %v\n%s", err, okMod, okZip, logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := counterValue(t, e.f.m.reverified.WithLabelValues("mod", "mismatch")); got != 1 {
+		t.Errorf("reverified{mod,mismatch} = %v, want 1", got)
+	}
+	if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "quarantined") {
+		t.Errorf("mismatch not logged at Error:\n%s", logs)
+	}
+	n := 0
+	e.store.WalkQuarantine(func(k cache.Key, _ cache.Meta, reason string) error {
+		n++
+		if k != tampered || !strings.Contains(reason, "checksum mismatch") {
+			t.Errorf("quarantined %v: %s", k, reason)
+		}
+		return nil
+	})
+	if n != 1 {
+		t.Errorf("%d quarantined artifacts, want 1", n)
+	}
+	// The good ones stay, and the tampered one is fetched again, verified.
+	for _, k := range []cache.Key{{Path: path, Version: "v1.0.0", Kind: cache.KindMod}, {Path: path, Version: "v1.0.0", Kind: cache.KindZip}} {
+		if _, err := e.store.Stat(k); err != nil {
+			t.Errorf("%v: %v", k, err)
+		}
+	}
+	r := e.mustGet("/"+path+"/@v/v1.1.0.mod", 200)
+	if r.body != string(up.GoMod(path, "v1.1.0")) {
+		t.Errorf("refetched go.mod = %q", r.body)
+	}
+	if m, err := e.store.Stat(tampered); err != nil || m.Hash == "" {
+		t.Errorf("refetched go.mod: %+v, %v; want it verified", m, err)
+	}
+	// A later pass does not verify again what it verified.
+	lookups := db.RequestCount("/lookup/")
+	e.f.reverify.notify()
+	time.Sleep(100 * time.Millisecond)
+	if n := db.RequestCount("/lookup/"); n != lookups {
+		t.Errorf("a later pass asked the database %d more times", n-lookups)
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

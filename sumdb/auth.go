@@ -256,5 +256,5 @@ func cutName(file, name string) (string, bool) {
 // the bad data is dropped and the database asked again.
 func (v *Verifier) reportBadData(msg string) {
 	v.metrics.security.WithLabelValues(v.name).Inc()
-	v.log.Error("checksum database SECURITY ERROR: data failed authentication against the signed tree", "db", v.name, "detail", msg)
+	v.log.Error("checksum database SECURITY ERROR: data failed authentication against the signed tree", "detail", msg)
 }
