@@ -1,6 +1,7 @@
 package sumdb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -178,8 +179,13 @@ func (v *Verifier) serveTile(w http.ResponseWriter, r *http.Request, rest string
 		v.notFound(w, ep, fmt.Sprintf("not found: tile %s of %s is not in the store (with what authenticates it) and the proxy is offline", rest, v.name))
 		return
 	}
-	data, err := v.readRemoteChecked("/"+rest, func(base string, d []byte) error {
-		aerr := v.authenticateTile(ctx, t, d, base)
+	data, err := v.readRemoteChecked("/"+rest, func(rctx context.Context, base string, d []byte) error {
+		// Proofs stop with the remote read or with the client's request.
+		rctx, cancel := context.WithCancel(rctx)
+		defer cancel()
+		stop := context.AfterFunc(ctx, cancel)
+		defer stop()
+		aerr := v.authenticateTile(rctx, t, d, base)
 		if errors.Is(aerr, errBadData) {
 			v.reportBadData(fmt.Sprintf("%s served tile %s, which fails authentication: %v", v.upstreamOf(base), rest, aerr))
 		}
@@ -242,8 +248,7 @@ func (v *Verifier) servedLatestKey() string { return "sumdb/" + v.name + "/serve
 
 func (v *Verifier) serveLatest(w http.ResponseWriter) {
 	const ep = "latest"
-	stored, err := v.store.GetMeta(v.servedLatestKey())
-	have := err == nil && len(stored.Value) > 0
+	stored, have := v.storedHead(v.servedLatestKey())
 	if have && (v.cfg.Offline || time.Since(stored.Fetched) < v.cfg.LatestTTL) {
 		v.metrics.requests.WithLabelValues(ep, "hit").Inc()
 		serve(w, "text/plain; charset=UTF-8", stored.Value)
@@ -251,12 +256,13 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 	}
 	var remoteErr error
 	if !v.cfg.Offline {
-		data, err := v.readRemote("/latest")
-		if err == nil {
-			if _, err = note.Open(data, v.note); err != nil {
-				err = fmt.Errorf("checksum database %s: /latest is not a valid signed tree head: %v", v.name, err)
+		data, err := v.readRemoteChecked("/latest", func(_ context.Context, base string, d []byte) error {
+			if _, err := note.Open(d, v.note); err != nil {
+				v.reportBadData(fmt.Sprintf("%s served a /latest that is not a tree head signed by %s: %v", v.upstreamOf(base), v.name, err))
+				return fmt.Errorf("%w: %s/latest is not a tree head signed by %s: %v", errBadData, v.upstreamOf(base), v.name, err)
 			}
-		}
+			return nil
+		})
 		if err == nil {
 			if err := v.store.PutMeta(v.servedLatestKey(), data); err != nil {
 				v.log.Warn("cannot store checksum database latest tree head", "err", err)
@@ -269,11 +275,7 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 	}
 	// Stale: the last served head, or else the one the Verifier trusts.
 	if !have {
-		if e, err := v.store.GetMeta(latestKey(v.name + "/latest")); err == nil && len(e.Value) > 0 {
-			stored, have = e, true
-		} else if err != nil && !errors.Is(err, cache.ErrNotFound) {
-			v.log.Warn("cannot read checksum database tree head from store", "err", err)
-		}
+		stored, have = v.storedHead(latestKey(v.name + "/latest"))
 	}
 	if have {
 		v.metrics.requests.WithLabelValues(ep, "stale").Inc()
@@ -286,6 +288,26 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 		return
 	}
 	v.fail(w, ep, http.StatusBadGateway, oneLine(remoteErr))
+}
+
+// storedHead returns the tree head stored at key if its signature checks;
+// one that does not is reported and treated as absent, never served.
+func (v *Verifier) storedHead(key string) (cache.Entry, bool) {
+	e, err := v.store.GetMeta(key)
+	if err != nil {
+		if !errors.Is(err, cache.ErrNotFound) {
+			v.log.Warn("cannot read checksum database tree head from store", "key", key, "err", err)
+		}
+		return cache.Entry{}, false
+	}
+	if len(e.Value) == 0 {
+		return cache.Entry{}, false
+	}
+	if _, err := note.Open(e.Value, v.note); err != nil {
+		v.reportBadData(fmt.Sprintf("stored tree head %s is not signed by %s: %v", key, v.name, err))
+		return cache.Entry{}, false
+	}
+	return e, true
 }
 
 // oneLine returns err's message on one line.

@@ -156,8 +156,8 @@ func (o *clientOps) ReadRemote(path string) ([]byte, error) {
 	var data []byte
 	var err error
 	if t, terr := tlog.ParseTilePath(strings.TrimPrefix(path, "/")); terr == nil && o.mode == modeFresh {
-		data, err = v.readRemoteChecked(path, func(base string, d []byte) error {
-			aerr := v.authenticateTile(context.Background(), t, d, base, o.trees()...)
+		data, err = v.readRemoteChecked(path, func(ctx context.Context, base string, d []byte) error {
+			aerr := v.authenticateTile(ctx, t, d, base, o.trees()...)
 			if errors.Is(aerr, errBadData) {
 				o.badData.Store(true)
 				v.reportBadData(fmt.Sprintf("%s served tile %s, which fails authentication: %v", v.upstreamOf(base), t.Path(), aerr))
@@ -254,7 +254,7 @@ func (v *Verifier) readRemote(path string) ([]byte, error) {
 // source's answer: a rejected answer counts as that source's failure, so
 // the next source is tried. When every source was rejected for data that
 // fails authentication, the error wraps errBadData and not ErrUnavailable.
-func (v *Verifier) readRemoteChecked(path string, accept func(base string, data []byte) error) ([]byte, error) {
+func (v *Verifier) readRemoteChecked(path string, accept func(ctx context.Context, base string, data []byte) error) ([]byte, error) {
 	if v.cfg.Offline {
 		return nil, fmt.Errorf("%w: offline: %s%s is not in the store", ErrUnavailable, v.name, path)
 	}
@@ -286,7 +286,7 @@ func (v *Verifier) readRemoteChecked(path string, accept func(base string, data 
 		go func() {
 			data, err := v.get(ctx, bases[i]+path)
 			if err == nil && accept != nil {
-				err = accept(bases[i], data)
+				err = accept(ctx, bases[i], data)
 			}
 			results <- result{i, data, err}
 		}()

@@ -417,3 +417,152 @@ func get2(t *testing.T, url string) []byte {
 	}
 	return []byte(body)
 }
+
+func TestMatchPatterns(t *testing.T) {
+	tests := []struct {
+		patterns, path string
+		want           bool
+	}{
+		{"example.com/private", "example.com/private/foo", true},
+		{"example.com/private", "example.com/Private/foo", true},
+		{"example.com/private", "example.com/PRIVATE", true},
+		{"example.com/Private", "example.com/private/foo", true},
+		{"example.com/private", "EXAMPLE.com/private/foo", true},
+		{"*.corp.example", "git.Corp.Example/x", true},
+		{"example.com/priv", "example.com/private/foo", false}, // prefixes match whole elements
+		{"example.com/private", "example.com/privatex/foo", false},
+		{"", "example.com/private", false},
+		{"other.example,example.com/p[a-z]ivate", "example.com/PRIVATE/foo", true},
+		{"example.com/[Z-a]x", "example.com/Zx", true}, // a range lower-casing breaks still matches exactly
+	}
+	for _, tt := range tests {
+		if got := MatchPatterns(tt.patterns, tt.path); got != tt.want {
+			t.Errorf("MatchPatterns(%q, %q) = %v, want %v", tt.patterns, tt.path, got, tt.want)
+		}
+	}
+}
+
+// The handler refuses a case variant of a private path without asking the
+// database, and Exempt agrees.
+func TestHandlerPrivateCaseVariant(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	cfg := testConfig(db)
+	cfg.Private = "example.com/private"
+	v := newVerifier(t, cfg, newMemStore())
+	srv := httptest.NewServer(v.Handler())
+	defer srv.Close()
+	for _, p := range []string{"example.com/private/foo", "example.com/!private/foo", "example.com/!p!r!i!v!a!t!e/foo"} {
+		code, body := get(t, srv.URL+"/sumdb/"+db.Name()+"/lookup/"+p+"@v1.0.0")
+		if code != 404 || !strings.Contains(body, "private") {
+			t.Errorf("lookup %s: %d %q, want 404 private", p, code, body)
+		}
+	}
+	if _, err := v.VerifyMod(context.Background(), "example.com/Private/foo", "v1.0.0", []byte("module example.com/Private/foo\n")); !errors.Is(err, ErrExempt) {
+		t.Errorf("VerifyMod of a case variant: %v, want ErrExempt", err)
+	}
+	if n := db.RequestCount(""); n != 0 {
+		t.Errorf("database got %d requests: %v", n, db.Requests())
+	}
+}
+
+// A stored tree head whose signature does not check is a security error,
+// never "unavailable", and the handler does not serve it.
+func TestStoredTreeHeadWithBadSignature(t *testing.T) {
+	w := newPoisonWorld(t)
+	for _, key := range []string{latestKey(w.db.Name() + "/latest")} {
+		e, err := w.st.GetMeta(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.st.PutMeta(key, flipByte(e.Value))
+	}
+	v, logs := w.verifier(t, nil)
+	w.db.SetDown(true)
+	m := w.mods[0]
+	_, err := v.VerifyMod(context.Background(), m.path, m.version, m.gomod)
+	if !errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrSecurity and not ErrUnavailable", err)
+	}
+	srv := httptest.NewServer(v.Handler())
+	defer srv.Close()
+	code, body := get(t, srv.URL+"/sumdb/"+w.db.Name()+"/latest")
+	if code == 200 {
+		t.Fatalf("latest with only a badly signed head stored: 200 %q", body)
+	}
+	if !strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("no Error log:\n%s", logs)
+	}
+}
+
+// A passthrough serving a /latest that is not signed by the database is
+// skipped for the next one; a stored served head that fails its signature
+// is not served.
+func TestLatestFailingSignature(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	m := makeMod(t, "example.com/m", "v1.0.0", "m")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	bad, good := passthroughUpstreams(t, db)
+	bad.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.HasSuffix(p, "/latest") }, Garbage: true})
+	st := newMemStore()
+	cfg := testConfig(db)
+	cfg.URL = "http://127.0.0.1:1"
+	cfg.Upstreams = []string{bad.URL(), good.URL()}
+	cfg.Registerer = prometheus.NewRegistry()
+	v := newVerifier(t, cfg, st)
+	srv := httptest.NewServer(v.Handler())
+	defer srv.Close()
+	want := string(get2(t, db.URL()+"/latest"))
+	if code, body := get(t, srv.URL+"/sumdb/"+db.Name()+"/latest"); code != 200 || body != want {
+		t.Fatalf("latest: %d %q, want the database's head", code, body)
+	}
+	if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got != 1 {
+		t.Errorf("security errors = %v, want 1", got)
+	}
+	// Poison the stored served head: it is not served, the database is
+	// asked again.
+	e, _ := st.GetMeta(v.servedLatestKey())
+	st.PutMeta(v.servedLatestKey(), flipByte(e.Value))
+	bad.SetFaults()
+	if code, body := get(t, srv.URL+"/sumdb/"+db.Name()+"/latest"); code != 200 || body != want {
+		t.Fatalf("latest over a poisoned stored head: %d %q", code, body)
+	}
+}
+
+// Data tiles (records) are authenticated too: record by record against the
+// tree's record hashes.
+func TestHandlerDataTile(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	for i := range 3 {
+		m := makeMod(t, "example.com/m", fmt.Sprintf("v1.%d.0", i), fmt.Sprint(i))
+		db.AddModule(m.path, m.version, m.gomod, m.zip)
+	}
+	bad, good := passthroughUpstreams(t, db)
+	for _, withGood := range []bool{true, false} {
+		cfg := testConfig(db)
+		cfg.URL = "http://127.0.0.1:1"
+		cfg.Upstreams = []string{bad.URL()}
+		if withGood {
+			cfg.Upstreams = append(cfg.Upstreams, good.URL())
+		}
+		st := newMemStore()
+		v := newVerifier(t, cfg, st)
+		srv := httptest.NewServer(v.Handler())
+		path := "/sumdb/" + db.Name() + "/tile/8/data/000.p/3"
+		code, body := get(t, srv.URL+path)
+		want := string(get2(t, db.URL()+"/tile/8/data/000.p/3"))
+		if withGood && (code != 200 || body != want) {
+			t.Errorf("data tile with a good source: %d, genuine=%v: %s", code, body == want, body)
+		}
+		if !withGood && code != 502 {
+			t.Errorf("data tile from a tampering source only: %d", code)
+		}
+		for _, k := range st.keys(bucketVerified) {
+			if strings.Contains(k, "/data/") {
+				if data, _ := st.GetKV(bucketVerified, k); string(data) != want {
+					t.Errorf("stored data tile differs from the database's")
+				}
+			}
+		}
+		srv.Close()
+	}
+}

@@ -109,3 +109,24 @@ func TestTamperedTilesFromPassthroughEndToEnd(t *testing.T) {
 	g2 := newGoEnv(t, mp.URL, db)
 	g2.run(writeProject(t), "mod", "download")
 }
+
+// An empty MODPROXY_<FLAG> is unset: the flag keeps its default, and the
+// settings read it from go env as if it were not there.
+func TestBindEnvEmptyIsUnset(t *testing.T) {
+	t.Setenv("MODPROXY_SUMDB", "")
+	t.Setenv("MODPROXY_NOSUMDB", " ")
+	t.Setenv("MODPROXY_LIST_TTL", "")
+	t.Setenv("MODPROXY_PRIVATE", "corp.example")
+	cmd := newServeCmd()
+	if err := bindEnv(cmd); err != nil {
+		t.Fatal(err)
+	}
+	for name, wantChanged := range map[string]bool{"sumdb": false, "nosumdb": false, "list-ttl": false, "private": true} {
+		if got := cmd.Flags().Changed(name); got != wantChanged {
+			t.Errorf("--%s changed = %v, want %v", name, got, wantChanged)
+		}
+	}
+	if v, _ := cmd.Flags().GetString("private"); v != "corp.example" {
+		t.Errorf("--private = %q", v)
+	}
+}
