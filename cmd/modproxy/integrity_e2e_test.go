@@ -41,7 +41,7 @@ func TestEmptySumDBKeepsVerificationOn(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			args := append([]string{"--db", filepath.Join(t.TempDir(), "m.db"), "--upstream", bad.URL(), "--log-format", "json"}, tt.args...)
-			mp := startModproxyEnv(t, tt.env, args...)
+			mp := startModproxyEnv(t, append([]string{"GOENV=off"}, tt.env...), args...)
 			logs := mp.logs.String()
 			if !strings.Contains(logs, `"sumdb":"`+tt.wantDB+`"`) {
 				t.Errorf("start-up log does not name checksum database %q:\n%s", tt.wantDB, logs)

@@ -212,9 +212,6 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(newStoreCollector(store))
 	reg.MustRegister(sumdbEnabledGauge(set))
-	if set.sumdbOff {
-		logger.Warn("checksum database verification is OFF (--sumdb off or GOSUMDB=off): modules are stored and served without being checked against any checksum database")
-	}
 
 	pl, err := newPipeline(ctx, c, set, store, reg, logger)
 	if err != nil {
