@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/internal/testupstream"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -128,5 +130,72 @@ func TestBindEnvEmptyIsUnset(t *testing.T) {
 	}
 	if v, _ := cmd.Flags().GetString("private"); v != "corp.example" {
 		t.Errorf("--private = %q", v)
+	}
+}
+
+// --sumdb-fail-open over a poisoned store: a stored lookup record that
+// fails authentication, with the database down and an upstream serving a
+// tampered go.mod, refuses the module (a security error) instead of storing
+// it unverified. A module whose record is simply missing still fails open.
+func TestFailOpenOverPoisonedStoreEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	up, db := startUniverse(t, e2eModules[:4])
+	store := filepath.Join(t.TempDir(), "modproxy.db")
+	mp := startModproxy(t, "--db", store, "--upstream", up.URL(), "--sumdb", db.GOSUMDB())
+	// The record of lib/v2@v2.1.0 enters the store through the handler.
+	if resp, body := mp.get(t, "/sumdb/"+db.Name()+"/lookup/example.com/lib/v2@v2.1.0"); resp.StatusCode != 200 {
+		t.Fatalf("lookup: %d %s", resp.StatusCode, body)
+	}
+	mp.stop(t)
+
+	st, err := cache.Open(store, cache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := db.Name() + "/lookup/example.com/lib/v2@v2.1.0"
+	rec, err := st.GetKV(sumdb.BucketVerified, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(rec), "/go.mod h1:")
+	if i < 0 {
+		t.Fatalf("record:\n%s", rec)
+	}
+	rec[i+len("/go.mod h1:")] ^= 0x01
+	if err := st.PutKV(sumdb.BucketVerified, key, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	db.SetDown(true)
+	up.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.HasSuffix(p, ".mod") }, Tamper: true})
+	mp = startModproxy(t, "--db", store, "--upstream", up.URL(), "--sumdb", db.GOSUMDB(), "--sumdb-fail-open")
+	resp, body := mp.get(t, "/example.com/lib/v2/@v/v2.1.0.mod")
+	if resp.StatusCode == 200 || !strings.Contains(body, "security") {
+		t.Errorf("go.mod over a poisoned record: %d %q; want refused as a security error", resp.StatusCode, body)
+	}
+	// The control: no record at all, database down: fail-open stores.
+	if resp, body := mp.get(t, "/example.com/old/@v/v3.0.0+incompatible.mod"); resp.StatusCode != 200 {
+		t.Errorf("control (record missing): %d %q, want 200 by fail-open", resp.StatusCode, body)
+	}
+	_, metrics := mp.get(t, "/metrics")
+	if !strings.Contains(metrics, "\nmodproxy_stored_unverified_total{kind=\"mod\"} 1\n") {
+		t.Errorf("want exactly the control stored unverified:\n%s", grepLines(metrics, "modproxy_stored_unverified_total"))
+	}
+	if !hasNonZero(metrics, `modproxy_sumdb_security_errors_total{db="`+db.Name()+`"}`) {
+		t.Error("poisoned record not counted as a security error")
+	}
+	mp.stop(t)
+	st, err = cache.Open(store, cache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Stat(cache.Key{Path: "example.com/lib/v2", Version: "v2.1.0", Kind: cache.KindMod}); !errors.Is(err, cache.ErrNotFound) {
+		t.Errorf("tampered go.mod stored: %v", err)
 	}
 }
