@@ -262,3 +262,54 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// blockingVerifier never answers until its context is done.
+type blockingVerifier struct{ started chan struct{} }
+
+func (blockingVerifier) Exempt(string) bool { return false }
+
+func (v blockingVerifier) VerifyMod(ctx context.Context, _, _ string, _ []byte) (string, error) {
+	select {
+	case v.started <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return "", ctx.Err()
+}
+
+func (v blockingVerifier) VerifyZip(ctx context.Context, path, version, _ string) (string, error) {
+	return v.VerifyMod(ctx, path, version, nil)
+}
+
+// The background verification has an owner: Fetcher.Close stops it even
+// while a verification hangs.
+func TestBackgroundVerificationStopsOnClose(t *testing.T) {
+	up := newUpstream(t)
+	v := blockingVerifier{started: make(chan struct{}, 1)}
+	e := newEnv(t, up.URL(), func(c *Config) {
+		// An artifact stored unverified by an earlier run.
+		if _, err := c.Store.Put(cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.KindMod}, strings.NewReader("module example.com/hello\n"), cache.Meta{}); err != nil {
+			t.Fatal(err)
+		}
+		c.Verifier = v
+	})
+	select {
+	case <-v.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the start-up pass never verified the unverified artifact")
+	}
+	done := make(chan struct{})
+	go func() {
+		e.f.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Fetcher.Close did not stop a hanging background verification")
+	}
+	// Nothing was decided about the artifact: it stays, unverified.
+	if m, err := e.store.Stat(cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.KindMod}); err != nil || m.Hash != "" {
+		t.Errorf("artifact after an interrupted verification: %+v, %v", m, err)
+	}
+}
