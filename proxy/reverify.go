@@ -124,17 +124,20 @@ func (r *reverifier) pass(ctx context.Context) (done bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("walking store: %w", err)
 	}
-	if len(todo) > 0 {
-		r.log.Info("verifying artifacts stored unverified", "count", len(todo))
+	if len(todo) == 0 {
+		return true, nil
 	}
-	for _, it := range todo {
+	r.log.Info("verifying artifacts stored unverified", "count", len(todo))
+	for i, it := range todo {
 		if ctx.Err() != nil {
 			return false, ctx.Err()
 		}
 		if !r.verifyOne(ctx, it.k, it.m) {
+			r.log.Info("checksum database unreachable: background verification paused", "done", i, "left", len(todo)-i, "retry", r.retry)
 			return false, nil
 		}
 	}
+	r.log.Info("background verification pass done", "count", len(todo))
 	return true, nil
 }
 
@@ -166,7 +169,7 @@ func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) b
 		if perr := r.store.PutMeta(checkedKey(k), []byte(hex.EncodeToString(m.SHA256[:])+" "+hash)); perr != nil {
 			r.log.Warn("cannot record background verification", "module", k.Path, "version", k.Version, "kind", kind, "err", perr)
 		}
-		r.log.Info("verified artifact stored unverified", "module", k.Path, "version", k.Version, "kind", kind, "hash", hash)
+		r.log.Debug("verified artifact stored unverified", "module", k.Path, "version", k.Version, "kind", kind, "hash", hash)
 	case errors.Is(err, sumdb.ErrMismatch):
 		r.m.reverified.WithLabelValues(kind, "mismatch").Inc()
 		if r.health != nil && m.Upstream != "" {
