@@ -130,6 +130,44 @@ func (v *Verifier) authenticateTile(ctx context.Context, t tlog.Tile, data []byt
 	return err
 }
 
+// authenticateRecord proves that data, a lookup answer, holds a record of
+// the database's log: its tree head is signed by the database, and the
+// record's hash is the one that tree proves for its ID (proof tiles from
+// the store, then from base). Like authenticateTile, the error wraps
+// errBadData when data is proven wrong, else it is a *fetchError.
+func (v *Verifier) authenticateRecord(ctx context.Context, base string, data []byte) error {
+	id, text, treeMsg, err := tlog.ParseRecord(data)
+	if err != nil {
+		return fmt.Errorf("%w: malformed lookup record: %v", errBadData, err)
+	}
+	tree, err := v.openTree(treeMsg)
+	if err != nil {
+		return fmt.Errorf("%w: the record's tree head is not signed by %s: %v", errBadData, v.name, err)
+	}
+	if id < 0 || id >= tree.N {
+		return fmt.Errorf("%w: record %d is not in its tree of %d records", errBadData, id, tree.N)
+	}
+	for _, useStore := range []bool{true, false} {
+		if !useStore && base == "" {
+			break
+		}
+		// No candidate tile: every tile comes from the store or base.
+		r := &proofReader{v: v, ctx: ctx, cand: tlog.Tile{H: maxTileHeight, L: -1}, base: base, useStore: useStore}
+		hashes, err := tlog.TileHashReader(tree, r).ReadHashes([]int64{tlog.StoredHashIndex(0, id)})
+		var fe *fetchError
+		switch {
+		case errors.As(err, &fe):
+			return err
+		case err != nil:
+			continue // a bad proof tile in the store: try base's
+		case hashes[0] != tlog.RecordHash(text):
+			return fmt.Errorf("%w: record %d disagrees with tree %d", errBadData, id, tree.N)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: the tiles proving record %d against tree %d do not authenticate", errBadData, id, tree.N)
+}
+
 // checkTile compares data with the hashes tree proves for tile t.
 func (v *Verifier) checkTile(tree tlog.Tree, t tlog.Tile, data []byte, r tlog.TileReader) error {
 	hashes, err := tlog.TileHashReader(tree, r).ReadHashes(tileIndexes(t))

@@ -33,9 +33,9 @@ const (
 	// modeShared reads the store, then the network.
 	modeShared opsMode = iota
 	// modeFresh reads nothing from the store (but the trusted tree head),
-	// accepts a remote tile only once it is authenticated (falling
-	// through to the next source otherwise) and replaces stored data that
-	// differs from what it authenticated.
+	// accepts a remote tile or record only once it is authenticated
+	// (falling through to the next source otherwise) and replaces stored
+	// data that differs from what it authenticated.
 	modeFresh
 	// modeCacheOnly reads only the store.
 	modeCacheOnly
@@ -155,16 +155,17 @@ func (o *clientOps) ReadRemote(path string) ([]byte, error) {
 	}
 	var data []byte
 	var err error
-	if t, terr := tlog.ParseTilePath(strings.TrimPrefix(path, "/")); terr == nil && o.mode == modeFresh {
-		data, err = v.readRemoteChecked(path, func(ctx context.Context, base string, d []byte) error {
-			aerr := v.authenticateTile(ctx, t, d, base, o.trees()...)
-			if errors.Is(aerr, errBadData) {
-				o.badData.Store(true)
-				v.reportBadData(fmt.Sprintf("%s served tile %s, which fails authentication: %v", v.upstreamOf(base), t.Path(), aerr))
-			}
-			return aerr
-		})
-	} else {
+	t, terr := tlog.ParseTilePath(strings.TrimPrefix(path, "/"))
+	switch {
+	case o.mode != modeFresh:
+		data, err = v.readRemote(path)
+	case terr == nil:
+		data, err = v.readRemoteChecked(path, o.rejecting(path, func(ctx context.Context, base string, d []byte) error {
+			return v.authenticateTile(ctx, t, d, base, o.trees()...)
+		}))
+	case strings.HasPrefix(path, "/lookup/"):
+		data, err = v.readRemoteChecked(path, o.rejecting(path, v.authenticateRecord))
+	default:
 		data, err = v.readRemote(path)
 	}
 	switch {
@@ -180,6 +181,20 @@ func (o *clientOps) ReadRemote(path string) ([]byte, error) {
 		o.remoteFailed.Store(true)
 	}
 	return data, err
+}
+
+// rejecting wraps an authentication of what a source answered for path:
+// a failure is recorded and reported as a security event naming the
+// source, and makes readRemoteChecked try the next source.
+func (o *clientOps) rejecting(path string, check func(ctx context.Context, base string, data []byte) error) func(context.Context, string, []byte) error {
+	return func(ctx context.Context, base string, data []byte) error {
+		err := check(ctx, base, data)
+		if errors.Is(err, errBadData) {
+			o.badData.Store(true)
+			o.v.reportBadData(fmt.Sprintf("%s answered %s with data that fails authentication: %v", o.v.upstreamOf(base), path, err))
+		}
+		return err
+	}
 }
 
 // answeredNotFound reports whether a remote read of path answered 404 or

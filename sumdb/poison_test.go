@@ -566,3 +566,48 @@ func TestHandlerDataTile(t *testing.T) {
 		srv.Close()
 	}
 }
+
+// A passthrough that tampers with lookup records is skipped for one that
+// does not; with none, the lookup is a security error, never unavailable.
+func TestPassthroughRecordFailingAuthentication(t *testing.T) {
+	ctx := context.Background()
+	for _, withGood := range []bool{true, false} {
+		t.Run(fmt.Sprint("good source=", withGood), func(t *testing.T) {
+			db := testsumdb.New(t, "sum.example.test")
+			m := makeMod(t, "example.com/m", "v1.0.0", "m")
+			db.AddModule(m.path, m.version, m.gomod, m.zip)
+			bad, good := passthroughUpstreams(t, db)
+			bad.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.Contains(p, "/lookup/") }, Tamper: true})
+			st := newMemStore()
+			cfg := testConfig(db)
+			cfg.URL = "http://127.0.0.1:1"
+			cfg.Upstreams = []string{bad.URL()}
+			if withGood {
+				cfg.Upstreams = append(cfg.Upstreams, good.URL())
+			}
+			cfg.Registerer = prometheus.NewRegistry()
+			v := newVerifier(t, cfg, st)
+			_, err := v.VerifyMod(ctx, m.path, m.version, m.gomod)
+			switch {
+			case withGood && err != nil:
+				t.Fatalf("VerifyMod with a good source: %v", err)
+			case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
+				t.Fatalf("VerifyMod from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", err)
+			}
+			if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got < 1 {
+				t.Errorf("security errors = %v", got)
+			}
+			if bad.Count("/lookup/") == 0 {
+				t.Error("the tampering upstream was never asked: the test proves nothing")
+			}
+			rec, err := st.GetKV(bucketVerified, db.Name()+"/lookup/"+m.path+"@"+m.version)
+			want, _ := testsumdb.HashMod(m.gomod)
+			if withGood && (err != nil || !bytes.Contains(rec, []byte("/go.mod "+want+"\n"))) {
+				t.Errorf("stored record: %v\n%s", err, rec)
+			}
+			if !withGood && err == nil {
+				t.Errorf("a record was stored from the tampering source:\n%s", rec)
+			}
+		})
+	}
+}
