@@ -558,9 +558,10 @@ func (v *Verifier) clientLookup(ctx context.Context, path, vers string) ([]strin
 //
 //  1. Unless the network already failed, a fresh client reads everything
 //     from the network, authenticating each remote tile and record
-//     (falling through to the next source when one fails), replacing stored data that
-//     differs from what it authenticated. Success is the answer. A failure
-//     without any network failure is data that fails authentication.
+//     (falling through to the next source when one fails), and replaces
+//     stored data that differs from what it authenticated. Success is the
+//     answer. A failure without any network failure is data that fails
+//     authentication.
 //  2. A cache-only client then tells a store that merely lacks data (the
 //     database is unavailable) from a store whose data fails
 //     authentication (a security error).
