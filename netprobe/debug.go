@@ -34,6 +34,8 @@ type UpstreamStatus struct {
 	Phases    []PhaseSummary  `json:"phases"`
 	Errors    []ErrorRecord   `json:"errors"` // last 5, oldest first
 	Decisions []DecisionCount `json:"decisions"`
+	// Kernel is the eBPF evidence in the score (absent without eBPF).
+	Kernel *KernelEvidence `json:"kernel,omitempty"`
 }
 
 // ConnectionStats counts connections obtained by requests.
@@ -75,6 +77,7 @@ func (p *Probe) Snapshot() Snapshot {
 			Phases:      p.stats.summaries(n),
 			Errors:      h.Errors,
 			Decisions:   h.Decisions,
+			Kernel:      h.Kernel,
 		}
 		if h.HedgeOK {
 			s := h.HedgeAfter.Seconds()
@@ -203,6 +206,9 @@ th{background:#f3f3f3}td.n{text-align:right;font-family:monospace}
 {{range $k, $v := .Requests}}<tr><td>{{$k}}</td><td class="n">{{$v}}</td></tr>{{else}}<tr><td colspan="2" class="muted">none</td></tr>{{end}}</table>
 <table><tr><th>decision</th><th>reason</th><th>count</th></tr>
 {{range .Decisions}}<tr><td>{{.Decision}}</td><td>{{.Reason}}</td><td class="n">{{.Count}}</td></tr>{{else}}<tr><td colspan="3" class="muted">none</td></tr>{{end}}</table>
+{{with .Kernel}}<table><tr><th>kernel signal</th><th>value</th><th>samples</th><th>severity</th><th>weight</th></tr>
+{{range .Signals}}<tr><td>{{.Reason}}</td><td class="n">{{printf "%.3f" .Value}}</td><td class="n">{{.Samples}}</td><td class="n">{{printf "%.2f" .Severity}}</td><td class="n">{{.Weight}}</td></tr>{{end}}
+<tr><td>factor</td><td class="n" colspan="4">{{printf "%.2f" .Factor}} {{.Reason}}</td></tr></table>{{end}}
 <table><tr><th>time</th><th>kind</th><th>outcome</th><th>last errors</th></tr>
 {{range .Errors}}<tr><td>{{ts .Time}}</td><td>{{.Kind}}</td><td>{{.Outcome}}</td><td>{{.Error}}</td></tr>{{else}}<tr><td colspan="4" class="muted">none</td></tr>{{end}}</table>
 {{end}}

@@ -195,9 +195,9 @@ func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, p
 	// each dials a single address).
 	var control func(cookie *uint64) func(string, string, syscall.RawConn) error
 	if hook := d.cfg.SocketHook; hook != nil || k != nil {
-		kind, rec := KindOther, (*recorder)(nil)
+		kind, rec, alarm := KindOther, (*recorder)(nil), (func(string))(nil)
 		if st, ok := ctx.Value(reqStateKey{}).(*reqState); ok {
-			kind, rec = st.kind, st.rec
+			kind, rec, alarm = st.kind, st.rec, st.alarm
 		}
 		control = func(cookie *uint64) func(string, string, syscall.RawConn) error {
 			return func(_, _ string, c syscall.RawConn) error {
@@ -206,7 +206,7 @@ func (d *dialer) race(ctx context.Context, network string, addrs []netip.Addr, p
 						hook(fd, upstream, "upstream")
 					}
 					if k != nil {
-						*cookie = k.registerTCP(fd, upstream, kind, rec)
+						*cookie = k.registerTCP(fd, upstream, kind, rec, alarm)
 					}
 				})
 			}

@@ -36,13 +36,17 @@ import (
 //	score    = (1 - wk)·base + wk·(1 - min(1, 10k))
 //
 // A 10 % checksum-failure rate halves the score at best; 20 % leaves at most
-// 0.1. States: healthy ≥ 0.8, degraded ≥ 0.5, unhealthy below.
+// 0.1. With the eBPF probes attached, the score is further multiplied by the
+// kernel evidence factor (SYN retransmits, refused connects, loss, SRTT
+// against the upstream's own baseline, TLS alerts; weights and thresholds
+// in evidence.go); without them it is exactly the above. States: healthy ≥ 0.8, degraded ≥ 0.5, unhealthy below.
 //
 // # Circuit breaker
 //
 // With at least CircuitMinSamples requests (or checksum failures) in the
 // window and state unhealthy, the circuit opens: Allow returns false,
-// "circuit_open". After CircuitCooldown exactly one caller gets true,
+// "circuit_open" (or the kernel reason, e.g. "kernel_loss", when the
+// kernel evidence alone made it unhealthy). After CircuitCooldown exactly one caller gets true,
 // "half_open_trial"; the outcome of the next request to that upstream
 // observed by the transport closes the circuit (and clears the window's
 // failure counts: a fresh start) or re-opens it. A trial with no outcome
@@ -140,7 +144,11 @@ type upHealth struct {
 	// outnumbered transport failures. The proxy lets a request fall
 	// through such an upstream even after ',', as it would a mismatch.
 	openedByChecksum bool
-	trialAt          time.Time
+	// openedByKernel is the kernel reason (kernel_loss, …) when the
+	// kernel evidence, not the userspace score, made the upstream
+	// unhealthy (see evidence.go).
+	openedByKernel string
+	trialAt        time.Time
 	trialOut         bool
 
 	state string
@@ -150,6 +158,8 @@ type upHealth struct {
 	reuseConns int64
 	errors     []ErrorRecord // newest last, at most maxErrors
 	decisions  map[[2]string]int64
+
+	kev kernelEvidence
 }
 
 func newHealth(cfg *Config, m *metrics) *Health {
@@ -288,6 +298,10 @@ func (h *Health) openLocked(u *upHealth, now time.Time) {
 	w := u.window(now)
 	u.circuit, u.openedAt, u.trialOut = circuitOpen, now, false
 	u.openedByChecksum = w.checksum > w.failures
+	u.openedByKernel = ""
+	if f, reason := h.kernelFactorLocked(u, now); f < 1 && h.userScoreLocked(u, now) >= scoreDegraded {
+		u.openedByKernel = reason
+	}
 	h.cfg.Logger.Warn("netprobe: upstream circuit open", "upstream", u.name)
 }
 
@@ -297,11 +311,19 @@ func (h *Health) closeLocked(u *upHealth) {
 	u.circuit, u.trialOut = circuitClosed, false
 	u.buckets = [windowBuckets]bucket{}
 	u.ewma = 0
+	u.kev.freshStart()
 	h.cfg.Logger.Info("netprobe: upstream circuit closed after a successful trial", "upstream", u.name)
 }
 
-// scoreLocked computes the score (see the type's doc comment).
+// scoreLocked computes the score: the userspace score times the kernel
+// evidence factor (evidence.go; 1 without eBPF).
 func (h *Health) scoreLocked(u *upHealth, now time.Time) float64 {
+	f, _ := h.kernelFactorLocked(u, now)
+	return h.userScoreLocked(u, now) * f
+}
+
+// userScoreLocked computes the userspace score (see the type's doc comment).
+func (h *Health) userScoreLocked(u *upHealth, now time.Time) float64 {
 	w := u.window(now)
 	fail := u.ewma
 	if w.requests > 0 {
@@ -419,6 +441,8 @@ func (h *Health) Allow(upstream string) (ok bool, reason string) {
 	closed := "circuit_open"
 	if u.openedByChecksum {
 		closed = "circuit_open_checksum"
+	} else if u.openedByKernel != "" {
+		closed = u.openedByKernel
 	}
 	switch u.circuit {
 	case circuitOpen:
@@ -510,6 +534,7 @@ type healthSnapshot struct {
 	Errors     []ErrorRecord
 	Decisions  []DecisionCount
 	Window     WindowCounts
+	Kernel     *KernelEvidence
 }
 
 // DecisionCount is one (decision, reason) counter.
@@ -580,5 +605,6 @@ func (h *Health) snapshot(upstream string) healthSnapshot {
 	})
 	w := u.window(now)
 	s.Window = WindowCounts{w.requests, w.failures, w.connects, w.connectFails, w.artifacts, w.checksum}
+	s.Kernel = h.kernelSnapshotLocked(u, now)
 	return s
 }

@@ -111,6 +111,10 @@ type ksock struct {
 	server   string    // DNS: the server queried
 	kind     string    // TCP: kind of the request that dialed it
 	rec      *recorder // TCP: that request's probe recorder (RunProbe), or nil
+	// alarm is the dialing request's WithKernelAlarm function, called at
+	// most once (alarmed) when the connect shows trouble.
+	alarm   func(reason string)
+	alarmed bool
 	conn     *kernelConn
 	seen     time.Time // last registration, event or request
 	closed   bool
@@ -293,8 +297,8 @@ func (k *Kernel) register(fd uintptr, name string, s *ksock) uint64 {
 
 // registerTCP registers an upstream TCP socket dialed by a request of kind
 // and returns its cookie (0: not registered).
-func (k *Kernel) registerTCP(fd uintptr, upstream, kind string, rec *recorder) uint64 {
-	return k.register(fd, upstream, &ksock{purpose: bpf.PurposeTCP, upstream: upstream, kind: kind, rec: rec})
+func (k *Kernel) registerTCP(fd uintptr, upstream, kind string, rec *recorder, alarm func(string)) uint64 {
+	return k.register(fd, upstream, &ksock{purpose: bpf.PurposeTCP, upstream: upstream, kind: kind, rec: rec, alarm: alarm})
 }
 
 // registerDNS registers a resolver UDP socket about to query server for
@@ -449,10 +453,19 @@ func (k *Kernel) onEvent(ev bpf.Event) {
 		kind = KindOther
 	}
 	var ttfb *kreq
+	var alarm func(string)
+	alarmReason := ""
 	switch ev.Kind {
+	case bpf.EventRetransmit:
+		if s != nil && ev.TCPState == tcpSynSent {
+			alarmReason = ReasonKernelSynRetrans
+		}
 	case bpf.EventConnectFailed:
 		if s != nil {
 			s.closed = true
+			if ev.Reason == bpf.ReasonRefused || ev.Reason == bpf.ReasonTimeout {
+				alarmReason = ReasonKernelRefused
+			}
 		}
 	case bpf.EventClose:
 		if s != nil {
@@ -477,7 +490,16 @@ func (k *Kernel) onEvent(ev bpf.Event) {
 			}
 		}
 	}
+	if alarmReason != "" && s.alarm != nil && !s.alarmed {
+		s.alarmed, alarm = true, s.alarm
+	}
 	k.mu.Unlock()
+	if alarm != nil {
+		alarm(alarmReason)
+	}
+	if ev.Purpose == bpf.PurposeTCP && (s != nil || ev.UpstreamID != 0) {
+		p.health.kernelEvent(up, ev)
+	}
 
 	obs := func(phase string) {
 		p.ObservePhase(up, kind, phase, SourceKernel, ev.Dur)

@@ -69,6 +69,7 @@ type reqState struct {
 	kind     string
 	start    time.Time
 	rec      *recorder // set by RunProbe
+	alarm    func(reason string) // WithKernelAlarm of the request, or nil
 
 	mu sync.Mutex
 	t  timings // guarded by mu
@@ -154,6 +155,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	st := &reqState{p: t.p, upstream: upstream, kind: kind, start: time.Now()}
 	if rec, ok := req.Context().Value(recorderKey{}).(*recorder); ok {
 		st.rec = rec
+	}
+	if a, ok := req.Context().Value(kernelAlarmKey{}).(func(string)); ok {
+		st.alarm = a
 	}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	ctx = httptrace.WithClientTrace(ctx, st.trace())

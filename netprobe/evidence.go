@@ -1,0 +1,348 @@
+package netprobe
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/modproxy/modproxy/bpf"
+)
+
+// Kernel evidence in the health model.
+//
+// With the eBPF probes attached ([Kernel]), every event on an upstream's own
+// sockets (keyed by socket cookie to the upstream and request that dialed
+// the socket) also feeds that upstream's health. Without eBPF none of this
+// exists and the score is the userspace one alone (see [Health]).
+//
+// Over the health window (5 minutes, 10 s buckets) and the SRTT ring, each
+// signal gets a severity s in [0, 1] that ramps linearly from its threshold
+// lo (s = 0) to hi (s = 1), and only once it has its minimum number of
+// samples (a single bad connect is not "sustained"):
+//
+//	signal      measure                                     min   lo     hi    weight
+//	syn_retrans connects that needed ≥ 1 SYN retransmit /    5    0.10   0.50  0.5
+//	            kernel-seen connect attempts
+//	refused     connect attempts answered by RST, or given   3    0      0.50  0.7
+//	            up after all SYN retries / attempts
+//	loss        retransmits on established connections /     10   0.02   0.20  0.5
+//	            requests (per request: the probes see our
+//	            own retransmits, i.e. the loss of our
+//	            requests, not of the upstream's data)
+//	srtt        median of the last 8 SRTT samples /          8+16 2×     6×    0.5
+//	            median of the older ones (the upstream's     (and recent ≥ baseline + 5 ms)
+//	            own baseline; samples at connect and close)
+//	tls_alert   fatal alerts received / connect attempts     3    0      0.20  0.7
+//
+//	kernel = Π (1 - weight·s)        over the signals
+//	score  = userspace score × kernel
+//
+// So sustained loss or an SRTT of 6× baseline alone halve the score
+// (degraded: ordered after healthy members of a '|' group), the two together
+// leave a quarter (unhealthy: the circuit may open, with the usual minimum of
+// requests). The dominant signal names the reason: kernel_syn_retrans,
+// kernel_refused, kernel_loss, kernel_srtt, kernel_tls_alert. It is the
+// reason of a circuit the kernel evidence opened ([Health.Allow]) and of a
+// demotion ([Health.KernelReason]).
+//
+// Per connection, a SYN retransmit (the first comes 1 s after the connect
+// started, long before a connect timeout) raises an alarm for the request
+// that dialed the socket, if that request asked for one
+// ([WithKernelAlarm]): the proxy hedges it to the next '|' entry at once.
+
+// Kernel decision reasons.
+const (
+	ReasonKernelSynRetrans = "kernel_syn_retrans"
+	ReasonKernelRefused    = "kernel_refused"
+	ReasonKernelLoss       = "kernel_loss"
+	ReasonKernelSRTT       = "kernel_srtt"
+	ReasonKernelStall      = "kernel_stall"
+	ReasonKernelTLSAlert   = "kernel_tls_alert"
+)
+
+// kernelSignal is one row of the table above.
+type kernelSignal struct {
+	reason     string
+	minSamples int
+	lo, hi     float64
+	weight     float64
+}
+
+var (
+	sigSynRetrans = kernelSignal{ReasonKernelSynRetrans, 5, 0.10, 0.50, 0.5}
+	sigRefused    = kernelSignal{ReasonKernelRefused, 3, 0, 0.50, 0.7}
+	sigLoss       = kernelSignal{ReasonKernelLoss, 10, 0.02, 0.20, 0.5}
+	sigSRTT       = kernelSignal{ReasonKernelSRTT, srttRecentN, 2, 6, 0.5}
+	sigTLSAlert   = kernelSignal{ReasonKernelTLSAlert, 3, 0, 0.20, 0.7}
+)
+
+const (
+	srttRingSize  = 256
+	srttRecentN   = 8
+	srttBaselineN = 16
+	// srttMinExcess keeps sub-millisecond jitter on a fast path (a 50 µs
+	// baseline) from ever counting as congestion.
+	srttMinExcess = 5 * time.Millisecond
+)
+
+// severity of value x with n samples.
+func (s kernelSignal) severity(x float64, n int) float64 {
+	if n < s.minSamples || x <= s.lo {
+		return 0
+	}
+	if x >= s.hi {
+		return 1
+	}
+	return (x - s.lo) / (s.hi - s.lo)
+}
+
+// kbucket counts one bucketWidth of kernel events.
+type kbucket struct {
+	slot       int64
+	attempts   int // connect attempts seen by the kernel (established or failed)
+	synRetrans int // connects with at least one SYN retransmit
+	refused    int // RST in SYN_SENT, or SYN retries exhausted
+	estRetrans int // retransmits on established connections
+	alerts     int // fatal TLS alerts received
+}
+
+// kernelEvidence is one upstream's kernel evidence.
+type kernelEvidence struct {
+	buckets [windowBuckets]kbucket
+	srtt    [srttRingSize]time.Duration
+	srttN   int
+	srttPos int
+	seen    bool // any kernel event at all
+	// synSeen: connections (by cookie) already counted for a SYN
+	// retransmit, so that a connect with 3 retransmitted SYNs counts once.
+	synSeen map[uint64]struct{}
+}
+
+func (e *kernelEvidence) bucket(now time.Time) *kbucket {
+	slot := now.UnixNano() / int64(bucketWidth)
+	b := &e.buckets[slot%windowBuckets]
+	if b.slot != slot {
+		*b = kbucket{slot: slot}
+	}
+	return b
+}
+
+func (e *kernelEvidence) window(now time.Time) kbucket {
+	slot := now.UnixNano() / int64(bucketWidth)
+	var s kbucket
+	for _, b := range e.buckets {
+		if b.slot > slot-windowBuckets && b.slot <= slot {
+			s.attempts += b.attempts
+			s.synRetrans += b.synRetrans
+			s.refused += b.refused
+			s.estRetrans += b.estRetrans
+			s.alerts += b.alerts
+		}
+	}
+	return s
+}
+
+func (e *kernelEvidence) addSRTT(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	e.srtt[e.srttPos] = d
+	e.srttPos = (e.srttPos + 1) % srttRingSize
+	e.srttN = min(e.srttN+1, srttRingSize)
+}
+
+// srttRatio returns the median of the last srttRecentN samples over the
+// median of the older ones, and whether there are enough of both and the
+// excess is at least srttMinExcess.
+func (e *kernelEvidence) srttRatio() (ratio float64, recent, base time.Duration, ok bool) {
+	if e.srttN < srttRecentN+srttBaselineN {
+		return 0, 0, 0, false
+	}
+	ordered := make([]time.Duration, 0, e.srttN) // oldest first
+	for i := range e.srttN {
+		ordered = append(ordered, e.srtt[(e.srttPos-e.srttN+i+srttRingSize)%srttRingSize])
+	}
+	old := slices.Clone(ordered[:len(ordered)-srttRecentN])
+	rec := slices.Clone(ordered[len(ordered)-srttRecentN:])
+	slices.Sort(old)
+	slices.Sort(rec)
+	base, recent = quantile(old, 0.5), quantile(rec, 0.5)
+	if base <= 0 {
+		return 0, recent, base, false
+	}
+	if recent-base < srttMinExcess {
+		return 1, recent, base, true
+	}
+	return float64(recent) / float64(base), recent, base, true
+}
+
+// KernelSignal is one signal's current value in /debug/upstreams.
+type KernelSignal struct {
+	Reason   string  `json:"reason"`
+	Value    float64 `json:"value"`
+	Samples  int     `json:"samples"`
+	Severity float64 `json:"severity"`
+	Weight   float64 `json:"weight"`
+}
+
+// KernelEvidence is an upstream's kernel evidence in /debug/upstreams
+// (absent without eBPF).
+type KernelEvidence struct {
+	// Factor multiplies the userspace score (1: no evidence against).
+	Factor float64 `json:"factor"`
+	// Reason is the dominant signal when Factor < 1.
+	Reason              string         `json:"reason,omitempty"`
+	SRTTRecentSeconds   float64        `json:"srtt_recent_seconds,omitempty"`
+	SRTTBaselineSeconds float64        `json:"srtt_baseline_seconds,omitempty"`
+	Signals             []KernelSignal `json:"signals"`
+}
+
+// assess computes the kernel factor and its dominant reason; requests is the
+// userspace request count of the same window (the loss denominator).
+func (e *kernelEvidence) assess(now time.Time, requests int) KernelEvidence {
+	w := e.window(now)
+	out := KernelEvidence{Factor: 1}
+	add := func(s kernelSignal, x float64, n int) {
+		sev := s.severity(x, n)
+		out.Signals = append(out.Signals, KernelSignal{Reason: s.reason, Value: x, Samples: n, Severity: sev, Weight: s.weight})
+		out.Factor *= 1 - s.weight*sev
+	}
+	ratio := func(a, b int) float64 {
+		if b <= 0 {
+			return 0
+		}
+		return float64(a) / float64(b)
+	}
+	add(sigSynRetrans, ratio(w.synRetrans, w.attempts), w.attempts)
+	add(sigRefused, ratio(w.refused, w.attempts), w.attempts)
+	add(sigLoss, ratio(w.estRetrans, requests), requests)
+	r, recent, base, ok := e.srttRatio()
+	n := 0
+	if ok {
+		n = srttRecentN
+		out.SRTTRecentSeconds, out.SRTTBaselineSeconds = recent.Seconds(), base.Seconds()
+	}
+	add(sigSRTT, r, n)
+	add(sigTLSAlert, ratio(w.alerts, w.attempts), w.attempts)
+	best := 0.0
+	for _, s := range out.Signals {
+		if p := s.Weight * s.Severity; p > best {
+			best, out.Reason = p, s.Reason
+		}
+	}
+	return out
+}
+
+// kernelEvent feeds one kernel event on a socket of upstream into its
+// health.
+func (h *Health) kernelEvent(upstream string, ev bpf.Event) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	e := &u.kev
+	e.seen = true
+	b := e.bucket(now)
+	switch ev.Kind {
+	case bpf.EventConnect:
+		b.attempts++
+		e.addSRTT(ev.SRTT)
+		delete(e.synSeen, ev.Cookie)
+	case bpf.EventConnectFailed:
+		b.attempts++
+		if ev.Reason == bpf.ReasonRefused || ev.Reason == bpf.ReasonTimeout {
+			b.refused++
+		}
+		delete(e.synSeen, ev.Cookie)
+	case bpf.EventRetransmit:
+		if ev.TCPState == tcpSynSent {
+			if _, dup := e.synSeen[ev.Cookie]; dup {
+				break
+			}
+			if e.synSeen == nil {
+				e.synSeen = make(map[uint64]struct{})
+			}
+			if len(e.synSeen) >= maxSynSeen {
+				clear(e.synSeen)
+			}
+			e.synSeen[ev.Cookie] = struct{}{}
+			b.synRetrans++
+		} else {
+			b.estRetrans++
+		}
+	case bpf.EventClose:
+		e.addSRTT(ev.SRTT)
+	case bpf.EventTLSAlert:
+		if ev.AlertReceived && ev.AlertLevel == 2 {
+			b.alerts++
+		}
+	default:
+		return
+	}
+	h.evaluateLocked(u, now)
+}
+
+const (
+	// tcpSynSent is the kernel's TCP_SYN_SENT state.
+	tcpSynSent = 2
+	maxSynSeen = 4096
+)
+
+// kernelFactorLocked is u's kernel factor and reason (1, "" without
+// evidence). h.mu must be held.
+func (h *Health) kernelFactorLocked(u *upHealth, now time.Time) (float64, string) {
+	if !u.kev.seen {
+		return 1, ""
+	}
+	a := u.kev.assess(now, u.window(now).requests)
+	return a.Factor, a.Reason
+}
+
+// KernelReason is the kernel signal that currently lowers upstream's score
+// below healthy ("" when none does, or without eBPF): the reason a '|'
+// group puts it after its healthy members.
+func (h *Health) KernelReason(upstream string) string {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	f, reason := h.kernelFactorLocked(u, now)
+	if f >= scoreHealthy || h.evaluateLocked(u, now) >= scoreHealthy {
+		return ""
+	}
+	return reason
+}
+
+// kernelSnapshotLocked is the debug view of u's kernel evidence, nil
+// without any.
+func (h *Health) kernelSnapshotLocked(u *upHealth, now time.Time) *KernelEvidence {
+	if !u.kev.seen {
+		return nil
+	}
+	a := u.kev.assess(now, u.window(now).requests)
+	return &a
+}
+
+// freshStart forgets the window's counts and the SRTT samples of the bad
+// spell after a successful half-open trial, keeping the older baseline, so
+// that old evidence does not re-open the circuit at once.
+func (e *kernelEvidence) freshStart() {
+	e.buckets = [windowBuckets]kbucket{}
+	drop := min(e.srttN, srttRecentN)
+	e.srttN -= drop
+	e.srttPos = (e.srttPos - drop + srttRingSize) % srttRingSize
+	clear(e.synSeen)
+}
+
+type kernelAlarmKey struct{}
+
+// WithKernelAlarm returns a context whose upstream requests call alarm, at
+// most once per connection the request dialed, when the kernel sees that
+// connection in trouble before userspace could: reason
+// ReasonKernelSynRetrans (a SYN was retransmitted: the connect is at least
+// a second late) or ReasonKernelRefused (RST or SYN retries exhausted).
+// alarm runs on the kernel event reader and must not block. Without eBPF it
+// is never called.
+func WithKernelAlarm(ctx context.Context, alarm func(reason string)) context.Context {
+	return context.WithValue(ctx, kernelAlarmKey{}, alarm)
+}
