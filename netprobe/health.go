@@ -149,7 +149,7 @@ type upHealth struct {
 	// unhealthy (see evidence.go).
 	openedByKernel string
 	trialAt        time.Time
-	trialOut         bool
+	trialOut       bool
 
 	state string
 

@@ -115,10 +115,10 @@ type ksock struct {
 	// most once (alarmed) when the connect shows trouble.
 	alarm   func(reason string)
 	alarmed bool
-	conn     *kernelConn
-	seen     time.Time // last registration, event or request
-	closed   bool
-	reqs     map[uint32]*kreq // TTFB halves waiting for each other, by request number
+	conn    *kernelConn
+	seen    time.Time // last registration, event or request
+	closed  bool
+	reqs    map[uint32]*kreq // TTFB halves waiting for each other, by request number
 }
 
 // kreq joins the kernel and userspace halves of one HTTP/1.1 request.

@@ -68,7 +68,7 @@ type reqState struct {
 	upstream string
 	kind     string
 	start    time.Time
-	rec      *recorder // set by RunProbe
+	rec      *recorder           // set by RunProbe
 	alarm    func(reason string) // WithKernelAlarm of the request, or nil
 
 	mu sync.Mutex
