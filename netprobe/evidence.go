@@ -346,3 +346,9 @@ type kernelAlarmKey struct{}
 func WithKernelAlarm(ctx context.Context, alarm func(reason string)) context.Context {
 	return context.WithValue(ctx, kernelAlarmKey{}, alarm)
 }
+
+// WithKernelAlarm is [WithKernelAlarm], as a method for the proxy's
+// KernelEvidence interface.
+func (h *Health) WithKernelAlarm(ctx context.Context, alarm func(reason string)) context.Context {
+	return WithKernelAlarm(ctx, alarm)
+}

@@ -28,6 +28,19 @@ type Health interface {
 	RecordDecision(upstream, decision, reason string)
 }
 
+// KernelEvidence is implemented by a Health fed by kernel (eBPF)
+// telemetry (netprobe.Health). The fetcher uses it when present: without
+// eBPF it never alarms and names no reason.
+type KernelEvidence interface {
+	// WithKernelAlarm returns a context whose upstream requests call alarm
+	// when the kernel sees the connection they dialed in trouble (reason
+	// "kernel_syn_retrans", "kernel_refused"), before userspace could.
+	WithKernelAlarm(ctx context.Context, alarm func(reason string)) context.Context
+	// KernelReason is the kernel signal ("kernel_loss", "kernel_srtt", …)
+	// that currently demotes upstream, or "".
+	KernelReason(upstream string) string
+}
+
 // Verifier checks artifacts against the checksum database before they are
 // committed. sumdb.Verifier implements it; a nil Verifier stores everything
 // unverified (GOSUMDB=off).

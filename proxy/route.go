@@ -56,11 +56,46 @@ func (f *Fetcher) candidates(ups []Upstream) (out []Upstream, reordered bool) {
 			for i := range group {
 				group[i].AnyError = seps[i]
 			}
-			reordered = reordered || group[0].URL != before
+			if group[0].URL != before {
+				reordered = true
+				f.noteDemotions(group)
+			}
 		}
 		start = end + 1
 	}
 	return out, reordered
+}
+
+// noteDemotions records a "demoted" decision for each member of a
+// reordered '|' group that the kernel evidence put behind a healthier one.
+func (f *Fetcher) noteDemotions(group []Upstream) {
+	ke, ok := f.health.(KernelEvidence)
+	if !ok {
+		return
+	}
+	for _, u := range group[1:] {
+		if r := ke.KernelReason(u.Name()); r != "" {
+			f.health.RecordDecision(u.Name(), "demoted", r)
+		}
+	}
+}
+
+// kernelOrderReason is the route reason of an answer from a reordered
+// group: the kernel reason of the member the list put first, when that is
+// why it was moved back, else "health_order".
+func (f *Fetcher) kernelOrderReason(ups []Upstream) string {
+	if ke, ok := f.health.(KernelEvidence); ok && len(ups) > 0 {
+		if r := ke.KernelReason(ups[0].Name()); r != "" {
+			return r
+		}
+	}
+	return "health_order"
+}
+
+// kernelAlarm is an alarm from the kernel about attempt idx.
+type kernelAlarm struct {
+	idx    int
+	reason string
 }
 
 type attemptResult[T any] struct {
@@ -93,6 +128,12 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 		}
 	}()
 	hedged := map[int]bool{}
+	// Kernel alarms: a SYN retransmit on the connection an attempt dialed
+	// hedges it at once (within '|'); the reason names the decision.
+	ke, _ := f.health.(KernelEvidence)
+	alarms := make(chan kernelAlarm, 2*len(cands))
+	kernelWhy := map[int]string{}
+	cancels := make([]context.CancelFunc, len(cands))
 
 	// launch starts the next allowed candidate. It reports false when the
 	// list is exhausted or stops at an entry whose circuit is open.
@@ -128,8 +169,18 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 				}
 			}
 			inflight++
+			actx := ctx
+			if ke != nil {
+				actx = ke.WithKernelAlarm(ctx, func(reason string) {
+					select {
+					case alarms <- kernelAlarm{idx: i, reason: reason}:
+					default: // one alarm per attempt is enough
+					}
+				})
+			}
+			actx, cancels[i] = context.WithCancel(actx)
 			go func() {
-				v, err := fn(ctx, u)
+				v, err := fn(actx, u)
 				results <- attemptResult[T]{idx: i, val: v, err: err}
 			}()
 			if hedge && f.health != nil && u.AnyError && next < len(cands) {
@@ -151,6 +202,26 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 	}
 	for inflight > 0 {
 		select {
+		case a := <-alarms:
+			if _, done := kernelWhy[a.idx]; done {
+				break
+			}
+			kernelWhy[a.idx] = a.reason
+			// Act only on the newest attempt, within its '|' group.
+			if a.reason != "kernel_syn_retrans" || a.idx != next-1 || !cands[a.idx].AnyError || next >= len(cands) {
+				break
+			}
+			if !hedge {
+				// Not hedgeable (a zip: two downloads must not share its
+				// stream): abandon the connect and fall through now.
+				f.health.RecordDecision(cands[a.idx].Name(), "abandoned", a.reason)
+				cancels[a.idx]()
+				break
+			}
+			if launch() {
+				hedged[next-1] = true
+				f.health.RecordDecision(cands[a.idx].Name(), "hedged", a.reason)
+			}
 		case <-hedgeC:
 			hedgeC = nil
 			prev := cands[next-1]
@@ -166,13 +237,19 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 				switch {
 				case hedged[r.idx]:
 					reason = "hedge_won"
+					if why := kernelWhy[r.idx-1]; why != "" {
+						reason = why // the kernel alarm that started the hedge
+					}
 					f.health.RecordDecision(u.Name(), "hedge_won", reason)
 				case r.idx > 0:
 					reason = "fallback"
+					if why := kernelWhy[r.idx-1]; why != "" {
+						reason = why
+					}
 				case reordered:
-					reason = "health_order"
+					reason = f.kernelOrderReason(ups)
 				}
-				if f.health != nil && reason != "hedge_won" {
+				if f.health != nil && !hedged[r.idx] {
 					f.health.RecordDecision(u.Name(), "chosen", reason)
 				}
 				return r.val, route{upstream: u.Name(), reason: reason}, nil
@@ -194,7 +271,11 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 				}
 			}
 			if f.health != nil && fallThrough && r.idx == next-1 && next < len(cands) {
-				f.health.RecordDecision(u.Name(), "fallthrough", fallthroughReason(r.err))
+				why := fallthroughReason(r.err)
+				if k := kernelWhy[r.idx]; k != "" {
+					why = k
+				}
+				f.health.RecordDecision(u.Name(), "fallthrough", why)
 			}
 			if inflight == 0 && fallThrough {
 				if !launch() {
