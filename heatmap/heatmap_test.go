@@ -566,3 +566,27 @@ func BenchmarkPage(b *testing.B) {
 		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil))
 	}
 }
+
+// Decisions made on kernel evidence are outlined on the strip; the new
+// decision kinds have their own colour, not "other".
+func TestKernelDecisionsMarked(t *testing.T) {
+	clk := NewFakeClock(t0)
+	r := NewRecorder(Options{Now: clk.Now})
+	r.Observe("a", "mod", "ttfb", "userspace", time.Millisecond)
+	r.ObserveDecision("a", "hedged", "kernel_syn_retrans")
+	r.ObserveDecision("a", "demoted", "kernel_loss")
+	r.ObserveDecision("a", "abandoned", "kernel_stall")
+	r.ObserveDecision("a", "chosen", "list_order")
+	_, body := get(t, r.Handler(), "/")
+	for _, d := range []string{"hedged", "demoted", "abandoned"} {
+		if !strings.Contains(body, `data-decision="`+d+`" data-count="1" data-upstream="a" data-kernel="1"`) {
+			t.Errorf("%s bar not marked as kernel evidence", d)
+		}
+	}
+	if !strings.Contains(body, `data-decision="chosen" data-count="1" data-upstream="a">`) {
+		t.Error("a userspace decision is marked as kernel evidence")
+	}
+	if strings.Contains(body, `data-decision="other"`) {
+		t.Error("new decision kinds counted as other")
+	}
+}

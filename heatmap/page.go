@@ -217,6 +217,9 @@ type cell struct {
 	Fill       string
 	Count      uint32
 	Title      string
+	// Kernel: some of these decisions were made on kernel (eBPF)
+	// evidence (a kernel_* reason); the bar is outlined.
+	Kernel bool
 }
 
 type decisionChart struct {
@@ -233,6 +236,9 @@ type bar struct {
 	Decision   string
 	Count      uint32
 	Title      string
+	// Kernel: some of these decisions were made on kernel (eBPF)
+	// evidence (a kernel_* reason); the bar is outlined.
+	Kernel bool
 }
 
 type decisionLegend struct {
@@ -247,6 +253,8 @@ var decisionColors = [numDecision]string{
 	"#72b7b2", // hedged
 	"#54a24b", // hedge_won
 	"#b279a2", // half_open_trial
+	"#e45756", // demoted (kernel evidence)
+	"#ff9da6", // abandoned (kernel evidence)
 	"#8c6d31", // other
 }
 
@@ -421,6 +429,7 @@ func buildDecisions(upstream string, d *decisionData, a axes, colW float64, colT
 			h := float64(n) / float64(d.Max) * float64(a.PlotH)
 			base -= h
 			var reasons []string
+			kernel := false
 			for j, rn := range d.Reasons[c][k] {
 				if rn == 0 {
 					continue
@@ -432,12 +441,14 @@ func buildDecisions(upstream string, d *decisionData, a axes, colW float64, colT
 				if name == "" {
 					name = "no reason"
 				}
+				kernel = kernel || strings.HasPrefix(name, "kernel_")
 				reasons = append(reasons, fmt.Sprintf("%s %d", name, rn))
 			}
 			dc.Bars = append(dc.Bars, bar{
 				X: fmtF(float64(a.PlotX) + float64(c)*colW), Y: fmtF(base), W: w, H: fmtF(h),
 				Fill: decisionColors[k], Decision: decisions[k], Count: n,
-				Title: fmt.Sprintf("%s at %s: %d (%s)", decisions[k], colTime(c), n, strings.Join(reasons, ", ")),
+				Title:  fmt.Sprintf("%s at %s: %d (%s)", decisions[k], colTime(c), n, strings.Join(reasons, ", ")),
+				Kernel: kernel,
 			})
 		}
 	}

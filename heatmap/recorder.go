@@ -37,7 +37,7 @@ var sources = [numSources]string{"userspace", "kernel"}
 
 // decisions as named by netprobe's modproxy_upstream_decisions_total; anything
 // else is counted as "other".
-var decisions = [...]string{"chosen", "skipped", "fallthrough", "hedged", "hedge_won", "half_open_trial", "other"}
+var decisions = [...]string{"chosen", "skipped", "fallthrough", "hedged", "hedge_won", "half_open_trial", "demoted", "abandoned", "other"}
 
 func phaseIndex(p string) int {
 	switch p {
@@ -81,6 +81,10 @@ func decisionIndex(d string) int {
 		return 4
 	case "half_open_trial":
 		return 5
+	case "demoted":
+		return 6
+	case "abandoned":
+		return 7
 	}
 	return numDecision - 1
 }

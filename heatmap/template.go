@@ -60,11 +60,11 @@ footer{margin-top:28px;color:#8c959f;font-size:12px}
 </body>
 </html>
 {{define "decisions"}}<figure>
-<figcaption><span class="legend">{{range .Legend}}<span><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10" fill="{{.Fill}}"/></svg> {{.Name}} {{.Total}}</span>{{end}}</span></figcaption>
+<figcaption><span class="legend">{{range .Legend}}<span><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10" fill="{{.Fill}}"/></svg> {{.Name}} {{.Total}}</span>{{end}}<span><svg width="10" height="10" aria-hidden="true"><rect x="1" y="1" width="8" height="8" fill="none" stroke="#b3261e" stroke-width="1.5"/></svg> on kernel evidence</span></span></figcaption>
 <svg class="decisions" xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}" viewBox="0 0 {{.Width}} {{.Height}}" role="img" aria-label="upstream decisions for {{.Upstream}}">
 <rect x="{{.PlotX}}" y="{{.PlotY}}" width="{{.PlotW}}" height="{{.PlotH}}" fill="#f6f8fa" stroke="#d0d7de"/>
 {{range .XTicks}}<line x1="{{.X}}" x2="{{.X}}" y1="{{$.PlotY}}" y2="{{$.PlotBottom}}" stroke="#e1e4e8"/>{{end}}
-<g shape-rendering="crispEdges">{{range .Bars}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}" data-decision="{{.Decision}}" data-count="{{.Count}}" data-upstream="{{$.Upstream}}"><title>{{.Title}}</title></rect>{{end}}</g>
+<g shape-rendering="crispEdges">{{range .Bars}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}" data-decision="{{.Decision}}" data-count="{{.Count}}" data-upstream="{{$.Upstream}}"{{if .Kernel}} data-kernel="1" stroke="#b3261e" stroke-width="1.5"{{end}}><title>{{.Title}}</title></rect>{{end}}</g>
 <text x="{{.PlotX}}" y="{{.PlotY}}" dx="-5" dy="9" text-anchor="end">{{.MaxLabel}}</text>
 <text x="{{.PlotX}}" y="{{.PlotBottom}}" dx="-5" text-anchor="end">0</text>
 {{range .XTicks}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Label}}</text>{{end}}
@@ -77,7 +77,7 @@ footer{margin-top:28px;color:#8c959f;font-size:12px}
 <rect x="{{.PlotX}}" y="{{.PlotY}}" width="{{.PlotW}}" height="{{.PlotH}}" fill="#f6f8fa" stroke="#d0d7de"/>
 {{range .YTicks}}<line x1="{{$.PlotX}}" x2="{{$.PlotRight}}" y1="{{.Y}}" y2="{{.Y}}" stroke="#e1e4e8"/>{{end}}
 {{range .XTicks}}<line x1="{{.X}}" x2="{{.X}}" y1="{{$.PlotY}}" y2="{{$.PlotBottom}}" stroke="#e1e4e8"/>{{end}}
-<g shape-rendering="crispEdges">{{range .Cells}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}" data-count="{{.Count}}" data-phase="{{$.Phase}}" data-source="{{$.Source}}" data-upstream="{{$.Upstream}}"><title>{{.Title}}</title></rect>{{end}}</g>
+<g shape-rendering="crispEdges">{{range .Cells}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}" data-count="{{.Count}}" data-phase="{{$.Phase}}" data-source="{{$.Source}}" data-upstream="{{$.Upstream}}"{{if .Kernel}} data-kernel="1" stroke="#b3261e" stroke-width="1.5"{{end}}><title>{{.Title}}</title></rect>{{end}}</g>
 {{range .YTicks}}<text x="{{.X}}" y="{{.Y}}" dy="4" text-anchor="{{.Anchor}}">{{.Label}}</text>{{end}}
 <text class="axis" x="{{.LatLabelX}}" y="{{.LatLabelY}}" text-anchor="middle" transform="rotate(-90 {{.LatLabelX}} {{.LatLabelY}})">latency</text>
 {{range .XTicks}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Label}}</text>{{end}}
