@@ -93,6 +93,8 @@ struct conn_state {
 	__u64 connect_ts;
 	__u64 ch_ts;       // ClientHello sent
 	__u64 req_ts;      // current request's first egress payload
+	__u64 last_in_ts;  // last ingress packet carrying payload (stall detection;
+			   // read by userspace through the socket's fd)
 	__u32 upstream_id;
 	__u32 req_seq;
 	__u32 retrans;
@@ -529,6 +531,8 @@ static __always_inline void tcp_packet(struct __sk_buff *skb, struct conn_state 
 	if (l->payload_len == 0)
 		return;
 	now = bpf_ktime_get_ns();
+	if (ingress)
+		st->last_in_ts = now;
 	if (l->payload_len >= 7) {
 		if (bpf_skb_load_bytes(skb, l->payload_off, h, 7))
 			return;

@@ -19,6 +19,7 @@ type modproxyConnState struct {
 	ConnectTs  uint64
 	ChTs       uint64
 	ReqTs      uint64
+	LastInTs   uint64
 	UpstreamId uint32
 	ReqSeq     uint32
 	Retrans    uint32

@@ -502,6 +502,33 @@ func (p *Probes) RegisterSocket(fd uintptr, upstreamID uint32, purpose Purpose) 
 	return cookie, nil
 }
 
+// ErrNotMeasured is returned by [Probes.LastIngress] for a socket the
+// programs do not measure (never registered, or not connected yet).
+var ErrNotMeasured = errors.New("bpf: socket not measured")
+
+// LastIngress returns the kernel time (see MonotonicNow) at which the
+// measured TCP socket fd last received a packet carrying payload, 0 if none
+// yet. Unlike a userspace read timer it sees packets that userspace has not
+// read yet (a segment behind a hole waits in the out-of-order queue): a
+// flow is stalled only when nothing arrives at all.
+func (p *Probes) LastIngress(fd uintptr) (uint64, error) {
+	p.life.RLock()
+	defer p.life.RUnlock()
+	if p.closed {
+		return 0, ErrClosed
+	}
+	// Socket storage is looked up from userspace by the socket's fd.
+	key := int32(fd)
+	var st modproxyConnState
+	if err := p.objs.Conns.Lookup(unsafe.Pointer(&key), unsafe.Pointer(&st)); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, ErrNotMeasured
+		}
+		return 0, fmt.Errorf("bpf: socket storage of fd %d: %w", fd, err)
+	}
+	return st.LastInTs, nil
+}
+
 // Control returns a net.Dialer.Control function that registers every socket
 // the dialer creates. A failed registration is counted in
 // Stats.RegisterErrors and does not fail the dial: telemetry never breaks

@@ -697,3 +697,59 @@ func TestAvailableAndClosed(t *testing.T) {
 	}
 	var _ ebpf.ProgramID = p.ProgramIDs()[0]
 }
+
+// LastIngress reads the socket's last payload arrival from socket storage
+// by fd: 0 before any payload, then advancing with each arrival, never
+// from a packet that carried none; unmeasured sockets say so.
+func TestLastIngress(t *testing.T) {
+	p, _ := startProbes(t)
+	ln := echoServer(t)
+	c, err := dialer(t, p, 21, PurposeTCP, nil).Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := func() uint64 {
+		t.Helper()
+		var ts uint64
+		var lerr error
+		if err := raw.Control(func(fd uintptr) { ts, lerr = p.LastIngress(fd) }); err != nil {
+			t.Fatal(err)
+		}
+		if lerr != nil {
+			t.Fatalf("LastIngress: %v", lerr)
+		}
+		return ts
+	}
+	if ts := last(); ts != 0 {
+		t.Errorf("LastIngress before any payload = %d, want 0", ts)
+	}
+	before := MonotonicNow()
+	echo(t, c, "hello")
+	first := last()
+	if first < before || first > MonotonicNow() {
+		t.Errorf("LastIngress %d outside [%d, now]", first, before)
+	}
+	time.Sleep(5 * time.Millisecond)
+	echo(t, c, "again")
+	if second := last(); second <= first {
+		t.Errorf("LastIngress did not advance: %d then %d", first, second)
+	}
+
+	// A socket the programs never saw.
+	other, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	oraw, _ := other.(syscall.Conn).SyscallConn()
+	var lerr error
+	oraw.Control(func(fd uintptr) { _, lerr = p.LastIngress(fd) })
+	if !errors.Is(lerr, ErrNotMeasured) {
+		t.Errorf("LastIngress of an unregistered socket: %v, want ErrNotMeasured", lerr)
+	}
+}

@@ -3,6 +3,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"syscall"
@@ -43,6 +44,12 @@ func (*Probes) RegisterSocket(uintptr, uint32, Purpose) (uint64, error) { return
 func (*Probes) Control(uint32, Purpose) func(network, address string, c syscall.RawConn) error {
 	return func(string, string, syscall.RawConn) error { return nil }
 }
+
+// ErrNotMeasured is returned by LastIngress for a socket the programs do
+// not measure.
+var ErrNotMeasured = errors.New("bpf: socket not measured")
+
+func (*Probes) LastIngress(uintptr) (uint64, error) { return 0, errUnsupported }
 
 func (*Probes) Flush() error                   { return errUnsupported }
 func (*Probes) Stats() Stats                   { return Stats{} }
