@@ -103,6 +103,9 @@ func (d *dialer) dial(ctx context.Context, network, address string) (*probeConn,
 	pc := &probeConn{Conn: c, info: dialInfo{dns: dnsDur, connect: time.Since(t1), upstream: upstream}}
 	if k != nil && cookie != 0 {
 		pc.info.kc = k.connOf(cookie)
+		if pc.info.kc != nil && pc.info.kc.raw == nil {
+			pc.info.kc.raw = rawConnOf(c)
+		}
 	}
 	return pc, nil
 }

@@ -33,6 +33,8 @@ import (
 //	            median of the older ones (the upstream's     (and recent ≥ baseline + 5 ms)
 //	            own baseline; samples at connect and close)
 //	tls_alert   fatal alerts received / connect attempts     3    0      0.20  0.7
+//	stall       body reads aborted because no packet arrived 2    0      0.10  0.5
+//	            for KernelStallAfter / requests
 //
 //	kernel = Π (1 - weight·s)        over the signals
 //	score  = userspace score × kernel
@@ -41,7 +43,7 @@ import (
 // (degraded: ordered after healthy members of a '|' group), the two together
 // leave a quarter (unhealthy: the circuit may open, with the usual minimum of
 // requests). The dominant signal names the reason: kernel_syn_retrans,
-// kernel_refused, kernel_loss, kernel_srtt, kernel_tls_alert. It is the
+// kernel_refused, kernel_loss, kernel_srtt, kernel_tls_alert, kernel_stall. It is the
 // reason of a circuit the kernel evidence opened ([Health.Allow]) and of a
 // demotion ([Health.KernelReason]).
 //
@@ -74,6 +76,7 @@ var (
 	sigLoss       = kernelSignal{ReasonKernelLoss, 10, 0.02, 0.20, 0.5}
 	sigSRTT       = kernelSignal{ReasonKernelSRTT, srttRecentN, 2, 6, 0.5}
 	sigTLSAlert   = kernelSignal{ReasonKernelTLSAlert, 3, 0, 0.20, 0.7}
+	sigStall      = kernelSignal{ReasonKernelStall, 2, 0, 0.10, 0.5}
 )
 
 const (
@@ -104,6 +107,7 @@ type kbucket struct {
 	refused    int // RST in SYN_SENT, or SYN retries exhausted
 	estRetrans int // retransmits on established connections
 	alerts     int // fatal TLS alerts received
+	stalls     int // body reads aborted by ErrKernelStall
 }
 
 // kernelEvidence is one upstream's kernel evidence.
@@ -137,6 +141,7 @@ func (e *kernelEvidence) window(now time.Time) kbucket {
 			s.refused += b.refused
 			s.estRetrans += b.estRetrans
 			s.alerts += b.alerts
+			s.stalls += b.stalls
 		}
 	}
 	return s
@@ -224,6 +229,7 @@ func (e *kernelEvidence) assess(now time.Time, requests int) KernelEvidence {
 	}
 	add(sigSRTT, r, n)
 	add(sigTLSAlert, ratio(w.alerts, w.attempts), w.attempts)
+	add(sigStall, ratio(w.stalls, requests), w.stalls)
 	best := 0.0
 	for _, s := range out.Signals {
 		if p := s.Weight * s.Severity; p > best {
@@ -287,6 +293,17 @@ const (
 	tcpSynSent = 2
 	maxSynSeen = 4096
 )
+
+// kernelStall counts one body read of upstream aborted by ErrKernelStall.
+func (h *Health) kernelStall(upstream string) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	u.kev.seen = true
+	u.kev.bucket(now).stalls++
+	h.evaluateLocked(u, now)
+}
 
 // kernelFactorLocked is u's kernel factor and reason (1, "" without
 // evidence). h.mu must be held.

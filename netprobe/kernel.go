@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -100,6 +101,7 @@ type Kernel struct {
 // does.
 type kernelConn struct {
 	cookie uint64
+	raw    syscall.RawConn // the socket, for LastIngress (nil: unknown)
 	reqs   atomic.Uint32
 	h2     atomic.Bool
 }

@@ -21,6 +21,7 @@ const (
 	DefaultTLSTimeout          = 10 * time.Second
 	DefaultFirstByteTimeout    = 30 * time.Second
 	DefaultIdleBodyTimeout     = 30 * time.Second
+	DefaultKernelStallAfter    = 3 * time.Second
 	DefaultFallbackDelay       = 300 * time.Millisecond
 	DefaultMaxIdleConns        = 100
 	DefaultMaxIdleConnsPerHost = 16
@@ -94,6 +95,12 @@ type Config struct {
 	// IdleBodyTimeout aborts a response whose body read makes no progress
 	// for this long (default 30s). Negative disables it.
 	IdleBodyTimeout time.Duration
+	// KernelStallAfter aborts a response whose body read has been waiting
+	// this long while the kernel probes saw no packet with payload arrive
+	// on its connection (default 3s; negative disables it). It acts only
+	// with eBPF attached: the kernel tells a dead flow from a slow reader,
+	// so it can act long before IdleBodyTimeout.
+	KernelStallAfter time.Duration
 	// FallbackDelay is how long one address may try to connect before the
 	// next one is started (Happy Eyeballs; default 300ms).
 	FallbackDelay time.Duration
@@ -145,6 +152,7 @@ func (c *Config) setDefaults() {
 	dur(&c.TLSTimeout, DefaultTLSTimeout)
 	dur(&c.FirstByteTimeout, DefaultFirstByteTimeout)
 	dur(&c.IdleBodyTimeout, DefaultIdleBodyTimeout)
+	dur(&c.KernelStallAfter, DefaultKernelStallAfter)
 	dur(&c.FallbackDelay, DefaultFallbackDelay)
 	dur(&c.IdleConnTimeout, DefaultIdleConnTimeout)
 	dur(&c.DNSTimeout, DefaultDNSTimeout)

@@ -26,6 +26,21 @@ func (idleBodyError) Error() string   { return "response body idle timeout" }
 func (idleBodyError) Timeout() bool   { return true }
 func (idleBodyError) Temporary() bool { return true }
 
+// ErrKernelStall is wrapped by the error of a response body Read aborted
+// because the kernel saw no packet with payload arrive on the connection for
+// Config.KernelStallAfter (decision reason "kernel_stall"). It reports
+// Timeout() == true.
+var ErrKernelStall error = kernelStallError{}
+
+type kernelStallError struct{}
+
+func (kernelStallError) Error() string   { return "kernel saw the flow stall" }
+func (kernelStallError) Timeout() bool   { return true }
+func (kernelStallError) Temporary() bool { return true }
+
+// DecisionReason names the fallback decision this error causes.
+func (kernelStallError) DecisionReason() string { return ReasonKernelStall }
+
 // newBaseTransport builds the one http.Transport shared by every upstream.
 func newBaseTransport(cfg *Config, d *dialer) *http.Transport {
 	t := &http.Transport{
@@ -172,7 +187,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	st.mu.Lock()
 	st.t.status, st.t.proto = resp.StatusCode, resp.Proto
 	st.mu.Unlock()
-	resp.Body = newBody(resp.Body, st, req.Context(), cancel, t.p.cfg.IdleBodyTimeout)
+	b := newBody(resp.Body, st, req.Context(), cancel, t.p.cfg.IdleBodyTimeout)
+	b.watchStall(t.p, t.p.cfg.KernelStallAfter)
+	resp.Body = b
 	resp.Request = req
 	return resp, nil
 }
@@ -186,7 +203,7 @@ func (st *reqState) outcomeOf(callerCtx context.Context, err error) string {
 	gotConn := st.t.gotConn
 	st.mu.Unlock()
 	switch {
-	case errors.Is(err, ErrBodyIdle):
+	case errors.Is(err, ErrBodyIdle), errors.Is(err, ErrKernelStall):
 		return OutcomeTimeout
 	case callerCtx.Err() != nil:
 		if errors.Is(callerCtx.Err(), context.DeadlineExceeded) {
@@ -299,6 +316,14 @@ type body struct {
 	fired   atomic.Bool
 	n       atomic.Int64
 	once    sync.Once
+
+	// Kernel stall watch (stall.go); nil stallTimer without eBPF.
+	stallAfter   time.Duration
+	stallTimer   *time.Timer
+	stallK       *Kernel
+	stallConn    *kernelConn
+	stallReading atomic.Uint64 // 1 + kernel time the current Read began; 0 when not reading
+	stalled      atomic.Bool
 }
 
 func newBody(rc io.ReadCloser, st *reqState, caller context.Context, cancel context.CancelCauseFunc, idle time.Duration) *body {
@@ -328,10 +353,18 @@ func (b *body) Read(p []byte) (int, error) {
 		b.reading.Store(int64(time.Since(b.epoch)) + 1)
 		b.timer.Reset(b.idle)
 	}
+	if b.stallTimer != nil {
+		b.stallReading.Store(bpf.MonotonicNow() + 1)
+		b.stallTimer.Reset(b.stallAfter)
+	}
 	n, err := b.rc.Read(p)
 	if b.timer != nil {
 		b.reading.Store(0)
 		b.timer.Stop()
+	}
+	if b.stallTimer != nil {
+		b.stallReading.Store(0)
+		b.stallTimer.Stop()
 	}
 	b.n.Add(int64(n))
 	switch {
@@ -339,7 +372,9 @@ func (b *body) Read(p []byte) (int, error) {
 	case err == io.EOF:
 		b.finish(nil)
 	default:
-		if b.fired.Load() {
+		if b.stalled.Load() {
+			err = fmt.Errorf("netprobe: %s %s: no packet arrived for %v during the body: %w", b.st.upstream, b.st.kind, b.stallAfter, ErrKernelStall)
+		} else if b.fired.Load() {
 			err = fmt.Errorf("netprobe: %s %s: no response body progress for %v: %w", b.st.upstream, b.st.kind, b.idle, ErrBodyIdle)
 		}
 		b.finish(err)
@@ -354,6 +389,9 @@ func (b *body) Close() error {
 	b.finish(nil)
 	if b.timer != nil {
 		b.timer.Stop()
+	}
+	if b.stallTimer != nil {
+		b.stallTimer.Stop()
 	}
 	b.cancel(nil)
 	return err
