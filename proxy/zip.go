@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,9 +18,11 @@ import (
 	"github.com/modproxy/modproxy/cache"
 )
 
-// errStreamFailed is the error of every upstream tried after a zip that had
-// already been streamed to clients failed: those clients are committed to
-// that copy, so the flight ends.
+// errStreamFailed is the error of an upstream that could not resume a zip
+// that had already been streamed to clients when its download failed (a
+// copy of another size, a bad Content-Range, a local spool error). The
+// flight goes on to the next upstream the list allows, which resumes in
+// turn; when none can, the clients' connections are aborted.
 var errStreamFailed = errors.New("download failed after streaming to clients began")
 
 // zipFlight is one in-progress zip download shared by every client that
@@ -181,13 +184,19 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	}
 }
 
-// downloadZip is one upstream attempt of runZip.
+// downloadZip is one upstream attempt of runZip. When an earlier attempt
+// had begun streaming to clients before it failed (a stalled flow, a
+// reset), this attempt resumes that spool from where it stopped: with
+// "Range: bytes=N-" where the upstream supports it, else by skipping the
+// first N bytes of the whole file. The clients' streams go on; the copy is
+// checked and verified as a whole before its last byte is released, so a
+// mismatched copy still fails them.
 func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight) (_ cache.Meta, err error) {
 	fl.mu.Lock()
-	committed := fl.streaming
+	committed, spoolName, have, size := fl.streaming, fl.spool, fl.written, fl.size
 	fl.mu.Unlock()
 	if committed {
-		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: errStreamFailed}
+		return f.resumeZip(ctx, key, req, u, fl, spoolName, have, size)
 	}
 	resp, err := f.get(ctx, u, req.URLPath())
 	if err != nil {
@@ -201,23 +210,92 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	if err != nil {
 		return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
 	}
-	streamed := false
+	return f.receiveZip(ctx, key, req, u, fl, resp.Body, resp.ContentLength, spool, 0)
+}
+
+// resumeZip continues the streaming spool of fl, of which have bytes (of
+// size, -1 unknown) are in place, from upstream u.
+func (f *Fetcher) resumeZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight, spoolName string, have, size int64) (cache.Meta, error) {
+	fail := func(err error) (cache.Meta, error) {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: resuming at byte %d: %w", errStreamFailed, have, err)}
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/"+req.URLPath(), nil)
+	if err != nil {
+		return fail(err)
+	}
+	hreq.Header.Set("User-Agent", "modproxy")
+	hreq.Header.Set("Range", fmt.Sprintf("bytes=%d-", have))
+	resp, err := f.cfg.Client.Do(hreq)
+	if err != nil {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
+	}
+	defer resp.Body.Close()
+	body := io.Reader(resp.Body)
+	how := "range"
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		var first, last, total int64
+		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &total); err != nil ||
+			first != have || (size >= 0 && total != size) || last != total-1 {
+			return fail(fmt.Errorf("Content-Range %q does not continue %d bytes of %d", resp.Header.Get("Content-Range"), have, size))
+		}
+	case http.StatusOK:
+		if size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != size {
+			return fail(fmt.Errorf("a %d-byte copy cannot continue a %d-byte one", resp.ContentLength, size))
+		}
+		// No range support: the whole file, of which the first bytes are
+		// already in the spool.
+		how = "full_body"
+		if _, err := io.CopyN(io.Discard, resp.Body, have); err != nil {
+			return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("read zip of %s: %w", req, err)}
+		}
+	default:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		line, _, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")
+		return cache.Meta{}, &StatusError{Upstream: u.Name(), Status: resp.StatusCode, Msg: line}
+	}
+	spool, err := os.OpenFile(spoolName, os.O_RDWR, 0)
+	if err != nil {
+		return fail(err)
+	}
+	// Bytes past have were never published to the clients: drop them.
+	if err := spool.Truncate(have); err != nil {
+		spool.Close()
+		return fail(err)
+	}
+	if _, err := spool.Seek(have, io.SeekStart); err != nil {
+		spool.Close()
+		return fail(err)
+	}
+	if f.health != nil {
+		f.health.RecordDecision(u.Name(), "resumed", how)
+	}
+	f.log.Info("resuming a streaming zip from the next upstream", "module", req.Module, "version", req.Version, "upstream", u.Name(), "at", have, "how", how)
+	return f.receiveZip(ctx, key, req, u, fl, body, size, spool, have)
+}
+
+// receiveZip copies a zip body into spool (which already holds have bytes
+// of a streaming download, or none), publishes progress to fl, then checks,
+// verifies and stores the whole. size is the zip's length, -1 unknown.
+// It closes spool.
+func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight, body io.Reader, size int64, spool *os.File, have int64) (_ cache.Meta, err error) {
+	streamed := have > 0
 	defer func() {
 		spool.Close()
 		if !streamed {
 			os.Remove(spool.Name())
 		} else if err != nil {
-			// Clients already have bytes of this copy: the flight ends
-			// with it (see errStreamFailed) and their connections abort.
-			f.log.Warn("zip failed after streaming began; aborting its clients", "module", req.Module, "version", req.Version, "err", err)
+			// Clients already have bytes of this copy: they wait for the
+			// next upstream to resume it, or abort with the flight.
+			f.log.Warn("zip failed after streaming began", "module", req.Module, "version", req.Version, "err", err)
 		}
 	}()
 
 	start := time.Now()
 	buf := make([]byte, 256<<10)
-	var written int64
+	written := have
 	for {
-		n, rerr := resp.Body.Read(buf)
+		n, rerr := body.Read(buf)
 		if n > 0 {
 			if written+int64(n) > modzip.MaxZipFile {
 				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, modzip.MaxZipFile)}
@@ -229,7 +307,7 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 			if !streamed && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
 				streamed = true
 				fl.update(func() {
-					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), resp.ContentLength, written
+					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), size, written
 				})
 			} else if streamed {
 				fl.update(func() { fl.written = written })
@@ -242,8 +320,8 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 			return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("read zip of %s: %w", req, rerr)}
 		}
 	}
-	if resp.ContentLength >= 0 && written != resp.ContentLength {
-		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, resp.ContentLength)}
+	if size >= 0 && written != size {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, size)}
 	}
 	mv := module.Version{Path: req.Module, Version: req.Version}
 	if cf, err := modzip.CheckZip(mv, spool.Name()); err != nil || cf.Err() != nil {

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +70,9 @@ type Fault struct {
 	SlowBody time.Duration
 	// Garbage answers 200 with bytes that are not the file.
 	Garbage bool
+	// Stall sends half of the body, then nothing more (no packet at all)
+	// for this long or until the client goes away, then closes.
+	Stall time.Duration
 }
 
 // Server is a running fake upstream.
@@ -81,8 +85,32 @@ type Server struct {
 	faults   []Fault
 	requests map[string]int // by URL path
 	latency  time.Duration
-	sumName  string // PassThroughSumDB: database name
-	sumURL   string // and its base URL
+	ranges   bool           // SupportRanges: answer "Range: bytes=N-" with 206
+	ranged   map[string]int // range requests answered, by URL path
+	sumName  string         // PassThroughSumDB: database name
+	sumURL   string         // and its base URL
+}
+
+// SupportRanges makes the server answer a "Range: bytes=N-" request for a
+// file with 206 Partial Content (other ranges get the whole file).
+func (s *Server) SupportRanges(on bool) {
+	s.mu.Lock()
+	s.ranges = on
+	s.mu.Unlock()
+}
+
+// Ranged is how many range requests for paths containing substr were
+// answered with 206.
+func (s *Server) Ranged(substr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for p, c := range s.ranged {
+		if strings.Contains(p, substr) {
+			n += c
+		}
+	}
+	return n
 }
 
 // PassThroughSumDB makes the server pass the checksum database name at
@@ -330,11 +358,31 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", ctype)
+	s.mu.Lock()
+	ranges := s.ranges
+	s.mu.Unlock()
+	status := http.StatusOK
+	if from, ok := rangeStart(r.Header.Get("Range")); ranges && ok && from < int64(len(body)) {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
+		body, status = body[from:], http.StatusPartialContent
+		s.mu.Lock()
+		if s.ranged == nil {
+			s.ranged = make(map[string]int)
+		}
+		s.ranged[r.URL.Path]++
+		s.mu.Unlock()
+	}
 	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
 	if r.Method == http.MethodHead {
 		return
 	}
+	w.WriteHeader(status)
 	switch {
+	case fault != nil && fault.Stall > 0:
+		w.Write(body[:len(body)/2])
+		w.(http.Flusher).Flush()
+		sleep(r, fault.Stall)
+		reset(w)
 	case fault != nil && fault.Truncate:
 		w.Write(body[:len(body)/2])
 		if f, ok := w.(http.Flusher); ok {
@@ -355,6 +403,20 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		w.Write(body)
 	}
+}
+
+// rangeStart parses "bytes=N-".
+func rangeStart(h string) (int64, bool) {
+	rest, ok := strings.CutPrefix(h, "bytes=")
+	if !ok {
+		return 0, false
+	}
+	n, ok := strings.CutSuffix(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(n, 10, 64)
+	return v, err == nil && v >= 0
 }
 
 func sleep(r *http.Request, d time.Duration) {
