@@ -23,6 +23,7 @@ type netConfig struct {
 	connectTimeout   time.Duration
 	firstByteTimeout time.Duration
 	idleTimeout      time.Duration
+	stallAfter       time.Duration
 	http1            bool
 	ebpf             string
 }
@@ -34,6 +35,7 @@ func addNetFlags(f *pflag.FlagSet, c *netConfig) {
 	f.DurationVar(&c.connectTimeout, "connect-timeout", netprobe.DefaultConnectTimeout, "upstream DNS+TCP connect timeout")
 	f.DurationVar(&c.firstByteTimeout, "first-byte-timeout", netprobe.DefaultFirstByteTimeout, "upstream request-sent to first-response-byte timeout")
 	f.DurationVar(&c.idleTimeout, "idle-timeout", netprobe.DefaultIdleBodyTimeout, "abort an upstream body that makes no progress for this long")
+	f.DurationVar(&c.stallAfter, "kernel-stall-after", netprobe.DefaultKernelStallAfter, "with eBPF: abandon an upstream body when its connection receives no packet for this long (0 disables)")
 	f.BoolVar(&c.http1, "upstream-http1", false, "use HTTP/1.1 to upstreams (kernel first-byte timing needs it)")
 	f.StringVar(&c.ebpf, "ebpf", "auto", "kernel-side telemetry: auto, on or off")
 }
@@ -44,6 +46,8 @@ func (c netConfig) validate() error {
 		return usagef("invalid --dns-min-ttl %s / --dns-max-ttl %s: want 0 <= min <= max, max > 0", c.dnsMinTTL, c.dnsMaxTTL)
 	case c.connectTimeout <= 0:
 		return usagef("invalid --connect-timeout %s: must be positive", c.connectTimeout)
+	case c.stallAfter < 0:
+		return usagef("invalid --kernel-stall-after %s: must not be negative (0 disables)", c.stallAfter)
 	case c.firstByteTimeout <= 0:
 		return usagef("invalid --first-byte-timeout %s: must be positive", c.firstByteTimeout)
 	case c.idleTimeout <= 0:
@@ -78,6 +82,7 @@ func newNetwork(ctx context.Context, c netConfig, upstreams []string, reg promet
 		ConnectTimeout:   c.connectTimeout,
 		FirstByteTimeout: c.firstByteTimeout,
 		IdleBodyTimeout:  c.idleTimeout,
+		KernelStallAfter: stallOrOff(c.stallAfter),
 		HTTP1Only:        c.http1,
 		Registerer:       reg,
 		Logger:           logger,
@@ -122,4 +127,12 @@ func (n *network) DebugHandlers() map[string]http.Handler {
 func (n *network) Close() {
 	n.kernel.Close()
 	n.probe.Close()
+}
+
+// stallOrOff maps --kernel-stall-after 0 to netprobe's "disabled".
+func stallOrOff(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

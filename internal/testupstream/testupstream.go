@@ -171,6 +171,21 @@ func New(mods ...Module) (*Server, error) {
 	return s, nil
 }
 
+// NewOnListener starts a fake upstream serving mods on ln (for example a
+// listener opened in another network namespace). It takes ln over.
+func NewOnListener(ln net.Listener, mods ...Module) (*Server, error) {
+	s, err := newServer(mods)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	s.srv.Listener.Close()
+	s.srv.Listener = ln
+	s.srv.Start()
+	return s, nil
+}
+
 // newServer builds a Server serving mods, not yet listening.
 func newServer(mods []Module) (*Server, error) {
 	s := &Server{mods: make(map[string]*built), requests: make(map[string]int)}
