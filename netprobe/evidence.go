@@ -18,14 +18,15 @@ import (
 // Over the health window (5 minutes, 10 s buckets) and the SRTT ring, each
 // signal gets a severity s in [0, 1] that ramps linearly from its threshold
 // lo (s = 0) to hi (s = 1), and only once it has its minimum number of
-// samples (a single bad connect is not "sustained"):
+// samples (a single bad connect is not "sustained", except a refusal,
+// which is an answer):
 //
 //	signal      measure                                     min   lo     hi    weight
 //	syn_retrans connects that needed ≥ 1 SYN retransmit /    5    0.10   0.50  0.5
 //	            kernel-seen connect attempts
-//	refused     connect attempts answered by RST, or given   3    0      0.50  0.7
+//	refused     connect attempts answered by RST, or given   1    0      0.50  0.7
 //	            up after all SYN retries / attempts
-//	loss        retransmits on established connections /     10   0.02   0.20  0.5
+//	loss        retransmits on established connections /     10   0.01   0.10  0.5
 //	            requests (per request: the probes see our
 //	            own retransmits, i.e. the loss of our
 //	            requests, not of the upstream's data)
@@ -72,8 +73,8 @@ type kernelSignal struct {
 
 var (
 	sigSynRetrans = kernelSignal{ReasonKernelSynRetrans, 5, 0.10, 0.50, 0.5}
-	sigRefused    = kernelSignal{ReasonKernelRefused, 3, 0, 0.50, 0.7}
-	sigLoss       = kernelSignal{ReasonKernelLoss, 10, 0.02, 0.20, 0.5}
+	sigRefused    = kernelSignal{ReasonKernelRefused, 1, 0, 0.50, 0.7}
+	sigLoss       = kernelSignal{ReasonKernelLoss, 10, 0.01, 0.10, 0.5}
 	sigSRTT       = kernelSignal{ReasonKernelSRTT, srttRecentN, 2, 6, 0.5}
 	sigTLSAlert   = kernelSignal{ReasonKernelTLSAlert, 3, 0, 0.20, 0.7}
 	sigStall      = kernelSignal{ReasonKernelStall, 2, 0, 0.10, 0.5}

@@ -89,6 +89,19 @@ func TestKernelEvidenceSignals(t *testing.T) {
 			wantReason: ReasonKernelRefused, maxFactor: 0.31, minFactor: 0.29,
 		},
 		{
+			name: "one refusal is an answer", requests: 1,
+			events: func() []bpf.Event { return []bpf.Event{kFailed(1, bpf.ReasonRefused)} },
+			wantReason: ReasonKernelRefused, maxFactor: 0.31, minFactor: 0.29,
+		},
+		{
+			name: "2% of requests retransmitted", requests: 100,
+			events: func() (evs []bpf.Event) {
+				evs = append(evs, kConnect(1, ms), kRetrans(1), kRetrans(1))
+				return
+			},
+			maxFactor: 0.95, minFactor: 0.94, // mild: still healthy, only ordered behind a clean peer
+		},
+		{
 			name: "connects cancelled by modproxy are not the upstream's fault", requests: 4,
 			events: func() (evs []bpf.Event) {
 				for i := range 4 {
@@ -107,7 +120,7 @@ func TestKernelEvidenceSignals(t *testing.T) {
 				}
 				return
 			},
-			wantReason: ReasonKernelLoss, maxFactor: 0.8, minFactor: 0.7,
+			wantReason: ReasonKernelLoss, maxFactor: 0.5, minFactor: 0.5,
 		},
 		{
 			name: "SRTT 10x baseline", requests: 30,
