@@ -90,7 +90,7 @@ func TestKernelEvidenceSignals(t *testing.T) {
 		},
 		{
 			name: "one refusal is an answer", requests: 1,
-			events: func() []bpf.Event { return []bpf.Event{kFailed(1, bpf.ReasonRefused)} },
+			events:     func() []bpf.Event { return []bpf.Event{kFailed(1, bpf.ReasonRefused)} },
 			wantReason: ReasonKernelRefused, maxFactor: 0.31, minFactor: 0.29,
 		},
 		{
