@@ -252,15 +252,13 @@ func (h *Health) kernelEvent(upstream string, ev bpf.Event) {
 	b := e.bucket(now)
 	switch ev.Kind {
 	case bpf.EventConnect:
-		b.attempts++
+		e.attempt(b, ev.Cookie)
 		e.addSRTT(ev.SRTT)
-		delete(e.synSeen, ev.Cookie)
 	case bpf.EventConnectFailed:
-		b.attempts++
+		e.attempt(b, ev.Cookie)
 		if ev.Reason == bpf.ReasonRefused || ev.Reason == bpf.ReasonTimeout {
 			b.refused++
 		}
-		delete(e.synSeen, ev.Cookie)
 	case bpf.EventRetransmit:
 		if ev.TCPState == tcpSynSent {
 			if _, dup := e.synSeen[ev.Cookie]; dup {
@@ -273,6 +271,10 @@ func (h *Health) kernelEvent(upstream string, ev bpf.Event) {
 				clear(e.synSeen)
 			}
 			e.synSeen[ev.Cookie] = struct{}{}
+			// The connect counts as an attempt now, not when it ends
+			// (up to the connect timeout later): the evidence acts
+			// while the SYNs are still being retried.
+			b.attempts++
 			b.synRetrans++
 		} else {
 			b.estRetrans++
@@ -287,6 +289,16 @@ func (h *Health) kernelEvent(upstream string, ev bpf.Event) {
 		return
 	}
 	h.evaluateLocked(u, now)
+}
+
+// attempt counts a connect attempt that ended (established or failed),
+// unless its first SYN retransmit already counted it.
+func (e *kernelEvidence) attempt(b *kbucket, cookie uint64) {
+	if _, counted := e.synSeen[cookie]; counted {
+		delete(e.synSeen, cookie)
+		return
+	}
+	b.attempts++
 }
 
 const (

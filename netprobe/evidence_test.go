@@ -72,6 +72,16 @@ func TestKernelEvidenceSignals(t *testing.T) {
 			wantReason: ReasonKernelSynRetrans, maxFactor: 0.5, minFactor: 0.5,
 		},
 		{
+			name: "connects still retrying their SYNs count at once", requests: 5,
+			events: func() (evs []bpf.Event) {
+				for i := range 5 {
+					evs = append(evs, kSynRetrans(uint64(i+1)))
+				}
+				return
+			},
+			wantReason: ReasonKernelSynRetrans, maxFactor: 0.5, minFactor: 0.5,
+		},
+		{
 			name: "too few connects are not sustained", requests: 10,
 			events: func() []bpf.Event {
 				return []bpf.Event{kSynRetrans(1), kConnect(1, ms), kSynRetrans(2), kConnect(2, ms)}

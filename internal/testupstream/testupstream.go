@@ -70,8 +70,9 @@ type Fault struct {
 	SlowBody time.Duration
 	// Garbage answers 200 with bytes that are not the file.
 	Garbage bool
-	// Stall sends half of the body, then nothing more (no packet at all)
-	// for this long or until the client goes away, then closes.
+	// Stall sends half of the body (in 32 KiB pieces SlowBody apart), then
+	// nothing more (no packet at all) for this long or until the client
+	// goes away, then closes.
 	Stall time.Duration
 }
 
@@ -394,8 +395,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(status)
 	switch {
 	case fault != nil && fault.Stall > 0:
-		w.Write(body[:len(body)/2])
-		w.(http.Flusher).Flush()
+		half := body[:len(body)/2]
+		for len(half) > 0 { // paced by SlowBody, when set
+			n := min(len(half), 32<<10)
+			if _, err := w.Write(half[:n]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			half = half[n:]
+			sleep(r, fault.SlowBody)
+		}
 		sleep(r, fault.Stall)
 		reset(w)
 	case fault != nil && fault.Truncate:
