@@ -67,7 +67,9 @@
 // network poller (on a duplicate of the ring buffer's fd), not in a blocking
 // epoll_wait, which would hold one of the runtime's Ps for the whole wait.
 // Events therefore reach
-// [Options.OnEvent] up to one poll interval late; [Probes.Flush] delivers
+// [Options.OnEvent] up to one poll interval late, except the few that a
+// fallback decision waits for (a failed connect, a SYN retransmit, a TLS
+// alert), which wake the reader at once; [Probes.Flush] delivers
 // everything pending synchronously. Ring buffer reservation failures are
 // counted as dropped events and records that cannot be decoded as parse
 // errors ([Probes.Stats]).

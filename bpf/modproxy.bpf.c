@@ -202,6 +202,15 @@ static __always_inline void ev_submit(struct event *e)
 	bpf_ringbuf_submit(e, flags);
 }
 
+// ev_submit_urgent delivers at once an event that a fallback decision waits
+// for (a failed connect, a SYN retransmit, a TLS alert): they are rare, so
+// waking the reader for each costs nothing measurable.
+static __always_inline void ev_submit_urgent(struct event *e)
+{
+	stat_inc(STAT_EVENTS);
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
 static __always_inline void ev_fill(struct event *e, struct conn_state *st, __u64 cookie,
 				    __u8 kind, __u64 now, __u64 start)
 {
@@ -292,7 +301,10 @@ int modproxy_sockops(struct bpf_sock_ops *skops)
 		e->retrans = skops->total_retrans;
 		e->tcp_state = skops->state;
 		e->srtt_us = skops->srtt_us >> 3;
-		ev_submit(e);
+		if (skops->state == BPF_TCP_SYN_SENT)
+			ev_submit_urgent(e);
+		else
+			ev_submit(e);
 		break;
 	}
 	case BPF_SOCK_OPS_STATE_CB: {
@@ -321,7 +333,7 @@ int modproxy_sockops(struct bpf_sock_ops *skops)
 				e->reason = FAIL_TIMEOUT;
 			else
 				e->reason = FAIL_CLOSED;
-			ev_submit(e);
+			ev_submit_urgent(e);
 			break;
 		}
 		// Report the end of the connection once, when it leaves
@@ -551,7 +563,7 @@ static __always_inline void tcp_packet(struct __sk_buff *skb, struct conn_state 
 			e->alert_level = h[5];
 			e->alert_desc = h[6];
 			e->ingress = ingress;
-			ev_submit(e);
+			ev_submit_urgent(e);
 		}
 		if (st->tls_state < TLS_DONE)
 			st->tls_state = TLS_DONE;

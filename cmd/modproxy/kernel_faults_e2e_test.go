@@ -411,10 +411,20 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				if gerr != nil {
 					t.Errorf("go mod download %s during %s: %v\n%s", f.goGet, f.name, gerr, out)
 				}
-				// Let late kernel events and decisions land, then stop.
-				select {
-				case <-decided:
-				case <-time.After(2 * time.Second):
+				// A decision needs a request to decide on: while none is
+				// seen, send one more every 100 ms for up to 2 s (kernel
+				// events that landed after the load still count).
+				probes := infos(90, 99)
+			wait:
+				for i := 0; i < 20; i++ {
+					select {
+					case <-decided:
+						break wait
+					case <-time.After(100 * time.Millisecond):
+					}
+					if f.zips == nil && i < len(probes) {
+						load(mp, probes[i:i+1], 1)
+					}
 				}
 				close(stop)
 				what, at := found()
@@ -425,7 +435,9 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 					f.name, mode, what, at.Round(time.Millisecond), row.p50.Round(time.Millisecond), row.p99.Round(time.Millisecond), len(lat), failed, headers)
 				if mode == "on" && what == "" {
 					_, metrics := mp.get(t, "/metrics")
-					t.Errorf("no kernel decision on A during %s; decisions: %v\n%s", f.name, decisionsOn(metrics, a.URL()), grepLines(mp.logs.String(), "level="))
+					_, debug := mp.get(t, "/debug/upstreams?format=json")
+					t.Errorf("no kernel decision on A during %s; decisions: %v\n%s\n%s\n%s", f.name, decisionsOn(metrics, a.URL()),
+						grepLines(metrics, "kernel_connect_failures"), debug, grepLines(mp.logs.String(), "level="))
 				}
 				if failed > 0 && f.zips == nil {
 					t.Errorf("%d of %d client requests failed during %s", failed, len(lat), f.name)
