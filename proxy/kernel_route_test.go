@@ -120,3 +120,21 @@ func TestKernelDemotionNamesReason(t *testing.T) {
 		t.Error("the demoted upstream was asked")
 	}
 }
+
+// Last option: demotion only orders. When the healthy member fails, the
+// kernel-demoted one is still tried and answers.
+func TestKernelDemotedStillTried(t *testing.T) {
+	a, b := newUpstream(t), newUpstream(t)
+	b.SetFaults(testupstream.Fault{Status: 500})
+	h := newKernelHealth()
+	h.scores[a.URL()] = 0.3
+	h.reasons[a.URL()] = "kernel_srtt"
+	e := newEnv(t, a.URL()+"|"+b.URL(), func(c *Config) { c.Health = h })
+	r := e.mustGet("/example.com/hello/@v/v1.0.0.info", 200)
+	if r.header.Get(headerUpstream) != a.URL() {
+		t.Errorf("answered by %q, want the demoted %q after the healthy one failed", r.header.Get(headerUpstream), a.URL())
+	}
+	if !h.has(a.URL(), "demoted", "kernel_srtt") || !h.has(b.URL(), "fallthrough", "status_5xx") {
+		t.Errorf("decisions %v", h.decisions)
+	}
+}

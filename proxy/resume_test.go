@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +119,70 @@ func mustOpen(t *testing.T, url string) io.Reader {
 	}
 	t.Cleanup(func() { resp.Body.Close() })
 	return resp.Body
+}
+
+// Hostile: the resuming upstream lies about the range or the size. Each lie
+// is refused on the real bytes; the client is aborted, nothing is stored.
+func TestStreamingZipResumeRefusesLies(t *testing.T) {
+	mod := bigModule()
+	tests := []struct {
+		name string
+		lie  func(w http.ResponseWriter, body []byte, from int64)
+	}{
+		{"range from the start", func(w http.ResponseWriter, body []byte, from int64) {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes 0-%d/%d", len(body)-1, len(body)))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(body)
+		}},
+		{"extra bytes past the declared total", func(w http.ResponseWriter, body []byte, from int64) {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(body[from:])
+			w.Write([]byte("PK\x05\x06 trailing junk"))
+		}},
+		{"another total", func(w http.ResponseWriter, body []byte, from int64) {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)+9, len(body)+10))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(body[from:])
+			w.Write(make([]byte, 10))
+		}},
+		{"HTML instead of a zip", func(w http.ResponseWriter, body []byte, from int64) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusOK)
+			w.Write([]byte("<html>login</html>"))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, real := newUpstream(t, mod), newUpstream(t, mod)
+			a.SetFaults(testupstream.Fault{Truncate: true, SlowBody: 200 * time.Millisecond, Match: isZip})
+			zip, err := io.ReadAll(mustOpen(t, real.URL()+"/example.com/big/@v/v1.0.0.zip"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !isZip(r.URL.Path) {
+					http.Redirect(w, r, real.URL()+r.URL.Path, http.StatusFound)
+					return
+				}
+				var from int64
+				fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from)
+				tt.lie(w, zip, from)
+			}))
+			defer liar.Close()
+			e := newEnv(t, a.URL()+"|"+liar.URL, func(c *Config) { c.HoldBackBytes = 1 << 10 })
+			resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				t.Fatalf("client got a clean end of %d bytes (zip is %d) from a lying resume", len(got), len(zip))
+			}
+			if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); !errors.Is(err, cache.ErrNotFound) {
+				t.Errorf("zip stored after a lying resume: %v", err)
+			}
+		})
+	}
 }
