@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modproxy/modproxy/bpf"
 )
 
 func TestDebugHandler(t *testing.T) {
@@ -76,5 +78,33 @@ func TestDebugHandler(t *testing.T) {
 		if strings.Contains(string(page), bad) {
 			t.Errorf("page has external asset marker %q", bad)
 		}
+	}
+}
+
+// The kernel section appears with kernel evidence only, in JSON and HTML.
+func TestDebugKernelEvidence(t *testing.T) {
+	e := newEnv(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), "", nil)
+	e.get(t, "/m/@v/list")
+	snapOf := func() UpstreamStatus {
+		rec := httptest.NewRecorder()
+		e.p.DebugHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/upstreams?format=json", nil))
+		var snap Snapshot
+		if err := json.Unmarshal(rec.Body.Bytes(), &snap); err != nil {
+			t.Fatal(err)
+		}
+		return snap.Upstreams[0]
+	}
+	if u := snapOf(); u.Kernel != nil {
+		t.Fatalf("kernel section without eBPF: %+v", u.Kernel)
+	}
+	e.p.Health().kernelEvent(e.base, kFailed(1, bpf.ReasonRefused))
+	u := snapOf()
+	if u.Kernel == nil || u.Kernel.Reason != ReasonKernelRefused || u.Kernel.Factor >= 1 {
+		t.Fatalf("kernel section %+v, want kernel_refused", u.Kernel)
+	}
+	rec := httptest.NewRecorder()
+	e.p.DebugHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/upstreams", nil))
+	if body := rec.Body.String(); !strings.Contains(body, "kernel signal") || !strings.Contains(body, ReasonKernelRefused) {
+		t.Error("HTML page lacks the kernel evidence table")
 	}
 }
