@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -136,5 +137,20 @@ func TestKernelDemotedStillTried(t *testing.T) {
 	}
 	if !h.has(a.URL(), "demoted", "kernel_srtt") || !h.has(b.URL(), "fallthrough", "status_5xx") {
 		t.Errorf("decisions %v", h.decisions)
+	}
+}
+
+type reasonedErr struct{}
+
+func (reasonedErr) Error() string          { return "stalled" }
+func (reasonedErr) Timeout() bool          { return true }
+func (reasonedErr) DecisionReason() string { return "kernel_stall" }
+
+// An error that names its decision (netprobe's kernel stall) is counted by
+// that name, not as a plain timeout.
+func TestFallthroughReasonNamedByError(t *testing.T) {
+	err := &UpstreamError{Upstream: "u", Err: fmt.Errorf("read zip: %w", reasonedErr{})}
+	if got := fallthroughReason(err); got != "kernel_stall" {
+		t.Errorf("fallthroughReason = %q, want kernel_stall", got)
 	}
 }

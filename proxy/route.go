@@ -290,9 +290,13 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 	return zero, route{}, errs
 }
 
+// decisionReasoner is an error that names the decision it causes.
+type decisionReasoner interface{ DecisionReason() string }
+
 func fallthroughReason(err error) string {
 	var se *StatusError
 	var mm *sumdb.MismatchError
+	var dr decisionReasoner
 	switch {
 	case errors.As(err, &se) && se.notFound():
 		return "not_found"
@@ -302,6 +306,8 @@ func fallthroughReason(err error) string {
 		return "checksum_mismatch"
 	case errors.Is(err, errBadContent):
 		return "bad_content"
+	case errors.As(err, &dr):
+		return dr.DecisionReason() // e.g. netprobe's kernel_stall
 	case isTimeout(err):
 		return "timeout"
 	}
