@@ -628,7 +628,22 @@ static __always_inline void tcp_packet(struct __sk_buff *skb, struct conn_state 
 	}
 	if (st->flags & CF_AWAITING) {
 		st->flags &= ~CF_AWAITING;
-		emit(st, cookie, EV_TTFB, now, st->req_ts);
+		struct event *e = ev_reserve();
+		if (!e)
+			return;
+		ev_fill(e, st, cookie, EV_TTFB, now, st->req_ts);
+		e->req_seq = st->req_seq;
+		// The connection's smoothed RTT now: one sample per request, so
+		// that congestion shows while a keep-alive connection lives.
+		struct bpf_sock *sk = skb->sk;
+		if (sk)
+			sk = bpf_sk_fullsock(sk);
+		if (sk) {
+			struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+			if (tp)
+				e->srtt_us = tp->srtt_us >> 3;
+		}
+		ev_submit(e);
 	}
 }
 

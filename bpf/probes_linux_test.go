@@ -431,6 +431,9 @@ func TestHTTPTTFB(t *testing.T) {
 			t.Errorf("event %d: ReqSeq %d", i, ev.ReqSeq)
 		}
 		checkWithin(t, fmt.Sprintf("TTFB request %d", ev.ReqSeq), ev.Dur, delays[i], 100*time.Millisecond)
+		if ev.SRTT <= 0 || ev.SRTT > time.Second {
+			t.Errorf("TTFB event %d: SRTT %v, want the connection's smoothed RTT", i, ev.SRTT)
+		}
 		t.Logf("runtime delay (httptrace first byte - kernel first byte): %v",
 			time.Duration(int64(firsts[i])-int64(ev.KernelTime)))
 	}

@@ -134,7 +134,8 @@ type Event struct {
 	AlertReceived bool
 	Reason        ConnectFailReason // EventConnectFailed
 	// SRTT is the smoothed round-trip time (EventConnect, EventRetransmit,
-	// EventClose).
+	// EventClose, and EventTTFB: the connection's SRTT when the response's
+	// first byte arrived).
 	SRTT time.Duration
 	// Retransmits counts the connection's retransmitted segments so far.
 	Retransmits   uint32

@@ -32,7 +32,8 @@ import (
 //	            requests, not of the upstream's data)
 //	srtt        median of the last 8 SRTT samples /          8+16 2×     6×    0.5
 //	            median of the older ones (the upstream's     (and recent ≥ baseline + 5 ms)
-//	            own baseline; samples at connect and close)
+//	            own baseline; samples at connect, at each
+//	            HTTP/1.1 response's first byte, and at close)
 //	tls_alert   fatal alerts received / connect attempts     3    0      0.20  0.7
 //	stall       body reads aborted because no packet arrived 2    0      0.10  0.5
 //	            for KernelStallAfter / requests
@@ -279,7 +280,7 @@ func (h *Health) kernelEvent(upstream string, ev bpf.Event) {
 		} else {
 			b.estRetrans++
 		}
-	case bpf.EventClose:
+	case bpf.EventClose, bpf.EventTTFB:
 		e.addSRTT(ev.SRTT)
 	case bpf.EventTLSAlert:
 		if ev.AlertReceived && ev.AlertLevel == 2 {
