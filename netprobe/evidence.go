@@ -27,11 +27,11 @@ import (
 //	refused     connect attempts answered by RST, or given   1    0      0.50  0.7
 //	            up after all SYN retries / attempts
 //	loss        retransmits on established connections /     10   0.01   0.10  0.5
-//	            requests (per request: the probes see our
-//	            own retransmits, i.e. the loss of our
-//	            requests, not of the upstream's data)
+//	            requests, counted from 3 retransmits on (the
+//	            probes see our own retransmits, i.e. the loss
+//	            of our requests, not of the upstream's data)
 //	srtt        median of the last 8 SRTT samples /          8+16 2×     6×    0.5
-//	            median of the older ones (the upstream's     (and recent ≥ baseline + 5 ms)
+//	            median of the older ones (the upstream's     (and recent ≥ baseline + 1 ms)
 //	            own baseline; samples at connect, at each
 //	            HTTP/1.1 response's first byte, and at close)
 //	tls_alert   fatal alerts received / connect attempts     3    0      0.20  0.7
@@ -82,12 +82,13 @@ var (
 )
 
 const (
-	srttRingSize  = 256
-	srttRecentN   = 8
-	srttBaselineN = 16
+	lossMinRetrans = 3
+	srttRingSize   = 256
+	srttRecentN    = 8
+	srttBaselineN  = 16
 	// srttMinExcess keeps sub-millisecond jitter on a fast path (a 50 µs
 	// baseline) from ever counting as congestion.
-	srttMinExcess = 5 * time.Millisecond
+	srttMinExcess = time.Millisecond
 )
 
 // severity of value x with n samples.
@@ -222,7 +223,14 @@ func (e *kernelEvidence) assess(now time.Time, requests int) KernelEvidence {
 	}
 	add(sigSynRetrans, ratio(w.synRetrans, w.attempts), w.attempts)
 	add(sigRefused, ratio(w.refused, w.attempts), w.attempts)
-	add(sigLoss, ratio(w.estRetrans, requests), requests)
+	// Loss is sustained only from lossMinRetrans retransmits on: a queue
+	// that suddenly fills makes one or two spurious ones, which is the
+	// SRTT signal's business.
+	lossN := requests
+	if w.estRetrans < lossMinRetrans {
+		lossN = 0
+	}
+	add(sigLoss, ratio(w.estRetrans, requests), lossN)
 	r, recent, base, ok := e.srttRatio()
 	n := 0
 	if ok {

@@ -104,12 +104,16 @@ func TestKernelEvidenceSignals(t *testing.T) {
 			wantReason: ReasonKernelRefused, maxFactor: 0.31, minFactor: 0.29,
 		},
 		{
-			name: "2% of requests retransmitted", requests: 100,
+			name: "3% of requests retransmitted", requests: 100,
 			events: func() (evs []bpf.Event) {
-				evs = append(evs, kConnect(1, ms), kRetrans(1), kRetrans(1))
-				return
+				return []bpf.Event{kConnect(1, ms), kRetrans(1), kRetrans(1), kRetrans(1)}
 			},
-			maxFactor: 0.95, minFactor: 0.94, // mild: still healthy, only ordered behind a clean peer
+			maxFactor: 0.89, minFactor: 0.88, // mild: still healthy, only ordered behind a clean peer
+		},
+		{
+			name: "two retransmits are not sustained loss", requests: 10,
+			events:    func() []bpf.Event { return []bpf.Event{kConnect(1, ms), kRetrans(1), kRetrans(1)} },
+			maxFactor: 1, minFactor: 1,
 		},
 		{
 			name: "connects cancelled by modproxy are not the upstream's fault", requests: 4,

@@ -4,6 +4,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -31,8 +32,11 @@ import (
 // Upstream A lives in its own network namespace behind a veth pair; B is on
 // 127.0.0.1. modproxy serves "A|B". Each fault is injected on A's side of
 // the path by nftables rules in A's namespace (SYN drop, 10 % random loss
-// both ways, RST for new connections), or by A itself (a zip whose flow goes
-// silent half-way). For each fault a fresh modproxy runs twice, --ebpf=on
+// both ways, RST for new connections), by a token-bucket queue on A's side
+// kept full by a bulk transfer (congestion: SRTT well above A's baseline;
+// there is no netem here, and a userspace relay could not delay the TCP
+// ACKs that SRTT measures), or by A itself (a zip whose flow goes silent
+// half-way). For each fault a fresh modproxy runs twice, --ebpf=on
 // and --ebpf=off; the test records the time from the damage to the first
 // decision on A, the clients' p50/p99 during the fault, and that the go
 // command's download succeeds. It asserts that each decision happens, is
@@ -246,6 +250,64 @@ func load(mp *proc, paths []string, conc int) (lat []time.Duration, failed int, 
 	return lat, failed, headers
 }
 
+// kernelEvidence is an upstream's kernel section of /debug/upstreams.
+type kernelEvidence struct {
+	Factor       float64
+	Reason       string
+	SRTTRecent   float64 `json:"srtt_recent_seconds"`
+	SRTTBaseline float64 `json:"srtt_baseline_seconds"`
+	Signals      []struct {
+		Reason          string
+		Value, Severity float64
+		Samples         int
+	}
+}
+
+func kernelEvidenceOf(t *testing.T, mp *proc, upstream string) *kernelEvidence {
+	_, body := mp.get(t, "/debug/upstreams?format=json")
+	var snap struct {
+		Upstreams []struct {
+			Upstream string
+			Kernel   *kernelEvidence
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &snap); err != nil {
+		t.Errorf("/debug/upstreams: %v", err)
+		return nil
+	}
+	for _, u := range snap.Upstreams {
+		if u.Upstream == upstream {
+			return u.Kernel
+		}
+	}
+	return nil
+}
+
+func (k *kernelEvidence) severity(reason string) float64 {
+	for _, s := range k.Signals {
+		if s.Reason == reason {
+			return s.Severity
+		}
+	}
+	return 0
+}
+
+func (k *kernelEvidence) String() string {
+	if k == nil {
+		return "none"
+	}
+	out := fmt.Sprintf("factor %.2f (%s)", k.Factor, k.Reason)
+	for _, sg := range k.Signals {
+		if sg.Samples > 0 {
+			out += fmt.Sprintf("; %s %.3f/%d sev %.2f", sg.Reason, sg.Value, sg.Samples, sg.Severity)
+		}
+	}
+	if k.SRTTBaseline > 0 {
+		out += fmt.Sprintf("; srtt %v vs baseline %v", time.Duration(k.SRTTRecent*1e9), time.Duration(k.SRTTBaseline*1e9))
+	}
+	return out
+}
+
 func pct(lat []time.Duration, q float64) time.Duration {
 	if len(lat) == 0 {
 		return 0
@@ -329,6 +391,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 		early  bool     // stop the load once the decision is seen
 		zips   []string // instead of paths: go mod download of these
 		goGet  string   // the go command's download during the fault
+		signal string   // a kernel signal that must rise (besides the decision)
 	}
 	table := func(rules ...string) (func(), func()) {
 		return func() {
@@ -346,6 +409,41 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 	synDrop, synRepair := table("in tcp dport " + port + " tcp flags & (syn|ack) == syn drop")
 	lossOn, lossOff := table("in numgen random mod 10 == 0 drop", "out numgen random mod 10 == 0 drop")
 	rstOn, rstOff := table("in tcp dport " + port + " tcp flags & (syn|ack) == syn reject with tcp reset")
+	// Congestion: A's egress shaped to 8 Mbit/s with a deep queue, kept
+	// full by a bulk download from A that modproxy does not make (the test
+	// process's own sockets, which the probes ignore). Every packet A sends
+	// modproxy, ACKs included, waits behind the bulk: the RTT grows.
+	var bulkStop chan struct{}
+	var bulkDone sync.WaitGroup
+	congest := func() {
+		run(t, "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "up0", "root", "tbf",
+			"rate", "8mbit", "burst", "32kb", "latency", "80ms")
+		bulkStop = make(chan struct{})
+		for range 2 {
+			bulkDone.Add(1)
+			go func() {
+				defer bulkDone.Done()
+				c := &http.Client{Timeout: 10 * time.Second}
+				for {
+					select {
+					case <-bulkStop:
+						return
+					default:
+					}
+					if resp, err := c.Get(a.URL() + "/example.com/big/@v/v1.0.0.zip"); err == nil {
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				}
+			}()
+		}
+		time.Sleep(300 * time.Millisecond) // the queue fills
+	}
+	decongest := func() {
+		close(bulkStop)
+		exec.Command("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "up0", "root").Run()
+		bulkDone.Wait()
+	}
 	faults := []fault{
 		{name: "SYN drop", damage: synDrop, repair: synRepair, expect: kernelReason("kernel_syn_retrans"),
 			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.99"},
@@ -356,6 +454,10 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
 		}, repair: func() { a.SetFaults() }, expect: kernelReason("kernel_stall"),
 			zips: []string{"example.com/big@v1.0.0", "example.com/big@v1.0.1"}, goGet: "example.com/big@v1.0.2"},
+		// Congestion also drops (a full queue): the decision may name loss,
+		// but the SRTT signal must rise.
+		{name: "congestion (SRTT)", warm: infos(0, 24), damage: congest, repair: decongest, expect: kernelReason("kernel_srtt", "kernel_loss"),
+			signal: "kernel_srtt", paths: infos(24, 48), conc: 2, goGet: "example.com/k@v1.0.99"},
 		{name: "RST", damage: rstOn, repair: rstOff, expect: kernelReason("kernel_refused"),
 			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.99"},
 	}
@@ -433,6 +535,13 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				rows = append(rows, row)
 				t.Logf("%s ebpf=%s: decision %q after %v; p50 %v p99 %v over %d requests (%d failed); headers %v",
 					f.name, mode, what, at.Round(time.Millisecond), row.p50.Round(time.Millisecond), row.p99.Round(time.Millisecond), len(lat), failed, headers)
+				if mode == "on" {
+					ke := kernelEvidenceOf(t, mp, a.URL())
+					t.Logf("kernel evidence on A: %s", ke)
+					if f.signal != "" && (ke == nil || ke.severity(f.signal) == 0) {
+						t.Errorf("%s: the %s signal did not rise: %s", f.name, f.signal, ke)
+					}
+				}
 				if mode == "on" && what == "" {
 					_, metrics := mp.get(t, "/metrics")
 					_, debug := mp.get(t, "/debug/upstreams?format=json")
