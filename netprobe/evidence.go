@@ -337,19 +337,19 @@ func (h *Health) kernelFactorLocked(u *upHealth, now time.Time) (float64, string
 	return a.Factor, a.Reason
 }
 
-// KernelReason is the kernel signal that currently lowers upstream's score
-// below healthy ("" when none does, or without eBPF): the reason a '|'
-// group puts it after its healthy members.
+// KernelReason is the dominant kernel signal that currently lowers
+// upstream's score ("" when none does, or without eBPF): the reason named
+// when a '|' group puts it after healthier members. Userspace failures may
+// lower the score as well; the kernel reason says what the kernel saw.
 func (h *Health) KernelReason(upstream string) string {
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	u := h.getLocked(upstream)
-	f, reason := h.kernelFactorLocked(u, now)
-	if f >= scoreHealthy || h.evaluateLocked(u, now) >= scoreHealthy {
-		return ""
+	if f, reason := h.kernelFactorLocked(u, now); f < 1 {
+		return reason
 	}
-	return reason
+	return ""
 }
 
 // kernelSnapshotLocked is the debug view of u's kernel evidence, nil

@@ -108,7 +108,9 @@ func TestKernelEvidenceSignals(t *testing.T) {
 			events: func() (evs []bpf.Event) {
 				return []bpf.Event{kConnect(1, ms), kRetrans(1), kRetrans(1), kRetrans(1)}
 			},
-			maxFactor: 0.89, minFactor: 0.88, // mild: still healthy, only ordered behind a clean peer
+			// Mild: still healthy, but ordered behind a clean peer, and
+			// the kernel names why.
+			wantReason: ReasonKernelLoss, maxFactor: 0.89, minFactor: 0.88,
 		},
 		{
 			name: "two retransmits are not sustained loss", requests: 10,
@@ -231,7 +233,7 @@ func TestKernelEvidenceSignals(t *testing.T) {
 			if math.Abs(snap.Score-f) > 1e-9 {
 				t.Errorf("score %.3f with a perfect userspace record, want the factor %.3f", snap.Score, f)
 			}
-			wantDemoted := f < scoreHealthy && tt.wantReason != ""
+			wantDemoted := f < 1 && tt.wantReason != ""
 			if got := h.KernelReason("u"); (got != "") != wantDemoted || (wantDemoted && got != tt.wantReason) {
 				t.Errorf("KernelReason = %q, want demoted=%v (%q)", got, wantDemoted, tt.wantReason)
 			}

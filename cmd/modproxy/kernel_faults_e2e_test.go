@@ -329,7 +329,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 	// Small modules for metadata load; incompressible ~300 KiB zips for
 	// the stall (streamed to the client before A goes silent).
 	var mods []testupstream.Module
-	for i := range 100 {
+	for i := range 300 {
 		mods = append(mods, testupstream.Module{Path: "example.com/k", Version: fmt.Sprintf("v1.0.%d", i),
 			Files: map[string]string{"k.go": "package k\n"}})
 	}
@@ -446,9 +446,9 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 	}
 	faults := []fault{
 		{name: "SYN drop", damage: synDrop, repair: synRepair, expect: kernelReason("kernel_syn_retrans"),
-			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.99"},
+			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.299"},
 		{name: "10% loss", warm: infos(0, 10), damage: lossOn, repair: lossOff, expect: kernelReason("kernel_loss"),
-			paths: infos(10, 90), conc: 4, goGet: "example.com/k@v1.0.99"},
+			paths: infos(10, 210), conc: 4, goGet: "example.com/k@v1.0.299"},
 		{name: "stall mid-zip", damage: func() {
 			a.SetFaults(testupstream.Fault{Stall: 30 * time.Second, SlowBody: 100 * time.Millisecond,
 				Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
@@ -457,9 +457,9 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 		// Congestion also drops (a full queue): the decision may name loss,
 		// but the SRTT signal must rise.
 		{name: "congestion (SRTT)", warm: infos(0, 24), damage: congest, repair: decongest, expect: kernelReason("kernel_srtt", "kernel_loss"),
-			signal: "kernel_srtt", paths: infos(24, 48), conc: 2, goGet: "example.com/k@v1.0.99"},
+			signal: "kernel_srtt", paths: infos(24, 48), conc: 2, goGet: "example.com/k@v1.0.299"},
 		{name: "RST", damage: rstOn, repair: rstOff, expect: kernelReason("kernel_refused"),
-			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.99"},
+			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.299"},
 	}
 
 	var rows []faultRow
@@ -469,8 +469,14 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				mp := startModproxy(t, "--ebpf="+mode, "--db", filepath.Join(t.TempDir(), "modproxy.db"),
 					"--upstream", list, "--sumdb", "off", "--private", "", "--nosumdb", "",
 					"--upstream-http1", "--connect-timeout", "4s", "--idle-timeout", "6s", "--kernel-stall-after", "1s")
-				if mode == "on" && !strings.Contains(mp.logs.String(), "kernel telemetry enabled") {
-					t.Fatalf("kernel telemetry not enabled:\n%s", mp.logs)
+				if mode == "on" {
+					// The log reaches us through a pipe: give it a moment.
+					for deadline := time.Now().Add(3 * time.Second); !strings.Contains(mp.logs.String(), "kernel telemetry enabled"); {
+						if time.Now().After(deadline) {
+							t.Fatalf("kernel telemetry not enabled:\n%s", mp.logs)
+						}
+						time.Sleep(20 * time.Millisecond)
+					}
 				}
 				if len(f.warm) > 0 {
 					if _, failed, _ := load(mp, f.warm, 2); failed > 0 {
@@ -516,7 +522,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				// A decision needs a request to decide on: while none is
 				// seen, send one more every 100 ms for up to 2 s (kernel
 				// events that landed after the load still count).
-				probes := infos(90, 99)
+				probes := infos(280, 299)
 			wait:
 				for i := 0; i < 20; i++ {
 					select {
