@@ -600,6 +600,11 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 		if hash == "" && len(rev) == v.hexHashLen() {
 			hash = rev
 		}
+		if ref == "HEAD" {
+			// The go command fetches such a commit by hash, not by HEAD,
+			// and so records no ref for it.
+			ref = hash
+		}
 	default:
 		return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 	}
