@@ -1,7 +1,6 @@
 package direct
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -367,4 +366,3 @@ func (c *credentials) gitAuthConfig(ctx context.Context, repo string) []string {
 	return cfg
 }
 
-var _ = bytes.MinRead

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -231,7 +230,7 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.Timeouts.Discovery)
 		defer cancel()
 		rr, err := f.repoRootFor(ctx, path)
-		f.observe(PhaseDiscovery, time.Since(start))
+		f.observe(ctx, PhaseDiscovery, time.Since(start))
 		if err != nil {
 			err = notExist(fmt.Errorf("unrecognized import path %q: %w", path, err))
 		}
@@ -474,4 +473,3 @@ func (f *Fetcher) ping(ctx context.Context, repo string, insecure bool) error {
 	return err
 }
 
-var _ = sync.Mutex{}

@@ -62,8 +62,9 @@ type Config struct {
 	// TempDir holds archives while they are rewritten (default os.TempDir()).
 	TempDir string
 	// Observe receives the duration of each phase (PhaseDiscovery,
-	// PhaseLsRemote, PhaseFetch, PhaseArchive); nil discards.
-	Observe func(phase string, d time.Duration)
+	// PhaseLsRemote, PhaseFetch, PhaseArchive) with the request kind that
+	// caused it; nil discards.
+	Observe func(kind, phase string, d time.Duration)
 	Logger  *slog.Logger
 }
 
@@ -138,9 +139,12 @@ func New(cfg Config) (*Fetcher, error) {
 	return f, nil
 }
 
-func (f *Fetcher) observe(phase string, d time.Duration) {
+type kindKey struct{}
+
+func (f *Fetcher) observe(ctx context.Context, phase string, d time.Duration) {
 	if f.cfg.Observe != nil {
-		f.cfg.Observe(phase, d)
+		kind, _ := ctx.Value(kindKey{}).(string)
+		f.cfg.Observe(kind, phase, d)
 	}
 }
 
@@ -184,6 +188,7 @@ func (f *Fetcher) Open(ctx context.Context, path, kind, version string) (io.Read
 	if err := module.CheckPath(path); err != nil {
 		return nil, 0, notExist(err)
 	}
+	ctx = context.WithValue(ctx, kindKey{}, kind)
 	rr, err := f.lookup(ctx, path)
 	if err != nil {
 		return nil, 0, err

@@ -38,9 +38,7 @@ const (
 type runner struct {
 	sem      chan struct{}
 	timeouts Timeouts
-	// extraEnv is appended to every git environment (tests set HOME-free
-	// proxies and CA files through the process environment instead).
-	observe func(phase string, d time.Duration)
+	observe func(ctx context.Context, phase string, d time.Duration)
 }
 
 // gitError is a failed git command, with its redacted stderr.
@@ -188,7 +186,7 @@ func (r *runner) run(ctx context.Context, c gitCall) ([]byte, error) {
 	start := time.Now()
 	err := cmd.Run()
 	if c.phase != "" && r.observe != nil {
-		r.observe(c.phase, time.Since(start))
+		r.observe(ctx, c.phase, time.Since(start))
 	}
 	if lw.over {
 		return nil, &gitError{Args: c.args, Err: errOutputTooLarge}

@@ -306,6 +306,16 @@ func (p *Probe) ObservePhase(upstream, kind, phase, source string, d time.Durati
 	}
 }
 
+// RecordRequest accounts for one request made outside the shared
+// transport (the direct upstream's git processes): the request counter,
+// the total phase and the upstream's health score and circuit, as the
+// transport does for HTTP requests.
+func (p *Probe) RecordRequest(upstream, kind, outcome string, d time.Duration, err error) {
+	p.ObservePhase(upstream, kind, PhaseTotal, SourceUserspace, d)
+	p.metrics.requests.WithLabelValues(upstream, kind, outcome).Inc()
+	p.health.record(upstream, event{kind: kind, outcome: outcome, err: err})
+}
+
 // errorf wraps err with the package prefix.
 func errorf(format string, args ...any) error {
 	return fmt.Errorf("netprobe: "+format, args...)

@@ -38,7 +38,15 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 	} else {
 		logger.Warn("checksum database verification is off: artifacts are stored unverified")
 	}
+	var dir proxy.Direct
+	if !c.offline && usesDirect(set.upstreams, set.privateUpstreams) {
+		if dir, err = newDirect(ctx, c, set, n.probe, logger); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
 	f, err := proxy.NewFetcher(proxy.Config{
+		Direct:           dir,
 		Store:            store,
 		Client:           n.Client(),
 		Upstreams:        set.upstreams,

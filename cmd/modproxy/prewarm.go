@@ -86,6 +86,7 @@ The exit status is 1 if any module failed.`,
 	f.DurationVar(&c.interval, "progress-interval", 5*time.Second, "interval of plain progress lines")
 	f.DurationVar(&c.timeout, "timeout", 0, "give up after this long (0: no limit)")
 	addNetFlags(f, &c.serve.net)
+	addDirectFlags(f, &c.serve.direct)
 	f.MarkHidden("ebpf")
 	return cmd
 }

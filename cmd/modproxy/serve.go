@@ -38,6 +38,7 @@ type serveConfig struct {
 	spoolDir        string
 	shutdownTimeout time.Duration
 	net             netConfig
+	direct          directConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -76,6 +77,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being downloaded (default: the system temp dir)")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	addNetFlags(f, &c.net)
+	addDirectFlags(f, &c.direct)
 	return cmd
 }
 
