@@ -76,6 +76,7 @@ type Server struct {
 	mu       sync.Mutex
 	imports  []GoImport
 	auth     map[string][2]string // repo name prefix -> user, password
+	hold     time.Duration        // delay before answering each request
 	requests []string             // "METHOD host path?query user", for privacy checks
 }
 
@@ -124,7 +125,12 @@ func (s *Server) Client() *http.Client {
 	pool.AppendCertsFromPEM(s.caPEM)
 	pu, _ := url.Parse(s.proxy.URL)
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		Proxy:           http.ProxyURL(pu),
+		Proxy: func(r *http.Request) (*url.URL, error) {
+			if h := r.URL.Hostname(); h == "127.0.0.1" || h == "localhost" {
+				return nil, nil
+			}
+			return pu, nil
+		},
 		TLSClientConfig: &tls.Config{RootCAs: pool},
 	}}
 }
@@ -144,6 +150,18 @@ func (s *Server) RequireAuth(prefix, user, password string) {
 	s.auth[prefix] = [2]string{user, password}
 }
 
+// Hold delays every answer by d (0: none), so that concurrent clients
+// overlap.
+func (s *Server) Hold(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold = d
+}
+
+// HangHost is a host name whose HTTPS connections the proxy accepts and
+// then never answers: a peer that hangs.
+const HangHost = "hang.corp.example"
+
 // RepoURL is the clone URL of repository name ("lib" for lib.git) over
 // scheme ("http" or "https"), by host name.
 func (s *Server) RepoURL(scheme, name string) string {
@@ -161,7 +179,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	user, _, _ := r.BasicAuth()
 	s.mu.Lock()
 	s.requests = append(s.requests, fmt.Sprintf("%s %s %s?%s %s", r.Method, r.Host, r.URL.Path, r.URL.RawQuery, user))
+	hold := s.hold
 	s.mu.Unlock()
+	if hold > 0 {
+		time.Sleep(hold)
+	}
 	if r.URL.Query().Get("go-get") == "1" {
 		s.serveGoImport(w, r)
 		return
@@ -230,6 +252,16 @@ func (s *Server) serveGoImport(w http.ResponseWriter, r *http.Request) {
 func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodConnect {
 		s.serve(w, r)
+		return
+	}
+	if strings.HasPrefix(r.Host, HangHost+":") {
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n")
+			go func() {
+				io.Copy(io.Discard, conn) // until the client gives up
+				conn.Close()
+			}()
+		}
 		return
 	}
 	up, err := net.DialTimeout("tcp", s.https.Listener.Addr().String(), 10*time.Second)

@@ -1,0 +1,355 @@
+package direct
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modproxy/modproxy/internal/testgit"
+	"github.com/modproxy/modproxy/internal/testupstream"
+)
+
+// smallFixture is a git server with one repository "lib" holding module
+// host/lib at v1.0.0.
+func smallFixture(t *testing.T) (*fixture, *testgit.Repo) {
+	s := testgit.New(t)
+	r := s.NewRepo("lib")
+	r.Commit("lib", map[string]string{"go.mod": "module " + host + "/lib\n\ngo 1.21\n", "lib.go": "package lib\n"})
+	r.Tag("v1.0.0", "")
+	r.Push()
+	return &fixture{srv: s}, r
+}
+
+func imp(s *testgit.Server, prefix, vcs, repo, subdir string) {
+	s.AddGoImport(testgit.GoImport{Prefix: host + "/" + prefix, VCS: vcs, Repo: repo, SubDir: subdir})
+}
+
+func openErr(t *testing.T, f *Fetcher, path, kind, version string) error {
+	t.Helper()
+	rc, _, err := f.Open(context.Background(), path, kind, version)
+	if err == nil {
+		rc.Close()
+	}
+	return err
+}
+
+// TestDiscoveryRules: what a go-import page may and may not make modproxy
+// do.
+func TestDiscoveryRules(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	imp(s, "plain", "git", s.RepoURL("http", "lib"), "")
+	imp(s, "insec", "git", s.RepoURL("http", "lib"), "")
+	imp(s, "slash", "git", s.RepoURL("https", "lib"), "/abs")
+	imp(s, "hyphen", "git", s.RepoURL("https", "lib"), "-c")
+	imp(s, "filerepo", "git", "file:///etc", "")
+	imp(s, "gitproto", "git", "git://"+host+"/repo/lib.git", "")
+	imp(s, "hg", "hg", "https://"+host+"/repo/hg", "")
+	imp(s, "creds", "git", "https://alice:pw-in-page@"+host+"/repo/lib.git", "")
+	f := newTestFetcher(t, fx, func(c *Config) { c.Insecure = host + "/insec" })
+	cases := []struct {
+		path, want string
+		notFound   bool
+	}{
+		{"plain", "plain HTTP; allow it with --insecure", true},
+		{"slash", `invalid subdirectory "/abs"`, true},
+		{"hyphen", `invalid subdirectory "-c"`, true},
+		{"filerepo", "invalid repo root", true},
+		{"gitproto", `scheme "git" is not allowed`, true},
+		{"hg", `version control system "hg" is not supported`, true},
+		{"nothing/here", "?go-get=1: 404 Not Found", true},
+		{"with space", "malformed", true},
+	}
+	for _, c := range cases {
+		err := openErr(t, f, host+"/"+c.path, KindList, "")
+		if err == nil || !strings.Contains(err.Error(), c.want) || IsNotExist(err) != c.notFound {
+			t.Errorf("%s: got %v (not found %v), want %q", c.path, err, IsNotExist(err), c.want)
+		}
+	}
+	// --insecure allows plain HTTP for matching paths only.
+	if err := openErr(t, f, host+"/insec", KindInfo, "v1.0.0"); err != nil {
+		t.Errorf("insecure path over http: %v", err)
+	}
+	// Credentials in a discovered URL are used, never stored or shown.
+	data, err := readAll(t, f, host+"/creds", KindInfo, "v1.0.0")
+	if err != nil {
+		// host/creds's go.mod says host/lib: the module path mismatch is
+		// the expected error, and it must not show the password.
+		if strings.Contains(err.Error(), "pw-in-page") {
+			t.Errorf("password in error: %v", err)
+		}
+	} else if strings.Contains(string(data), "pw-in-page") || strings.Contains(string(data), "alice") {
+		t.Errorf(".info carries credentials: %s", data)
+	}
+}
+
+// TestGOVCS: GOVCS is applied before any VCS runs.
+func TestGOVCS(t *testing.T) {
+	fx, _ := smallFixture(t)
+	imp(fx.srv, "lib", "git", fx.srv.RepoURL("https", "lib"), "")
+	f := newTestFetcher(t, fx, func(c *Config) { c.GOVCS = host + ":off" })
+	err := openErr(t, f, host+"/lib", KindList, "")
+	if err == nil || !strings.Contains(err.Error(), "GOVCS disallows using git for public "+host+"/lib") {
+		t.Errorf("GOVCS off: %v", err)
+	}
+	f = newTestFetcher(t, fx, func(c *Config) { c.GOVCS = "private:git,public:hg"; c.Private = host })
+	if err := openErr(t, f, host+"/lib", KindList, ""); err != nil {
+		t.Errorf("GOVCS private:git: %v", err)
+	}
+
+	for _, bad := range []string{",", "nocolon", ":git", "a.com:", "a.com:git|", "a.com:git,a.com:hg", "./rel:git"} {
+		if _, err := ParseGOVCS(bad); err == nil {
+			t.Errorf("ParseGOVCS(%q) accepted", bad)
+		}
+	}
+	cfg, _ := ParseGOVCS("example.com:git|hg,*.corp:all")
+	for _, c := range []struct {
+		path    string
+		private bool
+		vcs     string
+		want    bool
+	}{
+		{"example.com/x", false, "git", true},
+		{"example.com/x", false, "svn", false},
+		{"a.corp/x", false, "bzr", true},
+		{"other.org/x", false, "git", true},  // default public:git|hg
+		{"other.org/x", false, "svn", false}, // default
+		{"other.org/x", true, "svn", true},   // default private:all
+	} {
+		if got := cfg.allow(c.path, c.private, c.vcs); got != c.want {
+			t.Errorf("allow(%s, %v, %s) = %v", c.path, c.private, c.vcs, got)
+		}
+	}
+}
+
+// TestHostileRevisions: queries that look like options, refs git would
+// resolve but the go command would not, and hashes of nothing.
+func TestHostileRevisions(t *testing.T) {
+	fx, _ := smallFixture(t)
+	imp(fx.srv, "lib", "git", fx.srv.RepoURL("https", "lib"), "")
+	f := newTestFetcher(t, fx, nil)
+	marker := filepath.Join(t.TempDir(), "pwned")
+	for _, q := range []string{
+		"--upload-pack=touch " + marker, "-n1", "HEAD~1", "main^", "refs/heads/main:go.mod",
+		"deadbeefdeadbeef", "v9.9.9", "@{-1}", "..",
+	} {
+		err := openErr(t, f, host+"/lib", KindInfo, q)
+		if err == nil || !IsNotExist(err) {
+			t.Errorf("query %q: got %v, want not found", q, err)
+		}
+	}
+	for _, v := range []string{"v1.0", "master", "v1.0.0+meta"} {
+		if err := openErr(t, f, host+"/lib", KindZip, v); err == nil || !IsNotExist(err) {
+			t.Errorf("zip of non-canonical %q: %v", v, err)
+		}
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("a query ran a command")
+	}
+}
+
+// TestDamagedMirror: a mirror whose files were damaged is rebuilt.
+func TestDamagedMirror(t *testing.T) {
+	fx, r := smallFixture(t)
+	imp(fx.srv, "lib", "git", fx.srv.RepoURL("https", "lib"), "")
+	dir := t.TempDir()
+	f := newTestFetcher(t, fx, func(c *Config) { c.Dir = dir })
+	if err := openErr(t, f, host+"/lib", KindZip, "v1.0.0"); err != nil {
+		t.Fatal(err)
+	}
+	mirrors, _ := filepath.Glob(filepath.Join(dir, "*", "config"))
+	if len(mirrors) != 1 {
+		t.Fatalf("mirrors: %v", mirrors)
+	}
+	os.WriteFile(mirrors[0], []byte("[[[garbage"), 0o600)
+	r.Commit("two", map[string]string{"two.go": "package lib\n"})
+	r.Tag("v1.1.0", "")
+	r.Push()
+	f = newTestFetcher(t, fx, func(c *Config) { c.Dir = dir }) // a restarted process
+	if err := openErr(t, f, host+"/lib", KindZip, "v1.1.0"); err != nil {
+		t.Fatalf("after damage: %v", err)
+	}
+}
+
+// TestHangingRemote: a remote that accepts and never answers is cut off
+// by the phase timeout, as a failure (not "not found").
+func TestHangingRemote(t *testing.T) {
+	fx, _ := smallFixture(t)
+	imp(fx.srv, "hang", "git", "https://"+testgit.HangHost+"/repo/x.git", "")
+	f := newTestFetcher(t, fx, func(c *Config) { c.Timeouts.LsRemote = 2 * time.Second })
+	done := make(chan error, 1)
+	go func() { done <- openErr(t, f, host+"/hang", KindList, "") }()
+	select {
+	case err := <-done:
+		if err == nil || IsNotExist(err) || !strings.Contains(err.Error(), "deadline exceeded") {
+			t.Errorf("hanging remote: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("hanging remote not cut off")
+	}
+}
+
+// TestSharedSync: concurrent requests for one repository share one
+// ls-remote and one fetch.
+func TestSharedSync(t *testing.T) {
+	fx, _ := smallFixture(t)
+	imp(fx.srv, "lib", "git", fx.srv.RepoURL("https", "lib"), "")
+	f := newTestFetcher(t, fx, nil)
+	fx.srv.Hold(300 * time.Millisecond)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() { errs <- openErr(t, f, host+"/lib", KindInfo, "v1.0.0") })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	refs := 0
+	for _, r := range fx.srv.Requests() {
+		if strings.Contains(r, "/info/refs") {
+			refs++
+		}
+	}
+	if refs != 2 { // one ls-remote, one clone
+		t.Errorf("%d ref advertisements for 8 concurrent requests, want 2", refs)
+	}
+}
+
+// TestModVCS: a "mod" go-import tag hands the module to another proxy.
+func TestModVCS(t *testing.T) {
+	fx, _ := smallFixture(t)
+	up, err := testupstream.New(testupstream.Module{Path: host + "/viaproxy", Version: "v1.2.3",
+		Files: map[string]string{"go.mod": "module " + host + "/viaproxy\n", "p.go": "package p\n"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	imp(fx.srv, "viaproxy", "mod", up.URL(), "")
+	f := newTestFetcher(t, fx, func(c *Config) { c.Insecure = host + "/viaproxy" })
+	list, err := readAll(t, f, host+"/viaproxy", KindList, "")
+	if err != nil || strings.TrimSpace(string(list)) != "v1.2.3" {
+		t.Fatalf("list via mod: %q %v", list, err)
+	}
+	zip, err := readAll(t, f, host+"/viaproxy", KindZip, "v1.2.3")
+	if err != nil || string(zip) != string(up.Zip(host+"/viaproxy", "v1.2.3")) {
+		t.Errorf("zip via mod: %v", err)
+	}
+	if err := openErr(t, f, host+"/viaproxy", KindInfo, "v9.0.0"); !IsNotExist(err) {
+		t.Errorf("missing version via mod: %v", err)
+	}
+	// Without --insecure the plain-HTTP proxy is refused.
+	f = newTestFetcher(t, fx, nil)
+	if err := openErr(t, f, host+"/viaproxy", KindList, ""); err == nil {
+		t.Error("plain-HTTP mod proxy allowed without --insecure")
+	}
+}
+
+// TestCredentials: netrc, GOAUTH commands and git credential helpers
+// supply the private repository's credentials; without them it is an
+// authentication error, not "not found".
+func TestCredentials(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	p := s.NewRepo("private/p")
+	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/p\n", "p.go": "package p\n"})
+	p.Tag("v0.1.0", "")
+	p.Push()
+	s.RequireAuth("private/", "bob", "hunter2")
+	imp(s, "private/p", "git", s.RepoURL("https", "private/p"), "")
+	dir := t.TempDir()
+	netrc := filepath.Join(dir, "netrc")
+	os.WriteFile(netrc, []byte("machine other.example login x password y\nmachine "+host+" login bob password hunter2\n"), 0o600)
+	script := filepath.Join(dir, "auth.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nprintf 'https://"+host+"/repo\\n\\nAuthorization: Basic "+base64.StdEncoding.EncodeToString([]byte("bob:hunter2"))+"\\n\\n'\n"), 0o700)
+	gitDir := t.TempDir()
+	store := filepath.Join(t.TempDir(), "creds")
+	os.WriteFile(store, []byte("https://bob:hunter2@"+host+"\n"), 0o600)
+	if out, err := runIn(gitDir, "git", "init", "-q"); err != nil {
+		t.Fatal(out)
+	}
+	if out, err := runIn(gitDir, "git", "config", "credential.helper", "store --file="+store); err != nil {
+		t.Fatal(out)
+	}
+	for _, c := range []struct {
+		name, goauth, netrc string
+		ok                  bool
+	}{
+		{"netrc", "netrc", netrc, true},
+		{"default is netrc", "", netrc, true},
+		{"command", "sh " + script, "", true},
+		{"git dir", "git " + gitDir, "", true},
+		{"off", "off", netrc, false},
+		{"none", "netrc", filepath.Join(dir, "missing"), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newTestFetcher(t, fx, func(cfg *Config) { cfg.GOAUTH, cfg.Netrc = c.goauth, c.netrc })
+			data, err := readAll(t, f, host+"/private/p", KindInfo, "v0.1.0")
+			if c.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				var info RevInfo
+				json.Unmarshal(data, &info)
+				if info.Version != "v0.1.0" || strings.Contains(string(data), "hunter2") {
+					t.Errorf(".info %s", data)
+				}
+				return
+			}
+			var ae *AuthError
+			if !errors.As(err, &ae) || IsNotExist(err) || strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("without credentials: %v", err)
+			}
+		})
+	}
+	for _, bad := range []string{"git relative/dir", "git", "off;netrc", "netrc extra", ";", "'unterminated"} {
+		if _, err := parseGOAUTH(bad, ""); err == nil {
+			t.Errorf("parseGOAUTH(%q) accepted", bad)
+		}
+	}
+}
+
+func TestRedactText(t *testing.T) {
+	for in, want := range map[string]string{
+		"fatal: unable to access 'https://bob:hunter2@h/r.git/': 401": "fatal: unable to access 'https://h/r.git/': 401",
+		"Authorization: Basic Ym9iOmh1bnRlcjI=":                        "Authorization: [redacted]",
+		"http.https://h/.extraheader=Authorization: Bearer tok":       "http.https://h/.extraheader=Authorization: [redacted]",
+		"no secrets here":                                             "no secrets here",
+	} {
+		if got := redactText(in); got != want {
+			t.Errorf("redactText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParseUserAuth(t *testing.T) {
+	got, err := parseUserAuth("https://a.example/x\nhttps://b.example\n\nAuthorization: Bearer t\n\n")
+	if err != nil || got["a.example/x"].Get("Authorization") != "Bearer t" || got["b.example"] == nil {
+		t.Errorf("parseUserAuth: %v %v", got, err)
+	}
+	for _, bad := range []string{"https://a\n", "https://a\n\nNoColonHere\n\n", "not a url\n\nA: b\n\n", "https://a\n\nA: b\n"} {
+		if _, err := parseUserAuth(bad); err == nil {
+			t.Errorf("parseUserAuth(%q) accepted", bad)
+		}
+	}
+}
+
+func runIn(dir string, name string, args ...string) (string, error) {
+	cmd := execCommand(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+var execCommand = exec.Command
