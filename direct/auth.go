@@ -365,4 +365,3 @@ func (c *credentials) gitAuthConfig(ctx context.Context, repo string) []string {
 	}
 	return cfg
 }
-

@@ -472,4 +472,3 @@ func (f *Fetcher) ping(ctx context.Context, repo string, insecure bool) error {
 	_, err := f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: m.config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
 	return err
 }
-

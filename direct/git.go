@@ -38,7 +38,7 @@ const (
 type runner struct {
 	sem      chan struct{}
 	timeouts Timeouts
-	observe func(ctx context.Context, phase string, d time.Duration)
+	observe  func(ctx context.Context, phase string, d time.Duration)
 }
 
 // gitError is a failed git command, with its redacted stderr.

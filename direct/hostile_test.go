@@ -323,9 +323,9 @@ func TestCredentials(t *testing.T) {
 func TestRedactText(t *testing.T) {
 	for in, want := range map[string]string{
 		"fatal: unable to access 'https://bob:hunter2@h/r.git/': 401": "fatal: unable to access 'https://h/r.git/': 401",
-		"Authorization: Basic Ym9iOmh1bnRlcjI=":                        "Authorization: [redacted]",
+		"Authorization: Basic Ym9iOmh1bnRlcjI=":                       "Authorization: [redacted]",
 		"http.https://h/.extraheader=Authorization: Bearer tok":       "http.https://h/.extraheader=Authorization: [redacted]",
-		"no secrets here":                                             "no secrets here",
+		"no secrets here": "no secrets here",
 	} {
 		if got := redactText(in); got != want {
 			t.Errorf("redactText(%q) = %q, want %q", in, got, want)

@@ -107,10 +107,10 @@ func newFixture(t *testing.T) *fixture {
 	// 4-field go-import form, with prefixed tags and the root LICENSE.
 	mr := s.NewRepo("monorepo")
 	mr.Commit("tools", map[string]string{
-		"LICENSE":     "MIT\n",
-		"README":      "monorepo\n",
+		"LICENSE":      "MIT\n",
+		"README":       "monorepo\n",
 		"tools/go.mod": "module " + host + "/tools\n\ngo 1.21\n",
-		"tools/t.go":  "package tools\n",
+		"tools/t.go":   "package tools\n",
 	})
 	mr.Tag("tools/v1.0.0", "")
 	mr.Commit("tools 2", map[string]string{"tools/t.go": "package tools\n\nconst T = 2\n"})

@@ -40,4 +40,3 @@ func (f *Fetcher) getDirect(ctx context.Context, p string) (*http.Response, erro
 
 // errDirectDisabled answers a "direct" entry when no Direct is configured.
 var errDirectDisabled = &StatusError{Upstream: "direct", Status: http.StatusNotFound, Msg: "direct: fetching from version control is not configured"}
-
