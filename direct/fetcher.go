@@ -196,12 +196,34 @@ func (f *Fetcher) Open(ctx context.Context, path, kind, version string) (io.Read
 	if rr.VCS == "mod" {
 		return f.openProxy(ctx, rr.Repo, path, kind, version)
 	}
-	insecure := f.insecure(path)
-	m := f.mirrorFor(rr.Repo, insecure)
-	snap, err := m.sync(ctx)
+	m := f.mirrorFor(rr.Repo, f.insecure(path))
+	rc, n, err := f.openGit(ctx, m, rr, path, kind, version, false)
+	if IsNotExist(err) && errors.Is(err, errStaleRefs) {
+		// A reused ls-remote may predate the version asked for (a tag
+		// pushed a moment ago): ask the remote again before saying no.
+		rc, n, err = f.openGit(ctx, m, rr, path, kind, version, true)
+	}
+	return rc, n, err
+}
+
+// errStaleRefs marks a not-found answer computed from reused refs.
+var errStaleRefs = errors.New("refs reused from an earlier request")
+
+type staleNotExist struct{ error }
+
+func (e staleNotExist) Is(target error) bool { return target == errStaleRefs }
+func (e staleNotExist) Unwrap() error        { return e.error }
+
+func (f *Fetcher) openGit(ctx context.Context, m *mirror, rr *repoRoot, path, kind, version string, force bool) (_ io.ReadCloser, _ int64, err error) {
+	snap, reused, err := m.sync(ctx, force)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%s: %w", path, err)
 	}
+	defer func() {
+		if reused && IsNotExist(err) {
+			err = staleNotExist{err}
+		}
+	}()
 	code := newView(m, snap)
 	r, err := newCodeRepo(code, rr.Root, rr.SubDir, path)
 	if err != nil {

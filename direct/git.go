@@ -244,11 +244,14 @@ type snapshot struct {
 }
 
 // sync lists the remote's refs and fetches into the mirror what it lacks.
-func (m *mirror) sync(ctx context.Context) (*snapshot, error) {
+// Unless force is set, a sync younger than the mirror's ttl is reused
+// (reused reports it): the .info, .mod and .zip requests of one version
+// arrive together.
+func (m *mirror) sync(ctx context.Context, force bool) (_ *snapshot, reused bool, _ error) {
 	m.mu.Lock()
-	if s := m.last; s != nil && m.ttl > 0 && time.Since(s.at) < m.ttl {
+	if s := m.last; !force && s != nil && m.ttl > 0 && time.Since(s.at) < m.ttl {
 		m.mu.Unlock()
-		return s, nil
+		return s, true, nil
 	}
 	m.mu.Unlock()
 	ch := m.flight.DoChan("sync", func() (any, error) {
@@ -267,11 +270,11 @@ func (m *mirror) sync(ctx context.Context) (*snapshot, error) {
 	select {
 	case res := <-ch:
 		if res.Err != nil {
-			return nil, res.Err
+			return nil, false, res.Err
 		}
-		return res.Val.(*snapshot), nil
+		return res.Val.(*snapshot), false, nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
 }
 
