@@ -222,7 +222,7 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 	f.rootsMu.Lock()
 	if e, ok := f.roots[path]; ok && time.Since(e.at) < f.cfg.DiscoveryTTL {
 		f.rootsMu.Unlock()
-		return e.rr, e.err
+		return e.rr, nil
 	}
 	f.rootsMu.Unlock()
 	v, err, _ := f.rootFlight.Do(path, func() (any, error) {
@@ -234,9 +234,13 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 		if err != nil {
 			err = notExist(fmt.Errorf("unrecognized import path %q: %w", path, err))
 		}
-		f.rootsMu.Lock()
-		f.roots[path] = rootEntry{rr: rr, err: err, at: time.Now()}
-		f.rootsMu.Unlock()
+		if err == nil {
+			// Failures are not remembered: the proxy's negative cache
+			// handles "not found", and a network failure may pass.
+			f.rootsMu.Lock()
+			f.roots[path] = rootEntry{rr: rr, at: time.Now()}
+			f.rootsMu.Unlock()
+		}
 		return rr, err
 	})
 	if err != nil {
@@ -246,9 +250,8 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 }
 
 type rootEntry struct {
-	rr  *repoRoot
-	err error
-	at  time.Time
+	rr *repoRoot
+	at time.Time
 }
 
 func (f *Fetcher) insecure(path string) bool {

@@ -230,9 +230,10 @@ type mirror struct {
 	config []string // credentials (URL-scoped extra headers)
 	ttl    time.Duration
 
-	flight singleflight.Group
-	mu     sync.Mutex // guards the mirror's refs while git writes them, and last
-	last   *snapshot
+	flight  singleflight.Group
+	fetchMu sync.Mutex // one git process at a time writes the mirror
+	mu      sync.Mutex // guards last
+	last    *snapshot
 }
 
 // snapshot is the remote's refs as of one ls-remote, with the mirror
@@ -314,9 +315,12 @@ func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
 	if len(raw) == 0 {
 		return s, nil // an empty repository: nothing to fetch
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.fetchMu.Lock()
+	defer m.fetchMu.Unlock()
 	if err := m.fetchLocked(ctx, raw, s.sha256); err != nil {
+		if _, lerr := m.localRefs(ctx); lerr == nil || ctx.Err() != nil {
+			return nil, m.remoteError(err) // the remote failed, not the mirror
+		}
 		// A damaged mirror is rebuilt once from scratch.
 		if rerr := os.RemoveAll(m.dir); rerr != nil {
 			return nil, err
@@ -343,23 +347,10 @@ func (m *mirror) fetchLocked(ctx context.Context, raw map[string]string, sha256 
 		args: []string{"fetch", "-f", "--prune", "--no-tags", "--no-recurse-submodules", "--no-write-fetch-head",
 			"--end-of-options", "origin", "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"},
 	})
-	if err != nil {
-		return err
-	}
-	local, err := m.localRefs(ctx)
-	if err != nil {
-		return err
-	}
-	for ref, h := range raw {
-		if local[ref] != h {
-			// The remote moved between ls-remote and fetch; the next
-			// sync catches up. Commits named by the snapshot may be
-			// missing, and a request will say so (unknown revision).
-			_ = h
-			break
-		}
-	}
-	return nil
+	// If the remote moved between ls-remote and fetch, commits named by
+	// the snapshot may be missing; a request says so (unknown revision)
+	// and the next sync catches up.
+	return err
 }
 
 func (m *mirror) init(ctx context.Context, sha256 bool) error {
@@ -617,11 +608,23 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 			}
 		}
 	}()
-	target := hash
-	if target == "" {
-		target = rev
+	if hash == "" {
+		out, err := v.git(ctx, "", "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
+		if err != nil {
+			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
+		}
+		hash = strings.TrimSpace(string(out))
 	}
-	return v.statLocal(ctx, rev, target)
+	if ref == "" {
+		// A hash no branch or tag names: it exists only if a branch or
+		// tag reaches it. The mirror may still hold commits the remote
+		// dropped, which the go command's fresh clone would not have.
+		out, err := v.git(ctx, "", "for-each-ref", "--count=1", "--format=%(refname)", "--contains="+hash, "refs/heads/", "refs/tags/")
+		if err != nil || strings.TrimSpace(string(out)) == "" {
+			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
+		}
+	}
+	return v.statLocal(ctx, rev, hash)
 }
 
 // statLocal describes rev in the mirror; version becomes info.Version

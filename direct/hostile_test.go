@@ -353,3 +353,32 @@ func runIn(dir string, name string, args ...string) (string, error) {
 }
 
 var execCommand = exec.Command
+
+// TestCommitQueries: a short hash inside the history resolves to its
+// pseudo-version; a commit the remote dropped (force-push) does not
+// resolve, even though the mirror still holds it.
+func TestCommitQueries(t *testing.T) {
+	fx, r := smallFixture(t)
+	imp(fx.srv, "lib", "git", fx.srv.RepoURL("https", "lib"), "")
+	c2 := r.Commit("two", map[string]string{"two.go": "package lib\n"})
+	c3 := r.Commit("three", map[string]string{"three.go": "package lib\n"})
+	r.Push()
+	f := newTestFetcher(t, fx, nil)
+	data, err := readAll(t, f, host+"/lib", KindInfo, c2[:10])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info RevInfo
+	json.Unmarshal(data, &info)
+	if !strings.HasPrefix(info.Version, "v1.0.1-0.") || !strings.HasSuffix(info.Version, "-"+c2[:12]) {
+		t.Errorf("mid-history commit: %s", info.Version)
+	}
+	if _, err := readAll(t, f, host+"/lib", KindInfo, c3); err != nil {
+		t.Fatal(err)
+	}
+	r.Git("reset", "-q", "--hard", "v1.0.0")
+	r.Push()
+	if err := openErr(t, f, host+"/lib", KindInfo, c3); !IsNotExist(err) {
+		t.Errorf("dropped commit %s: %v, want not found", c3[:12], err)
+	}
+}
