@@ -337,11 +337,15 @@ func (f *Fetcher) metaImports(ctx context.Context, prefix string, insecure bool)
 		return "", nil, errors.New("import path does not begin with hostname")
 	}
 	u := &url.URL{Scheme: "https", Host: host, Path: "/" + p, RawQuery: "go-get=1"}
-	imports, err := f.fetchMeta(ctx, u)
+	client := f.cfg.Client
+	if insecure {
+		client = f.insecureClient
+	}
+	imports, err := f.fetchMeta(ctx, client, u)
 	if err != nil && insecure {
 		u.Scheme = "http"
 		var err2 error
-		if imports, err2 = f.fetchMeta(ctx, u); err2 == nil {
+		if imports, err2 = f.fetchMeta(ctx, client, u); err2 == nil {
 			err = nil
 		} else {
 			err = fmt.Errorf("https: %v; http: %v", err, err2)
@@ -356,14 +360,14 @@ func (f *Fetcher) metaImports(ctx context.Context, prefix string, insecure bool)
 	return u.String(), imports, nil
 }
 
-func (f *Fetcher) fetchMeta(ctx context.Context, u *url.URL) ([]metaImport, error) {
+func (f *Fetcher) fetchMeta(ctx context.Context, client *http.Client, u *url.URL) ([]metaImport, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("User-Agent", "modproxy")
 	f.auth.apply(req)
-	resp, err := f.cfg.Client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %v", u, redactText(err.Error()))
 	}

@@ -3,6 +3,7 @@ package direct
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,7 +37,8 @@ type Config struct {
 	Dir string
 	// Client sends discovery (?go-get=1) and "mod" proxy requests. It
 	// should honour the environment's HTTP proxy settings, as the go
-	// command does.
+	// command does. For --insecure paths a copy of its *http.Transport
+	// skips certificate verification, as the go command's does.
 	Client *http.Client
 	// Insecure is GOINSECURE syntax: module path patterns whose discovery
 	// may fall back to plain HTTP and whose repositories may use http://.
@@ -71,10 +73,11 @@ type Config struct {
 // Fetcher answers the GOPROXY protocol's requests from version control,
 // as the go command's GOPROXY=direct does.
 type Fetcher struct {
-	cfg   Config
-	govcs govcsConfig
-	auth  *credentials
-	run   *runner
+	cfg            Config
+	insecureClient *http.Client
+	govcs          govcsConfig
+	auth           *credentials
+	run            *runner
 
 	rootFlight singleflight.Group
 	rootsMu    sync.Mutex
@@ -134,6 +137,17 @@ func New(cfg Config) (*Fetcher, error) {
 		cfg: cfg, govcs: govcs, auth: auth,
 		roots:   map[string]rootEntry{},
 		mirrors: map[string]*mirror{},
+	}
+	f.insecureClient = cfg.Client
+	if tr, ok := cfg.Client.Transport.(*http.Transport); ok {
+		tr = tr.Clone()
+		if tr.TLSClientConfig == nil {
+			tr.TLSClientConfig = &tls.Config{}
+		}
+		tr.TLSClientConfig.InsecureSkipVerify = true
+		c := *cfg.Client
+		c.Transport = tr
+		f.insecureClient = &c
 	}
 	f.run = &runner{sem: make(chan struct{}, cfg.MaxGitProcs), timeouts: cfg.Timeouts, observe: f.observe}
 	return f, nil
@@ -300,6 +314,10 @@ func checkCanonical(v string) error {
 // openProxy forwards a request to the module proxy a "mod" go-import tag
 // names.
 func (f *Fetcher) openProxy(ctx context.Context, base, path, kind, version string) (io.ReadCloser, int64, error) {
+	client := f.cfg.Client
+	if f.insecure(path) {
+		client = f.insecureClient
+	}
 	ep, err := module.EscapePath(path)
 	if err != nil {
 		return nil, 0, notExist(err)
@@ -321,7 +339,7 @@ func (f *Fetcher) openProxy(ctx context.Context, base, path, kind, version strin
 		return nil, 0, err
 	}
 	f.auth.apply(req)
-	resp, err := f.cfg.Client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, 0, fmt.Errorf("module proxy %s: %s", redactURL(base), redactText(err.Error()))
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os/exec"
 	"slices"
 	"time"
 
@@ -50,6 +51,12 @@ func usesDirect(lists ...[]proxy.Upstream) bool {
 // command's environment.
 func newDirect(ctx context.Context, c serveConfig, set resolvedSettings, probe *netprobe.Probe, logger *slog.Logger) (proxy.Direct, error) {
 	d := c.direct
+	if _, err := exec.LookPath("git"); err != nil {
+		// The go command's default GOPROXY ends in "direct": without git,
+		// modproxy still serves what its proxies have.
+		logger.Warn("git not found: the direct upstream answers not found", "err", err)
+		return nil, nil
+	}
 	env, err := goEnv(ctx, "GOINSECURE", "GOVCS", "GOAUTH")
 	if err != nil {
 		if d.insecure == "" && d.govcs == "" && d.goauth == "" {

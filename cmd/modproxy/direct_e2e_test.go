@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -128,7 +129,8 @@ func TestDirectPrivateBuild(t *testing.T) {
 		}
 	}
 	for _, phase := range []string{"discovery", "ls-remote", "fetch", "archive"} {
-		if !strings.Contains(metrics, `phase="`+phase+`"`) || !strings.Contains(metrics, `upstream="direct"`) {
+		re := regexp.MustCompile(`(?m)^modproxy_upstream_phase_seconds_count\{[^}]*phase="` + phase + `"[^}]*upstream="direct"[^}]*\} [1-9]`)
+		if !re.MatchString(metrics) {
 			t.Errorf("no modproxy_upstream_phase_seconds for direct phase %s", phase)
 		}
 	}

@@ -40,9 +40,13 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 	}
 	var dir proxy.Direct
 	if !c.offline && usesDirect(set.upstreams, set.privateUpstreams) {
-		if dir, err = newDirect(ctx, c, set, n.probe, logger); err != nil {
+		d, err := newDirect(ctx, c, set, n.probe, logger)
+		if err != nil {
 			n.Close()
 			return nil, err
+		}
+		if d != nil {
+			dir = d
 		}
 	}
 	f, err := proxy.NewFetcher(proxy.Config{
