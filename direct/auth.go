@@ -79,6 +79,12 @@ func parseGOAUTH(s, netrcPath string) (*credentials, error) {
 	return c, nil
 }
 
+// CheckGOAUTH reports whether s is valid GOAUTH syntax.
+func CheckGOAUTH(s string) error {
+	_, err := parseGOAUTH(s, "")
+	return err
+}
+
 // NetrcPath is the go command's netrc file: $NETRC, else ~/.netrc.
 func NetrcPath() string {
 	if env := os.Getenv("NETRC"); env != "" {

@@ -139,9 +139,9 @@ func (f *Fetcher) checkVCS(vcs, root string) error {
 	return nil
 }
 
-// govcsConfig is a parsed GOVCS setting with the go command's defaults
-// appended.
-type govcsConfig []govcsRule
+// VCSPolicy is a parsed GOVCS setting, the go command's defaults
+// (private:all, public:git|hg) appended.
+type VCSPolicy []govcsRule
 
 type govcsRule struct {
 	pattern string
@@ -149,9 +149,9 @@ type govcsRule struct {
 }
 
 // ParseGOVCS parses a GOVCS value (go help vcs).
-func ParseGOVCS(s string) (govcsConfig, error) {
+func ParseGOVCS(s string) (VCSPolicy, error) {
 	s = strings.TrimSpace(s)
-	var cfg govcsConfig
+	var cfg VCSPolicy
 	have := map[string]string{}
 	if s != "" {
 		for item := range strings.SplitSeq(s, ",") {
@@ -191,7 +191,7 @@ func ParseGOVCS(s string) (govcsConfig, error) {
 	return append(cfg, govcsRule{"private", []string{"all"}}, govcsRule{"public", []string{"git", "hg"}}), nil
 }
 
-func (c govcsConfig) allow(path string, private bool, vcs string) bool {
+func (c VCSPolicy) allow(path string, private bool, vcs string) bool {
 	for _, rule := range c {
 		var match bool
 		switch rule.pattern {

@@ -75,7 +75,7 @@ type Config struct {
 type Fetcher struct {
 	cfg            Config
 	insecureClient *http.Client
-	govcs          govcsConfig
+	govcs          VCSPolicy
 	auth           *credentials
 	run            *runner
 
