@@ -2,6 +2,10 @@
 // Use of this source code is governed by a BSD-style
 // license that can be found in the LICENSE file.
 
+// Adapted from cmd/go/internal/modfetch/coderepo.go (Go 1.26): the
+// codehost.Repo is a mirror view (git.go), the archive is spooled to a
+// file, and the go-version check of Zip is left to clients.
+
 package direct
 
 import (
