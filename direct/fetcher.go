@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/mod/module"
@@ -85,7 +86,26 @@ type Fetcher struct {
 
 	mirrorsMu sync.Mutex
 	mirrors   map[string]*mirror
+
+	lock *os.File // flock on Config.Dir: one process per repository directory
 }
+
+// lockDir takes an exclusive lock on dir, so that no other process writes
+// its mirrors.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("direct: lock repository directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("direct: repository directory %s is in use by another process: %w", dir, err)
+	}
+	return f, nil
+}
+
+// Close releases the repository directory.
+func (f *Fetcher) Close() error { return f.lock.Close() }
 
 // New checks cfg and returns a Fetcher.
 func New(cfg Config) (*Fetcher, error) {
@@ -97,6 +117,10 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("direct: repository directory: %w", err)
+	}
+	lock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return nil, err
 	}
 	govcs, err := ParseGOVCS(cfg.GOVCS)
 	if err != nil {
@@ -134,7 +158,7 @@ func New(cfg Config) (*Fetcher, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	f := &Fetcher{
-		cfg: cfg, govcs: govcs, auth: auth,
+		cfg: cfg, govcs: govcs, auth: auth, lock: lock,
 		roots:   map[string]rootEntry{},
 		mirrors: map[string]*mirror{},
 	}

@@ -335,13 +335,17 @@ func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
 // fetchLocked makes the mirror's refs equal to raw (unpeeled), cloning
 // on first use and fetching incrementally after.
 func (m *mirror) fetchLocked(ctx context.Context, raw map[string]string, sha256 bool) error {
-	if _, err := os.Stat(filepath.Join(m.dir, "objects")); err != nil {
+	if _, err := os.Stat(filepath.Join(m.dir, readyMarker)); err != nil {
 		if err := m.init(ctx, sha256); err != nil {
 			return err
 		}
 	} else if local, err := m.localRefs(ctx); err == nil && mapsEqual(local, raw) {
 		return nil
 	}
+	// This process owns the directory (Fetcher's lock) and fetchMu
+	// serializes its writers: any git lock file here was left by a git
+	// killed midway, and would fail every later fetch.
+	clearStaleLocks(m.dir)
 	_, err := m.r.run(ctx, gitCall{
 		dir: m.dir, config: m.config, allow: m.allow, phase: PhaseFetch, timeout: m.r.timeouts.Fetch,
 		args: []string{"fetch", "-f", "--prune", "--no-tags", "--no-recurse-submodules", "--no-write-fetch-head",
@@ -375,7 +379,30 @@ func (m *mirror) init(ctx context.Context, sha256 bool) error {
 	if err := os.MkdirAll(filepath.Join(m.dir, "info"), 0o700); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(m.dir, "info", "attributes"), []byte("\n* -export-subst -export-ignore\n"), 0o600)
+	if err := os.WriteFile(filepath.Join(m.dir, "info", "attributes"), []byte("\n* -export-subst -export-ignore\n"), 0o600); err != nil {
+		return err
+	}
+	// Written last: a mirror without it (a crash midway) is made anew.
+	return os.WriteFile(filepath.Join(m.dir, readyMarker), nil, 0o600)
+}
+
+// readyMarker marks a mirror whose initialisation completed.
+const readyMarker = "modproxy-mirror"
+
+// clearStaleLocks removes git's *.lock files outside objects/.
+func clearStaleLocks(dir string) {
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() && p == filepath.Join(dir, "objects") {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(p, ".lock") {
+			os.Remove(p)
+		}
+		return nil
+	})
 }
 
 func (m *mirror) localRefs(ctx context.Context) (map[string]string, error) {

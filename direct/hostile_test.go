@@ -170,12 +170,37 @@ func TestDamagedMirror(t *testing.T) {
 		t.Fatalf("mirrors: %v", mirrors)
 	}
 	os.WriteFile(mirrors[0], []byte("[[[garbage"), 0o600)
+	if _, err := New(Config{Dir: dir}); err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Errorf("second process on the repository directory: %v", err)
+	}
+	f.Close()
 	r.Commit("two", map[string]string{"two.go": "package lib\n"})
 	r.Tag("v1.1.0", "")
 	r.Push()
 	f = newTestFetcher(t, fx, func(c *Config) { c.Dir = dir }) // a restarted process
 	if err := openErr(t, f, host+"/lib", KindZip, "v1.1.0"); err != nil {
 		t.Fatalf("after damage: %v", err)
+	}
+	f.Close()
+
+	// A git killed midway leaves lock files; a clone killed midway, a
+	// mirror without its ready marker.
+	mdir := filepath.Dir(mirrors[0])
+	os.WriteFile(filepath.Join(mdir, "packed-refs.lock"), nil, 0o600)
+	os.MkdirAll(filepath.Join(mdir, "refs", "tags"), 0o700)
+	os.WriteFile(filepath.Join(mdir, "refs", "tags", "v1.2.0.lock"), nil, 0o600)
+	r.Commit("three", map[string]string{"three.go": "package lib\n"})
+	r.Tag("v1.2.0", "")
+	r.Push()
+	f = newTestFetcher(t, fx, func(c *Config) { c.Dir = dir })
+	if err := openErr(t, f, host+"/lib", KindZip, "v1.2.0"); err != nil {
+		t.Fatalf("after stale locks: %v", err)
+	}
+	f.Close()
+	os.Remove(filepath.Join(mdir, readyMarker))
+	f = newTestFetcher(t, fx, func(c *Config) { c.Dir = dir })
+	if err := openErr(t, f, host+"/lib", KindZip, "v1.2.0"); err != nil {
+		t.Fatalf("after an unfinished clone: %v", err)
 	}
 }
 

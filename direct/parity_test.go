@@ -214,6 +214,7 @@ func newTestFetcher(t *testing.T, fx *fixture, mod func(*Config)) *Fetcher {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { f.Close() })
 	return f
 }
 

@@ -49,7 +49,7 @@ func usesDirect(lists ...[]proxy.Upstream) bool {
 
 // newDirect builds the direct upstream, its settings defaulting to the go
 // command's environment.
-func newDirect(ctx context.Context, c serveConfig, set resolvedSettings, probe *netprobe.Probe, logger *slog.Logger) (proxy.Direct, error) {
+func newDirect(ctx context.Context, c serveConfig, set resolvedSettings, probe *netprobe.Probe, logger *slog.Logger) (*observedDirect, error) {
 	d := c.direct
 	if _, err := exec.LookPath("git"); err != nil {
 		// The go command's default GOPROXY ends in "direct": without git,
@@ -69,6 +69,9 @@ func newDirect(ctx context.Context, c serveConfig, set resolvedSettings, probe *
 			return v
 		}
 		return env[name]
+	}
+	if ins := pick(d.insecure, "GOINSECURE"); ins != "" {
+		logger.Warn("direct: plain HTTP and unverified certificates allowed for discovery of these paths (--insecure)", "patterns", ins)
 	}
 	dir := d.vcsDir
 	if dir == "" {
@@ -104,6 +107,9 @@ type observedDirect struct {
 	f     *direct.Fetcher
 	probe *netprobe.Probe
 }
+
+// Close releases the repository directory.
+func (o *observedDirect) Close() error { return o.f.Close() }
 
 func (o *observedDirect) Open(ctx context.Context, path, kind, version string) (io.ReadCloser, int64, error) {
 	start := time.Now()

@@ -19,6 +19,7 @@ type pipeline struct {
 	network  *network
 	verifier *sumdb.Verifier // nil when verification is off
 	fetcher  *proxy.Fetcher
+	direct   *observedDirect // nil without a direct upstream
 }
 
 func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*pipeline, error) {
@@ -39,14 +40,14 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		logger.Warn("checksum database verification is off: artifacts are stored unverified")
 	}
 	var dir proxy.Direct
+	var od *observedDirect
 	if !c.offline && usesDirect(set.upstreams, set.privateUpstreams) {
-		d, err := newDirect(ctx, c, set, n.probe, logger)
-		if err != nil {
+		if od, err = newDirect(ctx, c, set, n.probe, logger); err != nil {
 			n.Close()
 			return nil, err
 		}
-		if d != nil {
-			dir = d
+		if od != nil {
+			dir = od
 		}
 	}
 	f, err := proxy.NewFetcher(proxy.Config{
@@ -67,10 +68,13 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		Metrics:          proxy.NewMetrics(reg),
 	})
 	if err != nil {
+		if od != nil {
+			od.Close()
+		}
 		n.Close()
 		return nil, err
 	}
-	return &pipeline{network: n, verifier: v, fetcher: f}, nil
+	return &pipeline{network: n, verifier: v, fetcher: f, direct: od}, nil
 }
 
 // sumdbHandler serves /sumdb/… from the store, or is nil when verification
@@ -85,5 +89,8 @@ func (p *pipeline) sumdbHandler() http.Handler {
 // Close stops the fetcher's downloads, then the network layer.
 func (p *pipeline) Close() {
 	p.fetcher.Close()
+	if p.direct != nil {
+		p.direct.Close()
+	}
 	p.network.Close()
 }
