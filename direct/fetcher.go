@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -385,4 +386,29 @@ func IsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 // RepoDir is the default repository directory beside a store file.
 func RepoDir(storePath string) string {
 	return filepath.Join(filepath.Dir(storePath), filepath.Base(storePath)+".vcs")
+}
+
+// unreachable are git's and curl's words for a server that could not be
+// reached or dropped the connection.
+var unreachable = []string{
+	"Could not resolve host", "Failed to connect", "Connection refused", "Connection timed out",
+	"Connection reset", "Operation timed out", "Empty reply from server", "early EOF",
+	"SSL_ERROR", "gnutls_handshake", "Could not resolve proxy",
+}
+
+// IsUnreachable reports whether err means a repository's server could not
+// be reached (name resolution, connection, TLS, a dropped connection), as
+// opposed to a failure of one repository or version.
+func IsUnreachable(err error) bool {
+	var ge *gitError
+	if errors.As(err, &ge) {
+		for _, s := range unreachable {
+			if strings.Contains(ge.Stderr, s) {
+				return true
+			}
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
 }

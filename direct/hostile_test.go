@@ -407,3 +407,20 @@ func TestCommitQueries(t *testing.T) {
 		t.Errorf("dropped commit %s: %v, want not found", c3[:12], err)
 	}
 }
+
+func TestIsUnreachable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&gitError{Args: []string{"ls-remote"}, Stderr: "fatal: unable to access 'https://h/r.git/': Could not resolve host: h"}, true},
+		{&gitError{Args: []string{"fetch"}, Stderr: "fatal: early EOF"}, true},
+		{&gitError{Args: []string{"archive"}, Stderr: "fatal: not a tree object"}, false},
+		{notExistf("no such module"), false},
+		{errors.New("plain"), false},
+	} {
+		if got := IsUnreachable(c.err); got != c.want {
+			t.Errorf("IsUnreachable(%v) = %v", c.err, got)
+		}
+	}
+}

@@ -102,7 +102,8 @@ func newDirect(ctx context.Context, c serveConfig, set resolvedSettings, probe *
 
 // observedDirect reports each direct request to netprobe, so that the
 // direct upstream has request counts, a health score and a circuit like
-// any other.
+// any other. The circuit is shared by every repository, so only failures
+// to reach a server (and timeouts) count against it.
 type observedDirect struct {
 	f     *direct.Fetcher
 	probe *netprobe.Probe
@@ -123,13 +124,15 @@ func (o *observedDirect) Open(ctx context.Context, path, kind, version string) (
 		outcome = netprobe.OutcomeCanceled
 	case errors.Is(err, context.DeadlineExceeded):
 		outcome = netprobe.OutcomeTimeout
+	case errors.As(err, new(*direct.AuthError)):
+		outcome = netprobe.OutcomeForbidden
+	case direct.IsUnreachable(err):
+		outcome = netprobe.OutcomeConnectError
 	default:
-		var ae *direct.AuthError
-		if errors.As(err, &ae) {
-			outcome = netprobe.OutcomeForbidden
-		} else {
-			outcome = netprobe.OutcomeServerError
-		}
+		// One repository's own failure (a broken ref, a server error
+		// for that path) is counted but does not open the circuit that
+		// every repository shares.
+		outcome = netprobe.OutcomeClientError
 	}
 	o.probe.RecordRequest("direct", kind, outcome, time.Since(start), err)
 	return rc, n, err
