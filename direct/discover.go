@@ -227,7 +227,9 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 	f.rootsMu.Unlock()
 	v, err, _ := f.rootFlight.Do(path, func() (any, error) {
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.Timeouts.Discovery)
+		f.run.wg.Add(1)
+		defer f.run.wg.Done()
+		ctx, cancel := context.WithTimeout(detach(f.run.base, ctx), f.cfg.Timeouts.Discovery)
 		defer cancel()
 		rr, err := f.repoRootFor(ctx, path)
 		f.observe(ctx, PhaseDiscovery, time.Since(start))

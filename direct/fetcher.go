@@ -88,7 +88,9 @@ type Fetcher struct {
 	mirrorsMu sync.Mutex
 	mirrors   map[string]*mirror
 
-	lock *os.File // flock on Config.Dir: one process per repository directory
+	lock   *os.File // flock on Config.Dir: one process per repository directory
+	cancel context.CancelFunc
+	once   sync.Once
 }
 
 // lockDir takes an exclusive lock on dir, so that no other process writes
@@ -105,8 +107,17 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// Close releases the repository directory.
-func (f *Fetcher) Close() error { return f.lock.Close() }
+// Close stops shared work in flight (killing its git processes), waits
+// for it and releases the repository directory.
+func (f *Fetcher) Close() error {
+	var err error
+	f.once.Do(func() {
+		f.cancel()
+		f.run.wg.Wait()
+		err = f.lock.Close()
+	})
+	return err
+}
 
 // New checks cfg and returns a Fetcher.
 func New(cfg Config) (*Fetcher, error) {
@@ -174,7 +185,9 @@ func New(cfg Config) (*Fetcher, error) {
 		c.Transport = tr
 		f.insecureClient = &c
 	}
-	f.run = &runner{sem: make(chan struct{}, cfg.MaxGitProcs), timeouts: cfg.Timeouts, observe: f.observe}
+	base, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.run = &runner{sem: make(chan struct{}, cfg.MaxGitProcs), timeouts: cfg.Timeouts, observe: f.observe, base: base}
 	return f, nil
 }
 

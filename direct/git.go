@@ -38,8 +38,24 @@ const (
 type runner struct {
 	sem      chan struct{}
 	timeouts Timeouts
-	observe  func(ctx context.Context, phase string, d time.Duration)
+	// base is the Fetcher's context: work shared by several requests
+	// runs on it, and Close cancels it and waits (wg).
+	base    context.Context
+	wg      sync.WaitGroup
+	observe func(ctx context.Context, phase string, d time.Duration)
 }
+
+// detach returns a context with base's cancellation and ctx's values.
+func detach(base, ctx context.Context) context.Context {
+	return valuesOf{base, ctx}
+}
+
+type valuesOf struct {
+	context.Context
+	values context.Context
+}
+
+func (v valuesOf) Value(key any) any { return v.values.Value(key) }
 
 // gitError is a failed git command, with its redacted stderr.
 type gitError struct {
@@ -114,7 +130,8 @@ func gitEnv(c gitCall) []string {
 		switch {
 		case k == "GIT_ASKPASS", k == "SSH_ASKPASS", k == "GIT_DIR", k == "GIT_WORK_TREE",
 			k == "GIT_ALLOW_PROTOCOL", k == "GIT_TERMINAL_PROMPT", k == "GIT_CONFIG_PARAMETERS",
-			strings.HasPrefix(k, "GIT_CONFIG_"), k == "GIT_LFS_SKIP_SMUDGE", k == "GIT_TRACE",
+			k == "GIT_CONFIG_COUNT", strings.HasPrefix(k, "GIT_CONFIG_KEY_"), strings.HasPrefix(k, "GIT_CONFIG_VALUE_"),
+			k == "GIT_LFS_SKIP_SMUDGE", k == "GIT_TRACE",
 			k == "GIT_TRACE_CURL", k == "GIT_CURL_VERBOSE", k == "GIT_TRACE_PACKET":
 			continue // ours, or would print credentials
 		}
@@ -256,8 +273,11 @@ func (m *mirror) sync(ctx context.Context, force bool) (_ *snapshot, reused bool
 	}
 	m.mu.Unlock()
 	ch := m.flight.DoChan("sync", func() (any, error) {
-		// Detached from the first caller: others wait for the same sync.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.r.timeouts.LsRemote+m.r.timeouts.Fetch)
+		// Detached from the first caller (others wait for the same
+		// sync), bounded by the Fetcher's life and the phase timeouts.
+		m.r.wg.Add(1)
+		defer m.r.wg.Done()
+		sctx, cancel := context.WithTimeout(detach(m.r.base, ctx), m.r.timeouts.LsRemote+m.r.timeouts.Fetch)
 		defer cancel()
 		s, err := m.doSync(sctx)
 		if err != nil {

@@ -424,3 +424,32 @@ func TestIsUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseStopsSharedWork: Close kills the git processes of a sync no
+// request waits for any more, and returns.
+func TestCloseStopsSharedWork(t *testing.T) {
+	fx, _ := smallFixture(t)
+	imp(fx.srv, "hang", "git", "https://"+testgit.HangHost+"/repo/x.git", "")
+	f := newTestFetcher(t, fx, nil) // ls-remote timeout: one minute
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := f.Open(ctx, host+"/hang", KindList, "")
+		done <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	cancel() // the request leaves; the sync goes on for others
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("request: %v", err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		f.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not stop the hanging sync")
+	}
+}
