@@ -227,7 +227,9 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 	f.rootsMu.Unlock()
 	v, err, _ := f.rootFlight.Do(path, func() (any, error) {
 		start := time.Now()
-		f.run.wg.Add(1)
+		if err := f.run.track(); err != nil {
+			return nil, err
+		}
 		defer f.run.wg.Done()
 		ctx, cancel := context.WithTimeout(detach(f.run.base, ctx), f.cfg.Timeouts.Discovery)
 		defer cancel()

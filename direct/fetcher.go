@@ -113,7 +113,7 @@ func (f *Fetcher) Close() error {
 	var err error
 	f.once.Do(func() {
 		f.cancel()
-		f.run.wg.Wait()
+		f.run.close()
 		err = f.lock.Close()
 	})
 	return err

@@ -42,7 +42,30 @@ type runner struct {
 	// runs on it, and Close cancels it and waits (wg).
 	base    context.Context
 	wg      sync.WaitGroup
+	mu      sync.Mutex // orders wg.Add before Close's Wait
+	closed  bool
 	observe func(ctx context.Context, phase string, d time.Duration)
+}
+
+var errClosed = errors.New("direct: fetcher closed")
+
+// track counts one piece of shared work; it fails once Close has begun.
+func (r *runner) track() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return errClosed
+	}
+	r.wg.Add(1)
+	return nil
+}
+
+// close refuses new shared work and waits for the work in flight.
+func (r *runner) close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.wg.Wait()
 }
 
 // detach returns a context with base's cancellation and ctx's values.
@@ -275,7 +298,9 @@ func (m *mirror) sync(ctx context.Context, force bool) (_ *snapshot, reused bool
 	ch := m.flight.DoChan("sync", func() (any, error) {
 		// Detached from the first caller (others wait for the same
 		// sync), bounded by the Fetcher's life and the phase timeouts.
-		m.r.wg.Add(1)
+		if err := m.r.track(); err != nil {
+			return nil, err
+		}
 		defer m.r.wg.Done()
 		sctx, cancel := context.WithTimeout(detach(m.r.base, ctx), m.r.timeouts.LsRemote+m.r.timeouts.Fetch)
 		defer cancel()
