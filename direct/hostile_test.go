@@ -371,13 +371,11 @@ func TestParseUserAuth(t *testing.T) {
 }
 
 func runIn(dir string, name string, args ...string) (string, error) {
-	cmd := execCommand(name, args...)
+	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
-
-var execCommand = exec.Command
 
 // TestCommitQueries: a short hash inside the history resolves to its
 // pseudo-version; a commit the remote dropped (force-push) does not
