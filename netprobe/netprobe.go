@@ -49,6 +49,9 @@ type Config struct {
 	// and checksum-database URLs). Requests are labelled with the longest
 	// matching base URL; see [Classify].
 	Upstreams []string
+	// NamedUpstreams are configured upstreams that are not URLs ("direct":
+	// version control), whose requests are reported with RecordRequest.
+	NamedUpstreams []string
 
 	// DNSServers are "host:port" (or bare IP, port 53) DNS servers. Empty
 	// means the nameservers of ResolvConf.
@@ -233,6 +236,9 @@ func New(cfg Config) (*Probe, error) {
 	p.health = newHealth(&p.cfg, p.metrics)
 	for _, u := range ups {
 		p.health.get(u.name) // the debug page lists every configured upstream
+	}
+	for _, n := range cfg.NamedUpstreams {
+		p.health.get(n)
 	}
 	p.resolver, err = newResolver(&p.cfg, p.metrics, &p.kernel)
 	if err != nil {

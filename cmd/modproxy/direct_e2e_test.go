@@ -135,6 +135,10 @@ func TestDirectPrivateBuild(t *testing.T) {
 		}
 	}
 
+	if _, dbg := mp.get(t, "/debug/upstreams?format=json"); !regexp.MustCompile(`"upstream":\s*"direct",\s*"configured":\s*true`).MatchString(dbg) {
+		t.Errorf("debug page does not list direct as configured: %.300s", dbg)
+	}
+
 	// Stored .info carries Origin, never credentials.
 	resp, info := mp.get(t, "/"+gitHost+"/private/lib/@v/v1.0.0.info")
 	if resp.StatusCode != 200 || !strings.Contains(info, `"Origin"`) || !strings.Contains(info, `"URL":"https://`+gitHost+`/repo/private/lib.git"`) {

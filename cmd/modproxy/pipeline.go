@@ -24,7 +24,11 @@ type pipeline struct {
 
 func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*pipeline, error) {
 	allURLs := append(proxy.URLs(set.upstreams), proxy.URLs(set.privateUpstreams)...)
-	n, err := newNetwork(ctx, c.net, allURLs, reg, logger)
+	var named []string
+	if !c.offline && usesDirect(set.upstreams, set.privateUpstreams) {
+		named = append(named, "direct")
+	}
+	n, err := newNetwork(ctx, c.net, allURLs, reg, logger, named...)
 	if err != nil {
 		return nil, err
 	}
