@@ -53,7 +53,7 @@ var vcsNames = []string{"hg", "git", "svn", "bzr", "fossil"}
 // fromKnownHosts maps path through the hard-coded patterns.
 func (f *Fetcher) fromKnownHosts(ctx context.Context, path string, insecure bool) (*repoRoot, error) {
 	for _, srv := range knownHosts {
-		if !hasPathPrefix(path, srv.pathPrefix) {
+		if !strHasPathPrefix(path, srv.pathPrefix) {
 			continue
 		}
 		m := srv.re.FindStringSubmatch(path)
@@ -110,6 +110,23 @@ func (f *Fetcher) fromKnownHosts(ctx context.Context, path string, insecure bool
 		return nil, fmt.Errorf("no %sprotocol found for repository", frag)
 	}
 	return nil, errUnknownSite
+}
+
+// strHasPathPrefix is the go command's str.HasPathPrefix: an empty
+// prefix matches every path.
+func strHasPathPrefix(s, prefix string) bool {
+	if len(s) == len(prefix) {
+		return s == prefix
+	}
+	if prefix == "" {
+		return true
+	}
+	if len(s) > len(prefix) {
+		if prefix[len(prefix)-1] == '/' || s[len(prefix)] == '/' {
+			return s[:len(prefix)] == prefix
+		}
+	}
+	return false
 }
 
 func expand(match map[string]string, s string) string {
@@ -455,7 +472,7 @@ func matchGoImport(imports []metaImport, importPath string) (metaImport, error) 
 	match := -1
 	var mismatches []string
 	for i, im := range imports {
-		if !hasPathPrefix(importPath, im.Prefix) {
+		if !strHasPathPrefix(importPath, im.Prefix) {
 			mismatches = append(mismatches, im.Prefix)
 			continue
 		}

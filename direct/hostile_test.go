@@ -451,3 +451,36 @@ func TestCloseStopsSharedWork(t *testing.T) {
 		t.Fatal("Close did not stop the hanging sync")
 	}
 }
+
+// TestKnownHosts: the go command's hard-coded hosting patterns, without
+// discovery.
+func TestKnownHosts(t *testing.T) {
+	fx, _ := smallFixture(t)
+	f := newTestFetcher(t, fx, nil)
+	for _, c := range []struct{ path, repo, root, err string }{
+		{"github.com/user/repo/sub/pkg", "https://github.com/user/repo", "github.com/user/repo", ""},
+		{"bitbucket.org/team/repo", "https://bitbucket.org/team/repo", "bitbucket.org/team/repo", ""},
+		{"git.apache.org/thrift.git/lib/go", "https://git.apache.org/thrift.git", "git.apache.org/thrift.git", ""},
+		{"github.com/user", "", "", "invalid github.com import path"},
+		{"github.com/user/repo.git", "", "", "invalid version control suffix"},
+		{"chiselapp.com/user/x/repository/y", "", "", "GOVCS disallows using fossil"},
+		// The general "path.vcs" form pings the repository: here the test
+		// server answers over HTTPS.
+		{host + "/repo/lib.git/sub", "https://" + host + "/repo/lib", host + "/repo/lib.git", ""},
+	} {
+		rr, err := f.repoRootFor(context.Background(), c.path)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: got %v, want error %q", c.path, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.path, err)
+			continue
+		}
+		if rr.Repo != c.repo || rr.Root != c.root || rr.VCS != "git" {
+			t.Errorf("%s: got %+v", c.path, rr)
+		}
+	}
+}

@@ -194,6 +194,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, _, _ := strings.Cut(rest, ".git")
+	name, _, _ = strings.Cut(name, "/info/")
+	name, _, _ = strings.Cut(name, "/git-")
 	s.mu.Lock()
 	var need *[2]string
 	for p, cred := range s.auth {
@@ -348,6 +350,10 @@ func (s *Server) NewRepo(name string) *Repo {
 	r := &Repo{s: s, Name: name, work: s.t.TempDir()}
 	bare := filepath.Join(s.Root, name+".git")
 	r.git(s.Root, "init", "--bare", "-q", "-b", "main", bare)
+	// Reachable as /repo/<name> too, as hosting sites allow.
+	if err := os.Symlink(bare, filepath.Join(s.Root, name)); err != nil {
+		s.t.Fatal(err)
+	}
 	r.git(r.work, "init", "-q", "-b", "main")
 	r.git(r.work, "remote", "add", "origin", bare)
 	return r
