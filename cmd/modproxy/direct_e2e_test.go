@@ -45,6 +45,7 @@ func directUniverse(t *testing.T) *testgit.Server {
 		"pub.go": "package pub\n\nconst Pub = \"public via direct\"\n",
 	})
 	pub.Tag("v1.0.0", "")
+	pub.Commit("pub main", map[string]string{"more.go": "package pub\n\nconst More = 1\n"})
 	pub.Push()
 	s.AddGoImport(testgit.GoImport{Prefix: gitHost + "/pub", VCS: "git", Repo: s.RepoURL("https", "pub")})
 	return s
@@ -57,12 +58,20 @@ func goDirectSums(t *testing.T, target string) (zipSum, modSum string) {
 	g := newGoEnv(t, "direct", nil)
 	g.env = append(g.env, os.Environ()...) // the git server's proxy and CA
 	g.env = append(g.env, "GOPROXY=direct", "GOSUMDB=off", "GOFLAGS=-modcacherw")
+	d := goDownload(t, g, target)
+	return d.Sum, d.GoModSum
+}
+
+type downloaded struct{ Version, Sum, GoModSum string }
+
+func goDownload(t *testing.T, g *goRunner, target string) downloaded {
+	t.Helper()
 	out := g.run(t.TempDir(), "mod", "download", "-json", target)
-	var d struct{ Sum, GoModSum string }
+	var d downloaded
 	if err := json.Unmarshal([]byte(out), &d); err != nil {
 		t.Fatalf("go mod download -json: %v\n%s", err, out)
 	}
-	return d.Sum, d.GoModSum
+	return d
 }
 
 // TestDirectPrivateBuild builds a program importing a private module
@@ -96,6 +105,18 @@ func TestDirectPrivateBuild(t *testing.T) {
 	sum, _ := os.ReadFile(filepath.Join(project, "go.sum"))
 	if !strings.Contains(string(sum), gitHost+"/pub v1.0.0 "+zipSum) {
 		t.Errorf("go.sum lacks the go command's own hash %s:\n%s", zipSum, sum)
+	}
+
+	// A branch query through modproxy: the same pseudo-version and hashes
+	// as the go command's own GOPROXY=direct.
+	direct := newGoEnv(t, "direct", nil)
+	direct.env = append(direct.env, os.Environ()...)
+	direct.env = append(direct.env, "GOPROXY=direct", "GOSUMDB=off", "GOFLAGS=-modcacherw")
+	want := goDownload(t, direct, gitHost+"/pub@main")
+	db.Add(gitHost+"/pub", want.Version, want.GoModSum, want.Sum) // public: modproxy verifies it
+	via := newGoEnv(t, mp.URL, nil)
+	if got := goDownload(t, via, gitHost+"/pub@main"); got != want || !strings.HasPrefix(got.Version, "v1.0.1-0.") {
+		t.Errorf("pub@main through modproxy: %+v, go command direct: %+v", got, want)
 	}
 
 	// Privacy: the public upstream and the checksum database never see
