@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -481,6 +482,35 @@ func TestKnownHosts(t *testing.T) {
 		}
 		if rr.Repo != c.repo || rr.Root != c.root || rr.VCS != "git" {
 			t.Errorf("%s: got %+v", c.path, rr)
+		}
+	}
+}
+
+// TestDiscoveryCredentials: a private host's ?go-get=1 pages need the
+// credentials too; they are sent over HTTPS only.
+func TestDiscoveryCredentials(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	imp(s, "private/lib", "git", s.RepoURL("https", "lib"), "")
+	s.RequireAuthPages(host+"/private", "carol", "pw1")
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine "+host+" login carol password pw1\n"), 0o600)
+	f := newTestFetcher(t, fx, func(c *Config) { c.Netrc = netrc })
+	if err := openErr(t, f, host+"/private/lib", KindList, ""); err != nil {
+		t.Errorf("with credentials: %v", err)
+	}
+	f = newTestFetcher(t, fx, nil)
+	if err := openErr(t, f, host+"/private/lib", KindList, ""); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("without credentials: %v", err)
+	}
+	// Plain HTTP (an --insecure path whose HTTPS page failed) never
+	// carries them.
+	c, _ := parseGOAUTH("netrc", netrc)
+	for _, scheme := range []string{"http", "https"} {
+		req, _ := http.NewRequest("GET", scheme+"://"+host+"/insecure/lib?go-get=1", nil)
+		c.apply(req)
+		if got := req.Header.Get("Authorization") != ""; got != (scheme == "https") {
+			t.Errorf("%s request carries credentials: %v", scheme, got)
 		}
 	}
 }

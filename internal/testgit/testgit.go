@@ -76,6 +76,7 @@ type Server struct {
 	mu       sync.Mutex
 	imports  []GoImport
 	auth     map[string][2]string // repo name prefix -> user, password
+	pageAuth map[string][2]string // go-get page path prefix -> user, password
 	hold     time.Duration        // delay before answering each request
 	requests []string             // "METHOD host path?query user", for privacy checks
 }
@@ -84,7 +85,7 @@ type Server struct {
 func New(t testing.TB) *Server {
 	t.Helper()
 	Require(t)
-	s := &Server{t: t, Root: t.TempDir(), auth: map[string][2]string{}}
+	s := &Server{t: t, Root: t.TempDir(), auth: map[string][2]string{}, pageAuth: map[string][2]string{}}
 	s.http = httptest.NewServer(http.HandlerFunc(s.serve))
 	caCert, caKey, caPEM := newCA(t)
 	s.caPEM = caPEM
@@ -148,6 +149,14 @@ func (s *Server) RequireAuth(prefix, user, password string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.auth[prefix] = [2]string{user, password}
+}
+
+// RequireAuthPages protects the ?go-get=1 pages of module paths starting
+// with prefix (host/path), as private code hosts do.
+func (s *Server) RequireAuthPages(prefix, user, password string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pageAuth[prefix] = [2]string{user, password}
 }
 
 // Hold delays every answer by d (0: none), so that concurrent clients
@@ -229,7 +238,20 @@ func (s *Server) serveGoImport(w http.ResponseWriter, r *http.Request) {
 	path := r.Host + strings.TrimSuffix(r.URL.Path, "/")
 	s.mu.Lock()
 	imports := append([]GoImport(nil), s.imports...)
+	var need *[2]string
+	for p, cred := range s.pageAuth {
+		if strings.HasPrefix(path, p) {
+			need = &cred
+		}
+	}
 	s.mu.Unlock()
+	if need != nil {
+		if u, p, ok := r.BasicAuth(); !ok || u != need[0] || p != need[1] {
+			w.Header().Set("WWW-Authenticate", `Basic realm="go-get"`)
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+	}
 	sort.Slice(imports, func(i, j int) bool { return len(imports[i].Prefix) > len(imports[j].Prefix) })
 	var b strings.Builder
 	b.WriteString("<!DOCTYPE html>\n<html><head>\n")
