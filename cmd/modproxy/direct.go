@@ -95,7 +95,7 @@ func newDirect(ctx context.Context, c serveConfig, set resolvedSettings, probe *
 		},
 	})
 	if err != nil {
-		return nil, usagef("%v", err)
+		return nil, err // flags were checked at start; this is the environment
 	}
 	return &observedDirect{f: f, probe: probe}, nil
 }
