@@ -95,7 +95,19 @@ func (e *gitError) Error() string {
 	if msg == "" {
 		msg = e.Err.Error()
 	}
-	return fmt.Sprintf("git %s: %s", e.Args[0], redactText(msg))
+	return fmt.Sprintf("git %s: %s", e.subcommand(), redactText(msg))
+}
+
+// subcommand is the git command run, past any "-c key=value".
+func (e *gitError) subcommand() string {
+	for i := 0; i < len(e.Args); i++ {
+		if e.Args[i] == "-c" {
+			i++
+			continue
+		}
+		return e.Args[i]
+	}
+	return ""
 }
 
 func (e *gitError) Unwrap() error { return e.Err }

@@ -1,10 +1,13 @@
 package direct
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -511,6 +514,74 @@ func TestDiscoveryCredentials(t *testing.T) {
 		c.apply(req)
 		if got := req.Header.Get("Authorization") != ""; got != (scheme == "https") {
 			t.Errorf("%s request carries credentials: %v", scheme, got)
+		}
+	}
+}
+
+// TestGitHardening: the user's git configuration cannot make a direct
+// fetch run hooks, LFS (or any) smudge filters or credential helpers.
+func TestGitHardening(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	r := s.NewRepo("lfs")
+	r.Commit("lfs", map[string]string{
+		"go.mod":         "module " + host + "/lfs\n",
+		".gitattributes": "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+		"a.bin":          "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n",
+		"x.go":           "package lfs\n",
+	})
+	r.Tag("v1.0.0", "")
+	r.Push()
+	imp(s, "lfs", "git", s.RepoURL("https", "lfs"), "")
+	p := s.NewRepo("private/h")
+	p.Commit("h", map[string]string{"go.mod": "module " + host + "/private/h\n"})
+	p.Push()
+	s.RequireAuth("private/", "u", "p")
+	imp(s, "private/h", "git", s.RepoURL("https", "private/h"), "")
+
+	dir := t.TempDir()
+	marker := func(name string) string { return filepath.Join(dir, name) }
+	hooks := filepath.Join(dir, "hooks")
+	os.MkdirAll(hooks, 0o755)
+	for _, h := range []string{"reference-transaction", "post-update", "post-checkout", "pre-auto-gc"} {
+		os.WriteFile(filepath.Join(hooks, h), []byte("#!/bin/sh\ntouch "+marker("hook-"+h)+"\n"), 0o755)
+	}
+	global := filepath.Join(dir, "gitconfig")
+	os.WriteFile(global, []byte(`[filter "lfs"]
+	smudge = sh -c 'touch `+marker("smudge")+`; cat'
+	process = sh -c 'touch `+marker("process")+`; exit 1'
+	required = true
+[core]
+	hooksPath = `+hooks+`
+[credential]
+	helper = "!touch `+marker("credential")+`; false"
+`), 0o600)
+	f := newTestFetcher(t, fx, nil)
+	t.Setenv("GIT_CONFIG_GLOBAL", global) // after newTestFetcher's default
+
+	zipData, err := readAll(t, f, host+"/lfs", KindZip, "v1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := zip.NewReader(bytes.NewReader(zipData), int64(len(zipData)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := zr.Open(host + "/lfs@v1.0.0/a.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	content, _ := io.ReadAll(rc)
+	rc.Close()
+	if !strings.HasPrefix(string(content), "version https://git-lfs.github.com/spec/v1") {
+		t.Errorf("a.bin = %q, want the LFS pointer as stored", content)
+	}
+	if err := openErr(t, f, host+"/private/h", KindList, ""); err == nil {
+		t.Error("private repository without credentials answered")
+	}
+	for _, m := range []string{"smudge", "process", "credential", "hook-reference-transaction", "hook-post-update", "hook-post-checkout", "hook-pre-auto-gc"} {
+		if _, err := os.Stat(marker(m)); err == nil {
+			t.Errorf("%s ran", m)
 		}
 	}
 }
