@@ -246,8 +246,3 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 	}
 	v.fail(w, ep, http.StatusBadGateway, oneLine(remoteErr))
 }
-
-// oneLine returns err's message on one line.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
-}
