@@ -142,4 +142,3 @@ func Export(src *cache.Store, out string, keep func(cache.Key) bool, includeUnve
 	}
 	return rep, nil
 }
-
