@@ -3,9 +3,12 @@ package gate
 import (
 	"archive/zip"
 	"bytes"
+	"compress/flate"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
 	"os"
 
@@ -108,12 +111,7 @@ func CheckZipFile(path, version, file string) (string, error) {
 	}
 	budget := &inflateBudget{left: MaxZip}
 	h, err := dirhash.Hash1(names, func(name string) (io.ReadCloser, error) {
-		f := entries[name]
-		rc, err := f.Open()
-		if err != nil {
-			return nil, err
-		}
-		return &entryReader{rc: rc, name: name, declared: f.UncompressedSize64, budget: budget}, nil
+		return openEntry(entries[name], budget)
 	})
 	if err != nil {
 		if errors.Is(err, ErrContent) {
@@ -127,14 +125,35 @@ func CheckZipFile(path, version, file string) (string, error) {
 // inflateBudget is the uncompressed bytes a zip may still produce.
 type inflateBudget struct{ left int64 }
 
-// entryReader reads one zip entry, refusing more bytes than it declares
-// (archive/zip also stops there, with a bare ErrFormat) or than the zip's
-// budget allows.
+// openEntry opens a zip entry for reading with its sizes enforced on the
+// inflated bytes. It decompresses the raw data itself rather than through
+// archive/zip's checks, so that a lie is reported as one.
+func openEntry(f *zip.File, budget *inflateBudget) (io.ReadCloser, error) {
+	raw, err := f.OpenRaw()
+	if err != nil {
+		return nil, err
+	}
+	var rc io.ReadCloser
+	switch f.Method {
+	case zip.Store:
+		rc = io.NopCloser(raw)
+	case zip.Deflate:
+		rc = flate.NewReader(raw)
+	default:
+		return nil, contentErr("entry %s uses compression method %d (module zips use store or deflate)", f.Name, f.Method)
+	}
+	return &entryReader{rc: rc, name: f.Name, declared: f.UncompressedSize64, crc: f.CRC32, sum: crc32.NewIEEE(), budget: budget}, nil
+}
+
+// entryReader reads one zip entry, refusing more bytes than it declares or
+// than the zip's budget allows, fewer than it declares, and a wrong CRC-32.
 type entryReader struct {
 	rc       io.ReadCloser
 	name     string
 	declared uint64
 	read     uint64
+	crc      uint32
+	sum      hash.Hash32
 	budget   *inflateBudget
 }
 
@@ -142,12 +161,17 @@ func (r *entryReader) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p)
 	r.read += uint64(n)
 	r.budget.left -= int64(n)
+	r.sum.Write(p[:n])
 	switch {
-	case r.read > r.declared || errors.Is(err, zip.ErrFormat) && r.read >= r.declared:
+	case r.read > r.declared:
 		return n, contentErr("entry %s inflates past its declared %d bytes", r.name, r.declared)
 	case r.budget.left < 0:
 		return n, contentErr("entries inflate past the %d-byte module zip limit", int64(MaxZip))
-	case errors.Is(err, zip.ErrFormat), errors.Is(err, zip.ErrChecksum):
+	case err == io.EOF && r.read < r.declared:
+		return n, contentErr("entry %s inflates to %d bytes, fewer than its declared %d", r.name, r.read, r.declared)
+	case err == io.EOF && r.sum.Sum32() != r.crc:
+		return n, contentErr("entry %s fails its CRC-32 check", r.name)
+	case err != nil && err != io.EOF:
 		return n, contentErr("entry %s is corrupt: %v", r.name, err)
 	}
 	return n, err
