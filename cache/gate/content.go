@@ -2,7 +2,6 @@ package gate
 
 import (
 	"archive/zip"
-	"bytes"
 	"compress/flate"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 	modzip "golang.org/x/mod/zip"
 
 	"github.com/modproxy/modproxy/internal/oneline"
+	"github.com/modproxy/modproxy/sumdb"
 )
 
 // ErrContent is wrapped by every content-check failure: the bytes are not
@@ -71,9 +71,7 @@ func CheckMod(path, version string, data []byte) (string, error) {
 	if f.Module.Mod.Path != path {
 		return "", contentErr("go.mod of %s@%s declares module %q", path, version, f.Module.Mod.Path)
 	}
-	return dirhash.Hash1([]string{"go.mod"}, func(string) (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(data)), nil
-	})
+	return sumdb.HashMod(data)
 }
 
 // CheckZipFile checks the module zip file of path@version at file and
