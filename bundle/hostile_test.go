@@ -2,11 +2,14 @@ package bundle
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
@@ -310,4 +313,101 @@ type downDB struct{}
 func (downDB) Exempt(string) bool { return false }
 func (downDB) VerifyHash(context.Context, string, string, string, string) (string, error) {
 	return "", fmt.Errorf("lookup: %w", sumdb.ErrUnavailable)
+}
+
+// rewriteRecord rewrites the artifact record of k in the store file at
+// path as an attacker with a hex editor would: the recorded "h1:" hash and
+// state are replaced, everything else kept.
+func rewriteRecord(t *testing.T, path string, k cache.Key, hash, state string) {
+	t.Helper()
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	key := []byte(k.Path + "\x00" + k.Version + "\x00" + string(k.Kind))
+	err = db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("artifacts"))
+		v := b.Get(key)
+		if v == nil {
+			return fmt.Errorf("no record of %s", k)
+		}
+		d := v[1:]
+		uv := func() []byte {
+			_, n := binary.Uvarint(d)
+			out := d[:n]
+			d = d[n:]
+			return out
+		}
+		str := func() string {
+			n, m := binary.Uvarint(d)
+			s := string(d[m : m+int(n)])
+			d = d[m+int(n):]
+			return s
+		}
+		var out []byte
+		out = append(out, v[0])
+		out = append(out, uv()...) // size
+		_, n := binary.Varint(d)
+		out = append(out, d[:n]...) // created
+		d = d[n:]
+		out = append(out, d[:32]...) // sha256
+		d = d[32:]
+		out = append(out, uv()...) // blob
+		out = append(out, uv()...) // chunk size
+		out = append(out, uv()...) // chunks
+		str()                      // the hash, replaced
+		upstream := str()
+		for _, s := range []string{hash, upstream, state, "forged proof"} {
+			out = binary.AppendUvarint(out, uint64(len(s)))
+			out = append(out, s...)
+		}
+		return b.Put(key, out)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The recorded hash and state of a store bundle are never read: an empty
+// hash claiming "verified" is verified again, and a forged zip with it
+// refused; the genuine zip with an empty hash imports.
+func TestImportIgnoresRecordedHashAndState(t *testing.T) {
+	f := newFixture(t, 2)
+	zipKey := cache.Key{Path: "example.com/M0", Version: "v1.0.0", Kind: cache.KindZip}
+
+	genuine := filepath.Join(t.TempDir(), "genuine.db")
+	if _, err := Export(f.store, genuine, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	rewriteRecord(t, genuine, zipKey, "", string(cache.StateVerified))
+	dst := openNew(t, "dst.db")
+	if rep, err := Import(dst, genuine, f.opts()); err != nil || len(rep.Failed) != 0 || rep.Verified != 4 {
+		t.Fatalf("genuine bundle with an empty recorded hash: %+v, %v", rep, err)
+	}
+	if m, err := dst.Stat(zipKey); err != nil || m.Hash == "" || m.State != cache.StateVerified || !strings.Contains(m.Proof, "authenticated from a bundle") {
+		t.Fatalf("imported zip: %+v, %v", m, err)
+	}
+
+	forged := filepath.Join(t.TempDir(), "forged.db")
+	if _, err := Export(f.store, forged, func(k cache.Key) bool { return k != zipKey }, false); err != nil {
+		t.Fatal(err)
+	}
+	b, err := cache.Open(forged, cache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := gate.New(gate.Config{Store: b, TempDir: t.TempDir()})
+	tk, err := g.CheckZipFile(context.Background(), zipKey, writeFileT(t, forgedZip(t, 0)), gate.Origin{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Commit(tk); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	rewriteRecord(t, forged, zipKey, "", string(cache.StateVerified))
+	dst2 := openNew(t, "dst2.db")
+	rep, err := Import(dst2, forged, f.opts())
+	refused(t, dst2, rep, err, "example.com/M0@v1.0.0.zip", "checksum mismatch")
 }
