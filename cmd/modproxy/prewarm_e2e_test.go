@@ -274,6 +274,22 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 		}
 		mp := startModproxy(t, "--db", storeC, "--offline", "--sumdb", db.VerifierKey(), "--private=", "--nosumdb=")
 		pwBuildOffline(t, mp.URL, db)
+		// A go command's download cache imports too, its records
+		// authenticated like a bundle's.
+		g := newGoEnv(t, mp.URL, db)
+		g.run(pwWriteFixture(t, nil), "mod", "download")
+		var modcache string
+		for _, e := range g.env {
+			if v, ok := strings.CutPrefix(e, "GOMODCACHE="); ok {
+				modcache = v
+			}
+		}
+		storeE := filepath.Join(t.TempDir(), "e.db")
+		out = pwRun(t, false, append([]string{"import", "--db", storeE, filepath.Join(modcache, "cache", "download")}, trust...)...)
+		if !strings.Contains(out, "imported") || strings.Contains(out, " 0 verified") {
+			t.Errorf("import of a go command's download cache: %s", out)
+		}
+		t.Logf("import of $GOMODCACHE/cache/download: %s", out)
 		mp.stop(t)
 
 		// A poisoned bundle: one zip replaced by a forged one, with the
