@@ -18,6 +18,7 @@ import (
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
+	"github.com/modproxy/modproxy/sumdb"
 )
 
 // Limits on metadata answers from upstreams; anything larger is garbage.
@@ -46,8 +47,14 @@ type Config struct {
 	// nil stores everything as exempt (GOSUMDB=off).
 	Verifier Verifier
 	// VerifyFailOpen stores (and serves) artifacts unverified while the
-	// checksum database cannot be reached, instead of refusing them.
+	// checksum database cannot be reached, instead of refusing them. With a
+	// Verifier, such artifacts are verified in the background once the
+	// database answers again (see reverifier).
 	VerifyFailOpen bool
+	// ReverifyRetry is how long the background verification of unverified
+	// artifacts waits after a fail-open store, and between attempts while
+	// the database stays unreachable; default 30s.
+	ReverifyRetry time.Duration
 	// Health orders upstreams and trips circuit breakers; nil means plain
 	// list order.
 	Health Health
@@ -102,6 +109,9 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.ReverifyRetry <= 0 {
+		c.ReverifyRetry = 30 * time.Second
+	}
 }
 
 // Fetcher gets artifacts from the store or, on a miss, from the upstreams,
@@ -125,6 +135,8 @@ type Fetcher struct {
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
+
+	reverify *reverifier // nil without a Verifier
 }
 
 // NewFetcher returns a Fetcher; Close stops its background fetches.
@@ -141,7 +153,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Fetcher{
+	f := &Fetcher{
 		cfg:        cfg,
 		store:      cfg.Store,
 		gate:       g,
@@ -152,7 +164,16 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		cancel:     cancel,
 		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
 		zipFlights: make(map[cache.Key]*zipFlight),
-	}, nil
+	}
+	if cfg.Verifier != nil {
+		f.reverify = newReverifier(f, cfg.ReverifyRetry)
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.reverify.run(ctx)
+		}()
+	}
+	return f, nil
 }
 
 // Close cancels in-flight fetches and waits for them to stop.
@@ -164,7 +185,7 @@ func (f *Fetcher) Close() {
 // upstreamsFor returns the upstreams that may serve module path, and
 // whether it is private.
 func (f *Fetcher) upstreamsFor(path string) ([]Upstream, bool) {
-	if f.cfg.Private != "" && module.MatchPrefixPatterns(f.cfg.Private, path) {
+	if sumdb.MatchPatterns(f.cfg.Private, path) {
 		return f.cfg.PrivateUpstreams, true
 	}
 	return f.cfg.Upstreams, false
@@ -324,6 +345,9 @@ func (f *Fetcher) noteUnverified(req Request, t *gate.Ticket) {
 	kind := t.Key().Kind
 	f.log.Warn("checksum database unavailable: storing unverified (fail-open)", "module", req.Module, "version", req.Version, "kind", kind, "err", t.Unverified())
 	f.m.storedUnverified.WithLabelValues(string(kind)).Inc()
+	if f.reverify != nil {
+		f.reverify.notify()
+	}
 }
 
 // checkInfo validates an .info answer; want is "" for queries.
