@@ -1,9 +1,12 @@
 package bundle
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -410,4 +413,68 @@ func TestImportIgnoresRecordedHashAndState(t *testing.T) {
 	dst2 := openNew(t, "dst2.db")
 	rep, err := Import(dst2, forged, f.opts())
 	refused(t, dst2, rep, err, "example.com/M0@v1.0.0.zip", "checksum mismatch")
+}
+
+// A directory bundle whose records come from two histories of the same
+// database (both signed with its key) is refused as a fork.
+func TestImportDirRefusesForkInsideBundle(t *testing.T) {
+	f := newLiveFixture(t, 2)
+	dir := filepath.Join(t.TempDir(), "goproxy")
+	if _, err := ExportDir(f.store, dir, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	f.db.ForkHistory()
+	m := testupstream.Module{Path: "example.com/after", Version: "v1.0.0", Files: map[string]string{"a.go": "package a\n"}}
+	up, err := testupstream.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	f.db.AddModule(m.Path, m.Version, up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version))
+	// Add the forked record and its tiles to the directory, as a mirror
+	// that followed the fork would.
+	base := filepath.Join(dir, "sumdb", f.db.Name())
+	mirror, err := NewMirror(func(rel string) ([]byte, error) {
+		if data, err := dirSumDBGet(base, rel); err == nil {
+			return data, nil
+		}
+		resp, err := http.Get(f.db.URL() + "/" + rel)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != 200 {
+			return nil, fmt.Errorf("GET %s: %d %v", rel, resp.StatusCode, err)
+		}
+		return data, writeFile(filepath.Join(base, filepath.FromSlash(rel)), bytes.NewReader(data))
+	}, f.db.VerifierKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mod := range []string{"example.com/M0", m.Path} {
+		if _, err := mirror.Lookup(mod, "v1.0.0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := mirror.Finish(); err == nil || !strings.Contains(err.Error(), "inconsistent") {
+		t.Fatalf("building the forked bundle: Finish = %v, want the fork seen", err)
+	}
+	for _, kind := range []string{"info", "mod", "zip"} {
+		var data []byte
+		switch kind {
+		case "info":
+			data = []byte(`{"Version":"v1.0.0"}`)
+		case "mod":
+			data = up.GoMod(m.Path, m.Version)
+		case "zip":
+			data = up.Zip(m.Path, m.Version)
+		}
+		if err := writeFile(filepath.Join(dir, "example.com", "after", "@v", "v1.0.0."+kind), bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst := openNew(t, "dst.db")
+	rep, err := ImportDir(dst, dir, f.opts())
+	refused(t, dst, rep, err, "checksum database sum.bundle.test: SECURITY", "inconsistent")
 }

@@ -120,7 +120,7 @@ func (c *Config) setDefaults() {
 // that a client going away does not waste a download others wait for.
 type Fetcher struct {
 	cfg    Config
-	store  *cache.Store // read only: artifacts enter through gate
+	store  *cache.Store // artifacts enter only through gate
 	gate   *gate.Gate
 	health Health
 	log    *slog.Logger

@@ -162,7 +162,7 @@ func (g *Gate) CheckZipFile(ctx context.Context, k cache.Key, file string, o Ori
 // CheckZip checks the zip that open reads, spooling it to check it. open
 // is called again by Commit, which fails unless it reads the same bytes.
 func (g *Gate) CheckZip(ctx context.Context, k cache.Key, open func() (io.ReadCloser, error), o Origin) (*Ticket, error) {
-	file, err := g.spool(k, open)
+	file, err := Spool(k, open, g.cfg.TempDir)
 	if err != nil {
 		return nil, err
 	}
@@ -173,11 +173,6 @@ func (g *Gate) CheckZip(ctx context.Context, k cache.Key, open func() (io.ReadCl
 	}
 	t.open = open
 	return t, nil
-}
-
-// spool copies a zip to a temporary file, refusing more than MaxZip bytes.
-func (g *Gate) spool(k cache.Key, open func() (io.ReadCloser, error)) (string, error) {
-	return Spool(k, open, g.cfg.TempDir)
 }
 
 // Spool copies the zip open reads to a new temporary file in dir ("": the
