@@ -233,6 +233,13 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 		t.Fatalf("workspace rerun: %+v", s)
 	}
 
+	// verify asks the live checksum database about every artifact.
+	var vrOnline gate.VerifyReport
+	out = pwRun(t, false, append([]string{"verify", "--json", "--db", storeA, "--upstream", up.URL()}, common...)...)
+	if err := json.Unmarshal([]byte(out), &vrOnline); err != nil || vrOnline.Checked == 0 || vrOnline.Verified != vrOnline.Checked || vrOnline.Failed() {
+		t.Errorf("verify against the live database: %v\n%s", err, out)
+	}
+
 	// Everything upstream is gone from here on.
 	up.Close()
 	db.Close()
