@@ -268,3 +268,24 @@ func TestStatesAndVerify(t *testing.T) {
 		t.Errorf("down: %+v", rep)
 	}
 }
+
+// A bundle item that changes between its check and its commit (a file
+// swapped under the importer) is not committed.
+func TestCommitRefusesContentChangedSinceCheck(t *testing.T) {
+	st := openStore(t)
+	g, _ := New(Config{Store: st, TempDir: t.TempDir()})
+	k := cache.Key{Path: modPath, Version: modVersion, Kind: cache.KindZip}
+	content := goodZip(t, map[string]string{"m.go": "package m\n"})
+	open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(content)), nil }
+	tk, err := g.CheckZip(context.Background(), k, open, Origin{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	content = goodZip(t, map[string]string{"m.go": "package m // swapped\n"})
+	if _, err := g.Commit(tk); err == nil {
+		t.Fatal("commit of content changed since the check succeeded")
+	}
+	if _, err := st.Stat(k); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("changed content stored: %v", err)
+	}
+}
