@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 )
 
@@ -67,9 +67,11 @@ func TestDirectEntry(t *testing.T) {
 	up := newUpstream(t)
 	d := &fakeDirect{files: directFiles()}
 	zip := d.files["git.example/lib@v1.0.0.zip"]
-	v := &hashVerifier{good: map[string][32]byte{
-		"git.example/lib@v1.0.0.zip": sha256.Sum256([]byte(zip)),
-		"git.example/lib@v1.0.0.mod": sha256.Sum256([]byte("module git.example/lib\n")),
+	zh, err := testsumdb.HashZip([]byte(zip))
+	mh, err2 := testsumdb.HashMod([]byte("module git.example/lib\n"))
+	v := &hashVerifier{good: map[string]string{
+		"git.example/lib@v1.0.0.zip": mustHash(t, zh, err),
+		"git.example/lib@v1.0.0.mod": mustHash(t, mh, err2),
 	}}
 	e := newEnv(t, up.URL()+",direct", func(c *Config) { c.Direct = d; c.Verifier = v })
 
@@ -114,7 +116,7 @@ func TestDirectEntry(t *testing.T) {
 // with the checksum database is refused and not stored.
 func TestDirectChecksumMismatch(t *testing.T) {
 	d := &fakeDirect{files: directFiles()}
-	v := &hashVerifier{good: map[string][32]byte{"git.example/lib@v1.0.0.zip": sha256.Sum256([]byte("other"))}}
+	v := &hashVerifier{good: map[string]string{"git.example/lib@v1.0.0.zip": "h1:other"}}
 	e := newEnv(t, "direct", func(c *Config) { c.Direct = d; c.Verifier = v })
 	if r := e.get("/git.example/lib/@v/v1.0.0.zip"); r.status != 502 || !strings.Contains(r.body, "checksum mismatch") {
 		t.Errorf("mismatch: %d %q", r.status, r.body)
@@ -145,7 +147,7 @@ func TestDirectPrivate(t *testing.T) {
 	up := newUpstream(t)
 	d := &fakeDirect{files: directFiles()}
 	ups, _ := ParseUpstreams("direct")
-	v := &hashVerifier{good: map[string][32]byte{"private.example/p@v0.1.0.mod": sha256.Sum256([]byte("x"))}}
+	v := &hashVerifier{good: map[string]string{"private.example/p@v0.1.0.mod": "h1:x"}}
 	e := newEnv(t, up.URL(), func(c *Config) {
 		c.Direct, c.PrivateUpstreams, c.Private, c.Verifier = d, ups, "private.example", v
 	})
