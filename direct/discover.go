@@ -98,7 +98,7 @@ func (f *Fetcher) fromKnownHosts(ctx context.Context, path string, insecure bool
 		}
 		for _, s := range schemes {
 			u := s + "://" + match["repo"]
-			if err := f.ping(ctx, u, insecure); err == nil {
+			if err := f.ping(ctx, u); err == nil {
 				rr.Repo = u
 				return rr, nil
 			}
@@ -495,8 +495,8 @@ func matchGoImport(imports []metaImport, importPath string) (metaImport, error) 
 }
 
 // ping checks that git can list repo.
-func (f *Fetcher) ping(ctx context.Context, repo string, insecure bool) error {
-	m := f.mirrorFor(repo, insecure)
+func (f *Fetcher) ping(ctx context.Context, repo string) error {
+	m := f.mirrorFor(ctx, repo)
 	_, err := f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: m.config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
 	return err
 }

@@ -200,25 +200,34 @@ func (f *Fetcher) observe(ctx context.Context, phase string, d time.Duration) {
 	}
 }
 
-// mirrorFor returns the mirror of repo (created on first use).
-func (f *Fetcher) mirrorFor(repo string, insecure bool) *mirror {
+// mirrorFor returns the mirror of repo (created on first use). Plain
+// HTTP is allowed only for an http:// repository, which discovery
+// accepts only for --insecure paths; redirects to it are refused
+// otherwise.
+func (f *Fetcher) mirrorFor(ctx context.Context, repo string) *mirror {
 	clean := redactURL(repo)
 	f.mirrorsMu.Lock()
-	defer f.mirrorsMu.Unlock()
-	if m := f.mirrors[repo]; m != nil {
+	m := f.mirrors[clean]
+	f.mirrorsMu.Unlock()
+	if m != nil {
 		return m
 	}
 	allow := "https:ssh"
-	if insecure {
+	if strings.HasPrefix(clean, "http://") {
 		allow = "https:ssh:http"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	m := &mirror{
-		r: f.run, remote: clean, dir: mirrorDir(f.cfg.Dir, clean), allow: allow,
-		config: f.auth.gitAuthConfig(ctx, repo), ttl: f.cfg.RefsTTL,
+	// Credentials may take a GOAUTH command to find: not under the lock.
+	config := f.auth.gitAuthConfig(ctx, repo)
+	f.mirrorsMu.Lock()
+	defer f.mirrorsMu.Unlock()
+	if m := f.mirrors[clean]; m != nil {
+		return m
 	}
-	f.mirrors[repo] = m
+	m = &mirror{
+		r: f.run, remote: clean, dir: mirrorDir(f.cfg.Dir, clean), allow: allow,
+		config: config, ttl: f.cfg.RefsTTL,
+	}
+	f.mirrors[clean] = m
 	return m
 }
 
@@ -248,7 +257,7 @@ func (f *Fetcher) Open(ctx context.Context, path, kind, version string) (io.Read
 	if rr.VCS == "mod" {
 		return f.openProxy(ctx, rr.Repo, path, kind, version)
 	}
-	m := f.mirrorFor(rr.Repo, f.insecure(path))
+	m := f.mirrorFor(ctx, rr.Repo)
 	rc, n, err := f.openGit(ctx, m, rr, path, kind, version, false)
 	if IsNotExist(err) && errors.Is(err, errStaleRefs) {
 		// A reused ls-remote may predate the version asked for (a tag
