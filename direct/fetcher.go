@@ -281,6 +281,13 @@ func (f *Fetcher) openGit(ctx context.Context, m *mirror, rr *repoRoot, path, ki
 		return nil, 0, fmt.Errorf("%s: %w", path, err)
 	}
 	defer func() {
+		// A version the module cannot have (a +incompatible that is
+		// not, a major version the path does not allow) does not exist,
+		// as a proxy answers it (404 with the reason).
+		var ive *module.InvalidVersionError
+		if err != nil && !IsNotExist(err) && errors.As(err, &ive) && !IsUnreachable(err) && ctx.Err() == nil {
+			err = notExist(err)
+		}
 		if reused && IsNotExist(err) {
 			err = staleNotExist{err}
 		}

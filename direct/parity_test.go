@@ -307,6 +307,22 @@ func TestParityWithGoCommand(t *testing.T) {
 			}
 		})
 	}
+	t.Run("errors", func(t *testing.T) {
+		// What the go command cannot resolve, direct answers "not found"
+		// (the go command's notExist errors), never a version.
+		bad := []string{host + "/basic@v9.9.9", host + "/basic/v3@v3.0.0", host + "/basic@nosuchbranch",
+			host + "/legacy/v2@v2.0.0", host + "/tools@v1.0.0+incompatible", host + "/basic@v2.0.0"}
+		got := goDownloads(t, env, bad...)
+		for _, target := range bad {
+			if got[target].Error == "" {
+				t.Errorf("go command resolved %s to %s", target, got[target].Version)
+			}
+			path, q, _ := strings.Cut(target, "@")
+			if err := openErr(t, f, path, KindInfo, q); !IsNotExist(err) {
+				t.Errorf("%s: %v, want not found", target, err)
+			}
+		}
+	})
 	t.Run("latest", func(t *testing.T) {
 		for _, p := range fx.latest {
 			w := goDownloads(t, env, p+"@latest")[p+"@latest"]
