@@ -9,9 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	yaml "go.yaml.in/yaml/v2"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/mod/module"
-	yaml "go.yaml.in/yaml/v2"
 )
 
 // Scope names with a meaning of their own; any other scope is a module path
@@ -35,8 +35,8 @@ const (
 type File struct {
 	// Anonymous are the scopes of a request without credentials; empty
 	// means such a request is refused with 401.
-	Anonymous  []string   `yaml:"anonymous,omitempty"`
-	Identities []Entry `yaml:"identities"`
+	Anonymous  []string `yaml:"anonymous,omitempty"`
+	Identities []Entry  `yaml:"identities"`
 }
 
 // Entry is one identity of the auth file: a token (by its id and bcrypt

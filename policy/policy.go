@@ -29,9 +29,9 @@ import (
 	"regexp"
 	"strings"
 
+	yaml "go.yaml.in/yaml/v2"
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
-	yaml "go.yaml.in/yaml/v2"
 )
 
 // DefaultRule is the rule name of a decision no rule made.
@@ -220,7 +220,6 @@ func (r *rule) matchesVersion(v string) bool {
 	}
 	return false
 }
-
 
 // Check decides a request for module path at version; version is "" for
 // requests that name none (the version list, @latest). Such a request is

@@ -185,4 +185,3 @@ func printAuthList(w io.Writer, f *auth.File, asJSON bool) error {
 	}
 	return tw.Flush()
 }
-
