@@ -20,9 +20,9 @@ type Credentials struct {
 // String never shows the secret, so that Credentials are safe to log.
 func (c Credentials) String() string {
 	if c.Scheme == "basic" {
-		return "basic user=" + c.User + " secret=<redacted>"
+		return "basic user=" + c.User + " <redacted>"
 	}
-	return c.Scheme + " secret=<redacted>"
+	return c.Scheme + " <redacted>"
 }
 
 // errMalformed is the one error a bad header gets: its message never
