@@ -128,7 +128,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			if !id.Scopes.Admin {
-				h.forbid(w, r, id, fmt.Sprintf("forbidden: identity %q lacks the %q scope this endpoint needs", id.Name, auth.ScopeAdmin))
+				h.refuseScope(w, r, id, fmt.Sprintf("forbidden: identity %q lacks the %q scope this endpoint needs", id.Name, auth.ScopeAdmin))
 				return
 			}
 		}
