@@ -344,4 +344,3 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
