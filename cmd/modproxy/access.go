@@ -184,23 +184,26 @@ func newAccessLayer(ctx context.Context, c accessConfig, next http.Handler, isPr
 			filewatch.Watch(wctx, c.reloadInterval, r.paths, func() { reload(r, "file_changed") })
 		})
 	}
-	if len(rls) > 0 {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		a.wg.Go(func() {
-			defer signal.Stop(hup)
-			for {
-				select {
-				case <-wctx.Done():
-					return
-				case <-hup:
-					for _, r := range rls {
-						reload(r, "SIGHUP")
-					}
+	// SIGHUP is always caught, so that a reload request ("systemctl
+	// reload") never kills a server that has nothing to reload.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	a.wg.Go(func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-hup:
+				if len(rls) == 0 {
+					logger.Info("SIGHUP: nothing to reload (no --tls-cert, --auth-file or --policy-file)")
+				}
+				for _, r := range rls {
+					reload(r, "SIGHUP")
 				}
 			}
-		})
-	}
+		}
+	})
 	return a, nil
 }
 

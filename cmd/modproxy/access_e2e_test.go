@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -319,6 +320,38 @@ func TestAccessControlEndToEnd(t *testing.T) {
 		t.Errorf("dev after a broken auth file: %d", resp.StatusCode)
 	}
 
+	t.Run("prewarm", func(t *testing.T) {
+		tlsEnv := "SSL_CERT_FILE=" + caFile
+		// --server: the server authenticates prewarm and applies its policy.
+		out, err := prewarmWith(t, []string{tlsEnv, "MODPROXY_TOKEN=" + devTok}, "--server", mp.URL, "--sumdb", "off",
+			"git.corp.example/team/lib@v1.0.0", "example.com/pub@v1.0.0")
+		if err != nil {
+			t.Fatalf("prewarm --server with a token: %v\n%s", err, out)
+		}
+		out, err = prewarmWith(t, []string{tlsEnv}, "--server", mp.URL, "--sumdb", "off", "example.com/pub@v1.0.0")
+		if err == nil || !strings.Contains(out, "401 Unauthorized") {
+			t.Fatalf("prewarm --server without a token: %v\n%s", err, out)
+		}
+		out, err = prewarmWith(t, []string{tlsEnv, "MODPROXY_TOKEN=" + devTok}, "--server", mp.URL, "--sumdb", "off", "example.com/bad@v1.0.1")
+		if err == nil || !strings.Contains(out, `denied by rule "bad-version"`) {
+			t.Fatalf("prewarm --server of a denied version: %v\n%s", err, out)
+		}
+		// --db: the same policy in-process; the denied version is never fetched.
+		before := up.Count("/example.com/bad/@v/v1.0.1")
+		out, err = prewarmWith(t, nil, "--db", filepath.Join(t.TempDir(), "pw.db"), "--upstream", up.URL(), "--sumdb", "off",
+			"--policy-file", policyFile, "example.com/bad@v1.0.1")
+		if err == nil || !strings.Contains(out, `denied by rule "bad-version"`) {
+			t.Fatalf("prewarm --db of a denied version: %v\n%s", err, out)
+		}
+		if n := up.Count("/example.com/bad/@v/v1.0.1") - before; n != 0 {
+			t.Errorf("prewarm --db fetched a denied version %d times", n)
+		}
+		if out, err := prewarmWith(t, nil, "--db", filepath.Join(t.TempDir(), "pw2.db"), "--upstream", up.URL(), "--sumdb", "off",
+			"--policy-file", policyFile, "example.com/bad@v1.0.0"); err != nil {
+			t.Fatalf("prewarm --db of an allowed version: %v\n%s", err, out)
+		}
+	})
+
 	second := ca.Server(t)
 	// Rename the new pair in while the interval poll might run: the
 	// result is checked after SIGHUP, which reloads whatever is there.
@@ -330,6 +363,17 @@ func TestAccessControlEndToEnd(t *testing.T) {
 		resp, _ := httpsGet("/example.com/pub/@v/list", "Bearer "+devTok)
 		return resp.TLS.PeerCertificates[0].SerialNumber.Cmp(second.Serial) == 0
 	})
+}
+
+// prewarm runs "modproxy prewarm" with env added and returns its output.
+func prewarmWith(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, modproxyBin(t), append([]string{"prewarm", "--progress", "none", "--private", "git.corp.example", "--nosumdb", "git.corp.example"}, args...)...)
+	cmd.Env = append(os.Environ(), append([]string{"GOFLAGS=", "MODPROXY_TOKEN="}, env...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 func waitFor(t *testing.T, what string, ok func() bool) {
