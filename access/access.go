@@ -9,6 +9,7 @@
 package access
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -158,7 +159,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := proxy.ParsePath(p)
 	if err != nil {
-		h.next.ServeHTTP(w, r) // the proxy answers it 400 or 404
+		if id == nil {
+			h.next.ServeHTTP(w, r) // the proxy answers it 400 or 404
+			return
+		}
+		// With authentication on, a path that no scope was checked for
+		// never reaches the proxy: fail closed, as the proxy would answer.
+		status := http.StatusBadRequest
+		var pe *proxy.PathError
+		if errors.As(err, &pe) && pe.NotFound {
+			status = http.StatusNotFound
+		}
+		http.Error(w, strings.Join(strings.Fields(err.Error()), " "), status)
 		return
 	}
 	if id != nil && !id.Scopes.CanRead(req.Module, h.cfg.IsPrivate(req.Module)) {

@@ -146,8 +146,13 @@ func TestScopesAndStatuses(t *testing.T) {
 		{"debug with admin", "/debug/upstreams", bearer(fx.adm), 200, ""},
 		{"healthz needs admin", "/healthz", bearer(fx.pub), 403, ""},
 		{"root banner", "/", "", 200, ""},
+		// One decision whatever the spelling: percent-encoding is decoded
+		// before the check, as before the proxy's own parse.
+		{"percent-encoded private", "/git.corp.example/team/%6cib/@v/v1.0.0.zip", bearer(fx.pub), 403, "lacks a scope"},
+		{"case-encoded private", "/git.corp.example/!team/lib/@v/v1.0.0.zip", bearer(fx.priv), 403, "lacks a scope"}, // Team/* is not team/*
+		{"traversal", "/git.corp.example/team/../team/lib/@v/v1.0.0.zip", bearer(fx.pub), 400, ""},
 		{"bad path still needs auth", "/not%20a%20path", "", 401, ""},
-		{"bad path with auth", "/nodot/@v/list", bearer(fx.pub), 200, ""}, // the proxy answers it
+		{"bad path with auth", "/nodot/@v/list", bearer(fx.pub), 400, "invalid request path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := fx.next.count()
