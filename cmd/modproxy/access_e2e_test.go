@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
 	"net/http"
 	"os"
@@ -388,3 +389,64 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// TestMutualTLSEndToEnd: a client certificate whose subject is in the auth
+// file is an identity; one that is not, or none, gets 401.
+func TestMutualTLSEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test builds the binary")
+	}
+	privUp, err := testupstream.New(testupstream.Module{Path: "git.corp.example/team/lib", Version: "v1.0.0", Files: map[string]string{"lib.go": "package lib\n"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(privUp.Close)
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "modproxy test CA")
+	caFile := filepath.Join(dir, "ca.pem")
+	testpki.WriteFile(t, caFile, ca.PEM)
+	certFile, keyFile := ca.Server(t).Write(t, dir, "server")
+	authFile := filepath.Join(dir, "auth.yaml")
+	if out, err := exec.Command(modproxyBin(t), "auth", "add", "--file", authFile, "--name", "bot",
+		"--subject", "CN=build-bot,O=Corp", "--scope", "git.corp.example/*").CombinedOutput(); err != nil {
+		t.Fatalf("auth add --subject: %v\n%s", err, out)
+	}
+	mp, _ := startModproxyTLS(t, ca.PEM, "--db", filepath.Join(dir, "modproxy.db"), "--upstream", privUp.URL(),
+		"--private", "git.corp.example", "--private-upstream", privUp.URL(), "--sumdb", "off", "--nosumdb", "",
+		"--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", caFile, "--auth-file", authFile)
+
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.PEM)
+	get := func(cert *testpki.Pair) int {
+		conf := &tls.Config{RootCAs: pool}
+		if cert != nil {
+			c, err := tls.X509KeyPair(cert.Cert, cert.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conf.Certificates = []tls.Certificate{c}
+		}
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: conf}}
+		defer c.CloseIdleConnections()
+		resp, err := c.Get(mp.URL + "/git.corp.example/team/lib/@v/list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	bot := ca.Client(t, pkix.Name{CommonName: "build-bot", Organization: []string{"Corp"}})
+	stranger := ca.Client(t, pkix.Name{CommonName: "stranger", Organization: []string{"Corp"}})
+	for name, tc := range map[string]struct {
+		cert *testpki.Pair
+		want int
+	}{
+		"listed subject":   {&bot, 200},
+		"unlisted subject": {&stranger, 401},
+		"no certificate":   {nil, 401},
+	} {
+		if got := get(tc.cert); got != tc.want {
+			t.Errorf("%s: %d, want %d", name, got, tc.want)
+		}
+	}
+}
