@@ -136,7 +136,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.next.ServeHTTP(w, r)
 		return
 	}
-	if p == "/" {
+	if p == "/" || (h.cfg.Auth == nil && h.cfg.Audit == nil && h.cfg.Policy.Load() == nil) {
 		h.next.ServeHTTP(w, r)
 		return
 	}
@@ -144,7 +144,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.Auth != nil {
 		var ok bool
 		if id, ok = h.authenticate(w, r); !ok {
-			h.auditRefusal(r, nil, "unauthenticated", http.StatusUnauthorized, "", "")
+			h.auditRefusal(r, nil, "unauthenticated", http.StatusUnauthorized, nil, "")
 			return
 		}
 	}
@@ -181,18 +181,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			need = "a module path pattern matching " + req.Module
 		}
 		msg := fmt.Sprintf("forbidden: identity %q lacks a scope for this module path (needs %s)", id.Name, need)
-		h.auditRefusal(r, id, "forbidden", http.StatusForbidden, req, "")
+		h.auditRefusal(r, id, "forbidden", http.StatusForbidden, &req, "")
 		h.refuseScope(w, r, id, msg)
 		return
 	}
 	if pol := h.cfg.Policy.Load(); pol != nil {
+		// A query ("master", "v1.2") is checked as given: it is no
+		// semantic version, so the deny rules with a range of its module
+		// refuse it (fail closed) rather than pass through the .info of a
+		// version they may deny.
 		version := req.Version
-		if req.Query {
-			version = "" // a query names no version; its answer is checked when fetched by version
-		}
 		if d := pol.Check(req.Module, version); !d.Allowed {
 			h.denied.WithLabelValues(d.Rule).Inc()
-			h.auditRefusal(r, id, "denied", http.StatusForbidden, req, d.Rule)
+			h.auditRefusal(r, id, "denied", http.StatusForbidden, &req, d.Rule)
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Header().Set("Cache-Control", "no-store")
 			w.WriteHeader(http.StatusForbidden)
@@ -246,21 +247,23 @@ func (h *Handler) forbid(w http.ResponseWriter, r *http.Request, id *auth.Identi
 	http.Error(w, msg, http.StatusForbidden)
 }
 
-func (h *Handler) auditRefusal(r *http.Request, id *auth.Identity, decision string, status int, req any, rule string) {
+// auditRefusal records a refused request; req is nil when the path has not
+// been parsed yet.
+func (h *Handler) auditRefusal(r *http.Request, id *auth.Identity, decision string, status int, req *proxy.Request, rule string) {
 	if h.cfg.Audit == nil {
 		return
 	}
-	pr, _ := req.(proxy.Request)
-	if pr.Module == "" {
-		var err error
-		if pr, err = proxy.ParsePath(r.URL.Path); err != nil {
+	if req == nil {
+		pr, err := proxy.ParsePath(r.URL.Path)
+		if err != nil {
 			return // not an artifact request
 		}
+		req = &pr
 	}
 	if decision == "forbidden" && id != nil && id.Via == auth.Anonymous {
 		decision, status = "unauthenticated", http.StatusUnauthorized
 	}
-	h.cfg.Audit.record(r, id, pr, decision, status, rule)
+	h.cfg.Audit.record(r, id, *req, decision, status, rule)
 }
 
 func decisionFor(status int) string {

@@ -323,3 +323,33 @@ func TestNoSecretsAnywhere(t *testing.T) {
 		}
 	}
 }
+
+func TestPolicyQueries(t *testing.T) {
+	fx := newFixture(t, nil, "rules:\n  - {name: bad, action: deny, paths: [example.com/m], versions: '<v1.0.2'}\n", false)
+	for p, want := range map[string]int{
+		"/example.com/m/@v/master.info":     403, // a query: fail closed
+		"/example.com/m/@v/v1.0.1.info":     403,
+		"/example.com/m/@v/v1.0.2.info":     200,
+		"/example.com/m/@v/list":            200, // a range does not hide the list
+		"/example.com/m/@latest":            200,
+		"/example.com/other/@v/v1.0.0.info": 200,
+	} {
+		if w := fx.do(fx.h, p, bearer(fx.pub)); w.Code != want {
+			t.Errorf("%s: %d %s, want %d", p, w.Code, w.Body, want)
+		}
+	}
+}
+
+// TestNothingConfigured: with no auth, policy or audit, requests go
+// straight through, admin endpoints included.
+func TestNothingConfigured(t *testing.T) {
+	next := &fakeProxy{}
+	h := New(next, Config{})
+	for _, p := range []string{"/metrics", "/example.com/m/@v/list", "/bad%20path", "/sumdb/x/supported"} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", p, nil))
+		if w.Code != 200 {
+			t.Errorf("%s: %d", p, w.Code)
+		}
+	}
+}

@@ -224,7 +224,10 @@ func (r *rule) matchesVersion(v string) bool {
 // Check decides a request for module path at version; version is "" for
 // requests that name none (the version list, @latest). Such a request is
 // matched by every allow rule of its path, and by deny rules without a
-// version range: denying some versions does not hide the module.
+// version range: denying some versions does not hide the module. A version
+// that is not semantic (a query such as "master") is matched by deny rules
+// with a range (it cannot be shown to be outside it) and not by allow rules
+// with one.
 func (p *Policy) Check(modPath, version string) Decision {
 	if p != nil {
 		lower := strings.ToLower(modPath)
