@@ -41,7 +41,7 @@ func addAccessFlags(f *pflag.FlagSet, c *accessConfig) {
 	f.StringVar(&c.authFile, "auth-file", "", "client authentication: identities and scopes (see modproxy auth); reloaded on change")
 	f.StringVar(&c.policyFile, "policy-file", "", "module policy: allow and deny rules by path and version; reloaded on change")
 	f.StringVar(&c.adminListen, "admin-listen", "", "serve /metrics, /debug/, /healthz and /readyz on this address only, without authentication")
-	f.StringVar(&c.auditLog, "audit-log", "", "write one JSON line per artifact request to this file (- for stdout); off when empty")
+	f.StringVar(&c.auditLog, "audit-log", "", "write one JSON line per artifact request to this file (- for stdout), reopened on SIGHUP; off when empty")
 	f.DurationVar(&c.reloadInterval, "reload-interval", 2*time.Second, "how often the TLS, auth and policy files are checked for changes")
 }
 
@@ -86,7 +86,7 @@ func newAccessLayer(ctx context.Context, c accessConfig, next http.Handler, isPr
 	}()
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "modproxy_config_reloads_total",
-		Help: "Reloads of the TLS, auth and policy files, by result (a failed reload keeps the previous configuration).",
+		Help: "Reloads of the TLS, auth and policy files and reopenings of the audit log, by result (a failed reload keeps the previous configuration).",
 	}, []string{"config", "result"})
 	reg.MustRegister(reloads)
 
@@ -146,12 +146,16 @@ func newAccessLayer(ctx context.Context, c accessConfig, next http.Handler, isPr
 		}})
 	}
 	if c.auditLog != "" {
-		w, closer, err := openAuditLog(c.auditLog)
+		w, err := openAuditLog(c.auditLog)
 		if err != nil {
 			return nil, err
 		}
-		a.audit = closer
+		a.audit = w
 		cfg.Audit = access.NewAudit(w)
+		if w.f != os.Stdout {
+			// Reopened on SIGHUP, so that logrotate can move it away.
+			rls = append(rls, reloader{name: "audit", load: w.reopen})
+		}
 	}
 	h := access.New(next, cfg)
 	a.handler = h
@@ -180,6 +184,9 @@ func newAccessLayer(ctx context.Context, c accessConfig, next http.Handler, isPr
 		logger.Info("reloaded", "config", r.name, "trigger", why)
 	}
 	for _, r := range rls {
+		if len(r.paths) == 0 {
+			continue // reloaded on SIGHUP only
+		}
 		a.wg.Go(func() {
 			filewatch.Watch(wctx, c.reloadInterval, r.paths, func() { reload(r, "file_changed") })
 		})
@@ -207,15 +214,53 @@ func newAccessLayer(ctx context.Context, c accessConfig, next http.Handler, isPr
 	return a, nil
 }
 
-func openAuditLog(name string) (io.Writer, io.Closer, error) {
+// auditFile is the audit log's file, reopened by name on SIGHUP.
+type auditFile struct {
+	name string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+func openAuditLog(name string) (*auditFile, error) {
 	if name == "-" {
-		return os.Stdout, io.NopCloser(nil), nil
+		return &auditFile{name: name, f: os.Stdout}, nil
 	}
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	a := &auditFile{name: name}
+	if err := a.reopen(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *auditFile) reopen() error {
+	f, err := os.OpenFile(a.name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open audit log: %w", err)
+		return fmt.Errorf("open audit log: %w", err)
 	}
-	return f, f, nil
+	a.mu.Lock()
+	old := a.f
+	a.f = f
+	a.mu.Unlock()
+	if old != nil {
+		return old.Close()
+	}
+	return nil
+}
+
+// Write writes one whole line (one call per record from slog).
+func (a *auditFile) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.f.Write(p)
+}
+
+func (a *auditFile) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.f == os.Stdout {
+		return nil
+	}
+	return a.f.Close()
 }
 
 // serve runs srv on ln (over TLS when configured) and the admin server

@@ -357,6 +357,10 @@ func TestAccessControlEndToEnd(t *testing.T) {
 	// Rename the new pair in while the interval poll might run: the
 	// result is checked after SIGHUP, which reloads whatever is there.
 	second.Write(t, dir, "server")
+	// SIGHUP also reopens the audit log, as logrotate needs.
+	if err := os.Rename(auditFile, auditFile+".1"); err != nil {
+		t.Fatal(err)
+	}
 	if err := mp.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +368,9 @@ func TestAccessControlEndToEnd(t *testing.T) {
 		resp, _ := httpsGet("/example.com/pub/@v/list", "Bearer "+devTok)
 		return resp.TLS.PeerCertificates[0].SerialNumber.Cmp(second.Serial) == 0
 	})
+	if data, err := os.ReadFile(auditFile); err != nil || !strings.Contains(string(data), `"module":"example.com/pub"`) {
+		t.Errorf("audit log after SIGHUP and rotation: %q, %v", data, err)
+	}
 }
 
 // prewarm runs "modproxy prewarm" with env added and returns its output.
