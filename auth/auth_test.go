@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -144,7 +146,7 @@ func TestTokenChecksAreCached(t *testing.T) {
 	}
 	// A wrong secret is compared once, then remembered.
 	before := n.Load()
-	bad := tok["ci"][:len(tok["ci"])-4] + "AAAA"
+	bad := tok["ci"][:len(tok["ci"])-4] + "----" // never the real ending (A, Q, g or w)
 	for range 20 {
 		if _, err := a.Authenticate(req("Bearer " + bad)); err == nil {
 			t.Fatal("a wrong secret was accepted")
@@ -306,5 +308,74 @@ func TestTokenShape(t *testing.T) {
 	h, err := HashToken(tok, bcrypt.MinCost)
 	if err != nil || strings.Contains(h, tok) || bcrypt.CompareHashAndPassword([]byte(h), []byte(tok)) != nil {
 		t.Fatalf("hash %q, %v", h, err)
+	}
+}
+
+// TestBcryptIsBounded: a flood of distinct wrong secrets for a known token
+// id runs at most cap(bcryptSem) comparisons at once, and a request whose
+// client left stops waiting.
+func TestBcryptIsBounded(t *testing.T) {
+	f, tok := newFile(t, nil, ident{"ci", []string{"public"}})
+	a, err := New(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.bcryptSem = make(chan struct{}, 2) // whatever this machine's cores
+	var cur, peak atomic.Int32
+	release := make(chan struct{})
+	orig := compareHash
+	compareHash = func(h, p []byte) error {
+		n := cur.Add(1)
+		for {
+			old := peak.Load()
+			if n <= old || peak.CompareAndSwap(old, n) {
+				break
+			}
+		}
+		<-release
+		cur.Add(-1)
+		return orig(h, p)
+	}
+	t.Cleanup(func() { compareHash = orig })
+
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			// The last character of a real token is one of A, Q, g, w:
+			// these never equal it.
+			bad := tok["ci"][:len(tok["ci"])-2] + "-" + string(rune('a'+i))
+			if _, err := a.Authenticate(req("Bearer " + bad)); err == nil {
+				t.Error("wrong secret accepted")
+			}
+		})
+	}
+	for cur.Load() < 2 { // both slots taken by the flood, the rest waiting
+		time.Sleep(time.Millisecond)
+	}
+	// A request whose context ends while it waits for a slot returns.
+	r := req("Bearer " + tok["ci"][:len(tok["ci"])-2] + "zz")
+	ctx, cancel := context.WithCancel(r.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Authenticate(r.WithContext(ctx))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if got := peak.Load(); got > int32(cap(a.bcryptSem)) {
+		t.Errorf("%d concurrent bcrypt comparisons, cap %d", got, cap(a.bcryptSem))
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("cancelled request authenticated")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a cancelled request still waits for a bcrypt slot")
+	}
+	close(release)
+	wg.Wait()
+	if got := peak.Load(); got > int32(cap(a.bcryptSem)) {
+		t.Errorf("%d concurrent bcrypt comparisons, cap %d", got, cap(a.bcryptSem))
 	}
 }
