@@ -186,9 +186,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if pol := h.cfg.Policy.Load(); pol != nil {
-		// A query ("master", "v1.2") is checked as given: it is no
-		// semantic version, so the deny rules with a range of its module
-		// refuse it (fail closed) rather than pass through the .info of a
+		// A query is checked as given: one that is no semantic version
+		// ("master") is refused by the deny rules with a range of its
+		// module (fail closed) rather than pass through the .info of a
 		// version they may deny.
 		version := req.Version
 		if d := pol.Check(req.Module, version); !d.Allowed {
