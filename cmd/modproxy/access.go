@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -45,7 +46,24 @@ func addAccessFlags(f *pflag.FlagSet, c *accessConfig) {
 	f.DurationVar(&c.reloadInterval, "reload-interval", 2*time.Second, "how often the TLS, auth and policy files are checked for changes")
 }
 
-func (c accessConfig) validate() error {
+// validate checks the combination of flags. changed, when not nil, tells
+// which flags were given: one given empty, on the command line or as an
+// empty MODPROXY_AUTH_FILE (which bindEnv takes as unset), is an error
+// rather than a silent "off", since each of these flags only ever adds
+// protection.
+func (c accessConfig) validate(changed func(string) bool) error {
+	if changed != nil {
+		for flag, v := range map[string]string{
+			"tls-cert": c.tlsCert, "tls-key": c.tlsKey, "tls-client-ca": c.tlsClientCA,
+			"auth-file": c.authFile, "policy-file": c.policyFile, "audit-log": c.auditLog,
+		} {
+			env := "MODPROXY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+			ev, inEnv := os.LookupEnv(env)
+			if strings.TrimSpace(v) == "" && (changed(flag) || inEnv && strings.TrimSpace(ev) == "") {
+				return usagef("--%s (or %s) is set but empty: unset it to run without it", flag, env)
+			}
+		}
+	}
 	switch {
 	case (c.tlsCert == "") != (c.tlsKey == ""):
 		return usagef("--tls-cert and --tls-key go together")
@@ -75,7 +93,7 @@ type accessLayer struct {
 // that a server never starts with less protection than asked for), wraps
 // next and starts the reloaders.
 func newAccessLayer(ctx context.Context, c accessConfig, next http.Handler, isPrivate func(string) bool, reg prometheus.Registerer, logger *slog.Logger) (_ *accessLayer, err error) {
-	if err := c.validate(); err != nil {
+	if err := c.validate(nil); err != nil {
 		return nil, err
 	}
 	a := &accessLayer{logger: logger}

@@ -60,3 +60,21 @@ func TestAccessConfigTraps(t *testing.T) {
 		})
 	}
 }
+
+func TestEmptyAccessFlagsAreErrors(t *testing.T) {
+	for _, flag := range []string{"tls-cert", "tls-key", "tls-client-ca", "auth-file", "policy-file", "audit-log"} {
+		c := accessConfig{reloadInterval: time.Second}
+		err := c.validate(func(f string) bool { return f == flag })
+		if err == nil || !strings.Contains(err.Error(), "--"+flag+" (or MODPROXY_") {
+			t.Errorf("%s set empty: %v", flag, err)
+		}
+	}
+	t.Setenv("MODPROXY_AUTH_FILE", " ")
+	if err := (accessConfig{reloadInterval: time.Second}).validate(func(string) bool { return false }); err == nil || !strings.Contains(err.Error(), "MODPROXY_AUTH_FILE") {
+		t.Errorf("empty MODPROXY_AUTH_FILE: %v", err)
+	}
+	os.Unsetenv("MODPROXY_AUTH_FILE")
+	if err := (accessConfig{reloadInterval: time.Second}).validate(func(string) bool { return false }); err != nil {
+		t.Errorf("nothing set: %v", err)
+	}
+}

@@ -190,7 +190,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	if err := c.net.validate(); err != nil {
 		return err
 	}
-	if err := c.access.validate(); err != nil {
+	if err := c.access.validate(changed); err != nil {
 		return err
 	}
 	if len(set.privateUpstreams) > 0 && set.private == "" {
