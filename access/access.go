@@ -9,11 +9,13 @@
 package access
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -200,6 +202,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintln(w, d.Message(req.Module, version))
 			return
 		}
+		if req.Kind == proxy.KindList {
+			status := h.serveFilteredList(w, r, pol, req.Module)
+			if h.cfg.Audit != nil {
+				h.cfg.Audit.record(r, id, req, decisionFor(status), status, "")
+			}
+			return
+		}
 	}
 	if h.cfg.Audit == nil {
 		h.next.ServeHTTP(w, r)
@@ -208,6 +217,84 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	h.next.ServeHTTP(sw, r)
 	h.cfg.Audit.record(r, id, req, decisionFor(sw.status), sw.status, "")
+}
+
+// maxList bounds a version list the policy filters; real lists are a few
+// KiB.
+const maxList = 8 << 20
+
+// serveFilteredList serves the version list of modPath without the
+// versions the policy denies, so that the go command's "latest" and
+// "go get -u" pick the newest allowed version instead of failing on a
+// denied one. The list is fetched whole (no conditional or range request)
+// and answered without validators, since its bytes depend on the policy.
+func (h *Handler) serveFilteredList(w http.ResponseWriter, r *http.Request, pol *policy.Policy, modPath string) int {
+	r = r.Clone(r.Context())
+	r.Method = http.MethodGet
+	for _, k := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
+		r.Header.Del(k)
+	}
+	rec := &bufferWriter{header: http.Header{}, status: http.StatusOK}
+	h.next.ServeHTTP(rec, r)
+	for k, v := range rec.header {
+		w.Header()[k] = v
+	}
+	if rec.status != http.StatusOK || rec.overflow {
+		if rec.overflow {
+			// Not a list any client needs; refuse rather than pass it unfiltered.
+			rec.status = http.StatusBadGateway
+			rec.body.Reset()
+			rec.body.WriteString("version list too large to apply the module policy\n")
+		}
+		w.Header().Del("Content-Length")
+		w.WriteHeader(rec.status)
+		w.Write(rec.body.Bytes())
+		return rec.status
+	}
+	var out strings.Builder
+	for line := range strings.SplitSeq(rec.body.String(), "\n") {
+		v := strings.TrimSpace(line)
+		if v == "" || !pol.Check(modPath, v).Allowed {
+			continue
+		}
+		out.WriteString(v)
+		out.WriteByte('\n')
+	}
+	hd := w.Header()
+	for _, k := range []string{"ETag", "Last-Modified", "Accept-Ranges", "Content-Range"} {
+		hd.Del(k)
+	}
+	hd.Set("Content-Length", strconv.Itoa(out.Len()))
+	w.WriteHeader(http.StatusOK)
+	// On HEAD the server discards the body and keeps the length.
+	io.WriteString(w, out.String())
+	return http.StatusOK
+}
+
+// bufferWriter captures a response in memory, up to maxList bytes.
+type bufferWriter struct {
+	header   http.Header
+	status   int
+	wrote    bool
+	body     bytes.Buffer
+	overflow bool
+}
+
+func (b *bufferWriter) Header() http.Header { return b.header }
+
+func (b *bufferWriter) WriteHeader(code int) {
+	if !b.wrote {
+		b.status, b.wrote = code, true
+	}
+}
+
+func (b *bufferWriter) Write(p []byte) (int, error) {
+	b.wrote = true
+	if b.body.Len()+len(p) > maxList {
+		b.overflow = true
+		return 0, errors.New("version list too large")
+	}
+	return b.body.Write(p)
 }
 
 // authenticate identifies r or answers it 401.

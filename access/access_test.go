@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -351,5 +352,54 @@ func TestNothingConfigured(t *testing.T) {
 		if w.Code != 200 {
 			t.Errorf("%s: %d", p, w.Code)
 		}
+	}
+}
+
+// listProxy answers a version list with conditional-request headers.
+type listProxy struct{ got http.Header }
+
+func (l *listProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	l.got = r.Header.Clone()
+	w.Header().Set("ETag", `"abc"`)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if strings.Contains(r.URL.Path, "missing") {
+		http.Error(w, "not found: no such module", http.StatusNotFound)
+		return
+	}
+	io.WriteString(w, "v1.0.0\nv1.0.1\nv1.1.0-pre\n\nv1.2.0\n")
+}
+
+func TestPolicyFiltersVersionLists(t *testing.T) {
+	p, err := policy.Parse([]byte("rules:\n  - {name: bad, action: deny, paths: [example.com/m], versions: 'v1.0.1 || >=v1.2.0'}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := &listProxy{}
+	holder := &PolicyHolder{}
+	holder.Store(p)
+	h := New(next, Config{Policy: holder})
+	for _, method := range []string{"GET", "HEAD"} {
+		r := httptest.NewRequest(method, "/example.com/m/@v/list", nil)
+		r.Header.Set("If-None-Match", `"abc"`)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		want := "v1.0.0\nv1.1.0-pre\n"
+		if w.Code != 200 || (method == "GET" && w.Body.String() != want) || w.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
+			t.Errorf("%s filtered list: %d %q (Content-Length %s)", method, w.Code, w.Body, w.Header().Get("Content-Length"))
+		}
+		if w.Header().Get("ETag") != "" || next.got.Get("If-None-Match") != "" {
+			t.Errorf("%s: validators passed through a filtered list", method)
+		}
+	}
+	// Another module's list and error answers pass as they are.
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/example.com/other/@v/list", nil))
+	if w.Body.String() != "v1.0.0\nv1.0.1\nv1.1.0-pre\nv1.2.0\n" {
+		t.Errorf("unaffected list: %q", w.Body)
+	}
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/example.com/missing/@v/list", nil))
+	if w.Code != 404 || !strings.Contains(w.Body.String(), "no such module") {
+		t.Errorf("error answer: %d %q", w.Code, w.Body)
 	}
 }

@@ -238,6 +238,15 @@ func TestAccessControlEndToEnd(t *testing.T) {
 			t.Errorf("the go command fell back to direct:\n%s", out)
 		}
 		g.run(d, "mod", "download", "example.com/bad@v1.0.0")
+		// The denied version is not listed, so "latest" is the newest
+		// allowed one.
+		if got := strings.TrimSpace(g.run(d, "list", "-m", "-versions", "example.com/bad")); got != "example.com/bad v1.0.0" {
+			t.Errorf("go list -m -versions = %q", got)
+		}
+		g.run(d, "get", "example.com/bad@latest")
+		if gomod, _ := os.ReadFile(filepath.Join(d, "go.mod")); !strings.Contains(string(gomod), "example.com/bad v1.0.0") {
+			t.Errorf("go get @latest did not pick the allowed v1.0.0:\n%s", gomod)
+		}
 	})
 
 	// The admin endpoints live on the admin listener only.
