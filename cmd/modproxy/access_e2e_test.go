@@ -130,7 +130,8 @@ func TestAccessControlEndToEnd(t *testing.T) {
 	}
 	up, db := startUniverse(t, pubMods)
 	privUp, err := testupstream.New(testupstream.Module{Path: "git.corp.example/team/lib", Version: "v1.0.0", Files: map[string]string{
-		"go.mod": "module git.corp.example/team/lib\n\ngo 1.21\n", "lib.go": "package lib\n\nfunc Name() string { return \"private\" }\n"}})
+		"go.mod": "module git.corp.example/team/lib\n\ngo 1.21\n", "lib.go": "package lib\n\nfunc Name() string { return \"private\" }\n",
+		"sub/sub.go": "package sub\n"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,6 +191,20 @@ func TestAccessControlEndToEnd(t *testing.T) {
 	}
 
 	t.Run("netrc", func(t *testing.T) { build(goEnv(netrc("dev", devTok))) })
+
+	t.Run("go get by import path", func(t *testing.T) {
+		// The go command also asks for the path's prefixes
+		// (git.corp.example/team, git.corp.example), which are outside
+		// dev's scope: their 403s must not fail the lookup that found
+		// git.corp.example/team/lib.
+		g := goEnv(netrc("dev", devTok))
+		d := writeFiles(t, map[string]string{"go.mod": "module example.com/z\n\ngo 1.21\n",
+			"z.go": "package z\n\nimport _ \"git.corp.example/team/lib/sub\"\n"})
+		out, err := g.try(d, "get", "git.corp.example/team/lib/sub")
+		if err != nil {
+			t.Fatalf("go get: %v\n%s", err, out)
+		}
+	})
 
 	t.Run("GOAUTH command", func(t *testing.T) {
 		script := filepath.Join(t.TempDir(), "goauth.sh")
