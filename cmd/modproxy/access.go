@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -281,8 +282,9 @@ func (a *auditFile) Close() error {
 	return a.f.Close()
 }
 
-// serve runs srv on ln (over TLS when configured) and the admin server
-// until srv stops; the first error of either is returned.
+// serve runs srv on ln (over TLS when configured: srv.TLSConfig must be
+// tlsConfig()) and the admin server until srv stops; the first error of
+// either is returned.
 func (a *accessLayer) serve(srv *http.Server, ln net.Listener) error {
 	errc := make(chan error, 2)
 	if a.admin != nil {
@@ -294,7 +296,6 @@ func (a *accessLayer) serve(srv *http.Server, ln net.Listener) error {
 	}
 	go func() {
 		if a.tls != nil {
-			srv.TLSConfig = a.tls.TLSConfig()
 			errc <- srv.ServeTLS(ln, "", "")
 			return
 		}
@@ -328,6 +329,14 @@ func (a *accessLayer) Close() {
 			a.logger.Error("close audit log", "err", err)
 		}
 	}
+}
+
+// tlsConfig is the main server's TLS configuration, nil for plain HTTP.
+func (a *accessLayer) tlsConfig() *tls.Config {
+	if a.tls == nil {
+		return nil
+	}
+	return a.tls.TLSConfig()
 }
 
 // scheme is the URL scheme the main listener serves.

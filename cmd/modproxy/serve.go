@@ -237,6 +237,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	defer acc.Close()
 	srv := &http.Server{
 		Handler:           acc.handler,
+		TLSConfig:         acc.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
