@@ -329,3 +329,14 @@ func TestKernelEvidenceAgesOut(t *testing.T) {
 		t.Errorf("KernelReason after the window = %q, want none", r)
 	}
 }
+
+// Decisions reach observers, netprobe's own (a kernel stall) included.
+func TestDecisionObserver(t *testing.T) {
+	h, _ := newTestHealth(t)
+	var got []string
+	h.AddDecisionObserver(func(u, d, r string) { got = append(got, u+" "+d+" "+r) })
+	h.RecordDecision("u", "abandoned", ReasonKernelStall)
+	if len(got) != 1 || got[0] != "u abandoned kernel_stall" {
+		t.Errorf("observed %v", got)
+	}
+}

@@ -56,8 +56,9 @@ type Health struct {
 	m   *metrics
 	now func() time.Time
 
-	mu  sync.Mutex
-	ups map[string]*upHealth
+	mu          sync.Mutex
+	ups         map[string]*upHealth
+	decisionObs []func(upstream, decision, reason string)
 }
 
 const (
@@ -518,6 +519,19 @@ func (h *Health) RecordDecision(upstream, decision, reason string) {
 	h.m.decisions.WithLabelValues(upstream, decision, reason).Inc()
 	h.mu.Lock()
 	h.getLocked(upstream).decisions[[2]string{decision, reason}]++
+	obs := h.decisionObs
+	h.mu.Unlock()
+	for _, fn := range obs {
+		fn(upstream, decision, reason)
+	}
+}
+
+// AddDecisionObserver makes every recorded decision, the proxy's and
+// netprobe's own (a kernel stall abandoning a body), also go to fn (the
+// heatmap's time line). fn must not block.
+func (h *Health) AddDecisionObserver(fn func(upstream, decision, reason string)) {
+	h.mu.Lock()
+	h.decisionObs = append(slices.Clip(h.decisionObs), fn)
 	h.mu.Unlock()
 }
 

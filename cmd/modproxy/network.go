@@ -98,26 +98,15 @@ func newNetwork(ctx context.Context, c netConfig, upstreams []string, reg promet
 	kernel.attach(p)
 	rec := heatmap.NewRecorder(heatmap.Options{})
 	p.AddPhaseObserver(rec.Observe)
+	p.Health().AddDecisionObserver(rec.ObserveDecision)
 	return &network{probe: p, kernel: kernel, heatmap: rec}, nil
 }
 
 func (n *network) Client() *http.Client { return n.probe.Client() }
 
-// Health is netprobe's health scorer, with fallback decisions also drawn
-// on the heatmap page's time line.
-func (n *network) Health() proxy.Health {
-	return observedHealth{Health: n.probe.Health(), rec: n.heatmap}
-}
-
-type observedHealth struct {
-	*netprobe.Health
-	rec *heatmap.Recorder
-}
-
-func (h observedHealth) RecordDecision(upstream, decision, reason string) {
-	h.Health.RecordDecision(upstream, decision, reason)
-	h.rec.ObserveDecision(upstream, decision, reason)
-}
+// Health is netprobe's health scorer; its decisions are also drawn on the
+// heatmap page's time line (AddDecisionObserver).
+func (n *network) Health() proxy.Health { return n.probe.Health() }
 
 // DebugHandlers are the network layer's pages, by mux pattern.
 func (n *network) DebugHandlers() map[string]http.Handler {
