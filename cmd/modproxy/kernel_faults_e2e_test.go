@@ -547,6 +547,10 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 					if f.signal != "" && (ke == nil || ke.severity(f.signal) == 0) {
 						t.Errorf("%s: the %s signal did not rise: %s", f.name, f.signal, ke)
 					}
+					// The heatmap's decisions strip marks them on the time line.
+					if _, page := mp.get(t, "/debug/heatmap"); what != "" && !strings.Contains(page, `data-kernel="1"`) {
+						t.Errorf("%s: no kernel-evidence decision on the heatmap page", f.name)
+					}
 				}
 				if mode == "on" && what == "" {
 					_, metrics := mp.get(t, "/metrics")
