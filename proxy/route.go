@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -256,6 +257,10 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 			}
 			if ctx.Err() != nil && errors.Is(r.err, context.Canceled) {
 				continue // a cancelled hedge loser
+			}
+			if why := kernelWhy[r.idx]; why != "" && errors.Is(r.err, context.Canceled) {
+				// Abandoned on a kernel alarm: say why, not "context canceled".
+				r.err = &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("abandoned (%s): %w", why, r.err)}
 			}
 			errs = append(errs, r.err)
 			fallThrough := u.AnyError
