@@ -38,15 +38,17 @@ import (
 // A 10 % checksum-failure rate halves the score at best; 20 % leaves at most
 // 0.1. With the eBPF probes attached, the score is further multiplied by the
 // kernel evidence factor (SYN retransmits, refused connects, loss, SRTT
-// against the upstream's own baseline, TLS alerts; weights and thresholds
-// in evidence.go); without them it is exactly the above. States: healthy ≥ 0.8, degraded ≥ 0.5, unhealthy below.
+// against the upstream's own baseline, stalls, TLS alerts; weights and
+// thresholds in evidence.go); without them it is exactly the above.
+// States: healthy ≥ 0.8, degraded ≥ 0.5, unhealthy below.
 //
 // # Circuit breaker
 //
 // With at least CircuitMinSamples requests (or checksum failures) in the
 // window and state unhealthy, the circuit opens: Allow returns false,
 // "circuit_open" (or the kernel reason, e.g. "kernel_loss", when the
-// kernel evidence alone made it unhealthy). After CircuitCooldown exactly one caller gets true,
+// kernel evidence alone made it unhealthy). After CircuitCooldown exactly
+// one caller gets true,
 // "half_open_trial"; the outcome of the next request to that upstream
 // observed by the transport closes the circuit (and clears the window's
 // failure counts: a fresh start) or re-opens it. A trial with no outcome
