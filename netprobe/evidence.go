@@ -120,6 +120,9 @@ type kernelEvidence struct {
 	srttN   int
 	srttPos int
 	seen    bool // any kernel event at all
+	// srttStat caches srttRatio until the next sample.
+	srttStat  srttStat
+	srttClean bool
 	// synSeen: connections (by cookie) already counted for a SYN
 	// retransmit, so that a connect with 3 retransmitted SYNs counts once.
 	synSeen map[uint64]struct{}
@@ -150,10 +153,17 @@ func (e *kernelEvidence) window(now time.Time) kbucket {
 	return s
 }
 
+type srttStat struct {
+	ratio        float64
+	recent, base time.Duration
+	ok           bool
+}
+
 func (e *kernelEvidence) addSRTT(d time.Duration) {
 	if d <= 0 {
 		return
 	}
+	e.srttClean = false
 	e.srtt[e.srttPos] = d
 	e.srttPos = (e.srttPos + 1) % srttRingSize
 	e.srttN = min(e.srttN+1, srttRingSize)
@@ -163,6 +173,15 @@ func (e *kernelEvidence) addSRTT(d time.Duration) {
 // median of the older ones, and whether there are enough of both and the
 // excess is at least srttMinExcess.
 func (e *kernelEvidence) srttRatio() (ratio float64, recent, base time.Duration, ok bool) {
+	if !e.srttClean {
+		r, rec, b, k := e.computeSRTT()
+		e.srttStat, e.srttClean = srttStat{r, rec, b, k}, true
+	}
+	c := e.srttStat
+	return c.ratio, c.recent, c.base, c.ok
+}
+
+func (e *kernelEvidence) computeSRTT() (ratio float64, recent, base time.Duration, ok bool) {
 	if e.srttN < srttRecentN+srttBaselineN {
 		return 0, 0, 0, false
 	}
@@ -207,13 +226,21 @@ type KernelEvidence struct {
 
 // assess computes the kernel factor and its dominant reason; requests is the
 // userspace request count of the same window (the loss denominator).
-func (e *kernelEvidence) assess(now time.Time, requests int) KernelEvidence {
+// With detail, Signals lists every signal (the debug page); without, only
+// Factor and Reason are set (every Score call: no allocation).
+func (e *kernelEvidence) assess(now time.Time, requests int, detail bool) KernelEvidence {
 	w := e.window(now)
 	out := KernelEvidence{Factor: 1}
+	best := 0.0
 	add := func(s kernelSignal, x float64, n int) {
 		sev := s.severity(x, n)
-		out.Signals = append(out.Signals, KernelSignal{Reason: s.reason, Value: x, Samples: n, Severity: sev, Weight: s.weight})
+		if detail {
+			out.Signals = append(out.Signals, KernelSignal{Reason: s.reason, Value: x, Samples: n, Severity: sev, Weight: s.weight})
+		}
 		out.Factor *= 1 - s.weight*sev
+		if p := s.weight * sev; p > best {
+			best, out.Reason = p, s.reason
+		}
 	}
 	ratio := func(a, b int) float64 {
 		if b <= 0 {
@@ -240,12 +267,6 @@ func (e *kernelEvidence) assess(now time.Time, requests int) KernelEvidence {
 	add(sigSRTT, r, n)
 	add(sigTLSAlert, ratio(w.alerts, w.attempts), w.attempts)
 	add(sigStall, ratio(w.stalls, requests), w.stalls)
-	best := 0.0
-	for _, s := range out.Signals {
-		if p := s.Weight * s.Severity; p > best {
-			best, out.Reason = p, s.Reason
-		}
-	}
 	return out
 }
 
@@ -333,7 +354,7 @@ func (h *Health) kernelFactorLocked(u *upHealth, now time.Time) (float64, string
 	if !u.kev.seen {
 		return 1, ""
 	}
-	a := u.kev.assess(now, u.window(now).requests)
+	a := u.kev.assess(now, u.window(now).requests, false)
 	return a.Factor, a.Reason
 }
 
@@ -358,7 +379,7 @@ func (h *Health) kernelSnapshotLocked(u *upHealth, now time.Time) *KernelEvidenc
 	if !u.kev.seen {
 		return nil
 	}
-	a := u.kev.assess(now, u.window(now).requests)
+	a := u.kev.assess(now, u.window(now).requests, true)
 	return &a
 }
 
@@ -370,6 +391,7 @@ func (e *kernelEvidence) freshStart() {
 	drop := min(e.srttN, srttRecentN)
 	e.srttN -= drop
 	e.srttPos = (e.srttPos - drop + srttRingSize) % srttRingSize
+	e.srttClean = false
 	clear(e.synSeen)
 }
 
