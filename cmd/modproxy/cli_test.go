@@ -52,6 +52,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"bad upstream", nil, []string{"serve", "--upstream", "ftp://x", "--sumdb", "off"}, "invalid --upstream"},
 		{"bad sumdb", nil, []string{"serve", "--upstream", "http://127.0.0.1:1", "--sumdb", "a+b+c+d+e"}, "invalid --sumdb"},
 		{"bad ebpf mode", nil, []string{"serve", "--ebpf", "maybe"}, "invalid --ebpf"},
+		{"negative kernel stall", nil, []string{"serve", "--kernel-stall-after", "-1s", "--upstream", "http://127.0.0.1:1", "--sumdb", "off"}, "invalid --kernel-stall-after"},
 		{"bad goauth", nil, []string{"serve", "--listen", "127.0.0.1:0", "--db", filepath.Join(tmp, "a.db"), "--upstream", "direct", "--sumdb", "off", "--goauth", "git relative/dir"}, "invalid --goauth"},
 		{"bad govcs", nil, []string{"serve", "--listen", "127.0.0.1:0", "--db", filepath.Join(tmp, "b.db"), "--upstream", "direct", "--sumdb", "off", "--govcs", "nocolon"}, "invalid --govcs"},
 		{"unknown command", nil, []string{"frobnicate"}, "unknown command"},
