@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 
@@ -19,11 +20,12 @@ import (
 // Need is what to fetch for one module version.
 type Need struct {
 	Path, Version string
-	// Zip reports that the module's zip is needed (it is in a build list or
-	// in a go.sum with its h1: hash). Otherwise only .info and .mod are needed.
+	// Zip reports that the module's zip is needed (it is in a build list).
+	// Otherwise only .info and .mod are needed.
 	Zip bool
 	// ModHash and ZipHash are the expected "h1:" hashes of the go.mod file and
-	// of the zip when known (from a go.sum), "" otherwise.
+	// of the zip when known (from a go.sum), "" otherwise. A go.sum never adds
+	// a need: it only carries hashes for needs the graph produced.
 	ModHash, ZipHash string
 }
 
@@ -49,8 +51,9 @@ type Source interface {
 
 // Options configure Resolve.
 type Options struct {
-	// Source fetches go.mod files and resolves "latest". It is needed only
-	// for graph walks (targets without go.sum) and module@version targets.
+	// Source fetches go.mod files and resolves "latest". Every target but
+	// a go.sum without a go.mod beside it needs it: the module graph is
+	// walked whether or not a go.sum is present.
 	Source Source
 	// GoVersion is the Go version of the toolchain that will run the build,
 	// such as "1.26.8". Default: runtime.Version() without its "go" prefix.
@@ -101,6 +104,17 @@ type resolver struct {
 	host  string
 	needs map[module.Version]*Need
 	notes []string
+
+	// sums holds the hashes of every go.sum read, keyed by module version;
+	// plan attaches them to the needs the graphs produced.
+	sums map[module.Version]*sumHashes
+}
+
+// sumHashes are the go.sum hashes of one module version, with the file
+// that gave each (for error messages).
+type sumHashes struct {
+	mod, zip         string
+	modFile, zipFile string
 }
 
 func newResolver(opts Options) (*resolver, error) {
@@ -122,7 +136,7 @@ func newResolver(opts Options) (*resolver, error) {
 			return nil, fmt.Errorf("modgraph: invalid platform %q (want GOOS/GOARCH)", p)
 		}
 	}
-	return &resolver{opts: opts, host: host, needs: map[module.Version]*Need{}}, nil
+	return &resolver{opts: opts, host: host, needs: map[module.Version]*Need{}, sums: map[module.Version]*sumHashes{}}, nil
 }
 
 func (r *resolver) notef(format string, args ...any) {
@@ -159,7 +173,60 @@ func (r *resolver) add(needs ...Need) error {
 	return nil
 }
 
+// addSums records the hashes of a go.sum file. It fails when two go.sum
+// files disagree on a hash.
+func (r *resolver) addSums(file string, needs []Need) error {
+	for _, n := range needs {
+		k := module.Version{Path: n.Path, Version: n.Version}
+		h := r.sums[k]
+		if h == nil {
+			h = &sumHashes{}
+			r.sums[k] = h
+		}
+		for _, x := range []struct {
+			what, src  string
+			dst, dfile *string
+		}{{"zip", n.ZipHash, &h.zip, &h.zipFile}, {"go.mod", n.ModHash, &h.mod, &h.modFile}} {
+			switch {
+			case x.src == "" || x.src == *x.dst:
+			case *x.dst == "":
+				*x.dst, *x.dfile = x.src, file
+			default:
+				return fmt.Errorf("modgraph: conflicting %s hashes for %s@%s: %s in %s and %s in %s", x.what, n.Path, n.Version, *x.dst, *x.dfile, x.src, file)
+			}
+		}
+	}
+	return nil
+}
+
 func (r *resolver) plan() (*Plan, error) {
+	// Attach the go.sum hashes to the needs; lines for versions outside
+	// every graph are reported, not fetched.
+	var unused []string
+	for k, h := range r.sums {
+		n, ok := r.needs[k]
+		if !ok {
+			if r.opts.Exclude == nil || !r.opts.Exclude(k.Path) {
+				unused = append(unused, k.Path+"@"+k.Version)
+			}
+			continue
+		}
+		if h.mod != "" {
+			if err := r.add(Need{Path: k.Path, Version: k.Version, ModHash: h.mod}); err != nil {
+				return nil, err
+			}
+		}
+		if h.zip != "" && n.Zip {
+			if err := r.add(Need{Path: k.Path, Version: k.Version, Zip: true, ZipHash: h.zip}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(unused) > 0 {
+		sort.Strings(unused)
+		ex := unused[:min(len(unused), 3)]
+		r.notef("%d module versions in go.sum are outside the module graph (left over from an earlier graph, or another platform's toolchain): not fetched, e.g. %s", len(unused), strings.Join(ex, ", "))
+	}
 	p := &Plan{Notes: r.notes}
 	for _, n := range r.needs {
 		p.Needs = append(p.Needs, *n)
@@ -212,6 +279,17 @@ func (r *resolver) file(ctx context.Context, file string) error {
 	case base == "go.mod" || strings.HasSuffix(base, ".mod"):
 		return r.goMod(ctx, file)
 	case strings.HasSuffix(base, ".sum"):
+		// A go.sum stands for the go.mod beside it, and go.work.sum for the
+		// go.work: the graph decides what is needed, the sums add hashes.
+		dir := filepath.Dir(file)
+		for _, beside := range [][2]string{{"go.work.sum", "go.work"}, {"go.sum", "go.mod"}} {
+			if base != beside[0] {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(dir, beside[1])); err == nil {
+				return r.file(ctx, filepath.Join(dir, beside[1]))
+			}
+		}
 		data, err := os.ReadFile(file)
 		if err != nil {
 			return err
@@ -220,7 +298,8 @@ func (r *resolver) file(ctx context.Context, file string) error {
 		if err != nil {
 			return err
 		}
-		r.notef("%s: go.sum alone: %d lines", file, len(needs))
+		// No go.mod to walk from: the lines themselves are all there is.
+		r.notef("%s: go.sum without a go.mod or go.work beside it: its %d lines, exactly (no module graph to walk)", file, len(needs))
 		return r.add(needs...)
 	}
 	return fmt.Errorf("target %s: not a go.mod, go.sum or go.work file", file)
@@ -254,8 +333,8 @@ func parseModFile(file string) (*modfile.File, error) {
 	return f, nil
 }
 
-// goMod resolves a main module: exactly from the go.sum beside it when there
-// is one, by a graph walk through Source otherwise.
+// goMod resolves a main module by a graph walk through Source; the go.sum
+// beside it, if any, only adds hashes.
 func (r *resolver) goMod(ctx context.Context, file string) error {
 	f, err := parseModFile(file)
 	if err != nil {
@@ -264,61 +343,77 @@ func (r *resolver) goMod(ctx context.Context, file string) error {
 	if err := r.toolchain(file, f.Go, f.Toolchain); err != nil {
 		return err
 	}
+	return r.walkMain(ctx, file, f)
+}
+
+// walkMain walks the module graph of the main module f (read from file) as
+// the go command does in module mode, adds its needs, and records the
+// hashes of the go.sum beside it.
+func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File) error {
 	dir := filepath.Dir(file)
-	c := r.newConfig()
-	c.mains[f.Module.Mod.Path] = c.summarize(f)
-	c.addReplaces(f.Replace, dir, false)
-	for _, e := range f.Exclude {
-		c.exclude[e.Mod] = true
-	}
 	sumFile := filepath.Join(dir, "go.sum")
 	sums, haveSum, err := readSum(sumFile)
 	if err != nil {
 		return err
 	}
 	if haveSum {
-		r.notef("%s: exact from %s (%d lines) plus the go.mod's requirements", file, sumFile, len(sums))
-		if err := r.add(sums...); err != nil {
+		if err := r.addSums(sumFile, sums); err != nil {
 			return err
 		}
-		return r.add(c.directNeeds(f)...)
 	}
 	if r.opts.Source == nil {
-		return fmt.Errorf("%s: no go.sum beside it, and no Source to walk the module graph", file)
+		return fmt.Errorf("%s: no Source to walk the module graph", file)
 	}
-	mode := pruningForGoVersion(goLine(f.Go))
+	c := r.newConfig()
+	c.mains[f.Module.Mod.Path] = c.summarize(f)
+	c.addReplaces(f.Replace, dir, false)
+	for _, e := range f.Exclude {
+		c.exclude[e.Mod] = true
+	}
 	var roots []module.Version
 	for _, req := range f.Require {
 		if !c.exclude[req.Mod] {
 			roots = append(roots, req.Mod)
 		}
 	}
-	res, err := c.walkModule(ctx, mode, f.Module.Mod.Path, roots)
+	goVersion := goLine(f.Go)
+	mode := pruningForGoVersion(goVersion)
+	res, err := c.walkModule(ctx, mode, f.Module.Mod.Path, slices.Clone(roots))
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
-	r.notef("%s: no go.sum, graph walk (%s): %d modules in the build list, %d go.mod files read", file, modeName(mode), len(res.buildList), len(c.modRead))
-	r.notes = append(r.notes, c.notes...)
-	return r.add(res.needs...)
-}
-
-// directNeeds returns the zips of a main module's requirements, after its
-// excludes and replacements.
-func (c *graphConfig) directNeeds(f *modfile.File) []Need {
-	var needs []Need
-	for _, req := range f.Require {
-		if _, main := c.mains[req.Mod.Path]; main || c.exclude[req.Mod] {
-			continue
+	how := "no go.sum"
+	if haveSum {
+		how = fmt.Sprintf("hashes from %s (%d lines)", sumFile, len(sums))
+	}
+	r.notef("%s: graph walk (%s), %s: %d modules in the build list, %d go.mod files read", file, modeName(mode), how, len(res.buildList), len(c.modRead))
+	if err := r.add(res.needs...); err != nil {
+		return err
+	}
+	// 'go mod tidy' keeps the main module tidy for the previous Go version
+	// too (modload.LoadPackages, TidyCompatibleVersion: gover.Prev of the go
+	// line, below gover.GoStrictVersion 1.21). Only for go 1.17.x does that
+	// version read the graph differently (unpruned, go 1.16), and tidy then
+	// loads the unpruned graph as well.
+	if mode == pruned && compareGo(goVersion, "1.18") < 0 {
+		cres, err := c.walkModule(ctx, unpruned, f.Module.Mod.Path, slices.Clone(roots))
+		if err != nil {
+			return fmt.Errorf("%s: the go 1.16 graph that go mod tidy checks: %w", file, err)
 		}
-		if rep := c.resolveReplacement(req.Mod); rep.dir == "" {
-			needs = append(needs, Need{Path: rep.mod.Path, Version: rep.mod.Version, Zip: true})
+		r.notef("%s: go 1.17: also the unpruned graph that go mod tidy -compat=1.16 reads: %d modules in its build list, %d go.mod files read in all", file, len(cres.buildList), len(c.modRead))
+		if err := r.add(cres.needs...); err != nil {
+			return err
 		}
 	}
-	return needs
+	r.notes = append(r.notes, c.notes...)
+	return nil
 }
 
-// goWork resolves a workspace: from its go.sum files (go.work.sum and each
-// module's go.sum) when there are any, by a workspace graph walk otherwise.
+// goWork resolves a workspace: the workspace graph walk (what the go
+// command reads in workspace mode), plus every used module's own graph in
+// module mode, which commands that ignore go.work ('go mod tidy', or any
+// command with GOWORK=off) read. go.work.sum and the modules' go.sum files
+// add hashes.
 func (r *resolver) goWork(ctx context.Context, file string) error {
 	data, err := os.ReadFile(file)
 	if err != nil {
@@ -334,65 +429,67 @@ func (r *resolver) goWork(ctx context.Context, file string) error {
 	dir := filepath.Dir(file)
 	c := r.newConfig()
 	c.addReplaces(wf.Replace, dir, true)
-	var (
-		files []*modfile.File
-		sums  []Need
-		nsum  int
-	)
 	if s, ok, err := readSum(filepath.Join(dir, "go.work.sum")); err != nil {
 		return err
 	} else if ok {
-		sums, nsum = append(sums, s...), nsum+1
+		if err := r.addSums(filepath.Join(dir, "go.work.sum"), s); err != nil {
+			return err
+		}
 	}
+	var (
+		files []*modfile.File
+		names []string
+	)
 	for _, u := range wf.Use {
 		mdir := u.Path
 		if !filepath.IsAbs(mdir) {
 			mdir = filepath.Join(dir, mdir)
 		}
-		f, err := parseModFile(filepath.Join(mdir, "go.mod"))
+		name := filepath.Join(mdir, "go.mod")
+		f, err := parseModFile(name)
 		if err != nil {
 			return fmt.Errorf("%s:%d: use %s: %w", file, u.Syntax.Start.Line, u.Path, err)
 		}
 		if _, dup := c.mains[f.Module.Mod.Path]; dup {
 			return fmt.Errorf("%s:%d: module %s appears multiple times in workspace", file, u.Syntax.Start.Line, f.Module.Mod.Path)
 		}
-		files = append(files, f)
+		files, names = append(files, f), append(names, name)
 		c.mains[f.Module.Mod.Path] = nil // placeholder until excludes are known
 		c.addReplaces(f.Replace, mdir, false)
 		for _, e := range f.Exclude {
 			c.exclude[e.Mod] = true
 		}
-		if s, ok, err := readSum(filepath.Join(mdir, "go.sum")); err != nil {
-			return err
-		} else if ok {
-			sums, nsum = append(sums, s...), nsum+1
-		}
 	}
 	for _, f := range files {
 		c.mains[f.Module.Mod.Path] = c.summarize(f)
 	}
-	if nsum > 0 {
-		r.notef("%s: exact from %d go.sum files (%d lines) plus the requirements of its %d modules", file, nsum, len(sums), len(files))
-		if err := r.add(sums...); err != nil {
-			return err
-		}
-		for _, f := range files {
-			if err := r.add(c.directNeeds(f)...); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
 	if r.opts.Source == nil {
-		return fmt.Errorf("%s: no go.sum files, and no Source to walk the module graph", file)
+		return fmt.Errorf("%s: no Source to walk the module graph", file)
 	}
 	res, err := c.walkWorkspace(ctx)
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
-	r.notef("%s: no go.sum files, workspace graph walk of %d modules: %d modules in the build list, %d go.mod files read", file, len(files), len(res.buildList), len(c.modRead))
+	r.notef("%s: workspace graph walk of %d modules: %d modules in the build list, %d go.mod files read", file, len(files), len(res.buildList), len(c.modRead))
 	r.notes = append(r.notes, c.notes...)
-	return r.add(res.needs...)
+	if err := r.add(res.needs...); err != nil {
+		return err
+	}
+	for i, f := range files {
+		if err := r.toolchain(names[i], f.Go, f.Toolchain); err != nil {
+			return err
+		}
+		// A used module whose own graph cannot be read (it requires a
+		// version of another used module that was never published) fails
+		// in module mode online too: say so, and keep the workspace.
+		if err := r.walkMain(ctx, names[i], f); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			r.notef("%s: in module mode (GOWORK=off, go mod tidy) its graph cannot be read, so those commands will need the network: %v", names[i], err)
+		}
+	}
+	return nil
 }
 
 // moduleQuery resolves module@version or module@latest as
