@@ -123,13 +123,17 @@ var offlineModules = []testupstream.Module{
 	// workspace: app requires the published lib v1.0.0 and dep v1.0.0;
 	// in the workspace lib is the local module, which requires dep v1.1.0
 	// and tool. go mod tidy in app ignores go.work and needs lib v1.0.0.
+	// The published lib also requires old, which no package imports: it
+	// is in the workspace's build list, and in no go.sum line.
 	{Path: "example.com/ws/lib", Version: "v1.0.0", Files: map[string]string{
-		"go.mod": "module example.com/ws/lib\n\ngo 1.21\n\nrequire example.com/ws/dep v1.0.0\n",
+		"go.mod": "module example.com/ws/lib\n\ngo 1.21\n\nrequire (\n\texample.com/ws/dep v1.0.0\n\texample.com/ws/old v1.0.0\n)\n",
 		"lib.go": "package lib\n\nimport \"example.com/ws/dep\"\n\nconst L = \"published\" + dep.D\n"}},
 	{Path: "example.com/ws/dep", Version: "v1.0.0", Files: map[string]string{
 		"go.mod": "module example.com/ws/dep\n\ngo 1.21\n", "dep.go": "package dep\n\nconst D = \"1.0\"\n"}},
 	{Path: "example.com/ws/dep", Version: "v1.1.0", Files: map[string]string{
 		"go.mod": "module example.com/ws/dep\n\ngo 1.21\n", "dep.go": "package dep\n\nconst D = \"1.1\"\n"}},
+	{Path: "example.com/ws/old", Version: "v1.0.0", Files: map[string]string{
+		"go.mod": "module example.com/ws/old\n\ngo 1.21\n", "old.go": "package old\n\nconst O = \"old\"\n"}},
 	{Path: "example.com/ws/tool", Version: "v1.0.0", Files: map[string]string{
 		"go.mod": "module example.com/ws/tool\n\ngo 1.21\n", "tool.go": "package tool\n\nconst T = \"tool\"\n"}},
 
@@ -269,7 +273,8 @@ var offlineFixtures = []offlineFixture{{
 		return dir
 	},
 	check: func(t *testing.T, dir string) {
-		mustContain(t, dir, "app/go.sum", "example.com/ws/lib v1.0.0 h1:", "!example.com/ws/tool")
+		mustContain(t, dir, "app/go.sum", "example.com/ws/lib v1.0.0 h1:", "!example.com/ws/tool", "!example.com/ws/old")
+		mustContain(t, dir, "lib/go.sum", "!example.com/ws/old")
 	},
 }, {
 	name: "toolchain",
