@@ -367,6 +367,33 @@ func TestTargets(t *testing.T) {
 		targets: []string{"go.sum"},
 		wantErr: `go.sum:2: example.com/a: invalid version "1.0"`,
 	}, {
+		name: "malformed go.sum beside a go.mod fails, naming it, as the go command does",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.21", "example.com/a v1.0.0"),
+			"go.sum": "example.com/a v1.0.0 " + hA + "\n<html>not a go.sum</html>\n",
+		},
+		targets: []string{"."},
+		wantErr: `go.sum:2: malformed module path "<html>not"`,
+	}, {
+		name: "workspace go.sum files that disagree: both named",
+		files: map[string]string{
+			"go.work":     "go 1.21\n\nuse ./one\n",
+			"go.work.sum": "example.com/a v1.0.0 " + hB + "\n",
+			"one/go.mod":  gomod("example.com/one", "1.21", "example.com/a v1.0.0"),
+			"one/go.sum":  "example.com/a v1.0.0 " + hA + "\n",
+		},
+		targets: []string{"go.work"},
+		wantErr: "go.work.sum and " + hA + " in ",
+	}, {
+		name: "a go.sum cannot add a module the graph does not need",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.21", "example.com/c v1.0.0"),
+			"go.sum": "example.com/c v1.0.0 " + hC + "\nevil.example/x v9.9.9 " + hA + "\nevil.example/x v9.9.9/go.mod " + hAm + "\n",
+		},
+		targets:  []string{"."},
+		want:     []string{"example.com/c@v1.0.0 zip zh=" + hC},
+		wantNote: "1 module versions in go.sum are outside the module graph",
+	}, {
 		name:    "conflicting hashes",
 		files:   map[string]string{"a.sum": "example.com/a v1.0.0 " + hA + "\n", "b.sum": "example.com/a v1.0.0 " + hB + "\n"},
 		targets: []string{"a.sum", "b.sum"},

@@ -343,24 +343,32 @@ func (r *resolver) goMod(ctx context.Context, file string) error {
 	if err := r.toolchain(file, f.Go, f.Toolchain); err != nil {
 		return err
 	}
-	return r.walkMain(ctx, file, f)
-}
-
-// walkMain walks the module graph of the main module f (read from file) as
-// the go command does in module mode, adds its needs, and records the
-// hashes of the go.sum beside it.
-func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File) error {
-	dir := filepath.Dir(file)
-	sumFile := filepath.Join(dir, "go.sum")
-	sums, haveSum, err := readSum(sumFile)
+	how, err := r.mainSums(file)
 	if err != nil {
 		return err
 	}
-	if haveSum {
-		if err := r.addSums(sumFile, sums); err != nil {
-			return err
-		}
+	return r.walkMain(ctx, file, f, how)
+}
+
+// mainSums records the hashes of the go.sum beside the go.mod file, if
+// any, and says for the notes where hashes came from.
+func (r *resolver) mainSums(file string) (string, error) {
+	sumFile := filepath.Join(filepath.Dir(file), "go.sum")
+	sums, haveSum, err := readSum(sumFile)
+	if err != nil || !haveSum {
+		return "no go.sum", err
 	}
+	if err := r.addSums(sumFile, sums); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("hashes from %s (%d lines)", sumFile, len(sums)), nil
+}
+
+// walkMain walks the module graph of the main module f (read from file) as
+// the go command does in module mode and adds its needs; how says where
+// the hashes come from.
+func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File, how string) error {
+	dir := filepath.Dir(file)
 	if r.opts.Source == nil {
 		return fmt.Errorf("%s: no Source to walk the module graph", file)
 	}
@@ -381,10 +389,6 @@ func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File) e
 	res, err := c.walkModule(ctx, mode, f.Module.Mod.Path, slices.Clone(roots))
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
-	}
-	how := "no go.sum"
-	if haveSum {
-		how = fmt.Sprintf("hashes from %s (%d lines)", sumFile, len(sums))
 	}
 	r.notef("%s: graph walk (%s), %s: %d modules in the build list, %d go.mod files read", file, modeName(mode), how, len(res.buildList), len(c.modRead))
 	if err := r.add(res.needs...); err != nil {
@@ -460,8 +464,12 @@ func (r *resolver) goWork(ctx context.Context, file string) error {
 			c.exclude[e.Mod] = true
 		}
 	}
-	for _, f := range files {
+	hows := make([]string, len(files))
+	for i, f := range files {
 		c.mains[f.Module.Mod.Path] = c.summarize(f)
+		if hows[i], err = r.mainSums(names[i]); err != nil {
+			return err
+		}
 	}
 	if r.opts.Source == nil {
 		return fmt.Errorf("%s: no Source to walk the module graph", file)
@@ -482,7 +490,7 @@ func (r *resolver) goWork(ctx context.Context, file string) error {
 		// A used module whose own graph cannot be read (it requires a
 		// version of another used module that was never published) fails
 		// in module mode online too: say so, and keep the workspace.
-		if err := r.walkMain(ctx, names[i], f); err != nil {
+		if err := r.walkMain(ctx, names[i], f, hows[i]); err != nil {
 			if ctx.Err() != nil {
 				return err
 			}

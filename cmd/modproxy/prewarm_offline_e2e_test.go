@@ -301,12 +301,15 @@ func (r *offlineResults) set(key, v string) {
 	r.res[key] = v
 }
 
-// table renders the results as a Markdown table per fixture.
-func (r *offlineResults) table() string {
+// table renders the results of offlineFixtures.
+func (r *offlineResults) table() string { return r.tableOf(offlineFixtures) }
+
+// tableOf renders the results as a Markdown table per fixture.
+func (r *offlineResults) tableOf(fixtures []offlineFixture) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var b strings.Builder
-	for _, fx := range offlineFixtures {
+	for _, fx := range fixtures {
 		fmt.Fprintf(&b, "\n%s\n\n| command | prewarm with go.sum | prewarm without go.sum | prewarm and project without go.sum |\n| --- | --- | --- | --- |\n", fx.name)
 		dirs := fx.runDirs
 		if dirs == nil {
