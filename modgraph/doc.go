@@ -65,9 +65,9 @@
 //     modules' packages (the zips of the modules providing imported
 //     packages, and of every module whose path is a prefix of an imported
 //     package, which is checked for ambiguous imports);
-//   - 'go mod tidy' (the packages of "all" with their tests: for a module
-//     before go 1.17 that includes the tests of dependencies, whose imports
-//     come from modules that are only in the build list).
+//   - 'go mod tidy' (the packages of "all" and the tests of each, tests of
+//     dependencies included, and before go 1.17 transitively: their
+//     imports may come from modules that provide no package to the build).
 //
 // A plain 'go build' of a pruned module needs less: the build list's zips
 // beyond the providers of imported packages are fetched only by the

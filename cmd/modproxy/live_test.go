@@ -75,7 +75,12 @@ var liveProjects = []offlineFixture{{
 		"lib.go":      "package lib\n\nfunc Add(a, b int) int { return a + b }\n",
 		"lib_test.go": "package lib\n\nimport (\n\t\"testing\"\n\n\t\"github.com/stretchr/testify/require\"\n)\n\nfunc TestAdd(t *testing.T) { require.Equal(t, 3, Add(1, 2)) }\n",
 	},
-	target: fileIn("go.sum"),
+	target: func(dir string, withSum bool) string {
+		if withSum {
+			return filepath.Join(dir, "go.sum")
+		}
+		return filepath.Join(dir, "go.mod")
+	},
 }}
 
 // TestLivePrewarmOffline is the offline guarantee against the real

@@ -64,9 +64,10 @@ that with a fresh module cache, offline, all of these work:
                               zips of the modules providing packages, and
                               of modules whose path prefixes an import
                               (checked for ambiguous imports)
-  go mod tidy [-diff]         "all" with tests: before go 1.17 that includes
-                              tests of dependencies; at go 1.17 tidy also
-                              reads the unpruned go 1.16 graph (-compat)
+  go mod tidy [-diff]         the packages of "all" and the tests of each,
+                              dependencies' tests included (before go 1.17
+                              transitively); at go 1.17 also the unpruned
+                              go 1.16 graph it checks (-compat)
 For a go.work, the workspace graph and each used module's own graph (which
 go mod tidy and GOWORK=off read). A go or toolchain line newer than the local
 toolchain adds the golang.org/toolchain module for each --platform. The

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -310,7 +311,12 @@ func (r *offlineResults) tableOf(fixtures []offlineFixture) string {
 	defer r.mu.Unlock()
 	var b strings.Builder
 	for _, fx := range fixtures {
-		fmt.Fprintf(&b, "\n%s\n\n| command | prewarm with go.sum | prewarm without go.sum | prewarm and project without go.sum |\n| --- | --- | --- | --- |\n", fx.name)
+		columns := []string{"with go.sum", "without go.sum", noSumProject}
+		heads := []string{"prewarm with go.sum", "prewarm without go.sum", "prewarm and project without go.sum"}
+		if !slices.ContainsFunc(slices.Collect(maps.Keys(r.res)), func(k string) bool { return strings.HasPrefix(k, fx.name+"|"+noSumProject+"|") }) {
+			columns, heads = columns[:2], heads[:2]
+		}
+		fmt.Fprintf(&b, "\n%s\n\n| command | %s |\n|%s\n", fx.name, strings.Join(heads, " | "), strings.Repeat(" --- |", len(heads)+1))
 		dirs := fx.runDirs
 		if dirs == nil {
 			dirs = []string{"."}
@@ -318,8 +324,11 @@ func (r *offlineResults) tableOf(fixtures []offlineFixture) string {
 		for _, d := range dirs {
 			for _, c := range offlineCommands {
 				name := commandName(d, c)
-				fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", name, orDash(r.res[fx.name+"|with go.sum|"+name]),
-					orDash(r.res[fx.name+"|without go.sum|"+name]), orDash(r.res[fx.name+"|"+noSumProject+"|"+name]))
+				row := []string{name}
+				for _, col := range columns {
+					row = append(row, orDash(r.res[fx.name+"|"+col+"|"+name]))
+				}
+				fmt.Fprintf(&b, "| %s |\n", strings.Join(row, " | "))
 			}
 		}
 	}
