@@ -138,6 +138,12 @@ var offlineModules = []testupstream.Module{
 	{Path: "example.com/ws/tool", Version: "v1.0.0", Files: map[string]string{
 		"go.mod": "module example.com/ws/tool\n\ngo 1.21\n", "tool.go": "package tool\n\nconst T = \"tool\"\n"}},
 
+	// module@version target: go install of a command whose graph has a
+	// go 1.16 module (dep) below it.
+	{Path: "example.com/mv/hello", Version: "v1.0.0", Files: map[string]string{
+		"go.mod":  "module example.com/mv/hello\n\ngo 1.21\n\nrequire example.com/td/dep v1.0.0\n",
+		"main.go": "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/td/dep\"\n)\n\nfunc main() { fmt.Println(\"hello\", dep.V()) }\n"}},
+
 	// toolchain: the project's toolchain line names go1.99.0.
 	{Path: "example.com/tc/t1", Version: "v1.0.0", Files: map[string]string{
 		"go.mod": "module example.com/tc/t1\n\ngo 1.21\n", "t1.go": "package t1\n\nconst V = 1\n"}},
@@ -480,6 +486,22 @@ func TestPrewarmOfflineGoCommands(t *testing.T) {
 				t.Parallel()
 				runOfflineFixture(t, fx, up, db, gocache, common, results)
 			})
+		}
+	})
+	t.Run("module@version", func(t *testing.T) {
+		// go install module@version, offline, after prewarm module@version.
+		store := filepath.Join(t.TempDir(), "store.db")
+		pwRun(t, false, append([]string{"prewarm", "--progress", "none", "--db", store, "--upstream", up.URL(), "example.com/mv/hello@v1.0.0"}, common...)...)
+		mp := startModproxy(t, "--db", store, "--offline", "--upstream", "off", "--sumdb", db.VerifierKey(), "--private=", "--nosumdb=")
+		g := offlineGo{proxyURL: mp.URL, gosumdb: db.VerifierKey(), gocache: gocache}
+		home := t.TempDir()
+		out, err := g.run(context.Background(), home, t.TempDir(), "install", "example.com/mv/hello@v1.0.0")
+		if err != nil {
+			t.Fatalf("offline go install example.com/mv/hello@v1.0.0: %v\n%s\n%s", err, out, mp.logs)
+		}
+		got, err := exec.Command(filepath.Join(home, "gopath", "bin", "hello")).Output()
+		if err != nil || strings.TrimSpace(string(got)) != "hello 1" {
+			t.Fatalf("installed command printed %q, %v", got, err)
 		}
 	})
 	t.Logf("offline go commands after prewarm (fresh module cache and GOPATH each):%s", results.table())
