@@ -300,6 +300,16 @@ func TestTargets(t *testing.T) {
 		want:     []string{"example.com/a@v1.1.0 zip", "example.com/up@v1.0.0 zip", "example.com/z@v1.0.0 zip"},
 		wantNote: "unpruned graph that go mod tidy",
 	}, {
+		name: "go 1.17 main module whose go 1.16 graph cannot be read: noted, the build's graph still resolves",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.17", "example.com/up v1.0.0"),
+		},
+		targets: []string{"go.mod"},
+		source: memSource{u: universe{"example.com/up@v1.0.0": small["example.com/up@v1.0.0"],
+			"example.com/a@v1.1.0": small["example.com/a@v1.1.0"]}}, // z@v1.0.0's go.mod is missing
+		want:     []string{"example.com/a@v1.1.0 zip", "example.com/up@v1.0.0 zip"},
+		wantNote: "go mod tidy will need the network",
+	}, {
 		name: "go 1.18 main module: pruned only",
 		files: map[string]string{
 			"go.mod": gomod("example.com/main", "1.18", "example.com/up v1.0.0"),

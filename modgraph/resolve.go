@@ -400,13 +400,19 @@ func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File, h
 	// version read the graph differently (unpruned, go 1.16), and tidy then
 	// loads the unpruned graph as well.
 	if mode == pruned && compareGo(goVersion, "1.18") < 0 {
+		// Only go mod tidy reads it: a go.mod missing from it costs that
+		// command, not the build, so it is a note rather than a failure.
 		cres, err := c.walkModule(ctx, unpruned, f.Module.Mod.Path, slices.Clone(roots))
-		if err != nil {
-			return fmt.Errorf("%s: the go 1.16 graph that go mod tidy checks: %w", file, err)
-		}
-		r.notef("%s: go 1.17: also the unpruned graph that go mod tidy -compat=1.16 reads: %d modules in its build list, %d go.mod files read in all", file, len(cres.buildList), len(c.modRead))
-		if err := r.add(cres.needs...); err != nil {
+		switch {
+		case err != nil && ctx.Err() != nil:
 			return err
+		case err != nil:
+			r.notef("%s: the go 1.16 graph that go mod tidy -compat=1.16 reads cannot be read, so go mod tidy will need the network: %v", file, err)
+		default:
+			r.notef("%s: go 1.17: also the unpruned graph that go mod tidy -compat=1.16 reads: %d modules in its build list, %d go.mod files read in all", file, len(cres.buildList), len(c.modRead))
+			if err := r.add(cres.needs...); err != nil {
+				return err
+			}
 		}
 	}
 	r.notes = append(r.notes, c.notes...)
