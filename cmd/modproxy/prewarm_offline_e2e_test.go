@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -683,5 +684,85 @@ func checkDryRun(t *testing.T, store string, up *testupstream.Server, common []s
 	text := pwRun(t, false, append([]string{"prewarm", "--dry-run", "--db", store, "--upstream", up.URL(), target}, common...)...)
 	if !strings.Contains(text, "example.com/td/cmp@v0.6.0 info,mod,zip") || !strings.Contains(text, "to fetch") {
 		t.Errorf("dry run listing:\n%s", text)
+	}
+}
+
+// TestPrewarmKilledMidwayResumes kills "prewarm --db" with SIGKILL while it
+// fetches from a slow upstream: the store opens afterwards, holds only
+// whole verified artifacts (modproxy verify), and a rerun completes the
+// set without fetching again what was stored, after which the project
+// builds offline.
+func TestPrewarmKilledMidwayResumes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test builds the binary and runs the go command")
+	}
+	var mods []testupstream.Module
+	var req strings.Builder
+	for i := range 30 {
+		p := fmt.Sprintf("example.com/kill/m%02d", i)
+		mods = append(mods, testupstream.Module{Path: p, Version: "v1.0.0", Files: map[string]string{
+			"go.mod": "module " + p + "\n\ngo 1.21\n", "m.go": fmt.Sprintf("package m%02d\n\nconst V = %d\n", i, i)}})
+		fmt.Fprintf(&req, "\t%s v1.0.0\n", p)
+	}
+	up, err := testupstream.New(mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	db := testsumdb.New(t, "sum.kill.test")
+	for _, m := range up.Modules() {
+		db.AddModule(m.Path, m.Version, up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version))
+	}
+	project := writeTree(t, map[string]string{"go.mod": "module example.com/kill/app\n\ngo 1.21\n\nrequire (\n" + req.String() + ")\n"})
+	store := filepath.Join(t.TempDir(), "store.db")
+	args := []string{"prewarm", "--progress", "plain", "--progress-interval", "50ms", "-j", "2", "--db", store, "--upstream", up.URL(),
+		"--sumdb", db.GOSUMDB(), "--private=", "--nosumdb=", project}
+
+	// Slow enough that the kill lands midway: zips take 200 ms each.
+	up.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }, Delay: 200 * time.Millisecond})
+	cmd := exec.Command(modproxyBin(t), args...)
+	cmd.Env = append(os.Environ(), "GOFLAGS=")
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !regexp.MustCompile(`prewarm: ([4-9]|[1-9][0-9])/`).MatchString(stderr.String()) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("no progress before the kill:\n%s", stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	before := pwStoreKeys(t, store)
+	zips := 0
+	for _, k := range before {
+		if strings.HasSuffix(k, ".zip") {
+			zips++
+		}
+	}
+	if zips == 0 || zips == len(mods) {
+		t.Fatalf("the kill did not land midway: %d of %d zips stored", zips, len(mods))
+	}
+	// verify exits 1 on any damaged or unverifiable artifact.
+	pwRun(t, false, "verify", "--db", store)
+
+	up.SetFaults()
+	up.ResetCounts()
+	pwRun(t, false, args...)
+	if n := up.Count(".zip"); n != len(mods)-zips {
+		t.Errorf("rerun fetched %d zips, want the %d missing ones", n, len(mods)-zips)
+	}
+	up.Close()
+	mp := startModproxy(t, "--db", store, "--offline", "--upstream", "off", "--sumdb", db.VerifierKey(), "--private=", "--nosumdb=")
+	g := offlineGo{proxyURL: mp.URL, gosumdb: db.VerifierKey(), gocache: goCache(t)}
+	if out, err := g.run(context.Background(), t.TempDir(), copyTree(t, project, true), "mod", "download", "all"); err != nil {
+		t.Fatalf("offline go mod download all after the resumed prewarm: %v\n%s", err, out)
 	}
 }
