@@ -672,6 +672,39 @@ func TestErrorStopsWalk(t *testing.T) {
 	}
 }
 
+// TestKeepGoing checks that with Options.KeepGoing one unreadable go.mod
+// (missing, or a liar naming another module) is a failure of the plan and
+// the rest of the graph is whole: what only the failed module requires is
+// missing, everything else is there.
+func TestKeepGoing(t *testing.T) {
+	u := universe{
+		"example.com/good@v1.0.0":  gomod("example.com/good", "1.16", "example.com/leaf v1.0.0"),
+		"example.com/leaf@v1.0.0":  gomod("example.com/leaf", "1.16"),
+		"example.com/liar@v1.0.0":  gomod("example.com/other", "1.16", "example.com/below v1.0.0"),
+		"example.com/below@v1.0.0": gomod("example.com/below", "1.16"),
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"go.mod": gomod("example.com/main", "1.16",
+		"example.com/good v1.0.0", "example.com/gone v1.0.0", "example.com/liar v1.0.0")})
+	plan, err := Resolve(context.Background(), []string{dir}, Options{Source: memSource{u: u}, GoVersion: "1.26.8", KeepGoing: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"example.com/gone@v1.0.0 zip", "example.com/good@v1.0.0 zip", "example.com/leaf@v1.0.0 zip", "example.com/liar@v1.0.0 zip"}
+	if got := fmtNeeds(plan.Needs); !slices.Equal(got, want) {
+		t.Errorf("needs:\n got %q\nwant %q", got, want)
+	}
+	if len(plan.Failures) != 2 || plan.Failures[0].Path != "example.com/gone" || plan.Failures[1].Path != "example.com/liar" ||
+		!strings.Contains(plan.Failures[0].Err.Error(), "go.mod of example.com/gone@v1.0.0") ||
+		!strings.Contains(plan.Failures[1].Err.Error(), "declares its path as example.com/other") {
+		t.Errorf("failures: %+v", plan.Failures)
+	}
+	// Without KeepGoing the same project fails, naming a module.
+	if _, err := Resolve(context.Background(), []string{dir}, Options{Source: memSource{u: u}, GoVersion: "1.26.8"}); err == nil {
+		t.Error("strict resolve succeeded")
+	}
+}
+
 // TestTooNewDependencyNote checks that a dependency needing a newer Go is
 // reported in the notes (the go command would switch toolchains or fail).
 func TestTooNewDependencyNote(t *testing.T) {

@@ -66,6 +66,18 @@ type Options struct {
 	// Exclude, when set, reports module paths to ignore: they are neither
 	// fetched nor walked, and no Need names them.
 	Exclude func(path string) bool
+	// KeepGoing makes a go.mod that cannot be fetched or parsed a
+	// [Failure] of the plan instead of the error of Resolve: the walk goes
+	// on without that module's requirements, so what only it requires is
+	// missing from the plan, and the rest is whole.
+	KeepGoing bool
+}
+
+// Failure is a module version whose go.mod could not be read
+// (Options.KeepGoing).
+type Failure struct {
+	Path, Version string
+	Err           error
 }
 
 // Plan is the result of Resolve.
@@ -77,6 +89,9 @@ type Plan struct {
 	// Notes says, for people, how each target was resolved and what was
 	// approximated or skipped.
 	Notes []string
+	// Failures lists, sorted, the go.mod files that could not be read
+	// (only with Options.KeepGoing). The plan lacks what lies below them.
+	Failures []Failure
 }
 
 // Resolve computes the module artifacts needed to build and verify targets.
@@ -108,6 +123,9 @@ type resolver struct {
 	// sums holds the hashes of every go.sum read, keyed by module version;
 	// plan attaches them to the needs the graphs produced.
 	sums map[module.Version]*sumHashes
+	// failed collects the go.mod files that walks could not read
+	// (Options.KeepGoing).
+	failed map[module.Version]error
 }
 
 // sumHashes are the go.sum hashes of one module version, with the file
@@ -136,7 +154,7 @@ func newResolver(opts Options) (*resolver, error) {
 			return nil, fmt.Errorf("modgraph: invalid platform %q (want GOOS/GOARCH)", p)
 		}
 	}
-	return &resolver{opts: opts, host: host, needs: map[module.Version]*Need{}, sums: map[module.Version]*sumHashes{}}, nil
+	return &resolver{opts: opts, host: host, needs: map[module.Version]*Need{}, sums: map[module.Version]*sumHashes{}, failed: map[module.Version]error{}}, nil
 }
 
 func (r *resolver) notef(format string, args ...any) {
@@ -230,6 +248,19 @@ func (r *resolver) plan() (*Plan, error) {
 	p := &Plan{Notes: r.notes}
 	for _, n := range r.needs {
 		p.Needs = append(p.Needs, *n)
+	}
+	for m, err := range r.failed {
+		p.Failures = append(p.Failures, Failure{Path: m.Path, Version: m.Version, Err: err})
+	}
+	sort.Slice(p.Failures, func(i, j int) bool {
+		a, b := p.Failures[i], p.Failures[j]
+		if a.Path != b.Path {
+			return a.Path < b.Path
+		}
+		return semver.Compare(a.Version, b.Version) < 0
+	})
+	if len(p.Failures) > 0 {
+		p.Notes = append(p.Notes, fmt.Sprintf("%d go.mod files could not be read: the plan lacks what only they require", len(p.Failures)))
 	}
 	sort.Slice(p.Needs, func(i, j int) bool {
 		a, b := p.Needs[i], p.Needs[j]
@@ -347,7 +378,7 @@ func (r *resolver) goMod(ctx context.Context, file string) error {
 	if err != nil {
 		return err
 	}
-	return r.walkMain(ctx, file, f, how)
+	return r.walkMain(ctx, file, f, how, true)
 }
 
 // mainSums records the hashes of the go.sum beside the go.mod file, if
@@ -366,8 +397,9 @@ func (r *resolver) mainSums(file string) (string, error) {
 
 // walkMain walks the module graph of the main module f (read from file) as
 // the go command does in module mode and adds its needs; how says where
-// the hashes come from.
-func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File, how string) error {
+// the hashes come from. keepGoing applies Options.KeepGoing to the walk
+// (not to a used module's own graph, whose failures are notes).
+func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File, how string, keepGoing bool) error {
 	dir := filepath.Dir(file)
 	if r.opts.Source == nil {
 		return fmt.Errorf("%s: no Source to walk the module graph", file)
@@ -386,7 +418,9 @@ func (r *resolver) walkMain(ctx context.Context, file string, f *modfile.File, h
 	}
 	goVersion := goLine(f.Go)
 	mode := pruningForGoVersion(goVersion)
+	r.keepGoing(c, keepGoing)
 	res, err := c.walkModule(ctx, mode, f.Module.Mod.Path, slices.Clone(roots))
+	r.collectFailures(c)
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
@@ -480,7 +514,9 @@ func (r *resolver) goWork(ctx context.Context, file string) error {
 	if r.opts.Source == nil {
 		return fmt.Errorf("%s: no Source to walk the module graph", file)
 	}
+	r.keepGoing(c, true)
 	res, err := c.walkWorkspace(ctx)
+	r.collectFailures(c)
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
@@ -496,7 +532,7 @@ func (r *resolver) goWork(ctx context.Context, file string) error {
 		// A used module whose own graph cannot be read (it requires a
 		// version of another used module that was never published) fails
 		// in module mode online too: say so, and keep the workspace.
-		if err := r.walkMain(ctx, names[i], f, hows[i]); err != nil {
+		if err := r.walkMain(ctx, names[i], f, hows[i], false); err != nil {
 			if ctx.Err() != nil {
 				return err
 			}
@@ -565,13 +601,39 @@ func (r *resolver) moduleQuery(ctx context.Context, t string) error {
 			roots = append(roots, req.Mod)
 		}
 	}
+	r.keepGoing(c, true)
 	res, err := c.walkModule(ctx, pruned, "", roots)
+	r.collectFailures(c)
 	if err != nil {
 		return fmt.Errorf("target %s: %w", t, err)
 	}
 	r.notef("%s: %s@%s, graph walk as go install: %d modules in the build list, %d go.mod files read", t, path, vers, len(res.buildList), len(c.modRead))
 	r.notes = append(r.notes, c.notes...)
 	return r.add(append(res.needs, Need{Path: path, Version: vers, Zip: true})...)
+}
+
+// keepGoing arms c for a walk that records unreadable go.mod files instead
+// of failing, when on and Options.KeepGoing is set.
+func (r *resolver) keepGoing(c *graphConfig, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failed = nil
+	if on && r.opts.KeepGoing {
+		c.failed = map[module.Version]error{}
+	}
+}
+
+// collectFailures moves what the last walk on c could not read into the
+// plan's failures and disarms c.
+func (r *resolver) collectFailures(c *graphConfig) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for m, err := range c.failed {
+		if _, ok := r.failed[m]; !ok {
+			r.failed[m] = err
+		}
+	}
+	c.failed = nil
 }
 
 func (r *resolver) newConfig() *graphConfig {

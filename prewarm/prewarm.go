@@ -41,6 +41,10 @@ type Options struct {
 	// Progress, when set, is called after each artifact and each module
 	// version, never concurrently, with the progress so far.
 	Progress func(Progress)
+	// GraphFailures are the go.mod files that the resolution could not
+	// read (modgraph.Plan.Failures): each is listed among the report's
+	// failures, once per module version, as the rest is prewarmed.
+	GraphFailures []modgraph.Failure
 	// Start is when the run began, for Report.Seconds (default: when
 	// Run is called). A caller that resolved the needs first can count
 	// that time in.
@@ -119,8 +123,19 @@ func Run(ctx context.Context, needs []modgraph.Need, opts Options) (*Report, err
 			rep.Failures = append(rep.Failures, Failure{Module: "(checksum database " + opts.SumDB + ")", Error: oneLineErr(err)})
 		}
 	}
+	graphFailed := map[string]bool{}
+	for _, f := range opts.GraphFailures {
+		graphFailed[f.Path+"@"+f.Version] = true
+		rep.Failures = append(rep.Failures, Failure{Module: f.Path, Version: f.Version, Error: "go.mod unreadable, so the modules only it requires are missing: " + oneLineErr(f.Err)})
+	}
+	inNeeds := map[string]bool{}
 	for _, r := range results {
+		k := r.need.Path + "@" + r.need.Version
+		inNeeds[k] = true
 		switch {
+		case graphFailed[k]:
+			// Reported once, with its graph failure, whether or not its
+			// files could be fetched.
 		case r.err != nil:
 			rep.Failures = append(rep.Failures, Failure{Module: r.need.Path, Version: r.need.Version, Error: oneLineErr(r.err)})
 		case r.added > 0:
@@ -133,6 +148,11 @@ func Run(ctx context.Context, needs []modgraph.Need, opts Options) (*Report, err
 		rep.Bytes += r.bytes
 		if r.record {
 			rep.Records++
+		}
+	}
+	for k := range graphFailed {
+		if !inNeeds[k] {
+			rep.Modules++
 		}
 	}
 	slices.SortFunc(rep.Failures, cmpFailure)

@@ -582,3 +582,29 @@ func TestFetcherBackendSumDBAnswers(t *testing.T) {
 		})
 	}
 }
+
+// TestRunReportsGraphFailures checks that go.mod files the resolution could
+// not read are failures of the run, once per module version, and that the
+// rest is prewarmed.
+func TestRunReportsGraphFailures(t *testing.T) {
+	e := newPWEnv(t)
+	needs := e.goSumNeeds(t, allButOldB)
+	opts := e.options(e.fetcherBackend())
+	opts.GraphFailures = []modgraph.Failure{
+		{Path: "example.com/a", Version: "v1.0.0", Err: errors.New("parsing go.mod:\n\tmodule declares its path as: x")},
+		{Path: "example.com/gone", Version: "v1.0.0", Err: errors.New("go.mod of example.com/gone@v1.0.0: 404")},
+	}
+	rep, err := Run(context.Background(), needs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Modules != 6 || rep.Failed != 2 || rep.Added != 4 || len(rep.Failures) != 2 {
+		t.Fatalf("report: %+v", rep)
+	}
+	if f := rep.Failures[0]; f.Module != "example.com/a" || !strings.Contains(f.Error, "go.mod unreadable") || !strings.Contains(f.Error, "module declares its path as: x") {
+		t.Errorf("failure %+v", f)
+	}
+	if f := rep.Failures[1]; f.Module != "example.com/gone" || !strings.Contains(f.Error, "404") {
+		t.Errorf("failure %+v", f)
+	}
+}

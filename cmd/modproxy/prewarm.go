@@ -82,6 +82,9 @@ Two modes run the same fetch, verify and store pipeline:
 needs) and lists each module version with the files it would fetch, without
 fetching any other file; with --db it says which are already stored.
 
+A go.mod of the graph that cannot be read fails that module (what only it
+requires is then missing from the set); the rest is prewarmed.
+
 Every flag can also be set with an environment variable MODPROXY_<FLAG>.
 The exit status is 1 if any module failed.`,
 		Args: cobra.MinimumNArgs(1),
@@ -140,7 +143,9 @@ type dryRunList struct {
 	Modules []dryRunEntry `json:"modules"`
 	Files   int           `json:"files"`
 	Stored  *int          `json:"already_stored,omitempty"` // --db only
-	Notes   []string      `json:"notes,omitempty"`
+	// Failures are the go.mod files the graph walk could not read.
+	Failures []prewarm.Failure `json:"failures"`
+	Notes    []string          `json:"notes,omitempty"`
 }
 
 func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool, targets []string, stdout, stderr io.Writer) (err error) {
@@ -229,6 +234,7 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 		GoVersion:   goVersion,
 		Platforms:   c.platforms,
 		Concurrency: c.jobs,
+		KeepGoing:   true,
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -237,8 +243,15 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 		return fmt.Errorf("resolve targets: %w", err)
 	}
 	sum.Notes = plan.Notes
+	opts.GraphFailures = plan.Failures
 	if c.dryRun {
-		return printDryRun(stdout, sum, plan, store, c.json)
+		if err := printDryRun(stdout, sum, plan, store, c.json); err != nil {
+			return err
+		}
+		if len(plan.Failures) > 0 {
+			return &exitError{code: 1, err: fmt.Errorf("prewarm: %d go.mod files could not be read", len(plan.Failures))}
+		}
+		return nil
 	}
 
 	prog, err := newPrewarmProgress(stderr, c.progress, len(plan.Needs), c.interval)
@@ -316,7 +329,10 @@ func printPrewarmSummary(w io.Writer, s prewarmSummary, asJSON bool) error {
 // printDryRun lists what a run would fetch: every module version with its
 // files, and with store (--db mode) which of them are stored already.
 func printDryRun(w io.Writer, s prewarmSummary, plan *modgraph.Plan, store *cache.Store, asJSON bool) error {
-	l := dryRunList{Mode: s.Mode, Target: s.Target, Modules: []dryRunEntry{}, Notes: s.Notes}
+	l := dryRunList{Mode: s.Mode, Target: s.Target, Modules: []dryRunEntry{}, Failures: []prewarm.Failure{}, Notes: s.Notes}
+	for _, f := range plan.Failures {
+		l.Failures = append(l.Failures, prewarm.Failure{Module: f.Path, Version: f.Version, Error: strings.Join(strings.Fields(f.Err.Error()), " ")})
+	}
 	stored := 0
 	for _, n := range plan.Needs {
 		e := dryRunEntry{Module: n.Path, Version: n.Version, GoSum: n.ModHash != "" || n.ZipHash != ""}
@@ -355,5 +371,8 @@ func printDryRun(w io.Writer, s prewarmSummary, plan *modgraph.Plan, store *cach
 		fmt.Fprintf(w, ", %d already stored, %d to fetch", *l.Stored, l.Files-*l.Stored)
 	}
 	fmt.Fprintln(w, "; nothing fetched beyond the go.mod files the graph walk read")
+	for _, f := range l.Failures {
+		fmt.Fprintf(w, "FAILED %s@%s: go.mod unreadable: %s\n", f.Module, f.Version, f.Error)
+	}
 	return nil
 }

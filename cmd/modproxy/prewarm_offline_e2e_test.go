@@ -766,3 +766,56 @@ func TestPrewarmKilledMidwayResumes(t *testing.T) {
 		t.Fatalf("offline go mod download all after the resumed prewarm: %v\n%s", err, out)
 	}
 }
+
+// TestPrewarmOneUnreadableGoMod: one go.mod of the graph is refused by the
+// upstream. Prewarm reports that module, with the reason, exits 1, and
+// prewarms everything else (one bad thing affects only that thing); the
+// dry run says the same.
+func TestPrewarmOneUnreadableGoMod(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test builds the binary")
+	}
+	mods := []testupstream.Module{
+		{Path: "example.com/one/a", Version: "v1.0.0", Files: map[string]string{"go.mod": "module example.com/one/a\n\ngo 1.16\n\nrequire example.com/one/c v1.0.0\n", "a.go": "package a\n"}},
+		{Path: "example.com/one/bad", Version: "v1.0.0", Files: map[string]string{"go.mod": "module example.com/one/bad\n\ngo 1.16\n\nrequire example.com/one/d v1.0.0\n", "b.go": "package bad\n"}},
+		{Path: "example.com/one/c", Version: "v1.0.0", Files: map[string]string{"go.mod": "module example.com/one/c\n\ngo 1.16\n", "c.go": "package c\n"}},
+		{Path: "example.com/one/d", Version: "v1.0.0", Files: map[string]string{"go.mod": "module example.com/one/d\n\ngo 1.16\n", "d.go": "package d\n"}},
+	}
+	up, err := testupstream.New(mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	up.SetFaults(testupstream.Fault{Match: func(p string) bool { return p == "/example.com/one/bad/@v/v1.0.0.mod" }, Status: 403})
+	project := writeTree(t, map[string]string{"go.mod": "module example.com/one/app\n\ngo 1.16\n\nrequire (\n\texample.com/one/a v1.0.0\n\texample.com/one/bad v1.0.0\n)\n"})
+	store := filepath.Join(t.TempDir(), "store.db")
+	common := []string{"--json", "--progress", "none", "--db", store, "--upstream", up.URL(), "--sumdb", "off", "--private=", "--nosumdb=", project}
+
+	out := pwRun(t, true, append([]string{"prewarm", "--dry-run"}, common...)...)
+	var l dryRunList
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	if len(l.Failures) != 1 || l.Failures[0].Module != "example.com/one/bad" || len(l.Modules) != 3 {
+		t.Errorf("dry run: %d modules, failures %+v", len(l.Modules), l.Failures)
+	}
+
+	out = pwRun(t, true, append([]string{"prewarm"}, common...)...)
+	var s prewarmSummary
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("prewarm: %v\n%s", err, out)
+	}
+	if s.Failed != 1 || s.Added != 2 || len(s.Failures) != 1 || s.Failures[0].Module != "example.com/one/bad" ||
+		!strings.Contains(s.Failures[0].Error, "go.mod unreadable") || !strings.Contains(s.Failures[0].Error, "403") {
+		t.Errorf("summary: %+v", s)
+	}
+	keys := pwStoreKeys(t, store)
+	for _, want := range []string{"example.com/one/a@v1.0.0.zip", "example.com/one/c@v1.0.0.zip"} {
+		if !slices.Contains(keys, want) {
+			t.Errorf("store lacks %s: %v", want, keys)
+		}
+	}
+	if slices.Contains(keys, "example.com/one/d@v1.0.0.mod") {
+		t.Errorf("a module only the unreadable one requires was fetched: %v", keys)
+	}
+}
