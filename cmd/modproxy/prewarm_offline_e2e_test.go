@@ -645,6 +645,11 @@ func runOffline(t *testing.T, g offlineGo, fx offlineFixture, project string, pr
 	if err != nil {
 		return fmt.Errorf("%v\n%s", err, out)
 	}
+	// In the workspace both used modules are main modules (no version).
+	if fx.workspace && slices.Equal(args, []string{"list", "-m", "all"}) &&
+		!(slices.Contains(strings.Fields(out), "example.com/ws/app") && slices.Contains(strings.Split(out, "\n"), "example.com/ws/lib")) {
+		return fmt.Errorf("not in workspace mode:\n%s", out)
+	}
 	if fx.toolchain {
 		tc := filepath.Join(home, "modcache", "golang.org", "toolchain@v0.0.1-"+fakeToolchainName+"."+runtime.GOOS+"-"+runtime.GOARCH, "bin", "go")
 		if _, err := os.Stat(tc); err != nil {
