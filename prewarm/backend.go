@@ -3,7 +3,6 @@ package prewarm
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +10,9 @@ import (
 	"strings"
 
 	"golang.org/x/mod/module"
-	"golang.org/x/mod/semver"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/modgraph"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
@@ -123,7 +122,7 @@ func (b *fetcherBackend) storedHash(k cache.Key) (string, error) {
 		}
 		return sumdb.HashMod(data)
 	}
-	return sumdb.HashZipFrom(r, b.spoolDir)
+	return gate.HashZip(k, func() (io.ReadCloser, error) { return io.NopCloser(r), nil }, b.spoolDir)
 }
 
 func (b *fetcherBackend) GoMod(ctx context.Context, path, version string) ([]byte, error) {
@@ -285,7 +284,7 @@ func (b *httpBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (Ar
 		}
 	case k.Kind == cache.KindZip && needHash:
 		cr := &countingReader{r: resp.Body}
-		if res.Hash, err = sumdb.HashZipFrom(cr, b.spoolDir); err != nil {
+		if res.Hash, err = gate.HashZip(k, func() (io.ReadCloser, error) { return io.NopCloser(cr), nil }, b.spoolDir); err != nil {
 			return Artifact{}, fmt.Errorf("GET %s: %w", p, err)
 		}
 		res.Size = cr.n
@@ -325,14 +324,11 @@ func (b *httpBackend) SumDB(ctx context.Context, name, rel string) ([]byte, erro
 
 // infoVersion returns the version named by an @latest answer.
 func infoVersion(path string, data []byte) (string, error) {
-	var info struct{ Version string }
-	if err := json.Unmarshal(data, &info); err != nil {
-		return "", fmt.Errorf("%s@latest: answer is not JSON: %v", path, err)
+	v, err := gate.ParseInfo(data, "")
+	if err != nil {
+		return "", fmt.Errorf("%s@latest: %w", path, err)
 	}
-	if !semver.IsValid(info.Version) || semver.Canonical(info.Version) != info.Version && !strings.HasSuffix(info.Version, "+incompatible") {
-		return "", fmt.Errorf("%s@latest: answer names version %q, which is not canonical", path, info.Version)
-	}
-	return info.Version, nil
+	return v, nil
 }
 
 // countingReader counts the bytes read through it.

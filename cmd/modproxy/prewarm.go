@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/oneline"
 	"github.com/modproxy/modproxy/modgraph"
 	"github.com/modproxy/modproxy/prewarm"
 	"github.com/modproxy/modproxy/sumdb"
@@ -331,7 +332,7 @@ func printPrewarmSummary(w io.Writer, s prewarmSummary, asJSON bool) error {
 func printDryRun(w io.Writer, s prewarmSummary, plan *modgraph.Plan, store *cache.Store, asJSON bool) error {
 	l := dryRunList{Mode: s.Mode, Target: s.Target, Modules: []dryRunEntry{}, Failures: []prewarm.Failure{}, Notes: s.Notes}
 	for _, f := range plan.Failures {
-		l.Failures = append(l.Failures, prewarm.Failure{Module: f.Path, Version: f.Version, Error: strings.Join(strings.Fields(f.Err.Error()), " ")})
+		l.Failures = append(l.Failures, prewarm.Failure{Module: f.Path, Version: f.Version, Error: oneline.Of(f.Err)})
 	}
 	stored := 0
 	for _, n := range plan.Needs {

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/modgraph"
 )
 
@@ -23,7 +25,15 @@ func TestPrintDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	if _, err := store.Put(cache.Key{Path: "example.com/b", Version: "v1.0.0", Kind: cache.KindMod}, strings.NewReader("module example.com/b\n"), cache.Meta{}); err != nil {
+	g, err := gate.New(gate.Config{Store: store, TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := g.CheckSmall(context.Background(), cache.Key{Path: "example.com/b", Version: "v1.0.0", Kind: cache.KindMod}, []byte("module example.com/b\n"), gate.Origin{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Commit(tk); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
