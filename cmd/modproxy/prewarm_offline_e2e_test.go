@@ -400,6 +400,16 @@ func (g offlineGo) env(home string) []string {
 }
 
 func (g offlineGo) run(ctx context.Context, home, dir string, args ...string) (string, error) {
+	// Telemetry off: otherwise the go command leaves a child process
+	// writing counters under HOME after it exits, racing the test's
+	// removal of its temporary directories.
+	tdir := filepath.Join(home, ".config", "go", "telemetry")
+	if err := os.MkdirAll(tdir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tdir, "mode"), []byte("off"), 0o644); err != nil {
+		return "", err
+	}
 	goSem <- struct{}{}
 	defer func() { <-goSem }()
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
