@@ -75,8 +75,21 @@ type Config struct {
 	// upstream's; past it, a bad copy aborts the clients' connections.
 	HoldBackBytes int64
 	HoldBackTime  time.Duration
-	Logger        *slog.Logger
-	Metrics       *Metrics
+	// NoPrefetch turns off the prefetch of .mod files the go command is
+	// about to ask for (see ClientSmall).
+	NoPrefetch bool
+	// PrefetchConcurrency bounds prefetches in flight across the Fetcher
+	// (default 8); PrefetchPerRequest the .mod files one served go.mod may
+	// prefetch (default 32); PrefetchBytes the bytes those may total
+	// (default 1 MiB). PrefetchWindow is how long a prefetch may wait to
+	// start, and how long a prefetched file waits for a client before it
+	// counts as wasted (default 30s).
+	PrefetchConcurrency int
+	PrefetchPerRequest  int
+	PrefetchBytes       int64
+	PrefetchWindow      time.Duration
+	Logger              *slog.Logger
+	Metrics             *Metrics
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -112,6 +125,18 @@ func (c *Config) setDefaults() {
 	if c.ReverifyRetry <= 0 {
 		c.ReverifyRetry = 30 * time.Second
 	}
+	if c.PrefetchConcurrency <= 0 {
+		c.PrefetchConcurrency = defaultPrefetchConcurrency
+	}
+	if c.PrefetchPerRequest <= 0 {
+		c.PrefetchPerRequest = defaultPrefetchPerRequest
+	}
+	if c.PrefetchBytes <= 0 {
+		c.PrefetchBytes = defaultPrefetchBytes
+	}
+	if c.PrefetchWindow <= 0 {
+		c.PrefetchWindow = defaultPrefetchWindow
+	}
 }
 
 // Fetcher gets artifacts from the store or, on a miss, from the upstreams,
@@ -137,6 +162,7 @@ type Fetcher struct {
 	zipFlights map[cache.Key]*zipFlight
 
 	reverify *reverifier // nil without a Verifier
+	pf       *prefetcher // nil with NoPrefetch or Offline
 }
 
 // NewFetcher returns a Fetcher; Close stops its background fetches.
@@ -165,6 +191,9 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
 		zipFlights: make(map[cache.Key]*zipFlight),
 	}
+	if !cfg.NoPrefetch && !cfg.Offline {
+		f.pf = newPrefetcher(f)
+	}
 	if cfg.Verifier != nil {
 		f.reverify = newReverifier(f, cfg.ReverifyRetry)
 		f.wg.Add(1)
@@ -176,10 +205,14 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 	return f, nil
 }
 
-// Close cancels in-flight fetches and waits for them to stop.
+// Close cancels in-flight fetches and prefetches and waits for them to
+// stop.
 func (f *Fetcher) Close() {
 	f.cancel()
 	f.wg.Wait()
+	if f.pf != nil {
+		f.pf.sweep(true)
+	}
 }
 
 // upstreamsFor returns the upstreams that may serve module path, and
@@ -273,6 +306,24 @@ func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch 
 
 // Small returns the .info or .mod file named by req (canonical version).
 func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
+	a, _, err := f.smallClaim(ctx, req)
+	return a, err
+}
+
+// smallClaim is Small that also reports whether the artifact had been
+// prefetched and this is the first request for it.
+func (f *Fetcher) smallClaim(ctx context.Context, req Request) (*Artifact, bool, error) {
+	claimed := false
+	if f.pf != nil && req.Kind == KindMod {
+		claimed = f.pf.claim(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod})
+	}
+	a, err := f.small(ctx, req)
+	return a, claimed, err
+}
+
+// small is Small without the prefetch accounting (the prefetcher's own
+// fetches).
+func (f *Fetcher) small(ctx context.Context, req Request) (*Artifact, error) {
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
 	data, meta, err := f.store.Get(key)
 	if err == nil {
@@ -289,6 +340,9 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	}
 	ups, private := f.upstreamsFor(req.Module)
 	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+		if req.Kind == KindMod {
+			f.lookupAhead(ctx, req, private)
+		}
 		got, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) (*gate.Ticket, error) {
 			return f.fetchSmall(ctx, u, req)
 		})

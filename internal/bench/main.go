@@ -33,17 +33,18 @@ import (
 
 // options are the command-line settings shared by every scenario.
 type options struct {
-	duration   time.Duration // measured window of one load step
-	warmup     time.Duration // unmeasured load before the first step
-	jsonOut    string
-	bin        string // prebuilt modproxy; empty builds one
-	only, skip string
-	keep       bool
-	timeout    time.Duration
-	bigZipMB   int
-	e2eMods    int
-	wanLatency time.Duration
-	serverLog  string
+	duration       time.Duration // measured window of one load step
+	warmup         time.Duration // unmeasured load before the first step
+	jsonOut        string
+	bin            string // prebuilt modproxy; empty builds one
+	only, skip     string
+	keep           bool
+	timeout        time.Duration
+	bigZipMB       int
+	e2eMods        int
+	wanLatency     time.Duration
+	sumdbLatencies string
+	serverLog      string
 }
 
 func main() {
@@ -59,6 +60,7 @@ func main() {
 	flag.IntVar(&o.bigZipMB, "big-zip-mb", 100, "size of the zip in the RSS scenario, MB")
 	flag.IntVar(&o.e2eMods, "e2e-modules", 150, "modules required by the cold end-to-end project")
 	flag.DurationVar(&o.wanLatency, "wan-latency", 30*time.Millisecond, "upstream latency per request in the cold end-to-end scenario")
+	flag.StringVar(&o.sumdbLatencies, "sumdb-latencies", "30ms,100ms", "upstream and checksum-database latencies per request in the cold-sumdb scenario, comma-separated")
 	flag.StringVar(&o.serverLog, "server-log-level", "info", "modproxy --log-level (info logs every request, as in production)")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	flag.Parse()

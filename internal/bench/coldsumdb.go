@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/modproxy/modproxy/internal/testsumdb"
+	"github.com/modproxy/modproxy/internal/testupstream"
+)
+
+// Targets of the cold scenario with a checksum database (issue 14).
+const (
+	targetColdSumDBRatio = 1.0  // cold through modproxy vs direct
+	targetWarmFloorRatio = 1.1  // warm through modproxy vs GOPROXY=file://
+	targetColdPeakRSSMB  = 150. // server peak RSS during the cold download
+	coldSumDBDepFanout   = 4    // requires per generated module
+)
+
+func init() {
+	register(scenario{
+		Name: "cold-sumdb", Order: 45, Timeout: 10 * time.Minute,
+		Desc: "cold go mod download (go.mod + go.sum) with a checksum database behind the upstream: through a fresh modproxy vs direct, per latency; warm vs file://",
+		Run:  runColdSumDB,
+	})
+}
+
+// chainedModules returns n one-file modules <prefix>/mNNN v1.0.0, each
+// requiring the next fanout modules, so that a go.mod names what the go
+// command will ask for next, as in a real dependency graph.
+func chainedModules(prefix string, n, fanout int) []testupstream.Module {
+	mods := smallModules(prefix, n)
+	for i := range mods {
+		var b strings.Builder
+		fmt.Fprintf(&b, "module %s\n\ngo 1.21\n", mods[i].Path)
+		if i+1 < n {
+			b.WriteString("\nrequire (\n")
+			for j := i + 1; j < min(n, i+1+fanout); j++ {
+				fmt.Fprintf(&b, "\t%s %s\n", mods[j].Path, mods[j].Version)
+			}
+			b.WriteString(")\n")
+		}
+		mods[i].Files["go.mod"] = b.String()
+	}
+	return mods
+}
+
+// goSum returns the complete go.sum of a project requiring mods, with the
+// hashes of the files up serves.
+func goSum(up *testupstream.Server, mods []testupstream.Module) (string, error) {
+	var b strings.Builder
+	for _, m := range mods {
+		zh, err := testsumdb.HashZip(up.Zip(m.Path, m.Version))
+		if err != nil {
+			return "", fmt.Errorf("hash zip of %s@%s: %w", m.Path, m.Version, err)
+		}
+		mh, err := testsumdb.HashMod(up.GoMod(m.Path, m.Version))
+		if err != nil {
+			return "", fmt.Errorf("hash go.mod of %s@%s: %w", m.Path, m.Version, err)
+		}
+		fmt.Fprintf(&b, "%s %s %s\n%s %s/go.mod %s\n", m.Path, m.Version, zh, m.Path, m.Version, mh)
+	}
+	return b.String(), nil
+}
+
+// goDownload is one "go mod download" of the project (go.mod + go.sum) with
+// a fresh module cache under dir.
+type goDownload struct {
+	took     time.Duration
+	modcache string
+}
+
+func runGoDownload(ctx context.Context, env *Env, mods []testupstream.Module, sum, goproxy, gosumdb string) (goDownload, error) {
+	dir, err := env.TempDir("cold-sumdb")
+	if err != nil {
+		return goDownload{}, err
+	}
+	proj, modcache := filepath.Join(dir, "project"), filepath.Join(dir, "modcache")
+	if err := os.Mkdir(proj, 0o755); err != nil {
+		return goDownload{}, fmt.Errorf("project dir: %w", err)
+	}
+	if err := writeProject(proj, mods); err != nil {
+		return goDownload{}, err
+	}
+	if err := os.WriteFile(filepath.Join(proj, "go.sum"), []byte(sum), 0o644); err != nil {
+		return goDownload{}, fmt.Errorf("write go.sum: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, env.GoBin, "mod", "download")
+	cmd.Dir = proj
+	cmd.Env = append(os.Environ(),
+		"GOPROXY="+goproxy,
+		"GOMODCACHE="+modcache,
+		"GOFLAGS=-mod=mod -modcacherw",
+		"GOSUMDB="+gosumdb, "GONOSUMDB=", "GONOSUMCHECK=", "GOPRIVATE=", "GONOPROXY=", "GOINSECURE=",
+		"GOTOOLCHAIN=local", "GOENV=off", "GOWORK=off",
+	)
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	if err != nil {
+		return goDownload{}, fmt.Errorf("go mod download via %s: %w\n%s", goproxy, err, out)
+	}
+	for _, m := range mods {
+		z := filepath.Join(modcache, "cache", "download", m.Path, "@v", m.Version+".zip")
+		if _, err := os.Stat(z); err != nil {
+			return goDownload{}, fmt.Errorf("after go mod download via %s: %w", goproxy, err)
+		}
+	}
+	return goDownload{took: took, modcache: modcache}, nil
+}
+
+func runColdSumDB(ctx context.Context, env *Env) ([]Result, error) {
+	lats, err := parseLatencies(env.Opts.sumdbLatencies)
+	if err != nil {
+		return nil, err
+	}
+	n := env.Opts.e2eMods
+	mods := chainedModules("example.com/coldsum", n, coldSumDBDepFanout)
+	up, err := env.Upstream(mods...)
+	if err != nil {
+		return nil, err
+	}
+	db, err := testsumdb.Start("sum.bench.test")
+	if err != nil {
+		return nil, fmt.Errorf("start test checksum database: %w", err)
+	}
+	defer db.Close()
+	// Every record is in the log before the run, as in the real database:
+	// lookups then share one tree and its tiles.
+	for _, m := range mods {
+		mh, err := testsumdb.HashMod(up.GoMod(m.Path, m.Version))
+		if err != nil {
+			return nil, err
+		}
+		zh, err := testsumdb.HashZip(up.Zip(m.Path, m.Version))
+		if err != nil {
+			return nil, err
+		}
+		if err := db.Publish(m.Path, m.Version, mh, zh); err != nil {
+			return nil, err
+		}
+	}
+	up.PassThroughSumDB(db.Name(), db.URL())
+	sum, err := goSum(up, mods)
+	if err != nil {
+		return nil, err
+	}
+	// GOSUMDB is the key alone on both sides: the go command and modproxy
+	// both reach the database through the upstream's /sumdb/ passthrough,
+	// so it pays the same added latency as the module files.
+	gosumdb := db.VerifierKey()
+
+	var res []Result
+	var floorDir string
+	for _, lat := range lats {
+		up.SetLatency(lat)
+		up.ResetCounts()
+		direct, err := runGoDownload(ctx, env, mods, sum, up.URL(), gosumdb)
+		if err != nil {
+			return res, fmt.Errorf("direct at +%s: %w", lat, err)
+		}
+		directRT := float64(up.Count("/")) / float64(n)
+		directSum := up.Count("/sumdb/")
+		floorDir = filepath.Join(direct.modcache, "cache", "download")
+		up.ResetCounts()
+		fmt.Fprintf(os.Stderr, "   +%s direct:           %s (%.2f upstream requests per module, %d to the checksum database)\n", lat, direct.took.Round(time.Millisecond), directRT, directSum)
+
+		srv, err := env.StartServer(ctx, up.URL(), "--sumdb", gosumdb, "--nosumdb=")
+		if err != nil {
+			return res, err
+		}
+		rss := sampleRSS(srv.Pid, 20*time.Millisecond)
+		via, err := runGoDownload(ctx, env, mods, sum, srv.URL, gosumdb)
+		peak := rss.stop()
+		if err != nil {
+			return res, fmt.Errorf("through modproxy at +%s: %w", lat, err)
+		}
+		viaRT := float64(up.Count("/")) / float64(n)
+		viaSum := up.Count("/sumdb/")
+		fmt.Fprintf(os.Stderr, "   +%s through modproxy: %s (%.2f upstream requests per module, %d to the checksum database)\n", lat, via.took.Round(time.Millisecond), viaRT, viaSum)
+		note := fmt.Sprintf("%d modules, go.mod+go.sum, upstream and checksum DB +%s per request", n, lat)
+		res = append(res,
+			Result{Metric: fmt.Sprintf("+%s: go mod download, direct", lat), Value: direct.took.Seconds(), Unit: "s", Note: note},
+			Result{Metric: fmt.Sprintf("+%s: go mod download, through fresh modproxy", lat), Value: via.took.Seconds(), Unit: "s"},
+			Result{Metric: fmt.Sprintf("+%s: cold through modproxy / direct", lat), Value: via.took.Seconds() / direct.took.Seconds(), Unit: "x", Target: atMost(targetColdSumDBRatio)},
+			Result{Metric: fmt.Sprintf("+%s: upstream round trips per module, direct", lat), Value: directRT, Unit: "req", Note: fmt.Sprintf("%d to the checksum database", directSum)},
+			Result{Metric: fmt.Sprintf("+%s: upstream round trips per module, through modproxy", lat), Value: viaRT, Unit: "req", Note: fmt.Sprintf("%d to the checksum database (lookups, tiles, latest)", viaSum)},
+			Result{Metric: fmt.Sprintf("+%s: server peak RSS during the cold download", lat), Value: float64(peak.HWM) / (1 << 20), Unit: "MB", Target: atMost(targetColdPeakRSSMB), Note: "VmHWM"},
+		)
+
+		// Warm: the same server again, with a fresh module cache, against
+		// a GOPROXY=file:// floor of the same files (the direct run's
+		// download cache). With a complete go.sum neither side asks the
+		// checksum database.
+		warm, err := runGoDownload(ctx, env, mods, sum, srv.URL, gosumdb)
+		if err != nil {
+			return res, fmt.Errorf("warm through modproxy at +%s: %w", lat, err)
+		}
+		floor, err := runGoDownload(ctx, env, mods, sum, "file://"+floorDir, gosumdb)
+		if err != nil {
+			return res, fmt.Errorf("file:// floor: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "   warm through modproxy: %s, file:// floor: %s\n", warm.took.Round(time.Millisecond), floor.took.Round(time.Millisecond))
+		res = append(res,
+			Result{Metric: fmt.Sprintf("+%s: warm through modproxy / file:// floor", lat), Value: warm.took.Seconds() / floor.took.Seconds(), Unit: "x", Target: atMost(targetWarmFloorRatio),
+				Note: fmt.Sprintf("warm %.2fs, file:// %.2fs", warm.took.Seconds(), floor.took.Seconds())},
+		)
+		srv.stop()
+	}
+	up.SetLatency(0)
+	return res, nil
+}
+
+// parseLatencies parses a comma-separated list of durations.
+func parseLatencies(list string) ([]time.Duration, error) {
+	var out []time.Duration
+	for f := range strings.SplitSeq(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		d, err := time.ParseDuration(f)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("--sumdb-latencies: %q is not a duration", f)
+		}
+		out = append(out, d)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--sumdb-latencies: no latency given")
+	}
+	return out, nil
+}
