@@ -48,6 +48,7 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		VerifyFailOpen:   c.sumdbFailOpen,
 		Health:           n.Health(),
 		Offline:          c.offline,
+		NoPrefetch:       !c.prefetch,
 		ListTTL:          c.listTTL,
 		NegativeTTL:      c.negativeTTL,
 		SpoolDir:         c.spoolDir,

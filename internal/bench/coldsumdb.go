@@ -193,6 +193,23 @@ func runColdSumDB(ctx context.Context, env *Env) ([]Result, error) {
 			Result{Metric: fmt.Sprintf("+%s: server peak RSS during the cold download", lat), Value: float64(peak.HWM) / (1 << 20), Unit: "MB", Target: atMost(targetColdPeakRSSMB), Note: "VmHWM"},
 		)
 
+		if env.Opts.sumdbNoPrefetch {
+			up.ResetCounts()
+			np, err := env.StartServer(ctx, up.URL(), "--sumdb", gosumdb, "--nosumdb=", "--prefetch=false")
+			if err != nil {
+				return res, err
+			}
+			d, err := runGoDownload(ctx, env, mods, sum, np.URL, gosumdb)
+			np.stop()
+			if err != nil {
+				return res, fmt.Errorf("through modproxy without prefetch at +%s: %w", lat, err)
+			}
+			npRT := float64(up.Count("/")) / float64(n)
+			fmt.Fprintf(os.Stderr, "   +%s through modproxy, --prefetch=false: %s (%.2f upstream requests per module)\n", lat, d.took.Round(time.Millisecond), npRT)
+			res = append(res, Result{Metric: fmt.Sprintf("+%s: cold through modproxy --prefetch=false / direct", lat), Value: d.took.Seconds() / direct.took.Seconds(), Unit: "x", Target: atMost(targetColdSumDBRatio),
+				Note: fmt.Sprintf("%.2fs, %.2f upstream requests per module", d.took.Seconds(), npRT)})
+		}
+
 		// Warm: the same server again, with a fresh module cache, against
 		// a GOPROXY=file:// floor of the same files (the direct run's
 		// download cache). With a complete go.sum neither side asks the
