@@ -87,6 +87,7 @@ type prefetcher struct {
 	mu          sync.Mutex
 	tracked     map[cache.Key]*prefetched
 	closed      bool
+	allow       atomic.Pointer[func(path, version string) bool]
 	triggerHook func() // tests: called when a trigger's work is done
 }
 
@@ -138,6 +139,9 @@ func (p *prefetcher) claim(key cache.Key) bool {
 // register starts tracking a prefetch of key; false means skip it: it is
 // stored, known missing, already tracked, or too much is tracked.
 func (p *prefetcher) register(kind string, key cache.Key, req Request) (ok, dropped bool) {
+	if allow := p.allow.Load(); allow != nil && !(*allow)(req.Module, req.Version) {
+		return false, true
+	}
 	if _, err := p.f.store.Stat(key); err == nil {
 		return false, false
 	}
@@ -259,6 +263,21 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 			}()
 		}
 	}()
+}
+
+// SetPrefetchFilter makes prefetch skip (and count as dropped) the module
+// versions allow refuses: the access layer's module policy, so that a
+// version no client may fetch is never fetched ahead either. Safe to call
+// while serving.
+func (f *Fetcher) SetPrefetchFilter(allow func(path, version string) bool) {
+	if f.pf == nil {
+		return
+	}
+	if allow == nil {
+		f.pf.allow.Store(nil)
+		return
+	}
+	f.pf.allow.Store(&allow)
 }
 
 // ClientSmall is Small for a go command's request: after it, the Fetcher

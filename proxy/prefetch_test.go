@@ -428,3 +428,25 @@ func TestRequiredMods(t *testing.T) {
 		})
 	}
 }
+
+// A version the module policy denies is never prefetched.
+func TestPrefetchFilterDenies(t *testing.T) {
+	deps := depModules("example.com/dep", 3)
+	root := requiringModule("example.com/root", deps)
+	up := newUpstream(t, append(deps, root)...)
+	e, done := prefetchEnv(t, up.URL(), nil)
+	e.f.SetPrefetchFilter(func(path, version string) bool { return path != deps[1].Path })
+	e.mustGet("/example.com/root/@v/v1.0.0.mod", 200)
+	waitTrigger(t, done)
+	if n := up.Count("/" + deps[1].Path + "/"); n != 0 {
+		t.Errorf("denied module prefetched (%d requests)", n)
+	}
+	for _, d := range []testupstream.Module{deps[0], deps[2]} {
+		if n := up.Count("/" + d.Path + "/@v/v1.0.0.mod"); n != 1 {
+			t.Errorf("%s prefetched %d times, want 1", d.Path, n)
+		}
+	}
+	if got := prefetchCount(e, prefetchRequire, prefetchDropped); got != 1 {
+		t.Errorf("prefetch{require,dropped} = %d, want 1 (the denied one)", got)
+	}
+}

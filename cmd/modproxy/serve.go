@@ -237,6 +237,12 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 		return err
 	}
 	defer acc.Close()
+	if acc.policy != nil {
+		// A version the policy denies is never prefetched either.
+		pl.fetcher.SetPrefetchFilter(func(path, version string) bool {
+			return acc.policy.Load().Check(path, version).Allowed
+		})
+	}
 	srv := &http.Server{
 		Handler:           acc.handler,
 		TLSConfig:         acc.tlsConfig(),
