@@ -232,13 +232,17 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 		var wg sync.WaitGroup
 		defer wg.Wait()
 		for i, req := range reqs {
-			if fetched.Load() >= p.maxBytes {
-				p.count(kind, prefetchDropped, len(reqs)-i)
-				return
-			}
 			select {
 			case p.sem <- struct{}{}:
 			case <-ctx.Done():
+				p.count(kind, prefetchDropped, len(reqs)-i)
+				return
+			}
+			// Checked once a slot is free, so that the bytes of the
+			// fetches that freed it are counted: the total stays within
+			// maxBytes plus what is in flight.
+			if fetched.Load() >= p.maxBytes {
+				<-p.sem
 				p.count(kind, prefetchDropped, len(reqs)-i)
 				return
 			}

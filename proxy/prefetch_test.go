@@ -450,3 +450,23 @@ func TestPrefetchFilterDenies(t *testing.T) {
 		t.Errorf("prefetch{require,dropped} = %d, want 1 (the denied one)", got)
 	}
 }
+
+// The bytes a served go.mod may prefetch are bounded: with one slot and a
+// 1-byte budget, the first .mod uses it up and the rest are dropped.
+func TestPrefetchBytesBudget(t *testing.T) {
+	deps := depModules("example.com/dep", 3)
+	root := requiringModule("example.com/root", deps)
+	up := newUpstream(t, append(deps, root)...)
+	e, done := prefetchEnv(t, up.URL(), func(c *Config) {
+		c.PrefetchConcurrency = 1
+		c.PrefetchBytes = 1
+	})
+	e.mustGet("/example.com/root/@v/v1.0.0.mod", 200)
+	waitTrigger(t, done)
+	if n := up.Count("/example.com/dep/"); n != 1 {
+		t.Errorf("%d .mod files prefetched, want 1 (the byte budget)", n)
+	}
+	if got := prefetchCount(e, prefetchRequire, prefetchDropped); got != 2 {
+		t.Errorf("prefetch{require,dropped} = %d, want 2", got)
+	}
+}
