@@ -219,6 +219,20 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 		p.count(kind, prefetchDropped, len(reqs)-p.perRequest)
 		reqs = reqs[:p.perRequest]
 	}
+	// Registered now, before the response that triggered them is sent, so
+	// that the go command's next requests find them claimable.
+	var todo []Request
+	for _, req := range reqs {
+		ok, dropped := p.register(kind, req.key(), req)
+		if ok {
+			todo = append(todo, req)
+		} else if dropped {
+			p.count(kind, prefetchDropped, 1)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
 	f := p.f
 	f.wg.Add(1)
 	go func() {
@@ -231,11 +245,11 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 		var fetched atomic.Int64
 		var wg sync.WaitGroup
 		defer wg.Wait()
-		for i, req := range reqs {
+		for i, req := range todo {
 			select {
 			case p.sem <- struct{}{}:
 			case <-ctx.Done():
-				p.count(kind, prefetchDropped, len(reqs)-i)
+				p.drop(kind, todo[i:])
 				return
 			}
 			// Checked once a slot is free, so that the bytes of the
@@ -243,17 +257,8 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 			// maxBytes plus what is in flight.
 			if fetched.Load() >= p.maxBytes {
 				<-p.sem
-				p.count(kind, prefetchDropped, len(reqs)-i)
+				p.drop(kind, todo[i:])
 				return
-			}
-			key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
-			ok, dropped := p.register(kind, key, req)
-			if !ok {
-				<-p.sem
-				if dropped {
-					p.count(kind, prefetchDropped, 1)
-				}
-				continue
 			}
 			wg.Add(1)
 			go func() {
@@ -263,10 +268,20 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 				if err == nil {
 					fetched.Add(int64(len(a.Data)))
 				}
-				p.finish(key, err)
+				p.finish(req.key(), err)
 			}()
 		}
 	}()
+}
+
+// drop forgets registered prefetches that will not run.
+func (p *prefetcher) drop(kind string, reqs []Request) {
+	p.mu.Lock()
+	for _, r := range reqs {
+		delete(p.tracked, r.key())
+	}
+	p.mu.Unlock()
+	p.count(kind, prefetchDropped, len(reqs))
 }
 
 // SetPrefetchFilter makes prefetch skip (and count as dropped) the module
@@ -339,4 +354,9 @@ func rawVersion(gomod []byte, line *modfile.Line) string {
 		return ""
 	}
 	return strings.Trim(f[len(f)-1], "\"`")
+}
+
+// key is the store key of an .info, .mod or .zip request.
+func (r Request) key() cache.Key {
+	return cache.Key{Path: r.Module, Version: r.Version, Kind: cache.Kind(r.Kind)}
 }
