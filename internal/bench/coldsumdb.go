@@ -19,6 +19,7 @@ const (
 	targetWarmFloorRatio = 1.1  // warm through modproxy vs GOPROXY=file://
 	targetColdPeakRSSMB  = 150. // server peak RSS during the cold download
 	coldSumDBDepFanout   = 4    // requires per generated module
+	warmRounds           = 3    // warm and file:// runs, interleaved; the fastest counts
 )
 
 func init() {
@@ -29,17 +30,19 @@ func init() {
 	})
 }
 
-// chainedModules returns n one-file modules <prefix>/mNNN v1.0.0, each
-// requiring the next fanout modules, so that a go.mod names what the go
-// command will ask for next, as in a real dependency graph.
-func chainedModules(prefix string, n, fanout int) []testupstream.Module {
+// graphModules returns n one-file modules <prefix>/mNNN v1.0.0 forming a
+// dependency graph: module i requires modules 2i+1 … 2i+fanout (those that
+// exist), so a go.mod names modules the go command asks for later, as in
+// real graphs, where a dependency's go.mod lists its own dependencies, and
+// those overlap.
+func graphModules(prefix string, n, fanout int) []testupstream.Module {
 	mods := smallModules(prefix, n)
 	for i := range mods {
 		var b strings.Builder
 		fmt.Fprintf(&b, "module %s\n\ngo 1.21\n", mods[i].Path)
-		if i+1 < n {
+		if first := 2*i + 1; first < n {
 			b.WriteString("\nrequire (\n")
-			for j := i + 1; j < min(n, i+1+fanout); j++ {
+			for j := first; j < min(n, first+fanout); j++ {
 				fmt.Fprintf(&b, "\t%s %s\n", mods[j].Path, mods[j].Version)
 			}
 			b.WriteString(")\n")
@@ -120,7 +123,7 @@ func runColdSumDB(ctx context.Context, env *Env) ([]Result, error) {
 		return nil, err
 	}
 	n := env.Opts.e2eMods
-	mods := chainedModules("example.com/coldsum", n, coldSumDBDepFanout)
+	mods := graphModules("example.com/coldsum", n, coldSumDBDepFanout)
 	up, err := env.Upstream(mods...)
 	if err != nil {
 		return nil, err
@@ -213,19 +216,30 @@ func runColdSumDB(ctx context.Context, env *Env) ([]Result, error) {
 		// Warm: the same server again, with a fresh module cache, against
 		// a GOPROXY=file:// floor of the same files (the direct run's
 		// download cache). With a complete go.sum neither side asks the
-		// checksum database.
-		warm, err := runGoDownload(ctx, env, mods, sum, srv.URL, gosumdb)
-		if err != nil {
-			return res, fmt.Errorf("warm through modproxy at +%s: %w", lat, err)
+		// checksum database. Each is run warmRounds times, interleaved,
+		// and the fastest counts: a warm run is short, so one run is
+		// mostly the noise of a shared machine.
+		var warm, floor time.Duration
+		for range warmRounds {
+			w, err := runGoDownload(ctx, env, mods, sum, srv.URL, gosumdb)
+			if err != nil {
+				return res, fmt.Errorf("warm through modproxy at +%s: %w", lat, err)
+			}
+			fl, err := runGoDownload(ctx, env, mods, sum, "file://"+floorDir, gosumdb)
+			if err != nil {
+				return res, fmt.Errorf("file:// floor: %w", err)
+			}
+			if warm == 0 || w.took < warm {
+				warm = w.took
+			}
+			if floor == 0 || fl.took < floor {
+				floor = fl.took
+			}
 		}
-		floor, err := runGoDownload(ctx, env, mods, sum, "file://"+floorDir, gosumdb)
-		if err != nil {
-			return res, fmt.Errorf("file:// floor: %w", err)
-		}
-		fmt.Fprintf(os.Stderr, "   warm through modproxy: %s, file:// floor: %s\n", warm.took.Round(time.Millisecond), floor.took.Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "   warm through modproxy: %s, file:// floor: %s (best of %d)\n", warm.Round(time.Millisecond), floor.Round(time.Millisecond), warmRounds)
 		res = append(res,
-			Result{Metric: fmt.Sprintf("+%s: warm through modproxy / file:// floor", lat), Value: warm.took.Seconds() / floor.took.Seconds(), Unit: "x", Target: atMost(targetWarmFloorRatio),
-				Note: fmt.Sprintf("warm %.2fs, file:// %.2fs", warm.took.Seconds(), floor.took.Seconds())},
+			Result{Metric: fmt.Sprintf("+%s: warm through modproxy / file:// floor", lat), Value: warm.Seconds() / floor.Seconds(), Unit: "x", Target: atMost(targetWarmFloorRatio),
+				Note: fmt.Sprintf("best of %d: warm %.2fs, file:// %.2fs", warmRounds, warm.Seconds(), floor.Seconds())},
 		)
 		srv.stop()
 	}

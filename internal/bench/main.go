@@ -57,7 +57,7 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "comma-separated scenario names to run (default: all)")
 	flag.StringVar(&o.skip, "skip", "", "comma-separated scenario names to skip")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (stores, server logs) for inspection")
-	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "hard limit for the whole run")
+	flag.DurationVar(&o.timeout, "timeout", 12*time.Minute, "hard limit for the whole run")
 	flag.IntVar(&o.bigZipMB, "big-zip-mb", 100, "size of the zip in the RSS scenario, MB")
 	flag.IntVar(&o.e2eMods, "e2e-modules", 150, "modules required by the cold end-to-end project")
 	flag.DurationVar(&o.wanLatency, "wan-latency", 30*time.Millisecond, "upstream latency per request in the cold end-to-end scenario")
