@@ -91,8 +91,13 @@ type Config struct {
 	PrefetchPerRequest  int
 	PrefetchBytes       int64
 	PrefetchWindow      time.Duration
-	Logger              *slog.Logger
-	Metrics             *Metrics
+	// PrefetchInfo also prefetches the .info of a version whose .mod is
+	// served for the first time: go mod download and go list -m ask for
+	// every module's .info, one at a time, after the .mod files; builds
+	// and go mod tidy do not.
+	PrefetchInfo bool
+	Logger       *slog.Logger
+	Metrics      *Metrics
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -328,8 +333,8 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 // prefetched and this is the first request for it.
 func (f *Fetcher) smallClaim(ctx context.Context, req Request) (*Artifact, bool, error) {
 	claimed := false
-	if f.pf != nil && req.Kind == KindMod {
-		claimed = f.pf.claim(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod})
+	if f.pf != nil && (req.Kind == KindMod || req.Kind == KindInfo && f.cfg.PrefetchInfo) {
+		claimed = f.pf.claim(req.key())
 	}
 	a, err := f.small(ctx, req)
 	return a, claimed, err

@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind", "result"}),
 		prefetch: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_prefetch_total",
-			Help: "Prefetched .mod files by kind (mod: after an .info miss; require: required by a go.mod served) and result (used: a client asked for it, wasted: nobody did within the window, error, dropped: over budget).",
+			Help: "Prefetched files by kind (mod: the .mod after an .info miss; require: .mod files required by a go.mod served; info: the .info after its .mod, with --prefetch-info) and result (used: a client asked for it, wasted: nobody did within the window, error, dropped: over budget).",
 		}, []string{"kind", "result"}),
 		fetchShared: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_fetch_shared_total",
@@ -76,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.fetches.WithLabelValues(string(k), r)
 		}
 	}
-	for _, k := range []string{prefetchMod, prefetchRequire} {
+	for _, k := range []string{prefetchMod, prefetchRequire, prefetchInfo} {
 		for _, r := range []string{prefetchUsed, prefetchWasted, prefetchError, prefetchDropped} {
 			m.prefetch.WithLabelValues(k, r)
 		}

@@ -32,6 +32,9 @@ const (
 	// prefetchRequire is the .mod of a version required by a go.mod just
 	// served: the go command's module graph walk asks for it next.
 	prefetchRequire = "require"
+	// prefetchInfo is the .info of a version whose .mod was just served
+	// (Config.PrefetchInfo): go mod download and go list -m ask for it.
+	prefetchInfo = "info"
 )
 
 // Prefetch results, the result label of modproxy_prefetch_total.
@@ -313,6 +316,9 @@ func (f *Fetcher) ClientSmall(ctx context.Context, req Request) (*Artifact, erro
 	case req.Kind == KindInfo && a.Cache == "miss":
 		f.pf.start(prefetchMod, []Request{{Module: req.Module, Version: req.Version, Kind: KindMod}})
 	case req.Kind == KindMod && (a.Cache == "miss" || claimed):
+		if f.cfg.PrefetchInfo {
+			f.pf.start(prefetchInfo, []Request{{Module: req.Module, Version: req.Version, Kind: KindInfo}})
+		}
 		f.pf.start(prefetchRequire, requiredMods(a.Data))
 	}
 	return a, nil

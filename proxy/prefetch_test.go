@@ -470,3 +470,37 @@ func TestPrefetchBytesBudget(t *testing.T) {
 		t.Errorf("prefetch{require,dropped} = %d, want 2", got)
 	}
 }
+
+// With PrefetchInfo, a .mod served for the first time prefetches its
+// version's .info, and the go command's .info request that follows is a
+// hit counted as used; without it, no .info is fetched unasked.
+func TestPrefetchInfoAfterMod(t *testing.T) {
+	const path, version = "example.com/hello", "v1.0.0"
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprint("PrefetchInfo=", on), func(t *testing.T) {
+			up := newUpstream(t)
+			e, done := prefetchEnv(t, up.URL(), func(c *Config) { c.PrefetchInfo = on })
+			e.mustGet("/"+path+"/@v/"+version+".mod", 200)
+			if !on {
+				if n := up.Count(".info"); n != 0 {
+					t.Fatalf("upstream got %d .info requests without PrefetchInfo", n)
+				}
+				return
+			}
+			waitTrigger(t, done)
+			if n := up.Count("/" + path + "/@v/" + version + ".info"); n != 1 {
+				t.Fatalf("upstream got %d .info requests, want 1 (the prefetch)", n)
+			}
+			r := e.mustGet("/"+path+"/@v/"+version+".info", 200)
+			if c := r.header.Get(headerCache); c != "hit" {
+				t.Errorf(".info after the prefetch: cache %q, want hit", c)
+			}
+			if got := prefetchCount(e, prefetchInfo, prefetchUsed); got != 1 {
+				t.Errorf("prefetch{info,used} = %d, want 1", got)
+			}
+			if n := up.Count(".zip"); n != 0 {
+				t.Errorf("a zip was fetched (%d requests)", n)
+			}
+		})
+	}
+}

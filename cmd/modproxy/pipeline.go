@@ -66,6 +66,7 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		Health:           n.Health(),
 		Offline:          c.offline,
 		NoPrefetch:       !c.prefetch,
+		PrefetchInfo:     c.prefetchInfo,
 		ListTTL:          c.listTTL,
 		NegativeTTL:      c.negativeTTL,
 		SpoolDir:         c.spoolDir,

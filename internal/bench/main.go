@@ -33,19 +33,20 @@ import (
 
 // options are the command-line settings shared by every scenario.
 type options struct {
-	duration        time.Duration // measured window of one load step
-	warmup          time.Duration // unmeasured load before the first step
-	jsonOut         string
-	bin             string // prebuilt modproxy; empty builds one
-	only, skip      string
-	keep            bool
-	timeout         time.Duration
-	bigZipMB        int
-	e2eMods         int
-	wanLatency      time.Duration
-	sumdbLatencies  string
-	sumdbNoPrefetch bool
-	serverLog       string
+	duration          time.Duration // measured window of one load step
+	warmup            time.Duration // unmeasured load before the first step
+	jsonOut           string
+	bin               string // prebuilt modproxy; empty builds one
+	only, skip        string
+	keep              bool
+	timeout           time.Duration
+	bigZipMB          int
+	e2eMods           int
+	wanLatency        time.Duration
+	sumdbLatencies    string
+	sumdbNoPrefetch   bool
+	sumdbPrefetchInfo bool
+	serverLog         string
 }
 
 func main() {
@@ -63,6 +64,7 @@ func main() {
 	flag.DurationVar(&o.wanLatency, "wan-latency", 30*time.Millisecond, "upstream latency per request in the cold end-to-end scenario")
 	flag.StringVar(&o.sumdbLatencies, "sumdb-latencies", "30ms,100ms", "upstream and checksum-database latencies per request in the cold-sumdb scenario, comma-separated")
 	flag.BoolVar(&o.sumdbNoPrefetch, "sumdb-no-prefetch", false, "cold-sumdb: also run a fresh modproxy with --prefetch=false, to show what prefetch buys")
+	flag.BoolVar(&o.sumdbPrefetchInfo, "sumdb-prefetch-info", false, "cold-sumdb: also run a fresh modproxy with --prefetch-info")
 	flag.StringVar(&o.serverLog, "server-log-level", "info", "modproxy --log-level (info logs every request, as in production)")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	flag.Parse()
