@@ -74,7 +74,8 @@ func (f *Fetcher) lookupAhead(ctx context.Context, req Request, private bool) {
 }
 
 // prefetcher fetches, in the background and within a budget, the .mod
-// files the go command is about to ask for, through the Fetcher's normal
+// files (and, with Config.PrefetchInfo, .info files) the go command is
+// about to ask for, through the Fetcher's normal
 // pipeline (so the upstream list, private routing, verification and the
 // sharing of concurrent fetches all apply). It never fetches zips: a zip is
 // large, and whether the go command wants it (go mod download, a build) or
@@ -208,7 +209,7 @@ func (p *prefetcher) sweep(final bool) {
 	}
 }
 
-// start prefetches the .mod files of reqs in the background: at most
+// start prefetches reqs (.mod or .info files) in the background: at most
 // perRequest of them, at most maxBytes in total, at most cap(sem) at once
 // across the Fetcher, and none that has not started when the window ends
 // or the Fetcher closes. The fetches go through Fetcher.small, the same
