@@ -340,9 +340,16 @@ func (f *Fetcher) smallClaim(ctx context.Context, req Request) (*Artifact, bool,
 	return a, claimed, err
 }
 
-// small is Small without the prefetch accounting (the prefetcher's own
-// fetches).
+// small is Small without the prefetch accounting.
 func (f *Fetcher) small(ctx context.Context, req Request) (*Artifact, error) {
+	return f.fetchSmallShared(ctx, req, false)
+}
+
+// fetchSmallShared is small; prefetch is set for the prefetcher's own
+// fetches, whose failures other than not-found are not remembered in the
+// negative cache: a prefetch during an upstream's blip must not make the
+// go command's own request, moments later, fail from the cache.
+func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bool) (*Artifact, error) {
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
 	data, meta, err := f.store.Get(key)
 	if err == nil {
@@ -371,7 +378,9 @@ func (f *Fetcher) small(ctx context.Context, req Request) (*Artifact, error) {
 			if len(ups) == 0 {
 				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 			}
-			f.neg.put(req.String()+"."+string(req.Kind), herr)
+			if !prefetch || herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+				f.neg.put(req.String()+"."+string(req.Kind), herr)
+			}
 			return metaResult{}, herr
 		}
 		stored, err := f.gate.Commit(got)

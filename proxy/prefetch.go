@@ -268,7 +268,7 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 			go func() {
 				defer wg.Done()
 				defer func() { <-p.sem }()
-				a, err := f.small(ctx, req)
+				a, err := f.fetchSmallShared(ctx, req, true)
 				if err == nil {
 					fetched.Add(int64(len(a.Data)))
 				}

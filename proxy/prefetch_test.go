@@ -504,3 +504,21 @@ func TestPrefetchInfoAfterMod(t *testing.T) {
 		})
 	}
 }
+
+// An upstream that fails while a prefetch runs (a blip) does not make the
+// go command's own request fail from the negative cache once it is back:
+// prefetch failures other than not-found are not remembered.
+func TestPrefetchFailureNotNegativelyCached(t *testing.T) {
+	deps := depModules("example.com/dep", 1)
+	root := requiringModule("example.com/root", deps)
+	up := newUpstream(t, append(deps, root)...)
+	e, done := prefetchEnv(t, up.URL(), nil)
+	up.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.Contains(p, "/dep/") }, Status: http.StatusServiceUnavailable})
+	e.mustGet("/example.com/root/@v/v1.0.0.mod", 200)
+	waitTrigger(t, done)
+	if got := prefetchCount(e, prefetchRequire, prefetchError); got != 1 {
+		t.Fatalf("prefetch{require,error} = %d, want 1 (the blip)", got)
+	}
+	up.SetFaults() // the upstream is back
+	e.mustGet("/"+deps[0].Path+"/@v/v1.0.0.mod", 200)
+}
