@@ -162,6 +162,11 @@ type Fetcher struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// workMu orders the start of background work (startWork) before
+	// Close's wait: a WaitGroup must not be added to while it is waited
+	// on at zero.
+	workMu sync.Mutex
+	closed bool
 
 	meta singleflight.Group
 	neg  *negativeCache
@@ -216,11 +221,29 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 // Close cancels in-flight fetches and prefetches and waits for them to
 // stop.
 func (f *Fetcher) Close() {
+	f.workMu.Lock()
+	f.closed = true
+	f.workMu.Unlock()
 	f.cancel()
 	f.wg.Wait()
 	if f.pf != nil {
 		f.pf.sweep(true)
 	}
+}
+
+// errFetcherClosed is the error of work asked of a closed Fetcher.
+var errFetcherClosed = errors.New("fetcher is shutting down")
+
+// startWork counts one piece of background work into f.wg, unless the
+// Fetcher is closing; the caller calls f.wg.Done when it ends.
+func (f *Fetcher) startWork() bool {
+	f.workMu.Lock()
+	defer f.workMu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.wg.Add(1)
+	return true
 }
 
 // upstreamsFor returns the upstreams that may serve module path, and
@@ -303,7 +326,9 @@ type metaResult struct {
 // on the Fetcher's context, and returns when it is done or ctx is.
 func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch func(context.Context) (metaResult, error)) (metaResult, bool, error) {
 	ch := f.meta.DoChan(key, func() (any, error) {
-		f.wg.Add(1)
+		if !f.startWork() {
+			return metaResult{}, fmt.Errorf("fetch %s: %w", key, errFetcherClosed)
+		}
 		defer f.wg.Done()
 		fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
 		defer cancel()

@@ -66,7 +66,9 @@ func (f *Fetcher) lookupAhead(ctx context.Context, req Request, private bool) {
 	if !ok || private || f.cfg.Verifier.Exempt(req.Module) {
 		return
 	}
-	f.wg.Add(1)
+	if !f.startWork() {
+		return
+	}
 	go func() {
 		defer f.wg.Done()
 		v.Lookup(ctx, req.Module, req.Version)
@@ -238,7 +240,10 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 		return
 	}
 	f := p.f
-	f.wg.Add(1)
+	if !f.startWork() {
+		p.drop(kind, todo)
+		return
+	}
 	go func() {
 		defer f.wg.Done()
 		if p.triggerHook != nil {
