@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"go.etcd.io/bbolt"
 	"golang.org/x/mod/semver"
@@ -19,6 +20,13 @@ const keyBufLen = 192
 
 // readChunksPerTxn bounds the chunks copied by one read transaction.
 const readChunksPerTxn = 4
+
+func recOrNil(r *record) *record {
+	if r.blob == 0 {
+		return nil
+	}
+	return r
+}
 
 // lookup returns the decoded record of k, wrapping ErrNotFound.
 func lookup(tx *bbolt.Tx, key []byte) (record, error) {
@@ -33,7 +41,7 @@ func lookup(tx *bbolt.Tx, key []byte) (record, error) {
 func (s *Store) Stat(k Key) (Meta, error) {
 	rec, err := s.stat(k)
 	if err != nil {
-		return Meta{}, fmt.Errorf("stat %s: %w", k, err)
+		return Meta{}, fmt.Errorf("stat %s: %w", k, s.readFailed(k, nil, err))
 	}
 	return rec.Meta, nil
 }
@@ -45,7 +53,7 @@ func (s *Store) stat(k Key) (record, error) {
 	var buf [keyBufLen]byte
 	key := appendArtifactKey(buf[:0], k)
 	var rec record
-	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+	err := s.view(func(tx *bbolt.Tx) (err error) {
 		rec, err = lookup(tx, key)
 		return err
 	})
@@ -67,12 +75,12 @@ func (s *Store) Get(k Key) ([]byte, Meta, error) {
 		rec  record
 		data []byte
 	)
-	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+	err := s.view(func(tx *bbolt.Tx) (err error) {
 		if rec, err = lookup(tx, key); err != nil {
 			return err
 		}
 		data = make([]byte, rec.Size)
-		_, err = readChunks(tx, &rec, data, 0)
+		_, err = readChunks(tx, &rec, data, 0, nil)
 		return err
 	})
 	if err == nil && rec.chunks > readChunksPerTxn {
@@ -81,7 +89,7 @@ func (s *Store) Get(k Key) ([]byte, Meta, error) {
 		_, err = r.ReadAt(data[start:], start)
 	}
 	if err != nil {
-		return nil, Meta{}, fmt.Errorf("get %s: %w", k, err)
+		return nil, Meta{}, fmt.Errorf("get %s: %w", k, s.readFailed(k, recOrNil(&rec), err))
 	}
 	return data, rec.Meta, nil
 }
@@ -89,7 +97,12 @@ func (s *Store) Get(k Key) ([]byte, Meta, error) {
 // readChunks copies content starting at off into p from at most
 // readChunksPerTxn chunks and returns the bytes copied. It must be called
 // inside a transaction; nothing it returns points into bbolt's memory.
-func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64) (int, error) {
+//
+// Every chunk's length, and for format-2 records its checksum, is checked
+// before a byte of it is copied. checked, when non-nil, remembers the last
+// chunk checked (index+1) so that small sequential reads check a chunk once,
+// not once per read.
+func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64, checked *atomic.Uint32) (int, error) {
 	if off >= rec.Size || len(p) == 0 {
 		return 0, nil
 	}
@@ -103,11 +116,23 @@ func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64) (int, error) {
 		if v == nil {
 			return n, fmt.Errorf("chunk %d of blob %d missing (deleted while reading?): %w", idx, rec.blob, ErrNotFound)
 		}
-		if len(v) != rec.chunkLen(idx) {
-			return n, fmt.Errorf("%w: chunk %d of blob %d has %d bytes, want %d", errCorrupt, idx, rec.blob, len(v), rec.chunkLen(idx))
+		var c []byte
+		if checked != nil && checked.Load() == idx+1 && len(v) == rec.storedLen(idx) {
+			c = v[:rec.chunkLen(idx)]
+		} else {
+			var err error
+			if c, err = rec.checkChunk(v, idx); err != nil {
+				return n, err
+			}
+			if checked != nil {
+				checked.Store(idx + 1)
+			}
 		}
-		n += copy(p[n:], v[skip:])
-		if rec.Size >= dropMappedSize {
+		m := copy(p[n:], c[skip:])
+		n += m
+		if rec.Size >= dropMappedSize && skip+m == len(c) {
+			// The chunk's last byte is out: drop its pages once, not on
+			// every partial read (that refaulted the whole chunk per read).
 			dropMapped(v)
 		}
 		skip = 0
@@ -126,7 +151,7 @@ const dropMappedSize = 32 << 20
 func (s *Store) Open(k Key) (*Reader, error) {
 	rec, err := s.stat(k)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", k, err)
+		return nil, fmt.Errorf("open %s: %w", k, s.readFailed(k, nil, err))
 	}
 	return &Reader{s: s, key: k, rec: rec}, nil
 }
@@ -168,7 +193,7 @@ func (s *Store) put(k Key, r io.Reader, m Meta) (Meta, error) {
 
 	// Immutability: if already published, read nothing.
 	var stored Meta
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		rec, err := lookup(tx, key)
 		stored = rec.Meta
 		return err
@@ -182,6 +207,7 @@ func (s *Store) put(k Key, r io.Reader, m Meta) (Meta, error) {
 	p := putter{s: s, key: key, kind: k.Kind, want: m}
 	p.rec.Meta = Meta{Hash: m.Hash, Upstream: m.Upstream, Created: m.Created}
 	p.rec.chunkSize = s.chunkSize
+	p.rec.checksummed = true
 	bufp := s.stagePool.Get().(*[]byte)
 	defer s.stagePool.Put(bufp)
 
@@ -214,11 +240,13 @@ type putter struct {
 func (p *putter) run(r io.Reader, buf []byte) (Meta, error) {
 	h := sha256.New()
 	cs := p.s.chunkSize
+	// buf holds whole stored chunks: content and its checksum trailer.
+	stride := cs + chunkCRCLen
 	for {
 		// Fill buf with whole chunks; only the last chunk may be short.
 		var chunks [][]byte
 		eof := false
-		for off := 0; off < len(buf) && !eof; off += cs {
+		for off := 0; off+stride <= len(buf) && !eof; off += stride {
 			n, err := io.ReadFull(r, buf[off:off+cs])
 			switch {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
@@ -229,9 +257,10 @@ func (p *putter) run(r io.Reader, buf []byte) (Meta, error) {
 			if n == 0 {
 				break
 			}
-			chunk := buf[off : off+n]
-			h.Write(chunk)
-			chunks = append(chunks, chunk)
+			content := buf[off : off+n]
+			h.Write(content)
+			appendChunkCRC(content[n:n], content)
+			chunks = append(chunks, buf[off:off+n+chunkCRCLen])
 			p.rec.Size += int64(n)
 			if p.want.Size > 0 && p.rec.Size > p.want.Size {
 				return Meta{}, fmt.Errorf("content longer than expected %d bytes", p.want.Size)
@@ -279,7 +308,7 @@ func (p *putter) writeChunks(tx *bbolt.Tx, chunks [][]byte) error {
 // in the same transaction as its first chunks.
 func (p *putter) stage(chunks [][]byte) error {
 	blob, n := p.rec.blob, p.rec.chunks
-	err := p.s.db.Update(func(tx *bbolt.Tx) error {
+	err := p.s.update(func(tx *bbolt.Tx) error {
 		if err := p.writeChunks(tx, chunks); err != nil {
 			return err
 		}
@@ -304,7 +333,7 @@ func (p *putter) stage(chunks [][]byte) error {
 func (p *putter) publish(chunks [][]byte) (Meta, error) {
 	var stored Meta
 	lost := false
-	err := p.s.db.Update(func(tx *bbolt.Tx) error {
+	err := p.s.update(func(tx *bbolt.Tx) error {
 		if rec, err := lookup(tx, p.key); err == nil {
 			stored, lost = rec.Meta, true
 			return nil
@@ -361,7 +390,7 @@ func (s *Store) remove(k Key) error {
 	}
 	key := appendArtifactKey(nil, k)
 	var blobs []uint64
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		pending := tx.Bucket(bucketPending)
 		free := func(blob uint64) error {
 			blobs = append(blobs, blob)
@@ -433,32 +462,46 @@ func (s *Store) Quarantine(k Key, reason string) error {
 		return fmt.Errorf("quarantine %s: %w", k, err)
 	}
 	key := appendArtifactKey(nil, k)
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		arts := tx.Bucket(bucketArtifacts)
-		v := arts.Get(key)
+	err := s.update(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bucketArtifacts).Get(key)
 		if v == nil {
 			return ErrNotFound
 		}
-		rec, err := decodeRecord(v)
-		if err != nil {
-			return err
-		}
-		qv := appendQuarantine(nil, s.now(), reason, v)
-		if err := tx.Bucket(bucketQuarantine).Put(quarantineKey(key, rec.blob), qv); err != nil {
-			return err
-		}
-		if err := arts.Delete(key); err != nil {
-			return err
-		}
-		if err := count(tx, k.Kind, -1, rec.Size); err != nil {
-			return err
-		}
-		return countQuarantine(tx, 1, rec.Size)
+		return s.quarantineTx(tx, k, key, v, reason)
 	})
 	if err != nil {
 		return fmt.Errorf("quarantine %s: %w", k, err)
 	}
 	return nil
+}
+
+// quarantineTx moves the published record v of k aside. A record too
+// damaged to decode is moved too (counted with size 0; its blob, if any,
+// is then left to the next garbage collection).
+func (s *Store) quarantineTx(tx *bbolt.Tx, k Key, key, v []byte, reason string) error {
+	rec, err := decodeRecord(v)
+	if err != nil {
+		// Keep a decodable stand-in naming the blob (when that much
+		// decodes), so that WalkQuarantine, Delete and garbage collection
+		// keep working.
+		rec = record{chunkSize: defaultChunkSize}
+		if blob, berr := recordBlob(v); berr == nil {
+			rec.blob = blob
+		}
+		v = appendRecord(nil, &rec)
+		reason += " (record undecodable)"
+	}
+	qv := appendQuarantine(nil, s.now(), reason, v)
+	if err := tx.Bucket(bucketQuarantine).Put(quarantineKey(key, rec.blob), qv); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketArtifacts).Delete(key); err != nil {
+		return err
+	}
+	if err := count(tx, k.Kind, -1, rec.Size); err != nil {
+		return err
+	}
+	return countQuarantine(tx, 1, rec.Size)
 }
 
 // Walk calls fn for every published artifact, ordered by path, version and
@@ -529,7 +572,7 @@ func (s *Store) Versions(path string) ([]string, error) {
 	}
 	prefix := append([]byte(path), 0)
 	var versions []string
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketArtifacts).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			rest := k[len(prefix):]
@@ -561,7 +604,7 @@ func walkBatched[T any](s *Store, bucket, parent, prefix []byte, decode func(k, 
 	for {
 		items = items[:0]
 		more := false
-		err := s.db.View(func(tx *bbolt.Tx) error {
+		err := s.view(func(tx *bbolt.Tx) error {
 			var b *bbolt.Bucket
 			if parent != nil {
 				if p := tx.Bucket(parent); p != nil {

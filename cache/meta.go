@@ -10,7 +10,7 @@ import (
 // GetMeta returns the mutable entry at key, wrapping ErrNotFound.
 func (s *Store) GetMeta(key string) (Entry, error) {
 	var e Entry
-	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+	err := s.view(func(tx *bbolt.Tx) (err error) {
 		v := tx.Bucket(bucketMeta).Get([]byte(key))
 		if v == nil {
 			return ErrNotFound
@@ -27,7 +27,7 @@ func (s *Store) GetMeta(key string) (Entry, error) {
 // PutMeta replaces the mutable entry at key, with Fetched set to now.
 func (s *Store) PutMeta(key string, value []byte) error {
 	v := appendEntry(make([]byte, 0, 16+len(value)), s.now(), value)
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put([]byte(key), v)
 	})
 	if err != nil {
@@ -62,7 +62,7 @@ func (s *Store) WalkMeta(prefix string, fn func(key string, e Entry) error) erro
 // if either is missing.
 func (s *Store) GetKV(bucket, key string) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketKV).Bucket([]byte(bucket))
 		if b == nil {
 			return ErrNotFound
@@ -86,7 +86,7 @@ func (s *Store) PutKV(bucket, key string, value []byte) error {
 	if bucket == "" {
 		return fmt.Errorf("put %s/%s: empty bucket name", bucket, key)
 	}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		b, err := tx.Bucket(bucketKV).CreateBucketIfNotExists([]byte(bucket))
 		if err != nil {
 			return err

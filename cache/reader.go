@@ -29,6 +29,8 @@ type Reader struct {
 	rec    record
 	off    int64
 	closed atomic.Bool
+	// checked is the index+1 of the last chunk whose checksum was checked.
+	checked atomic.Uint32
 }
 
 // Meta returns the artifact's Meta.
@@ -45,12 +47,12 @@ func (r *Reader) readAt(p []byte, off int64) (int, error) {
 		return 0, errClosed
 	}
 	var n int
-	err := r.s.db.View(func(tx *bbolt.Tx) (err error) {
-		n, err = readChunks(tx, &r.rec, p, off)
+	err := r.s.view(func(tx *bbolt.Tx) (err error) {
+		n, err = readChunks(tx, &r.rec, p, off, &r.checked)
 		return err
 	})
 	if err != nil {
-		return n, fmt.Errorf("read %s: %w", r.key, err)
+		return n, fmt.Errorf("read %s: %w", r.key, r.s.readFailed(r.key, &r.rec, err))
 	}
 	return n, nil
 }
