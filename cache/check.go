@@ -29,12 +29,12 @@ func checkFile(f *os.File) error {
 	if err != nil {
 		return err
 	}
-	pf, err := newPageFile(f, fi.Size())
+	pf, err := newPageFile(f, fi.Size(), false)
 	if err != nil || pf == nil {
 		return err
 	}
 	if err := pf.checkBucketRoot(pf.meta.root, 0); err != nil {
-		return fmt.Errorf("%w: %v; run `modproxy verify --db FILE --salvage NEW.db` to copy what is readable", ErrCorrupt, err)
+		return fmt.Errorf("%w: %v; `modproxy verify --salvage NEW.db` copies what is readable", ErrCorrupt, err)
 	}
 	return nil
 }
@@ -90,7 +90,9 @@ func parseMeta(b []byte) (boltMeta, bool) {
 
 // newPageFile picks the meta page bbolt would use (the valid one with the
 // highest transaction ID). It returns nil, nil when no meta page is valid.
-func newPageFile(r io.ReaderAt, size int64) (*pageFile, error) {
+// lenient (salvage) accepts a file shorter than its meta page says: the
+// pages that are there can still be read.
+func newPageFile(r io.ReaderAt, size int64, lenient bool) (*pageFile, error) {
 	var metas []boltMeta
 	buf := make([]byte, 4096)
 	readMeta := func(off int64) {
@@ -126,8 +128,11 @@ func newPageFile(r io.ReaderAt, size int64) (*pageFile, error) {
 		return nil, fmt.Errorf("%w: meta page has page size %d", ErrCorrupt, m.pageSize)
 	}
 	psz := int64(m.pageSize)
-	if m.pgid < 4 || int64(m.pgid) > size/psz+1 || m.pgid > 1<<40 {
-		return nil, fmt.Errorf("%w: meta page claims %d pages, the file has %d", ErrCorrupt, m.pgid, size/psz)
+	if filePages := uint64(size / psz); m.pgid > filePages+1 || m.pgid < 4 {
+		if !lenient || m.pgid < 4 {
+			return nil, fmt.Errorf("%w: meta page claims %d pages, the file has %d", ErrCorrupt, m.pgid, filePages)
+		}
+		m.pgid = filePages
 	}
 	return &pageFile{r: r, size: size, psz: psz, meta: m, seen: make([]uint64, m.pgid/64+1)}, nil
 }
@@ -180,7 +185,7 @@ func (pf *pageFile) read(id uint64) (*pageView, error) {
 // extent makes sure p.buf holds the page's first n bytes.
 func (pf *pageFile) extent(p *pageView, n int64) error {
 	if n > p.span {
-		return fmt.Errorf("page %d: element data at byte %d runs past the page's %d bytes", p.id, n, p.span)
+		return fmt.Errorf("element data at byte %d runs past the page's %d bytes", n, p.span)
 	}
 	if n <= int64(len(p.buf)) {
 		return nil
@@ -200,6 +205,7 @@ type element struct {
 	child      uint64 // branch elements
 	bucket     bool
 	vsize      uint32
+	valOff     int64 // offset of the value in the page's span
 }
 
 // elements decodes the elements of a page in memory (b is the page's bytes
@@ -236,6 +242,7 @@ func elements(b []byte, span int64, flags uint16, count int, fetch func(n int64)
 			return nil, fmt.Errorf("element %d runs past the page (byte %d of %d)", i, end, span)
 		}
 		keys[i] = k
+		els[i].valOff = k.off + k.n
 		need = max(need, k.off+k.n)
 		if els[i].bucket {
 			if els[i].vsize < bucketHeaderLen {
