@@ -249,7 +249,9 @@ func (sv *salvager) artifacts(arts, chunks []byte) {
 			}
 		})
 	}
-	sort.Slice(items, func(i, j int) bool { return bytes.Compare(appendArtifactKey(nil, items[i].k), appendArtifactKey(nil, items[j].k)) < 0 })
+	sort.Slice(items, func(i, j int) bool {
+		return bytes.Compare(appendArtifactKey(nil, items[i].k), appendArtifactKey(nil, items[j].k)) < 0
+	})
 	for _, it := range items {
 		if _, err := sv.dst.Stat(it.k); err == nil {
 			sv.rep.Existing++
