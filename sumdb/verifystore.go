@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 
@@ -170,6 +171,8 @@ func verifyArtifact(ctx context.Context, st ArtifactStore, k cache.Key, m cache.
 		// SHA-256 still catches content damaged after it was stored.
 		sum, err := contentSHA256(st, k)
 		switch {
+		case err != nil && errors.Is(err, cache.ErrCorrupt):
+			p.Status, p.Reason = StatusMismatch, "stored content is damaged: "+err.Error()
 		case err != nil:
 			p.Status, p.Reason = StatusError, err.Error()
 		case sum != m.SHA256:
@@ -182,7 +185,7 @@ func verifyArtifact(ctx context.Context, st ArtifactStore, k cache.Key, m cache.
 	}
 	got, corrupt, err := hashArtifact(st, k, opts.TempDir)
 	if err != nil {
-		if corrupt {
+		if corrupt || errors.Is(err, cache.ErrCorrupt) {
 			p.Status, p.Reason = StatusMismatch, "content cannot be hashed: "+err.Error()
 		} else {
 			p.Status, p.Reason = StatusError, err.Error()

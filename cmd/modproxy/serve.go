@@ -195,7 +195,9 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	defer ln.Close()
 
-	store, err := cache.Open(c.db, cache.Options{})
+	// A damaged artifact found while serving is quarantined, so that the
+	// next request refetches it.
+	store, err := cache.Open(c.db, cache.Options{QuarantineCorrupt: true})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
@@ -297,7 +299,7 @@ func sumdbDesc(s resolvedSettings) string {
 type storeCollector struct {
 	store                      *cache.Store
 	bytes, artifacts, diskFree *prometheus.Desc
-	limit                      *prometheus.Desc
+	limit, corruptions         *prometheus.Desc
 }
 
 func newStoreCollector(s *cache.Store) *storeCollector {
@@ -307,6 +309,8 @@ func newStoreCollector(s *cache.Store) *storeCollector {
 		artifacts: prometheus.NewDesc("modproxy_store_artifacts", "Stored artifacts by kind.", []string{"kind"}, nil),
 		diskFree:  prometheus.NewDesc("modproxy_store_disk_free_bytes", "Free bytes on the file system that holds the store.", nil, nil),
 		limit:     prometheus.NewDesc("modproxy_store_limit_bytes", "Configured store size limit in bytes (0: unlimited).", nil, nil),
+		corruptions: prometheus.NewDesc("modproxy_store_corruptions_total",
+			"Damage found in the store while serving: chunks failing their checksum, undecodable records, damaged pages.", nil, nil),
 	}
 }
 
@@ -315,9 +319,11 @@ func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.artifacts
 	ch <- c.diskFree
 	ch <- c.limit
+	ch <- c.corruptions
 }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.corruptions, prometheus.CounterValue, float64(c.store.Corruptions()))
 	st, err := c.store.Stats()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.bytes, err)
