@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -253,23 +254,36 @@ func conditional(r *http.Request) bool {
 }
 
 func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
+	s.serveZipAttempt(w, r, req, true)
+}
+
+// serveZipAttempt serves the zip; mayRefetch allows one more attempt when
+// the stored copy turns out damaged before a byte of it was sent (the store
+// has quarantined it by then, so the second attempt fetches it afresh).
+func (s *Server) serveZipAttempt(w http.ResponseWriter, r *http.Request, req Request, mayRefetch bool) {
 	z, err := s.f.Zip(r.Context(), req, r.Method == http.MethodGet)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	defer z.Close()
 	h := w.Header()
 	h.Set("Content-Type", contentType(KindZip))
 	h.Set(headerCache, z.Cache)
 	setRoute(h, z.Route)
 	if z.Reader != nil {
-		m := z.Reader.Meta()
-		h.Set("Cache-Control", immutableCache)
-		h.Set("ETag", etag(m.SHA256))
-		http.ServeContent(w, r, "", m.Created, z.Reader)
+		damaged := s.serveStoredZip(w, r, req, z.Reader)
+		z.Close()
+		switch {
+		case damaged == nil:
+		case mayRefetch:
+			s.serveZipAttempt(w, r, req, false)
+		default:
+			s.fail(w, &HTTPError{Status: http.StatusInternalServerError, Err: damaged,
+				Msg: fmt.Sprintf("the stored copy of %s.zip is damaged and was quarantined; retry", req)})
+		}
 		return
 	}
+	defer z.Close()
 	headerSent, err := z.serveStream(r.Context(), w)
 	switch {
 	case err == nil:
@@ -282,6 +296,95 @@ func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// serveStoredZip sends a stored zip. A plain GET (every go command request)
+// goes out through the Reader's WriteTo: a chunk (512 KiB) per write, no
+// 32 KiB copy loop and no range machinery. Ranges and preconditions go
+// through http.ServeContent.
+//
+// A read error after the first byte aborts the connection: a client must
+// never see a clean end of a truncated or damaged zip. If the stored copy is
+// found damaged before anything was sent, the headers are withdrawn and the
+// error returned, so that the caller can refetch.
+func (s *Server) serveStoredZip(w http.ResponseWriter, r *http.Request, req Request, zr *cache.Reader) (damaged error) {
+	m := zr.Meta()
+	h := w.Header()
+	h.Set("Cache-Control", immutableCache)
+	h.Set("ETag", etag(m.SHA256))
+	if r.Header.Get("Range") != "" || conditional(r) {
+		rr := &readRecorder{r: zr}
+		cw := &countingWriter{w: w}
+		http.ServeContent(cw, r, "", m.Created, rr)
+		if rr.err != nil && r.Context().Err() == nil {
+			s.abortStored(req, rr.err, cw.n)
+		}
+		return nil
+	}
+	h.Set("Last-Modified", m.Created.UTC().Format(http.TimeFormat))
+	h.Set("Content-Length", strconv.FormatInt(m.Size, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	cw := &countingWriter{w: w}
+	_, err := zr.WriteTo(cw)
+	switch {
+	case err == nil:
+		return nil
+	case cw.writes == 0 && errors.Is(err, cache.ErrCorrupt):
+		for _, k := range []string{"Content-Length", "ETag", "Last-Modified", "Cache-Control"} {
+			h.Del(k)
+		}
+		s.log.Error("stored zip is damaged; quarantined, refetching", "module", req.Module, "version", req.Version, "err", err)
+		return err
+	case r.Context().Err() != nil:
+		return nil // the client went away
+	}
+	s.abortStored(req, err, cw.n)
+	return nil
+}
+
+func (s *Server) abortStored(req Request, err error, sent int64) {
+	level := slog.LevelWarn
+	if errors.Is(err, cache.ErrCorrupt) {
+		level = slog.LevelError
+	}
+	s.log.Log(context.Background(), level, "aborting stored zip", "module", req.Module, "version", req.Version, "sent", sent, "err", err)
+	panic(http.ErrAbortHandler)
+}
+
+// countingWriter counts what reached the response.
+type countingWriter struct {
+	w      http.ResponseWriter
+	n      int64
+	writes int
+}
+
+func (c *countingWriter) Header() http.Header { return c.w.Header() }
+func (c *countingWriter) WriteHeader(code int) { c.w.WriteHeader(code) }
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.writes++
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// readRecorder keeps the first read error of a stored zip served through
+// http.ServeContent, which drops it.
+type readRecorder struct {
+	r   *cache.Reader
+	err error
+}
+
+func (rr *readRecorder) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	if err != nil && err != io.EOF && rr.err == nil {
+		rr.err = err
+	}
+	return n, err
+}
+
+func (rr *readRecorder) Seek(off int64, whence int) (int64, error) { return rr.r.Seek(off, whence) }
 
 // fail writes err as a status and a one-line text body.
 func (s *Server) fail(w http.ResponseWriter, err error) {
