@@ -360,7 +360,7 @@ type countingWriter struct {
 	writes int
 }
 
-func (c *countingWriter) Header() http.Header { return c.w.Header() }
+func (c *countingWriter) Header() http.Header  { return c.w.Header() }
 func (c *countingWriter) WriteHeader(code int) { c.w.WriteHeader(code) }
 func (c *countingWriter) Write(p []byte) (int, error) {
 	c.writes++
