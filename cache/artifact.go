@@ -3,12 +3,15 @@ package cache
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"slices"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
 	"go.etcd.io/bbolt"
 	"golang.org/x/mod/semver"
@@ -80,7 +83,7 @@ func (s *Store) Get(k Key) ([]byte, Meta, error) {
 			return err
 		}
 		data = make([]byte, rec.Size)
-		_, err = readChunks(tx, &rec, data, 0, nil)
+		_, err = s.readChunks(tx, &rec, data, 0, nil)
 		return err
 	})
 	if err == nil && rec.chunks > readChunksPerTxn {
@@ -99,10 +102,19 @@ func (s *Store) Get(k Key) ([]byte, Meta, error) {
 // inside a transaction; nothing it returns points into bbolt's memory.
 //
 // Every chunk's length, and for format-2 records its checksum, is checked
-// before a byte of it is copied. checked, when non-nil, remembers the last
+// before a byte of it is returned. checked, when non-nil, remembers the last
 // chunk checked (index+1) so that small sequential reads check a chunk once,
 // not once per read.
-func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64, checked *atomic.Uint32) (int, error) {
+//
+// Chunks of artifacts of dropMappedSize and more, read whole, are read with
+// pread from the file instead of copied out of bbolt's mapping: one copy
+// straight from the page cache into p, and no growth of the process's
+// resident set. Copying them out of the mapping would leave every page of a
+// large zip resident (165 MB peak RSS with 8 clients on a 100 MB zip),
+// and dropping the pages after each read made the next reader fault them
+// all in again. Smaller artifacts are copied from the mapping, which is
+// cheaper than a system call while their pages stay resident.
+func (s *Store) readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64, checked *atomic.Uint32) (int, error) {
 	if off >= rec.Size || len(p) == 0 {
 		return 0, nil
 	}
@@ -116,9 +128,26 @@ func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64, checked *atomic.
 		if v == nil {
 			return n, fmt.Errorf("chunk %d of blob %d missing (deleted while reading?): %w", idx, rec.blob, ErrNotFound)
 		}
+		if len(v) != rec.storedLen(idx) {
+			return n, fmt.Errorf("%w: chunk %d of blob %d has %d bytes, want %d", errCorrupt, idx, rec.blob, len(v), rec.storedLen(idx))
+		}
+		clen := rec.chunkLen(idx)
+		if rec.Size >= s.largeSize && skip == 0 && len(p)-n >= clen && clen >= preadMinChunk {
+			if ok, err := s.preadChunk(tx, rec, v, idx, p[n:n+clen]); ok || err != nil {
+				if err != nil {
+					return n, err
+				}
+				// Reading the element and the trailer mapped a few pages
+				// (and the kernel's fault-around more).
+				dropMapped(v)
+				n += clen
+				idx++
+				continue
+			}
+		}
 		var c []byte
-		if checked != nil && checked.Load() == idx+1 && len(v) == rec.storedLen(idx) {
-			c = v[:rec.chunkLen(idx)]
+		if checked != nil && checked.Load() == idx+1 {
+			c = v[:clen]
 		} else {
 			var err error
 			if c, err = rec.checkChunk(v, idx); err != nil {
@@ -130,7 +159,7 @@ func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64, checked *atomic.
 		}
 		m := copy(p[n:], c[skip:])
 		n += m
-		if rec.Size >= dropMappedSize && skip+m == len(c) {
+		if rec.Size >= s.largeSize && skip+m == len(c) {
 			// The chunk's last byte is out: drop its pages once, not on
 			// every partial read (that refaulted the whole chunk per read).
 			dropMapped(v)
@@ -141,10 +170,42 @@ func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64, checked *atomic.
 	return n, nil
 }
 
-// dropMappedSize is the artifact size from which chunks are dropped from
-// the process's mapping after they are read: large zips are read once per
-// client and would otherwise inflate RSS by their size; for small ones the
-// extra page faults would cost more than they save.
+// preadMinChunk is the chunk length from which whole chunks of large
+// artifacts are read with pread: below it the system call costs more than
+// the copy it saves.
+const preadMinChunk = 64 << 10
+
+// preadChunk reads the content of chunk idx, whose value v lies in bbolt's
+// mapping, into dst with pread at the same file offset, and checks it. The
+// offset is v's place in the mapping; inside the read transaction the pages
+// cannot be freed or reused, so the file holds exactly v there. ok is false
+// (and nothing read) when v is not in the mapping or pread fails: the caller
+// copies from v instead.
+func (s *Store) preadChunk(tx *bbolt.Tx, rec *record, v []byte, idx uint32, dst []byte) (ok bool, err error) {
+	if s.file == nil {
+		return false, nil
+	}
+	base := tx.DB().Info().Data
+	addr := uintptr(unsafe.Pointer(unsafe.SliceData(v)))
+	if addr < base || int64(addr-base)+int64(len(v)) > tx.Size() {
+		return false, nil
+	}
+	if m, rerr := s.file.ReadAt(dst, int64(addr-base)); rerr != nil || m != len(dst) {
+		return false, nil
+	}
+	if rec.checksummed {
+		trailer := v[len(dst):]
+		if got, want := crc32.Checksum(dst, castagnoli), binary.BigEndian.Uint32(trailer); got != want {
+			return true, fmt.Errorf("%w: chunk %d of blob %d fails its checksum (crc32c %08x, stored %08x)", errCorrupt, idx, rec.blob, got, want)
+		}
+	}
+	return true, nil
+}
+
+// dropMappedSize is the artifact size from which chunks are read with pread
+// and dropped from the process's mapping after they are read: large zips
+// would otherwise inflate RSS by their size; for small ones the extra page
+// faults and system calls would cost more than they save.
 const dropMappedSize = 32 << 20
 
 // Open returns a Reader for a published artifact of any kind.

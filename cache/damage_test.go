@@ -36,11 +36,19 @@ func flipChunkByte(t *testing.T, s *Store, k Key, idx uint32, at int) {
 	}
 }
 
+// TestChunkBitFlipDetected flips one bit of a stored chunk, for chunks
+// copied out of the mapping (1 KiB) and read with pread (64 KiB).
 func TestChunkBitFlipDetected(t *testing.T) {
-	for _, quarantine := range []bool{false, true} {
-		t.Run(fmt.Sprintf("quarantine=%v", quarantine), func(t *testing.T) {
+	for _, tc := range []struct {
+		chunk      int
+		quarantine bool
+	}{{1 << 10, false}, {1 << 10, true}, {preadMinChunk, false}, {preadMinChunk, true}} {
+		quarantine, cs := tc.quarantine, tc.chunk
+		t.Run(fmt.Sprintf("chunk=%d,quarantine=%v", cs, quarantine), func(t *testing.T) {
 			opts := testOptions()
+			opts.ChunkSize = cs
 			opts.QuarantineCorrupt = quarantine
+			opts.largeSize = 1 // every artifact takes the pread path when its chunks are large enough
 			// Not openTest: its invariant check would flag the damage.
 			s, err := Open(filepath.Join(t.TempDir(), "store.db"), opts)
 			if err != nil {
@@ -49,13 +57,13 @@ func TestChunkBitFlipDetected(t *testing.T) {
 			defer s.Close()
 			zip := Key{"example.com/m", "v1.0.0", KindZip}
 			mod := Key{"example.com/m", "v1.0.0", KindMod}
-			content := bytes.Repeat([]byte("0123456789abcdef"), 300) // 5 chunks of 1 KiB
+			content := bytes.Repeat([]byte("0123456789abcdef"), cs*5/16-10) // 5 chunks
 			put(t, s, zip, content)
 			put(t, s, mod, []byte("module example.com/m\n"))
 			flipChunkByte(t, s, zip, 2, 100)
 			flipChunkByte(t, s, mod, 0, 3)
 
-			// Streaming stops at the damaged chunk: never a clean end.
+			// Streaming stops before the damaged chunk: never a clean end.
 			r, err := s.Open(zip)
 			if err != nil {
 				t.Fatal(err)
@@ -63,8 +71,8 @@ func TestChunkBitFlipDetected(t *testing.T) {
 			var got bytes.Buffer
 			n, err := r.WriteTo(&got)
 			r.Close()
-			if !errors.Is(err, ErrCorrupt) || n != 2<<10 || !strings.Contains(err.Error(), "checksum") {
-				t.Fatalf("WriteTo = %d, %v; want 2048 bytes and a checksum error", n, err)
+			if !errors.Is(err, ErrCorrupt) || n > int64(2*cs) || !bytes.Equal(got.Bytes(), content[:n]) || !strings.Contains(err.Error(), "checksum") {
+				t.Fatalf("WriteTo = %d, %v; want at most the %d bytes before the damaged chunk and a checksum error", n, err, 2*cs)
 			}
 			if errors.Is(err, ErrNotFound) != quarantine {
 				t.Errorf("error %v: wraps ErrNotFound = %v, want %v", err, !quarantine, quarantine)
@@ -72,7 +80,7 @@ func TestChunkBitFlipDetected(t *testing.T) {
 			// Small reads of the damaged chunk fail too.
 			r, _ = s.Open(zip)
 			if r != nil {
-				_, err = r.ReadAt(make([]byte, 10), 2<<10+5)
+				_, err = r.ReadAt(make([]byte, 10), int64(2*cs+5))
 				r.Close()
 			}
 			if !quarantine && !errors.Is(err, ErrCorrupt) {
@@ -545,4 +553,38 @@ func salvageForTest(t *testing.T, path string, fx damageFixture) (*SalvageReport
 		t.Errorf("salvaged store: %d artifacts, report says %d (%v)", n, rep.Artifacts, err)
 	}
 	return rep, nil
+}
+
+// TestLargeArtifactReadPaths reads an artifact on the large-artifact paths
+// (whole chunks by pread, partial reads from the mapping, pages dropped once
+// per chunk) every way a server does, against its content.
+func TestLargeArtifactReadPaths(t *testing.T) {
+	opts := testOptions()
+	opts.ChunkSize = preadMinChunk
+	opts.largeSize = 1
+	s := openTest(t, opts)
+	k := Key{"example.com/large", "v1.0.0", KindZip}
+	content := randBytes(5*preadMinChunk + 123)
+	put(t, s, k, content)
+	r, err := s.Open(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var whole bytes.Buffer
+	if _, err := r.WriteTo(&whole); err != nil || !bytes.Equal(whole.Bytes(), content) {
+		t.Fatalf("WriteTo: %v, equal %v", err, bytes.Equal(whole.Bytes(), content))
+	}
+	r.Seek(0, io.SeekStart)
+	small, err := io.ReadAll(struct{ io.Reader }{r}) // 512-byte and larger reads, no WriteTo
+	if err != nil || !bytes.Equal(small, content) {
+		t.Fatalf("small reads: %v, equal %v", err, bytes.Equal(small, content))
+	}
+	part := make([]byte, 100_000)
+	if _, err := r.ReadAt(part, 70_000); err != nil || !bytes.Equal(part, content[70_000:170_000]) {
+		t.Fatalf("ReadAt across chunks: %v", err)
+	}
+	if got, _, err := s.Get(k); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("Get: %v", err)
+	}
 }

@@ -48,7 +48,7 @@ func (r *Reader) readAt(p []byte, off int64) (int, error) {
 	}
 	var n int
 	err := r.s.view(func(tx *bbolt.Tx) (err error) {
-		n, err = readChunks(tx, &r.rec, p, off, &r.checked)
+		n, err = r.s.readChunks(tx, &r.rec, p, off, &r.checked)
 		return err
 	})
 	if err != nil {
@@ -114,7 +114,11 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	return abs, nil
 }
 
-// copyBufs holds chunk-sized buffers for WriteTo, keyed by size.
+// writeToChunks is the most chunks WriteTo copies per transaction and
+// write (at most readChunksPerTxn).
+const writeToChunks = readChunksPerTxn
+
+// copyBufs holds buffers for WriteTo, keyed by size.
 var copyBufs sync.Map // int -> *sync.Pool
 
 func copyBuf(size int) *[]byte {
@@ -128,16 +132,18 @@ func copyBuf(size int) *[]byte {
 	return p.(*sync.Pool).Get().(*[]byte)
 }
 
-// WriteTo implements io.WriterTo (used by io.Copy): it copies one chunk per
-// read transaction into a pooled buffer and writes it to w after the
-// transaction has ended.
+// WriteTo implements io.WriterTo (used by io.Copy): it copies up to
+// writeToChunks chunks per read transaction into a pooled buffer and writes
+// them to w in one call after the transaction has ended, so that a socket
+// gets large writes.
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 	if r.closed.Load() {
 		return 0, errClosed
 	}
-	bufp := copyBuf(r.rec.chunkSize)
+	size := r.rec.chunkSize * int(min(max(r.rec.chunks, 1), writeToChunks))
+	bufp := copyBuf(size)
 	defer func() {
-		v, _ := copyBufs.Load(r.rec.chunkSize)
+		v, _ := copyBufs.Load(size)
 		v.(*sync.Pool).Put(bufp)
 	}()
 	var total int64

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,9 +48,10 @@ type Options struct {
 	QuarantineCorrupt bool
 
 	// Test hooks.
-	initialMmapSize int  // 0 means defaultMmapSize, negative means bbolt's minimum
-	stageBytes      int  // 0 means stageBytes
-	skipCheck       bool // open without checkFile (salvage reads damaged files)
+	initialMmapSize int   // 0 means defaultMmapSize, negative means bbolt's minimum
+	stageBytes      int   // 0 means stageBytes
+	skipCheck       bool  // open without checkFile (salvage reads damaged files)
+	largeSize       int64 // 0 means dropMappedSize
 }
 
 // Store is a bbolt-backed module artifact store. See the package comment.
@@ -63,6 +65,10 @@ type Store struct {
 	// stagePool holds *[]byte buffers of stageLen bytes for Put.
 	stagePool sync.Pool
 	stageLen  int
+
+	// file is the store file opened for reading, for preadChunk.
+	file      *os.File
+	largeSize int64 // artifacts this large are read with pread (dropMappedSize)
 
 	quarantineCorrupt bool
 	corruptions       atomic.Int64
@@ -127,6 +133,10 @@ func Open(path string, opts Options) (*Store, error) {
 		readOnly:  opts.ReadOnly,
 
 		quarantineCorrupt: opts.QuarantineCorrupt,
+		largeSize:         dropMappedSize,
+	}
+	if opts.largeSize > 0 {
+		s.largeSize = opts.largeSize
 	}
 	// Whole chunks per staging transaction, at least one.
 	stage := stageBytes
@@ -140,6 +150,10 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if err := s.init(); err != nil {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", path, err), db.Close())
+	}
+	// Without it, chunks are copied out of the mapping instead.
+	if f, err := os.Open(path); err == nil {
+		s.file = f
 	}
 	return s, nil
 }
@@ -317,6 +331,9 @@ func (s *Store) discard(blob uint64) error {
 
 // Close closes the store. Readers opened from it fail afterwards.
 func (s *Store) Close() error {
+	if s.file != nil {
+		s.file.Close()
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.path, err)
 	}

@@ -47,6 +47,7 @@ type options struct {
 }
 
 func main() {
+	maybeServeStatic()
 	var o options
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured duration of one load step")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before the measured steps of a scenario")
