@@ -193,7 +193,10 @@ func TestDamagedStorePages(t *testing.T) {
 			binary.LittleEndian.PutUint64(b[p*ps+24:], uint64(rng.IntN(len(b)/ps+8)))
 			return b
 		},
-		func(b []byte, p int, _ *rand.Rand) []byte { binary.LittleEndian.PutUint32(b[p*ps+12:], 1<<20); return b },
+		func(b []byte, p int, _ *rand.Rand) []byte {
+			binary.LittleEndian.PutUint32(b[p*ps+12:], 1<<20)
+			return b
+		},
 		func(b []byte, p int, rng *rand.Rand) []byte { return b[:p*ps+rng.IntN(ps)] },
 	}
 	rng := rand.New(rand.NewPCG(10, 60))
@@ -270,4 +273,3 @@ func checkSalvage(t *testing.T, path, dir string, i int) bool {
 	}
 	return true
 }
-
