@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"slices"
 	"strings"
@@ -37,7 +36,7 @@ func lookup(tx *bbolt.Tx, key []byte) (record, error) {
 	if v == nil {
 		return record{}, ErrNotFound
 	}
-	return decodeRecord(v)
+	return decodeRecord(key, v)
 }
 
 // Stat returns the Meta of a published artifact.
@@ -195,7 +194,7 @@ func (s *Store) preadChunk(tx *bbolt.Tx, rec *record, v []byte, idx uint32, dst 
 	}
 	if rec.checksummed {
 		trailer := v[len(dst):]
-		if got, want := crc32.Checksum(dst, castagnoli), binary.BigEndian.Uint32(trailer); got != want {
+		if got, want := chunkCRC(rec.blob, idx, dst), binary.BigEndian.Uint32(trailer); got != want {
 			return true, fmt.Errorf("%w: chunk %d of blob %d fails its checksum (crc32c %08x, stored %08x)", errCorrupt, idx, rec.blob, got, want)
 		}
 	}
@@ -320,7 +319,6 @@ func (p *putter) run(r io.Reader, buf []byte) (Meta, error) {
 			}
 			content := buf[off : off+n]
 			h.Write(content)
-			appendChunkCRC(content[n:n], content)
 			chunks = append(chunks, buf[off:off+n+chunkCRCLen])
 			p.rec.Size += int64(n)
 			if p.want.Size > 0 && p.rec.Size > p.want.Size {
@@ -356,6 +354,9 @@ func (p *putter) writeChunks(tx *bbolt.Tx, chunks [][]byte) error {
 		p.rec.blob = blob
 	}
 	for _, c := range chunks {
+		// The checksum covers the chunk's key, known only now.
+		n := len(c) - chunkCRCLen
+		binary.BigEndian.PutUint32(c[n:], chunkCRC(p.rec.blob, p.rec.chunks, c[:n]))
 		key := chunkKey(p.rec.blob, p.rec.chunks)
 		if err := b.Put(key[:], c); err != nil {
 			return err
@@ -409,7 +410,7 @@ func (p *putter) publish(chunks [][]byte) (Meta, error) {
 		}
 		p.rec.Created = p.rec.Created.UTC().Round(0)
 		var buf [256]byte
-		if err := tx.Bucket(bucketArtifacts).Put(p.key, appendRecord(buf[:0], &p.rec)); err != nil {
+		if err := tx.Bucket(bucketArtifacts).Put(p.key, appendRecord(buf[:0], p.key, &p.rec)); err != nil {
 			return err
 		}
 		if p.staged {
@@ -460,7 +461,7 @@ func (s *Store) remove(k Key) error {
 		}
 		arts := tx.Bucket(bucketArtifacts)
 		if v := arts.Get(key); v != nil {
-			rec, err := decodeRecord(v)
+			rec, err := decodeRecord(key, v)
 			if err != nil {
 				return err
 			}
@@ -482,7 +483,7 @@ func (s *Store) remove(k Key) error {
 			if err != nil {
 				return err
 			}
-			rec, err := decodeRecord(recb)
+			rec, err := decodeRecord(key, recb)
 			if err != nil {
 				return err
 			}
@@ -540,7 +541,7 @@ func (s *Store) Quarantine(k Key, reason string) error {
 // damaged to decode is moved too (counted with size 0; its blob, if any,
 // is then left to the next garbage collection).
 func (s *Store) quarantineTx(tx *bbolt.Tx, k Key, key, v []byte, reason string) error {
-	rec, err := decodeRecord(v)
+	rec, err := decodeRecord(key, v)
 	if err != nil {
 		// Keep a decodable stand-in naming the blob (when that much
 		// decodes), so that WalkQuarantine, Delete and garbage collection
@@ -549,7 +550,7 @@ func (s *Store) quarantineTx(tx *bbolt.Tx, k Key, key, v []byte, reason string) 
 		if blob, berr := recordBlob(v); berr == nil {
 			rec.blob = blob
 		}
-		v = appendRecord(nil, &rec)
+		v = appendRecord(nil, key, &rec)
 		reason += " (record undecodable)"
 	}
 	qv := appendQuarantine(nil, s.now(), reason, v)
@@ -580,7 +581,7 @@ func (s *Store) Walk(fn func(Key, Meta) error) error {
 			if err != nil {
 				return item{}, err
 			}
-			rec, err := decodeRecord(v)
+			rec, err := decodeRecord(k, v)
 			if err != nil {
 				return item{}, fmt.Errorf("artifact %s: %w", key, err)
 			}
@@ -612,7 +613,7 @@ func (s *Store) WalkQuarantine(fn func(Key, Meta, string) error) error {
 			if err != nil {
 				return item{}, fmt.Errorf("quarantined %s: %w", key, err)
 			}
-			rec, err := decodeRecord(recb)
+			rec, err := decodeRecord(k[:len(k)-9], recb)
 			if err != nil {
 				return item{}, fmt.Errorf("quarantined %s: %w", key, err)
 			}

@@ -205,7 +205,7 @@ func writeV1Artifact(t *testing.T, s *Store, k Key, content []byte) {
 			}
 			rec.chunks++
 		}
-		if err := tx.Bucket(bucketArtifacts).Put(appendArtifactKey(nil, k), appendRecord(nil, &rec)); err != nil {
+		if err := tx.Bucket(bucketArtifacts).Put(appendArtifactKey(nil, k), appendRecord(nil, nil, &rec)); err != nil {
 			return err
 		}
 		return count(tx, k.Kind, 1, rec.Size)
@@ -479,6 +479,7 @@ func exerciseDamaged(t *testing.T, name, path string, fx damageFixture) string {
 		return "refused at open"
 	}
 	defer s.Close()
+	s.db.NoSync = true // the machine is shared; durability is not under test
 	reported := false
 	note := func(err error) {
 		if err != nil && !errors.Is(err, ErrNotFound) {
@@ -531,6 +532,7 @@ func salvageForTest(t *testing.T, path string, fx damageFixture) (*SalvageReport
 	if err != nil {
 		t.Fatal(err)
 	}
+	dst.db.NoSync = true
 	defer dst.Close()
 	rep, err := Salvage(path, dst)
 	if err != nil {
@@ -586,5 +588,59 @@ func TestLargeArtifactReadPaths(t *testing.T) {
 	}
 	if got, _, err := s.Get(k); err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("Get: %v", err)
+	}
+}
+
+// TestRecordUnderWrongKey: a bit flip in an artifact's key (v1.1.0 becomes
+// v1.0.0 with one bit) must not serve one version's content as another's.
+// Records and chunks carry checksums over their keys.
+func TestRecordUnderWrongKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	s, err := Open(path, Options{ChunkSize: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v11 := Key{"example.com/m", "v1.1.0", KindZip}
+	v10 := Key{"example.com/m", "v1.0.0", KindZip}
+	put(t, s, v11, bytes.Repeat([]byte("v1.1.0 content "), 200))
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketArtifacts)
+		v := bytes.Clone(b.Get(appendArtifactKey(nil, v11)))
+		if err := b.Delete(appendArtifactKey(nil, v11)); err != nil {
+			return err
+		}
+		return b.Put(appendArtifactKey(nil, v10), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stat(v10); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Stat of a record under a damaged key: %v, want ErrCorrupt", err)
+	}
+	if _, _, err := s.Get(v10); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Get of a record under a damaged key: %v, want ErrCorrupt", err)
+	}
+	if s.Corruptions() == 0 {
+		t.Error("damage not counted")
+	}
+
+	// A chunk moved under another blob's key fails its checksum too.
+	a := Key{"example.com/a", "v1.0.0", KindMod}
+	b := Key{"example.com/b", "v1.0.0", KindMod}
+	put(t, s, a, []byte("module example.com/a\n"))
+	put(t, s, b, []byte("module example.com/b\n"))
+	ra, _ := s.stat(a)
+	rb, _ := s.stat(b)
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketChunks)
+		ka, kb := chunkKey(ra.blob, 0), chunkKey(rb.blob, 0)
+		return c.Put(kb[:], bytes.Clone(c.Get(ka[:])))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := s.Get(b); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Get of a chunk under another blob's key = %q, %v; want ErrCorrupt", got, err)
 	}
 }

@@ -173,9 +173,12 @@ func (r *record) storedLen(i uint32) int {
 	return r.chunkLen(i)
 }
 
-// appendChunkCRC appends the checksum trailer of chunk content c.
-func appendChunkCRC(dst, c []byte) []byte {
-	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(c, castagnoli))
+// chunkCRC is the checksum of chunk idx of blob with content c. It covers
+// the chunk's key too, so that a chunk that turns up under another key (a
+// damaged key or page) fails its check.
+func chunkCRC(blob uint64, idx uint32, c []byte) uint32 {
+	key := chunkKey(blob, idx)
+	return crc32.Update(crc32.Checksum(key[:], castagnoli), castagnoli, c)
 }
 
 // checkChunk returns the content of stored chunk v of r, checking its
@@ -188,7 +191,7 @@ func (r *record) checkChunk(v []byte, i uint32) ([]byte, error) {
 		return v, nil
 	}
 	n := len(v) - chunkCRCLen
-	if got, want := crc32.Checksum(v[:n], castagnoli), binary.BigEndian.Uint32(v[n:]); got != want {
+	if got, want := chunkCRC(r.blob, i, v[:n]), binary.BigEndian.Uint32(v[n:]); got != want {
 		return nil, fmt.Errorf("%w: chunk %d of blob %d fails its checksum (crc32c %08x, stored %08x)", errCorrupt, i, r.blob, got, want)
 	}
 	return v[:n], nil
@@ -206,7 +209,11 @@ func chunkCount(size int64, chunkSize int) uint32 {
 	return uint32((size + int64(chunkSize) - 1) / int64(chunkSize))
 }
 
-func appendRecord(dst []byte, r *record) []byte {
+// appendRecord appends the record of the artifact with artifacts-bucket
+// key key. A format-2 record ends with a CRC-32C of key and record, so that
+// a damaged record, or a record under a damaged key, fails to decode.
+func appendRecord(dst, key []byte, r *record) []byte {
+	start := len(dst)
 	format := byte(formatV1)
 	if r.checksummed {
 		format = formatV2
@@ -219,7 +226,15 @@ func appendRecord(dst []byte, r *record) []byte {
 	dst = binary.AppendUvarint(dst, uint64(r.chunkSize))
 	dst = binary.AppendUvarint(dst, uint64(r.chunks))
 	dst = appendString(dst, r.Hash)
-	return appendString(dst, r.Upstream)
+	dst = appendString(dst, r.Upstream)
+	if r.checksummed {
+		dst = binary.BigEndian.AppendUint32(dst, recordCRC(key, dst[start:]))
+	}
+	return dst
+}
+
+func recordCRC(key, rec []byte) uint32 {
+	return crc32.Update(crc32.Checksum(key, castagnoli), castagnoli, rec)
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -272,14 +287,23 @@ func (d *decoder) string() string {
 	return string(d.bytes(n))
 }
 
-func decodeRecord(b []byte) (record, error) {
+// decodeRecord decodes the record b of the artifact with artifacts-bucket
+// key key.
+func decodeRecord(key, b []byte) (record, error) {
 	var r record
 	d, err := artifactDecoder(b)
 	if err != nil {
 		return r, err
 	}
+	if b[0] == formatV2 {
+		n := len(b) - chunkCRCLen
+		if n < 1 || recordCRC(key, b[:n]) != binary.BigEndian.Uint32(b[n:]) {
+			return r, fmt.Errorf("%w: artifact record fails its checksum", errCorrupt)
+		}
+		d.b = b[1:n]
+		r.checksummed = true
+	}
 	err = d.record(&r)
-	r.checksummed = b[0] == formatV2
 	return r, err
 }
 

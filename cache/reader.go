@@ -114,9 +114,10 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	return abs, nil
 }
 
-// writeToChunks is the most chunks WriteTo copies per transaction and
-// write (at most readChunksPerTxn).
-const writeToChunks = readChunksPerTxn
+// writeToChunks is the number of chunks WriteTo copies per transaction
+// and write. One (512 KiB) measured cheaper than four: the buffer stays in
+// the CPU's cache between the copy and the socket write.
+const writeToChunks = 1
 
 // copyBufs holds buffers for WriteTo, keyed by size.
 var copyBufs sync.Map // int -> *sync.Pool

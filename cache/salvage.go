@@ -225,7 +225,7 @@ func (sv *salvager) artifacts(arts, chunks []byte) {
 			sv.lose(k.String(), "record unreadable: "+err.Error())
 			return
 		}
-		rec, err := decodeRecord(v)
+		rec, err := decodeRecord(kv.key, v)
 		if err != nil {
 			sv.lose(k.String(), "record damaged: "+err.Error())
 			return

@@ -44,6 +44,7 @@ type options struct {
 	e2eMods    int
 	wanLatency time.Duration
 	serverLog  string
+	zipSizes   string
 }
 
 func main() {
@@ -61,6 +62,7 @@ func main() {
 	flag.IntVar(&o.e2eMods, "e2e-modules", 150, "modules required by the cold end-to-end project")
 	flag.DurationVar(&o.wanLatency, "wan-latency", 30*time.Millisecond, "upstream latency per request in the cold end-to-end scenario")
 	flag.StringVar(&o.serverLog, "server-log-level", "info", "modproxy --log-level (info logs every request, as in production)")
+	flag.StringVar(&o.zipSizes, "zip-sizes", "1,8,40,100", "zip sizes of the zip-sizes scenario, MB")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	flag.Parse()
 	if *list {

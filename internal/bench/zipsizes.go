@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -142,7 +144,14 @@ func medianSide(rounds []zipSide) zipSide {
 }
 
 func runZipSizes(ctx context.Context, env *Env) ([]Result, error) {
-	sizes := []int{1, 8, 40, 100}
+	var sizes []int
+	for f := range strings.SplitSeq(env.Opts.zipSizes, ",") {
+		mb, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || mb <= 0 {
+			return nil, fmt.Errorf("invalid --zip-sizes %q", env.Opts.zipSizes)
+		}
+		sizes = append(sizes, mb)
+	}
 	var mods []testupstream.Module
 	for i, mb := range sizes {
 		mods = append(mods, bigModule(fmt.Sprintf("example.com/bench/sized/z%03dmb", mb), mb*1e6, 2<<20, uint64(100+i)))
