@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/modproxy/modproxy/cache/internal/grant"
 )
 
 // flipChunkByte flips one content byte of chunk idx of k's blob behind the
@@ -119,7 +121,7 @@ func TestChunkBitFlipDetected(t *testing.T) {
 
 func put(t *testing.T, s *Store, k Key, content []byte) {
 	t.Helper()
-	if _, err := s.Put(k, bytes.NewReader(content), Meta{}); err != nil {
+	if _, err := s.put(k, bytes.NewReader(content), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -190,7 +192,7 @@ func TestSchema1StoreStaysReadable(t *testing.T) {
 // chunks without checksums.
 func writeV1Artifact(t *testing.T, s *Store, k Key, content []byte) {
 	t.Helper()
-	rec := record{Meta: Meta{Size: int64(len(content)), SHA256: sha256.Sum256(content), Created: s.now().UTC()}, chunkSize: s.chunkSize}
+	rec := record{Meta: Meta{Size: int64(len(content)), SHA256: sha256.Sum256(content), Created: s.now().UTC(), State: StateExempt}, chunkSize: s.chunkSize}
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketChunks)
 		blob, err := b.NextSequence()
@@ -514,7 +516,7 @@ func exerciseDamaged(t *testing.T, name, path string, fx damageFixture) string {
 	note(s.WalkKV("tiles", func(string, []byte) error { return nil }))
 	_, err := s.Stats()
 	note(err)
-	_, err = s.Put(Key{"example.com/new", "v1.0.0", KindZip}, bytes.NewReader(make([]byte, 50<<10)), Meta{})
+	_, err = s.put(Key{"example.com/new", "v1.0.0", KindZip}, bytes.NewReader(make([]byte, 50<<10)), Meta{})
 	note(err)
 	note(s.Delete(Key{"example.com/mod10", "v1.0.0", KindZip}))
 	note(s.Ping())
@@ -534,7 +536,7 @@ func salvageForTest(t *testing.T, path string, fx damageFixture) (*SalvageReport
 	}
 	dst.db.NoSync = true
 	defer dst.Close()
-	rep, err := Salvage(path, dst)
+	rep, err := Salvage(path, dst, grant.Write{})
 	if err != nil {
 		return nil, err
 	}

@@ -227,6 +227,8 @@ func appendRecord(dst, key []byte, r *record) []byte {
 	dst = binary.AppendUvarint(dst, uint64(r.chunks))
 	dst = appendString(dst, r.Hash)
 	dst = appendString(dst, r.Upstream)
+	dst = appendString(dst, string(r.State))
+	dst = appendString(dst, r.Proof)
 	if r.checksummed {
 		dst = binary.BigEndian.AppendUint32(dst, recordCRC(key, dst[start:]))
 	}
@@ -332,7 +334,17 @@ func (d *decoder) record(r *record) error {
 	chunks := d.uvarint()
 	r.Hash = d.string()
 	r.Upstream = d.string()
-	if d.err || len(d.b) != 0 || size > 1<<62 || chunkSize == 0 || chunkSize > maxChunkSize ||
+	if len(d.b) > 0 {
+		r.State = State(d.string())
+		r.Proof = d.string()
+	} else if r.Hash != "" {
+		// Records written before states existed: a hash was only ever
+		// recorded after the checksum database agreed.
+		r.State = StateVerified
+	} else {
+		r.State = StateUnverified
+	}
+	if d.err || !validState(r.State) || len(d.b) != 0 || size > 1<<62 || chunkSize == 0 || chunkSize > maxChunkSize ||
 		chunks != uint64(chunkCount(int64(size), int(chunkSize))) {
 		return fmt.Errorf("%w: artifact record", errCorrupt)
 	}

@@ -10,6 +10,8 @@ import (
 	"sort"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/modproxy/modproxy/cache/internal/grant"
 )
 
 // SalvageReport says what Salvage copied and what it could not.
@@ -43,7 +45,13 @@ func (r *SalvageReport) Complete() bool { return len(r.Lost) == 0 }
 // panic, a fault or an endless descent. It reads the file's pages itself,
 // bounds-checked, skipping a damaged subtree and going on with its siblings.
 // src is only read; it may not be open for writing by another process.
-func Salvage(src string, dst *Store) (*SalvageReport, error) {
+//
+// Like CopyTo it writes artifacts, so it takes the write grant: cache/gate
+// offers it to other packages. What it copies is content the store admitted
+// once, checked chunk by chunk and as a whole; records of schema 1 carry no
+// checksum over their key, so `modproxy verify` of the new store (content
+// checks name the module and version) is the check for those.
+func Salvage(src string, dst *Store, w grant.Write) (*SalvageReport, error) {
 	if dst.readOnly {
 		return nil, fmt.Errorf("salvage into %s: %w", dst.path, errReadOnly)
 	}
@@ -66,7 +74,7 @@ func Salvage(src string, dst *Store) (*SalvageReport, error) {
 	if pf == nil {
 		return nil, fmt.Errorf("salvage %s: %w: no valid bbolt meta page, nothing can be read", src, ErrCorrupt)
 	}
-	sv := &salvager{pf: pf, dst: dst, rep: &SalvageReport{}, inline: map[string][]byte{}}
+	sv := &salvager{pf: pf, dst: dst, w: w, rep: &SalvageReport{}, inline: map[string][]byte{}}
 	buckets := map[string][]byte{}
 	sv.scanTree(pf.meta.root, nil, "top-level buckets", func(kv leafKV) {
 		if kv.bucket {
@@ -99,6 +107,7 @@ func Salvage(src string, dst *Store) (*SalvageReport, error) {
 }
 
 type salvager struct {
+	w      grant.Write
 	pf     *pageFile
 	dst    *Store
 	rep    *SalvageReport
@@ -258,7 +267,7 @@ func (sv *salvager) artifacts(arts, chunks []byte) {
 			continue
 		}
 		r := &salvageReader{sv: sv, rec: &it.rec, locs: wanted[it.rec.blob]}
-		m, err := sv.dst.Put(it.k, r, it.rec.Meta)
+		m, err := sv.dst.Put(it.k, r, it.rec.Meta, sv.w)
 		if err != nil {
 			sv.lose(it.k.String(), err.Error())
 			continue

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 )
 
 // runSalvage copies what is intact in the damaged store src into the new
@@ -23,7 +24,7 @@ func runSalvage(out io.Writer, src, dst string, asJSON bool) error {
 	if err != nil {
 		return fmt.Errorf("salvage: create %s: %w", dst, err)
 	}
-	rep, err := cache.Salvage(src, to)
+	rep, err := gate.Salvage(src, to)
 	if cerr := to.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
