@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/modproxy/modproxy/internal/oneline"
 )
 
 // A damaged store file must never crash the process. bbolt trusts the
@@ -81,7 +83,7 @@ func (s *Store) readFailed(k Key, rec *record, err error) error {
 	if !s.quarantineCorrupt || s.readOnly {
 		return err
 	}
-	if qerr := s.quarantineBlob(k, rec.blob, "store corruption: "+oneLine(err)); qerr != nil {
+	if qerr := s.quarantineBlob(k, rec.blob, "store corruption: "+oneline.Of(err)); qerr != nil {
 		if errors.Is(qerr, ErrNotFound) {
 			// Quarantined or replaced meanwhile (another reader saw it too).
 			return fmt.Errorf("%w (already quarantined: %w)", err, ErrNotFound)
@@ -120,14 +122,4 @@ func (s *Store) quarantineBlob(k Key, blob uint64, reason string) error {
 		}
 		return s.quarantineTx(tx, k, key, v, reason)
 	})
-}
-
-func oneLine(err error) string {
-	b := []byte(err.Error())
-	for i, c := range b {
-		if c == '\n' || c == '\r' {
-			b[i] = ' '
-		}
-	}
-	return string(b)
 }
