@@ -273,3 +273,47 @@ func checkSalvage(t *testing.T, path, dir string, i int) bool {
 	}
 	return true
 }
+
+// TestBitFlippedZipIsRefetched flips a bit in the first chunk of every
+// stored zip of a real store. The running server finds the damage before a
+// byte is sent, quarantines the copy, counts it and serves a fresh copy
+// from upstream; the go command never sees the damaged bytes.
+func TestBitFlippedZipIsRefetched(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	mods := damageModules()
+	up, err := testupstream.New(mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	path, want := fillStore(t, up, mods)
+	corruptZipChunk(t, path)
+	mp := startModproxy(t, "--db", path, "--upstream", up.URL(), "--sumdb", "off")
+	zips := 0
+	for _, p := range damageArtifacts(mods) {
+		if !strings.HasSuffix(p, ".zip") {
+			continue
+		}
+		zips++
+		before := up.Count(p)
+		resp, body := mp.get(t, p)
+		if resp.StatusCode != 200 || body != string(want[p]) {
+			t.Errorf("%s: %d, %d bytes; want the good zip", p, resp.StatusCode, len(body))
+		}
+		if up.Count(p) != before+1 {
+			t.Errorf("%s was not refetched from upstream", p)
+		}
+		if resp, body := mp.get(t, p); resp.StatusCode != 200 || body != string(want[p]) || resp.Header.Get("X-Modproxy-Cache") != "hit" {
+			t.Errorf("%s after the refetch: %d, cache %q", p, resp.StatusCode, resp.Header.Get("X-Modproxy-Cache"))
+		}
+	}
+	_, metrics := mp.get(t, "/metrics")
+	if !strings.Contains(metrics, fmt.Sprintf("modproxy_store_corruptions_total %d", zips)) {
+		t.Errorf("modproxy_store_corruptions_total is not %d:\n%s", zips, grepLines(metrics, "corruptions"))
+	}
+	if !strings.Contains(mp.logs.String(), "stored zip is damaged") {
+		t.Error("the damage was not logged")
+	}
+}
