@@ -76,11 +76,20 @@ func Salvage(src string, dst *Store, w grant.Write) (*SalvageReport, error) {
 	}
 	sv := &salvager{pf: pf, dst: dst, w: w, rep: &SalvageReport{}, inline: map[string][]byte{}}
 	buckets := map[string][]byte{}
-	sv.scanTree(pf.meta.root, nil, "top-level buckets", func(kv leafKV) {
-		if kv.bucket {
-			buckets[string(kv.key)] = kv.val
-		}
-	})
+	scanTop := func() {
+		sv.scanTree(pf.meta.root, nil, "top-level buckets", func(kv leafKV) {
+			if kv.bucket {
+				buckets[string(kv.key)] = kv.val
+			}
+		})
+	}
+	scanTop()
+	// The newest transaction's root lost (a torn last write, a truncated
+	// file): the previous transaction's tree may still be whole.
+	if buckets[string(bucketArtifacts)] == nil && pf.useOlder() {
+		sv.lose("newest transaction", "its tree is unreadable; salvaging the previous transaction's")
+		scanTop()
+	}
 	for _, name := range [][]byte{bucketArtifacts, bucketChunks} {
 		if buckets[string(name)] == nil {
 			sv.lose(string(name)+" bucket", "not found (its page is damaged)")
