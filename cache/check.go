@@ -64,12 +64,11 @@ type boltMeta struct {
 
 // pageFile reads a bbolt file page by page.
 type pageFile struct {
-	r     io.ReaderAt
-	size  int64
-	psz   int64
-	meta  boltMeta
-	older *boltMeta // the other valid meta page, if any
-	seen  []uint64  // bitset of pages already reached
+	r    io.ReaderAt
+	size int64
+	psz  int64
+	meta boltMeta
+	seen []uint64 // bitset of pages already reached
 }
 
 func parseMeta(b []byte) (boltMeta, bool) {
@@ -122,12 +121,8 @@ func newPageFile(r io.ReaderAt, size int64, lenient bool) (*pageFile, error) {
 		return nil, nil
 	}
 	m := metas[0]
-	var older *boltMeta
-	if len(metas) == 2 && metas[1].pageSize == m.pageSize {
-		older = &metas[1]
-		if metas[1].txid > m.txid {
-			m, older = metas[1], &metas[0]
-		}
+	if len(metas) == 2 && metas[1].txid > m.txid && metas[1].pageSize == m.pageSize {
+		m = metas[1]
 	}
 	if m.pageSize < 512 || m.pageSize > 1<<20 || m.pageSize&(m.pageSize-1) != 0 {
 		return nil, fmt.Errorf("%w: meta page has page size %d", ErrCorrupt, m.pageSize)
@@ -139,22 +134,7 @@ func newPageFile(r io.ReaderAt, size int64, lenient bool) (*pageFile, error) {
 		}
 		m.pgid = filePages
 	}
-	pf := &pageFile{r: r, size: size, psz: psz, meta: m, seen: make([]uint64, m.pgid/64+1)}
-	if older != nil && older.pgid >= 4 && older.pgid <= m.pgid {
-		pf.older = older
-	}
-	return pf, nil
-}
-
-// useOlder switches to the previous transaction's meta page (salvage, when
-// the newest tree's root is lost) and reports whether there was one.
-func (pf *pageFile) useOlder() bool {
-	if pf.older == nil {
-		return false
-	}
-	pf.meta, pf.older = *pf.older, nil
-	clear(pf.seen)
-	return true
+	return &pageFile{r: r, size: size, psz: psz, meta: m, seen: make([]uint64, m.pgid/64+1)}, nil
 }
 
 // pageView is one page of the tree: its header and the bytes read so far.

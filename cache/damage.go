@@ -83,7 +83,11 @@ func (s *Store) readFailed(k Key, rec *record, err error) error {
 	if !s.quarantineCorrupt || s.readOnly {
 		return err
 	}
-	if qerr := s.quarantineBlob(k, rec.blob, "store corruption: "+oneline.Of(err)); qerr != nil {
+	var blob uint64 // 0: the record itself is damaged; quarantine whatever is published
+	if rec != nil {
+		blob = rec.blob
+	}
+	if qerr := s.quarantineBlob(k, blob, "store corruption: "+oneline.Of(err)); qerr != nil {
 		if errors.Is(qerr, ErrNotFound) {
 			// Quarantined or replaced meanwhile (another reader saw it too).
 			return fmt.Errorf("%w (already quarantined: %w)", err, ErrNotFound)

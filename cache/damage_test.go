@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -460,7 +461,7 @@ func exerciseDamaged(t *testing.T, name, path string, fx damageFixture) string {
 	t.Helper()
 	defer func() {
 		if p := recover(); p != nil {
-			t.Errorf("%s: panic escaped the store: %v", name, p)
+			t.Errorf("%s: panic escaped the store: %v\n%s", name, p, debug.Stack())
 		}
 	}()
 	s, openErr := Open(path, Options{QuarantineCorrupt: true, LockTimeout: 100e6})
@@ -644,5 +645,44 @@ func TestRecordUnderWrongKey(t *testing.T) {
 	}
 	if got, _, err := s.Get(b); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("Get of a chunk under another blob's key = %q, %v; want ErrCorrupt", got, err)
+	}
+}
+
+// TestDamagedRecordIsQuarantined: a record that fails its checksum is found
+// by Stat, counted and (QuarantineCorrupt) moved aside, so that the key can
+// be fetched and stored again.
+func TestDamagedRecordIsQuarantined(t *testing.T) {
+	opts := testOptions()
+	opts.QuarantineCorrupt = true
+	s, err := Open(filepath.Join(t.TempDir(), "store.db"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	k := Key{"example.com/m", "v1.0.0", KindMod}
+	put(t, s, k, []byte("module example.com/m\n"))
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketArtifacts)
+		v := bytes.Clone(b.Get(appendArtifactKey(nil, k)))
+		v[len(v)/2] ^= 0x04
+		return b.Put(appendArtifactKey(nil, k), v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stat(k); !errors.Is(err, ErrCorrupt) || !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Stat of a damaged record: %v; want ErrCorrupt and, quarantined, ErrNotFound", err)
+	}
+	if s.Corruptions() != 1 {
+		t.Errorf("Corruptions() = %d, want 1", s.Corruptions())
+	}
+	put(t, s, k, []byte("module example.com/m\n"))
+	if got, _, err := s.Get(k); err != nil || string(got) != "module example.com/m\n" {
+		t.Errorf("after a fresh Put: %q, %v", got, err)
+	}
+	n := 0
+	s.WalkQuarantine(func(Key, Meta, string) error { n++; return nil })
+	if n != 1 {
+		t.Errorf("%d quarantined copies, want 1", n)
 	}
 }

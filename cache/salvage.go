@@ -83,19 +83,35 @@ func Salvage(src string, dst *Store, w grant.Write) (*SalvageReport, error) {
 			}
 		})
 	}
+	// Only the newest transaction's tree: the previous one could bring back
+	// what the last transaction quarantined.
 	scanTop()
-	// The newest transaction's root lost (a torn last write, a truncated
-	// file): the previous transaction's tree may still be whole.
-	if buckets[string(bucketArtifacts)] == nil && pf.useOlder() {
-		sv.lose("newest transaction", "its tree is unreadable; salvaging the previous transaction's")
-		scanTop()
-	}
 	for _, name := range [][]byte{bucketArtifacts, bucketChunks} {
 		if buckets[string(name)] == nil {
 			sv.lose(string(name)+" bucket", "not found (its page is damaged)")
 		}
 	}
-	sv.artifacts(buckets[string(bucketArtifacts)], buckets[string(bucketChunks)])
+	// Quarantined blobs are never copied. A damaged leaf (its element count
+	// raised) can show stale elements that bbolt left in the page: such a
+	// ghost of a quarantined record still checks out, and so does its
+	// content, which quarantine keeps.
+	quarantined := map[uint64]bool{}
+	if q := buckets[string(bucketQuarantine)]; q != nil {
+		sv.scanBucket(q, "quarantine", func(kv leafKV) {
+			v, err := sv.value(kv)
+			if err != nil {
+				return
+			}
+			if _, _, rec, err := splitQuarantine(v); err == nil {
+				if blob, err := recordBlob(rec); err == nil {
+					quarantined[blob] = true
+				}
+			}
+		})
+	} else {
+		sv.lose("quarantine bucket", "not found (its page is damaged): quarantined artifacts cannot be told apart")
+	}
+	sv.artifacts(buckets[string(bucketArtifacts)], buckets[string(bucketChunks)], quarantined)
 	sv.pairs(buckets[string(bucketMeta)], "meta", func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketMeta), nil },
 		func(v []byte) bool { _, err := decodeEntry(v); return err == nil }, &sv.rep.Meta)
 	if kv := buckets[string(bucketKV)]; kv != nil {
@@ -222,7 +238,7 @@ func (sv *salvager) scanBucket(v []byte, what string, fn func(leafKV)) {
 
 type chunkLoc struct{ off, n int64 }
 
-func (sv *salvager) artifacts(arts, chunks []byte) {
+func (sv *salvager) artifacts(arts, chunks []byte, quarantined map[uint64]bool) {
 	if arts == nil {
 		return
 	}
@@ -246,6 +262,9 @@ func (sv *salvager) artifacts(arts, chunks []byte) {
 		rec, err := decodeRecord(kv.key, v)
 		if err != nil {
 			sv.lose(k.String(), "record damaged: "+err.Error())
+			return
+		}
+		if quarantined[rec.blob] {
 			return
 		}
 		items = append(items, item{k, rec})
