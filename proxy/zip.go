@@ -59,7 +59,7 @@ func (fl *zipFlight) update(fn func()) {
 // ZipResult is a zip ready to serve: either a reader of the stored zip, or a
 // stream that follows a download in progress.
 type ZipResult struct {
-	Reader *cache.Reader // non-nil when the zip is stored
+	Reader cache.ArtifactReader // non-nil when the zip is stored
 	Cache  string
 	Route  route
 	flight *zipFlight

@@ -1,0 +1,35 @@
+package proxy
+
+import (
+	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
+)
+
+// Store is the storage the proxy serves from: a bbolt file
+// (*cache.Store), an S3-compatible bucket (cache/s3store) or both in tiers
+// (cache/tiered). Errors for missing keys wrap cache.ErrNotFound.
+//
+// Artifacts enter only through the Fetcher's gate (gate.Store's Put takes
+// a grant the proxy cannot name); the proxy itself reads them, and moves
+// aside those that fail background verification.
+type Store interface {
+	gate.Store
+
+	// Immutable artifacts and their verification state (cache.Meta).
+	Stat(cache.Key) (cache.Meta, error)
+	Get(cache.Key) ([]byte, cache.Meta, error) // small artifacts (.info, .mod)
+	Open(cache.Key) (cache.ArtifactReader, error)
+	Versions(path string) ([]string, error) // versions with a stored .info, semver order
+	Walk(func(cache.Key, cache.Meta) error) error
+	Quarantine(k cache.Key, reason string) error
+
+	// Mutable entries with the time they were fetched (list, @latest,
+	// checksum-database state; see sumdb.Store for the rest of it).
+	GetEntry(key string) (cache.Entry, error)
+	PutEntry(key string, value []byte) error
+
+	// Ping proves the store is reachable and writable, for /readyz.
+	Ping() error
+}
+
+var _ Store = (*cache.Store)(nil)
