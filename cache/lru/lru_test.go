@@ -32,7 +32,9 @@ func TestCompliance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Backend { return open(t, 0) })
 }
 
-func zip(v string) cache.Key { return cache.Key{Path: "example.com/m", Version: v, Kind: cache.KindZip} }
+func zip(v string) cache.Key {
+	return cache.Key{Path: "example.com/m", Version: v, Kind: cache.KindZip}
+}
 
 func TestEvictsLeastRecentlyUsedZips(t *testing.T) {
 	b := open(t, 3000)
