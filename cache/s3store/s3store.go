@@ -44,6 +44,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -72,6 +73,9 @@ type Config struct {
 	OpTimeout time.Duration
 	// TransferTimeout bounds one artifact upload; default 10m.
 	TransferTimeout time.Duration
+	// LeaseTTL is how long a fetch lease lasts unrenewed; default
+	// DefaultLeaseTTL.
+	LeaseTTL time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -81,6 +85,8 @@ type Config struct {
 type Store struct {
 	c   *s3.Client
 	cfg Config
+
+	leaseWaits, expiredTakeovers atomic.Int64
 }
 
 // New returns a Store on cfg's bucket. Credentials come from the standard
