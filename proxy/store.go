@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
 )
@@ -33,3 +35,11 @@ type Store interface {
 }
 
 var _ Store = (*cache.Store)(nil)
+
+// FetchLeaser is a Store shared by several replicas that deduplicates
+// their upstream fetches (cache/s3store, cache/tiered). AcquireFetch
+// returns once this replica may fetch k (release ends its claim), or with
+// stored set when another replica has stored k meanwhile.
+type FetchLeaser interface {
+	AcquireFetch(ctx context.Context, k cache.Key) (release func(), stored bool, err error)
+}

@@ -149,6 +149,22 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 // runZip downloads, checks, verifies and stores one zip, trying upstreams
 // in turn, and publishes the outcome to fl.
 func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
+	if l, ok := f.store.(FetchLeaser); ok {
+		release, stored, err := l.AcquireFetch(f.ctx, key)
+		if err != nil || stored {
+			// stored: another replica fetched it; waiters read the store.
+			var herr error
+			if err != nil {
+				herr = &HTTPError{Status: http.StatusBadGateway, Err: err, Msg: fmt.Sprintf("%s.zip: cannot coordinate the fetch with the other replicas: %v", req, err)}
+				f.log.Warn("zip fetch lease failed", "module", req.Module, "version", req.Version, "err", err)
+			} else {
+				f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
+			}
+			fl.update(func() { fl.done, fl.err = true, herr })
+			return
+		}
+		defer release()
+	}
 	ups, _ := f.upstreamsFor(req.Module)
 	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
 		return f.downloadZip(ctx, key, req, u, fl)

@@ -16,6 +16,7 @@ package tiered
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -206,4 +207,10 @@ func (s *Store) DeleteKV(bucket, key string) error {
 // Ping checks both tiers.
 func (s *Store) Ping() error {
 	return errors.Join(s.local.Ping(), s.remote.Ping())
+}
+
+// AcquireFetch takes the S3 store's fetch lease (see
+// s3store.Store.AcquireFetch).
+func (s *Store) AcquireFetch(ctx context.Context, k cache.Key) (release func(), stored bool, err error) {
+	return s.remote.AcquireFetch(ctx, k)
 }

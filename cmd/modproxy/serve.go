@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -39,6 +38,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	net             netConfig
 	access          accessConfig
+	storage         storageConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -78,6 +78,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	addNetFlags(f, &c.net)
 	addAccessFlags(f, &c.access)
+	addStorageFlags(f, &c.storage)
 	return cmd
 }
 
@@ -193,6 +194,9 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	if err := c.access.validate(changed); err != nil {
 		return err
 	}
+	if err := c.storage.validate(changed); err != nil {
+		return err
+	}
 	if len(set.privateUpstreams) > 0 && set.private == "" {
 		logger.Warn("--private-upstream is set but no private patterns are (--private or GOPRIVATE): it will never be used")
 	}
@@ -203,22 +207,22 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	defer ln.Close()
 
-	store, err := cache.Open(c.db, cache.Options{})
+	st, err := openStorage(ctx, c.db, c.storage, c.spoolDir, logger)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer func() {
-		if err := store.Close(); err != nil {
+		if err := st.Close(); err != nil {
 			logger.Error("close store", "err", err)
 		}
 	}()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(newStoreCollector(store))
+	reg.MustRegister(newStoreCollector(st))
 	reg.MustRegister(sumdbEnabledGauge(set))
 
-	pl, err := newPipeline(ctx, c, set, store, reg, logger)
+	pl, err := newPipeline(ctx, c, set, st.serve, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -273,7 +277,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 // or nil when verification is off. As the go command does, it reaches the
 // database through the public upstreams' /sumdb/ passthrough unless GOSUMDB
 // named an explicit URL.
-func newVerifier(set resolvedSettings, n *network, offline bool, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
+func newVerifier(set resolvedSettings, n *network, offline bool, store sumdb.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
 	if set.sumdbOff {
 		return nil, nil
 	}
@@ -320,44 +324,4 @@ func sumdbDesc(s resolvedSettings) string {
 		return "off"
 	}
 	return s.sumdbName
-}
-
-// storeCollector exports the store's size at scrape time.
-type storeCollector struct {
-	store                      *cache.Store
-	bytes, artifacts, diskFree *prometheus.Desc
-	limit                      *prometheus.Desc
-}
-
-func newStoreCollector(s *cache.Store) *storeCollector {
-	return &storeCollector{
-		store:     s,
-		bytes:     prometheus.NewDesc("modproxy_store_bytes", "Size of the store file in bytes.", nil, nil),
-		artifacts: prometheus.NewDesc("modproxy_store_artifacts", "Stored artifacts by kind.", []string{"kind"}, nil),
-		diskFree:  prometheus.NewDesc("modproxy_store_disk_free_bytes", "Free bytes on the file system that holds the store.", nil, nil),
-		limit:     prometheus.NewDesc("modproxy_store_limit_bytes", "Configured store size limit in bytes (0: unlimited).", nil, nil),
-	}
-}
-
-func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.bytes
-	ch <- c.artifacts
-	ch <- c.diskFree
-	ch <- c.limit
-}
-
-func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
-	st, err := c.store.Stats()
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.bytes, err)
-		return
-	}
-	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.FileSize))
-	for kind, n := range st.Artifacts {
-		ch <- prometheus.MustNewConstMetric(c.artifacts, prometheus.GaugeValue, float64(n), string(kind))
-	}
-	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, 0)
-	if free, err := diskFree(c.store.Path()); err == nil {
-		ch <- prometheus.MustNewConstMetric(c.diskFree, prometheus.GaugeValue, float64(free))
-	}
 }
