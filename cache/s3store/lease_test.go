@@ -3,10 +3,14 @@ package s3store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/internal/grant"
@@ -117,4 +121,53 @@ func TestLeaseRenewed(t *testing.T) {
 		t.Fatal("a renewed lease was taken over")
 	}
 	release()
+}
+
+// halfBody sends half its length, then blocks until the request is cut.
+type halfBody struct {
+	ctx  context.Context
+	sent int
+	half int
+	cut  func()
+}
+
+func (h *halfBody) Read(p []byte) (int, error) {
+	if h.sent >= h.half {
+		h.cut() // the process dies with half the object sent
+		<-h.ctx.Done()
+		return 0, h.ctx.Err()
+	}
+	n := min(len(p), h.half-h.sent)
+	for i := range p[:n] {
+		p[i] = 'x'
+	}
+	h.sent += n
+	return n, nil
+}
+
+// An upload cut in the middle (the writer killed) leaves no object: S3
+// publishes an object only when its upload completes.
+func TestUploadCutMidwayLeavesNoObject(t *testing.T) {
+	s := leaseStores(t, 1, 0)[0]
+	k := cache.Key{Path: "example.com/m", Version: "v1.0.0", Kind: cache.KindZip}
+	hdr, err := encodeMeta(cache.Meta{Size: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	body := &halfBody{ctx: ctx, half: 2 << 20, cut: cancel}
+	_, err = s.c.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: &s.cfg.Bucket, Key: aws.String(s.artifactKey(k)), Body: body,
+		ContentLength: aws.Int64(4 << 20), IfNoneMatch: aws.String("*"), Metadata: map[string]string{metaHeader: hdr},
+	})
+	if err == nil {
+		t.Fatal("cut upload succeeded")
+	}
+	if _, err := s.Stat(k); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("after a cut upload: %v, want no object", err)
+	}
+	// And the key is free for a whole upload.
+	if _, err := s.Put(k, bytes.NewReader([]byte("whole")), cache.Meta{}, grant.Write{}); err != nil {
+		t.Fatal(err)
+	}
 }
