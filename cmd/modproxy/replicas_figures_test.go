@@ -112,7 +112,9 @@ func load(t *testing.T, base string, paths []string, clients int, d time.Duratio
 	if len(lats) == 0 {
 		t.Fatal("no request completed")
 	}
-	q := func(f float64) time.Duration { return lats[min(len(lats)-1, int(f*float64(len(lats))))].Round(10 * time.Microsecond) }
+	q := func(f float64) time.Duration {
+		return lats[min(len(lats)-1, int(f*float64(len(lats))))].Round(10 * time.Microsecond)
+	}
 	return float64(len(lats)) / d.Seconds(), q(0.5), q(0.99)
 }
 
