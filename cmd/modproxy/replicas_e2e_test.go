@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
@@ -379,4 +380,66 @@ func newServeCommand(t *testing.T, addr string, env []string, args ...string) *e
 	cmd := exec.Command(modproxyBin(t), append([]string{"serve", "--listen", addr, "--ebpf=off"}, args...)...)
 	cmd.Env = append(append(os.Environ(), "GOFLAGS="), env...)
 	return cmd
+}
+
+// While a replica starts (here: its bucket is slow to answer), /healthz
+// answers 200 and /readyz 503, and module requests a clear 503; once the
+// store is open it is ready.
+func TestStartingReplicaIsAliveButNotReady(t *testing.T) {
+	up, db := startUniverse(t, e2eModules)
+	rs := newReplicaSet(t, up, db)
+	target, _ := url.Parse(rs.srv.URL)
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer slow.Close()
+	var released sync.Once
+	defer released.Do(func() { close(release) })
+	for i, f := range rs.flags {
+		if f == rs.srv.URL {
+			rs.flags[i] = slow.URL
+		}
+	}
+	addr := freeAddr(t)
+	p := &proc{URL: "http://" + addr, logs: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd = newServeCommand(t, addr, rs.env, append([]string{"--db", filepath.Join(t.TempDir(), "local.db"), "--upstream", up.URL()}, rs.flags...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() { p.stop(t) })
+	status := func(path string) int {
+		resp, err := http.Get(p.URL + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for status("/healthz") != 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no /healthz while starting\n%s", p.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for path, want := range map[string]int{"/readyz": 503, "/example.com/dep/@v/list": 503, "/healthz": 200} {
+		if got := status(path); got != want {
+			t.Errorf("while starting, %s answered %d, want %d", path, got, want)
+		}
+	}
+	released.Do(func() { close(release) })
+	deadline = time.Now().Add(30 * time.Second)
+	for status("/readyz") != 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after the bucket answered\n%s", p.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := status("/example.com/dep/@v/list"); got != 200 {
+		t.Errorf("after start, list answered %d", got)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -220,6 +221,39 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	defer ln.Close()
 
+	// Serve at once, before the store is open: /healthz answers 200 and
+	// /readyz 503 while the store (and bucket) open, so that an
+	// orchestrator neither kills a replica that is starting nor routes
+	// requests to it.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sw := &startSwitch{}
+	var fetcher atomic.Pointer[proxy.Fetcher]
+	isPrivate := func(path string) bool {
+		if f := fetcher.Load(); f != nil {
+			return f.IsPrivate(path)
+		}
+		return true // nothing is served before the fetcher exists
+	}
+	acc, err := newAccessLayer(ctx, c.access, sw, isPrivate, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer acc.Close()
+	srv := &http.Server{
+		Handler:           acc.handler,
+		TLSConfig:         acc.tlsConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- acc.serve(srv, ln) }()
+	// On an error below, stop serving before what it serves closes.
+	defer srv.Close()
+	logger.Info("modproxy starting: opening the store", "listen", acc.scheme()+"://"+ln.Addr().String(), "db", c.db)
+	start := time.Now()
+
 	st, err := openStorage(ctx, c.db, c.storage, c.spoolDir, logger)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
@@ -229,9 +263,6 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 			logger.Error("close store", "err", err)
 		}
 	}()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(newStoreCollector(st))
 	reg.MustRegister(sumdbEnabledGauge(set))
 
@@ -247,24 +278,12 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	for p, h := range pl.network.DebugHandlers() {
 		extra[p] = h
 	}
-	acc, err := newAccessLayer(ctx, c.access, proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}), pl.fetcher.IsPrivate, reg, logger)
-	if err != nil {
-		return err
-	}
-	defer acc.Close()
-	srv := &http.Server{
-		Handler:           acc.handler,
-		TLSConfig:         acc.tlsConfig(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	fetcher.Store(pl.fetcher)
+	sw.ready(proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}))
 	logger.Info("modproxy serving",
 		"listen", acc.scheme()+"://"+ln.Addr().String(), "admin_listen", c.access.adminListen, "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
-		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString())
+		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString(), "startup", time.Since(start).Round(time.Millisecond))
 
-	errc := make(chan error, 1)
-	go func() { errc <- acc.serve(srv, ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -337,4 +356,29 @@ func sumdbDesc(s resolvedSettings) string {
 		return "off"
 	}
 	return s.sumdbName
+}
+
+// startSwitch answers for a server that is still starting, then hands
+// every request to the real handler once it is ready.
+type startSwitch struct{ h atomic.Pointer[http.Handler] }
+
+func (s *startSwitch) ready(h http.Handler) { s.h.Store(&h) }
+
+func (s *startSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := s.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	switch r.URL.Path {
+	case "/healthz":
+		fmt.Fprintln(w, "ok")
+	case "/readyz":
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "starting: opening the store")
+	default:
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "modproxy is starting (opening the store); retry shortly")
+	}
 }
