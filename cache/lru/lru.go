@@ -9,7 +9,7 @@
 // and .mod files are small and answer list and @latest lookups. A zip being
 // read is never evicted under its reader. Recency lives in memory; at Open
 // it starts from the artifacts' commit times (one walk over the records,
-// not the content). The bbolt file does not shrink when zips are deleted:
+// not the content, in the background). The bbolt file does not shrink when zips are deleted:
 // bbolt reuses the freed pages for new content, so the file stays near the
 // limit rather than growing past it.
 package lru
@@ -38,6 +38,12 @@ type Store struct {
 	items map[cache.Key]*list.Element
 	used  int64 // content bytes of every artifact (all kinds)
 
+	stop      chan struct{}
+	loaded    chan struct{} // closed when the background walk is done
+	loadErr   error         // set before loaded is closed
+	known     atomic.Bool   // the walk has added every stored artifact
+	closeOnce sync.Once
+
 	evictions     atomic.Int64
 	evictedBytes  atomic.Int64
 	evictFailures atomic.Int64
@@ -49,33 +55,70 @@ type item struct {
 	readers int // open readers; an item with readers is not evicted
 }
 
-// New wraps s with a limit of limit content bytes (0: none). It walks the
-// store's records once to learn what it holds, oldest commit first.
+// New wraps s with a limit of limit content bytes (0: none). It learns
+// what the store holds (oldest commit least recent) by walking the records
+// in the background, so that opening costs the same whatever the store's
+// size; eviction starts once that walk is done. Close stops it.
 func New(s *cache.Store, limit int64) (*Store, error) {
 	if limit < 0 {
 		return nil, fmt.Errorf("cache size limit %d: must not be negative", limit)
 	}
-	b := &Store{Store: s, limit: limit, order: list.New(), items: map[cache.Key]*list.Element{}}
+	b := &Store{Store: s, limit: limit, order: list.New(), items: map[cache.Key]*list.Element{},
+		stop: make(chan struct{}), loaded: make(chan struct{})}
+	go b.load()
+	return b, nil
+}
+
+var errStopped = errors.New("stopped")
+
+// load seeds recency from the records. Artifacts touched meanwhile are
+// more recent than any it adds.
+func (b *Store) load() {
+	defer close(b.loaded)
 	type rec struct {
 		k       cache.Key
 		size    int64
 		created time.Time
 	}
 	var recs []rec
-	err := s.Walk(func(k cache.Key, m cache.Meta) error {
+	err := b.Store.Walk(func(k cache.Key, m cache.Meta) error {
+		select {
+		case <-b.stop:
+			return errStopped
+		default:
+		}
 		recs = append(recs, rec{k, m.Size, m.Created})
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cache size limit: %w", err)
+		b.loadErr = err
+		return
 	}
 	slices.SortStableFunc(recs, func(a, b rec) int { return b.created.Compare(a.created) })
+	b.mu.Lock()
 	for _, r := range recs {
-		b.items[r.k] = b.order.PushBack(&item{key: r.k, size: r.size})
-		b.used += r.size
+		if _, ok := b.items[r.k]; !ok {
+			b.items[r.k] = b.order.PushBack(&item{key: r.k, size: r.size})
+			b.used += r.size
+		}
 	}
+	b.mu.Unlock()
+	b.known.Store(true)
 	b.evict(cache.Key{})
-	return b, nil
+}
+
+// Wait waits until the store's content is known (the background walk of
+// New is done) and returns its error, if any.
+func (b *Store) Wait() error {
+	<-b.loaded
+	return b.loadErr
+}
+
+// Close stops the background walk; it does not close the wrapped store.
+func (b *Store) Close() error {
+	b.closeOnce.Do(func() { close(b.stop) })
+	<-b.loaded
+	return nil
 }
 
 // Limit is the configured limit in bytes (0: none).
@@ -127,6 +170,9 @@ func (b *Store) forget(k cache.Key) {
 func (b *Store) evict(keep cache.Key) {
 	if b.limit <= 0 {
 		return
+	}
+	if !b.known.Load() {
+		return // load evicts once it knows the whole content
 	}
 	for {
 		b.mu.Lock()

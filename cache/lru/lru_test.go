@@ -24,6 +24,10 @@ func open(t *testing.T, limit int64) *lru.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { b.Close() }) // before the store closes
+	if err := b.Wait(); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
@@ -93,6 +97,7 @@ func TestRecencySurvivesReopen(t *testing.T) {
 	for i := range 4 {
 		mustPut(t, b, zip(fmt.Sprintf("v1.0.%d", i)), 1000)
 	}
+	b.Close()
 	s.Close()
 	s, err = cache.Open(path, cache.Options{})
 	if err != nil {
@@ -101,6 +106,10 @@ func TestRecencySurvivesReopen(t *testing.T) {
 	defer s.Close()
 	b, err = lru.New(s, 2500) // over the limit at open: the oldest go
 	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	if b.Used() > 2500 {

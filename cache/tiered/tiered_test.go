@@ -25,6 +25,7 @@ func newLocal(t *testing.T) *lru.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { b.Close() }) // before the store closes
 	return b
 }
 

@@ -138,6 +138,11 @@ func openStorage(ctx context.Context, db string, sc storageConfig, spoolDir stri
 		st.bolt.Close()
 		return nil, err
 	}
+	go func() {
+		if err := st.local.Wait(); err != nil {
+			logger.Error("store: cannot learn the stored artifacts; --cache-size is not enforced", "err", err)
+		}
+	}()
 	st.serve = st.local
 	if st.remote != nil {
 		st.tier = tiered.New(st.local, st.remote)
@@ -147,7 +152,10 @@ func openStorage(ctx context.Context, db string, sc storageConfig, spoolDir stri
 	return st, nil
 }
 
-func (st *storage) Close() error { return st.bolt.Close() }
+func (st *storage) Close() error {
+	st.local.Close()
+	return st.bolt.Close()
+}
 
 // storeCollector exports the store's size and tier counters at scrape
 // time.
