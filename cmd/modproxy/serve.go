@@ -53,7 +53,9 @@ func newServeCmd() *cobra.Command {
 		Short: "Serve the GOPROXY protocol from the store, fetching what it lacks",
 		Long: `Serve the go command's module proxy protocol (GOPROXY) from one bbolt
 store file, fetching what it lacks from the upstream proxies, verifying it
-against the checksum database and keeping it.
+against the checksum database and keeping it. With --s3-bucket, several
+replicas share one S3-compatible bucket and the bbolt file is this
+replica's local tier (bounded by --cache-size).
 
 Every flag can also be set with an environment variable MODPROXY_<FLAG>
 (upper case, dashes as underscores), e.g. MODPROXY_LIST_TTL=1m.`,
