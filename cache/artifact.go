@@ -209,8 +209,8 @@ func (s *Store) preadChunk(tx *bbolt.Tx, rec *record, v []byte, idx uint32, dst 
 // faults and system calls would cost more than they save.
 const dropMappedSize = 32 << 20
 
-// Open returns a Reader for a published artifact of any kind.
-func (s *Store) Open(k Key) (*Reader, error) {
+// Open returns a *Reader for a published artifact of any kind.
+func (s *Store) Open(k Key) (ArtifactReader, error) {
 	rec, err := s.stat(k)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", k, s.readFailed(k, nil, err))

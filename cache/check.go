@@ -11,10 +11,11 @@ import (
 )
 
 // checkFile checks the page structure of a bbolt file before bbolt opens
-// it for writing. bbolt rebuilds its freelist at such an Open by walking
-// every page, and reports what it finds wrong by panicking in a goroutine of
-// its own, which no caller can recover: one damaged page crashed the whole
-// process. checkFile walks the same tree with bounds-checked reads of the
+// it. When the file has no freelist written, bbolt rebuilds it at a
+// writable Open by walking every page, and reports what it finds wrong by
+// panicking in a goroutine of its own, which no caller can recover: one
+// damaged page crashed the whole process. With a freelist written, bbolt
+// reads that page only, and so does checkFile. checkFile walks the same tree with bounds-checked reads of the
 // file (no mmap) and at least bbolt's strictness (page numbers in range,
 // page types, every page referenced once, key order, element bounds), so a
 // file it accepts does not make that walk fail; a file it refuses gets an
@@ -32,6 +33,12 @@ func checkFile(f *os.File) error {
 	pf, err := newPageFile(f, fi.Size(), false)
 	if err != nil || pf == nil {
 		return err
+	}
+	if pf.meta.freelist != noFreelist {
+		// bbolt reads the freelist from its page and walks nothing at
+		// Open: a damaged tree page is met later, by a transaction,
+		// which recovers it. Keep Open's cost independent of the file.
+		return pf.checkFreelistPage()
 	}
 	if err := pf.checkBucketRoot(pf.meta.root, 0); err != nil {
 		return fmt.Errorf("%w: %v; `modproxy verify --salvage NEW.db` copies what is readable", ErrCorrupt, err)
@@ -52,12 +59,15 @@ const (
 	leafPageFlag     = 0x02
 	bucketLeafFlag   = 0x01
 	maxCheckDepth    = 64 // a bbolt tree of this store is a handful of levels deep
+	freelistPageFlag = 0x10
+	noFreelist       = ^uint64(0)
 	metaChecksumSpan = 56 // bytes of the meta struct covered by its checksum
 )
 
 type boltMeta struct {
 	pageSize uint32
 	root     uint64
+	freelist uint64 // noFreelist: not written (bbolt rebuilds it by walking every page)
 	pgid     uint64 // high-water mark: pages [0, pgid) are allocated
 	txid     uint64
 }
@@ -85,7 +95,7 @@ func parseMeta(b []byte) (boltMeta, bool) {
 	if h.Sum64() != le.Uint64(m[metaChecksumSpan:]) {
 		return boltMeta{}, false
 	}
-	return boltMeta{pageSize: le.Uint32(m[8:]), root: le.Uint64(m[16:]), pgid: le.Uint64(m[40:]), txid: le.Uint64(m[48:])}, true
+	return boltMeta{pageSize: le.Uint32(m[8:]), root: le.Uint64(m[16:]), freelist: le.Uint64(m[32:]), pgid: le.Uint64(m[40:]), txid: le.Uint64(m[48:])}, true
 }
 
 // newPageFile picks the meta page bbolt would use (the valid one with the
@@ -371,6 +381,41 @@ func checkOrder(els []element, lo, hi []byte) error {
 		}
 		if hi != nil && bytes.Compare(e.key, hi) >= 0 {
 			return fmt.Errorf("key %x does not sort before the next parent key %x", e.key, hi)
+		}
+	}
+	return nil
+}
+
+// checkFreelistPage checks that the freelist page bbolt will read lies in
+// the file and is a freelist page listing pages of the file.
+func (pf *pageFile) checkFreelistPage() error {
+	id := pf.meta.freelist
+	if id < 2 || id >= pf.meta.pgid || int64(id+1)*pf.psz > pf.size {
+		return fmt.Errorf("%w: freelist page %d out of range", ErrCorrupt, id)
+	}
+	buf := make([]byte, pf.psz)
+	if _, err := pf.r.ReadAt(buf, int64(id)*pf.psz); err != nil {
+		return fmt.Errorf("%w: read freelist page %d: %v", ErrCorrupt, id, err)
+	}
+	le := binary.LittleEndian
+	if le.Uint64(buf) != id || le.Uint16(buf[8:]) != freelistPageFlag {
+		return fmt.Errorf("%w: page %d is not the freelist page", ErrCorrupt, id)
+	}
+	count, off := int64(le.Uint16(buf[10:])), int64(pageHeaderLen)
+	if count == 0xFFFF {
+		count, off = int64(le.Uint64(buf[pageHeaderLen:])), pageHeaderLen+8
+	}
+	span := int64(le.Uint32(buf[12:])+1) * pf.psz
+	if count < 0 || off+count*8 > span || int64(id)*pf.psz+span > pf.size {
+		return fmt.Errorf("%w: freelist page %d lists %d pages past its end", ErrCorrupt, id, count)
+	}
+	ids := make([]byte, count*8)
+	if _, err := pf.r.ReadAt(ids, int64(id)*pf.psz+off); err != nil {
+		return fmt.Errorf("%w: read freelist page %d: %v", ErrCorrupt, id, err)
+	}
+	for i := int64(0); i < count; i++ {
+		if p := le.Uint64(ids[i*8:]); p < 2 || p >= pf.meta.pgid {
+			return fmt.Errorf("%w: freelist page %d lists page %d, out of range", ErrCorrupt, id, p)
 		}
 	}
 	return nil

@@ -303,7 +303,10 @@ type damageFixture struct {
 	contents map[Key][]byte
 }
 
-func newDamageFixture(t *testing.T) damageFixture {
+// newDamageFixture writes the fixture; unsynced leaves the freelist
+// unwritten, as stores of earlier builds did, so that bbolt's Open walks
+// every page (and Open's checkFile walks them first).
+func newDamageFixture(t *testing.T, unsynced bool) damageFixture {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "good.db")
 	s, err := Open(path, Options{ChunkSize: 4 << 10})
@@ -311,6 +314,7 @@ func newDamageFixture(t *testing.T) damageFixture {
 		t.Fatal(err)
 	}
 	s.db.NoSync = true
+	s.db.NoFreelistSync = unsynced
 	fx := damageFixture{path: path, contents: map[Key][]byte{}}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 40 {
@@ -328,7 +332,7 @@ func newDamageFixture(t *testing.T) damageFixture {
 				fx.contents[key] = c
 			}
 		}
-		if err := s.PutMeta("list/"+mod, []byte("v1.0.0\nv1.1.0\n")); err != nil {
+		if err := s.PutEntry("list/"+mod, []byte("v1.0.0\nv1.1.0\n")); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.PutKV("tiles", fmt.Sprintf("tile/%d", i), bytes.Repeat([]byte{byte(i)}, 8192)); err != nil {
@@ -421,7 +425,14 @@ var corruptions = []corruption{
 // faults) on such pages; the store must answer with errors. A read that
 // succeeds must return the original bytes.
 func TestDamagedPagesNeverPanic(t *testing.T) {
-	fx := newDamageFixture(t)
+	for _, unsynced := range []bool{false, true} {
+		t.Run(fmt.Sprintf("freelist unsynced=%v", unsynced), func(t *testing.T) {
+			damagePages(t, newDamageFixture(t, unsynced))
+		})
+	}
+}
+
+func damagePages(t *testing.T, fx damageFixture) {
 	good, err := os.ReadFile(fx.path)
 	if err != nil {
 		t.Fatal(err)
@@ -513,7 +524,7 @@ func exerciseDamaged(t *testing.T, name, path string, fx damageFixture) string {
 		_, err = s.Versions(k.Path)
 		note(err)
 	}
-	note(s.WalkMeta("", func(string, Entry) error { return nil }))
+	note(s.WalkEntries("", func(string, Entry) error { return nil }))
 	note(s.WalkKV("tiles", func(string, []byte) error { return nil }))
 	_, err := s.Stats()
 	note(err)

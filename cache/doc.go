@@ -13,7 +13,7 @@
 //	                                               -> quarantine record
 //	chunks      blobID(8) chunkIndex(4)            -> content bytes [crc32c(4)]
 //	pending     blobID(8)                          -> varint unix-nano time
-//	meta        caller's key ("list/<path>", ...)  -> entry record
+//	meta        caller's key ("list/<path>", ...)  -> entry record (mutable entries)
 //	kv          caller's bucket name (nested bucket)
 //	              caller's key                     -> caller's value
 //	sys         "schema"                           -> 0x02 (0x01: before chunk checksums)
@@ -87,14 +87,15 @@
 //
 // # Damaged files
 //
-// bbolt trusts its pages: a damaged page makes it panic or fault, and at a
-// writable Open it walks every page in a goroutine whose panics no caller
-// can recover. Open therefore checks the page structure first (checkFile:
-// bounds-checked reads of the file, at least bbolt's own rules), refuses
-// an empty, foreign or damaged file with an error (ErrNotStore, ErrCorrupt)
-// and never initializes or overwrites it; every transaction recovers bbolt's
-// panics and faults into ErrCorrupt, and after one in a write transaction
-// the store refuses further writes. Salvage reads a damaged file without
+// bbolt trusts its pages: a damaged page makes it panic or fault, and when
+// a file has no freelist written (stores of earlier builds) its writable
+// Open walks every page in a goroutine whose panics no caller can recover.
+// Open therefore checks the file first (checkFile: bounds-checked reads, at
+// least bbolt's own rules; the whole tree when bbolt would walk it, else the
+// freelist page it reads), refuses an empty, foreign or damaged file with an
+// error (ErrNotStore, ErrCorrupt) and never initializes or overwrites it;
+// every transaction recovers bbolt's panics and faults into ErrCorrupt, and
+// after one in a write transaction the store refuses further writes. Salvage reads a damaged file without
 // bbolt and copies whatever is intact into a new store.
 //
 // # Concurrency and processes

@@ -112,7 +112,7 @@ func Salvage(src string, dst *Store, w grant.Write) (*SalvageReport, error) {
 		sv.lose("quarantine bucket", "not found (its page is damaged): quarantined artifacts cannot be told apart")
 	}
 	sv.artifacts(buckets[string(bucketArtifacts)], buckets[string(bucketChunks)], quarantined)
-	sv.pairs(buckets[string(bucketMeta)], "meta", func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketMeta), nil },
+	sv.pairs(buckets[string(bucketEntries)], "meta", func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketEntries), nil },
 		func(v []byte) bool { _, err := decodeEntry(v); return err == nil }, &sv.rep.Meta)
 	if kv := buckets[string(bucketKV)]; kv != nil {
 		var names []leafKV

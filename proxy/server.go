@@ -306,7 +306,7 @@ func (s *Server) serveZipAttempt(w http.ResponseWriter, r *http.Request, req Req
 // never see a clean end of a truncated or damaged zip. If the stored copy is
 // found damaged before anything was sent, the headers are withdrawn and the
 // error returned, so that the caller can refetch.
-func (s *Server) serveStoredZip(w http.ResponseWriter, r *http.Request, req Request, zr *cache.Reader) (damaged error) {
+func (s *Server) serveStoredZip(w http.ResponseWriter, r *http.Request, req Request, zr cache.ArtifactReader) (damaged error) {
 	m := zr.Meta()
 	h := w.Header()
 	h.Set("Cache-Control", immutableCache)
@@ -372,7 +372,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // readRecorder keeps the first read error of a stored zip served through
 // http.ServeContent, which drops it.
 type readRecorder struct {
-	r   *cache.Reader
+	r   cache.ArtifactReader
 	err error
 }
 
