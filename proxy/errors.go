@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -46,6 +47,9 @@ type HTTPError struct {
 	Status int
 	Msg    string
 	Err    error
+	// RetryAfter, when set, is sent as Retry-After (the proxy is busy, not
+	// broken).
+	RetryAfter time.Duration
 }
 
 func (e *HTTPError) Error() string { return e.Msg }

@@ -72,7 +72,7 @@ func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) 
 	switch k.Kind {
 	case cache.KindZip:
 		// Without streaming, Zip returns only once the zip is stored.
-		z, err := b.f.Zip(ctx, req, false)
+		z, err := b.f.Zip(ctx, req, ZipPrewarm)
 		if err != nil {
 			return PrewarmArtifact{}, err
 		}
