@@ -72,6 +72,11 @@ type Config struct {
 	// upstream's; past it, a bad copy aborts the clients' connections.
 	HoldBackBytes int64
 	HoldBackTime  time.Duration
+	Logger        *slog.Logger
+	Metrics       *Metrics
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+
 	// MaxZipDownloads bounds concurrent upstream zip downloads; more wait
 	// in a queue of ZipQueue for at most ZipQueueWait, then get 503 with
 	// Retry-After. Defaults DefaultMaxZipDownloads, DefaultZipQueue,
@@ -91,10 +96,6 @@ type Config struct {
 	// DiskFree returns the free bytes of the file system holding a
 	// directory (default statfs; a test seam).
 	DiskFree func(dir string) (uint64, error)
-	Logger   *slog.Logger
-	Metrics  *Metrics
-	// Now is the clock; default time.Now.
-	Now func() time.Time
 }
 
 func (c *Config) setDefaults() {
