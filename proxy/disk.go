@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -95,19 +96,20 @@ func insufficientStorage(format string, args ...any) *HTTPError {
 	return &HTTPError{Status: http.StatusInsufficientStorage, Msg: "insufficient storage: " + fmt.Sprintf(format, args...)}
 }
 
-// diskState remembers that the store's or the spool's file system ran out
-// of space, for /readyz, until it has MinFreeSpace free again.
+// diskState watches the store's and the spool's file systems for /readyz:
+// one with less than MinFreeSpace free, or on which a write failed for want
+// of space, makes the proxy not ready until it has MinFreeSpace free again.
 type diskState struct {
 	free    func(path string) (uint64, error)
 	minFree uint64
+	watch   []string // directories always checked
 
-	mu     sync.Mutex
-	full   map[string]string // directory → why it was found full
-	logged map[string]bool
+	mu   sync.Mutex
+	full map[string]string // directory → why a write there failed
 }
 
-func newDiskState(free func(string) (uint64, error), minFree uint64) *diskState {
-	return &diskState{free: free, minFree: minFree, full: map[string]string{}, logged: map[string]bool{}}
+func newDiskState(free func(string) (uint64, error), minFree uint64, watch ...string) *diskState {
+	return &diskState{free: free, minFree: minFree, watch: watch, full: map[string]string{}}
 }
 
 // markFull records that dir's file system had no room for something.
@@ -117,21 +119,30 @@ func (d *diskState) markFull(dir, why string) {
 	d.mu.Unlock()
 }
 
-// problem rechecks the file systems found full and returns why the proxy
-// is not ready ("" when every one has MinFreeSpace free again).
+// problem checks the file systems (statfs, cheap) and returns why the
+// proxy is not ready, "" when every one has MinFreeSpace free.
 func (d *diskState) problem() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	dirs := append([]string(nil), d.watch...)
+	for dir := range d.full {
+		if !slices.Contains(dirs, dir) {
+			dirs = append(dirs, dir)
+		}
+	}
 	var out []string
-	for dir, why := range d.full {
+	for _, dir := range dirs {
 		free, err := d.free(dir)
-		if err == nil && free >= d.minFree {
+		if err != nil {
+			continue // unknown: a failed write will tell
+		}
+		if free >= d.minFree {
 			delete(d.full, dir)
 			continue
 		}
-		s := fmt.Sprintf("no space on the file system of %s (%s)", dir, why)
-		if err == nil {
-			s += fmt.Sprintf("; %d bytes free, %d wanted", free, d.minFree)
+		s := fmt.Sprintf("%d bytes free on the file system of %s, %d wanted (--min-free-space)", free, dir, d.minFree)
+		if why := d.full[dir]; why != "" {
+			s += "; last failure: " + why
 		}
 		out = append(out, s)
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -201,7 +202,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		zipFlights: make(map[cache.Key]*zipFlight),
 		slots:      newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
 		quota:      &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
-		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace)),
+		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), filepath.Dir(cfg.Store.Path()), cfg.SpoolDir),
 	}, nil
 }
 
