@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -51,18 +50,19 @@ func NewServer(f *Fetcher, opts ServerOptions) *Server {
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if err := s.f.store.Ping(); err != nil {
-		if isNoSpace(err) {
-			s.f.disk.markFull(filepath.Dir(s.f.store.Path()), oneLine(err.Error()))
-		} else {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintf(w, "store not writable: %s\n", oneLine(err.Error()))
-			return
-		}
+	pingErr := s.f.store.Ping()
+	if pingErr != nil && !isNoSpace(pingErr) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "store not writable: %s\n", oneLine(pingErr.Error()))
+		return
 	}
 	// A full disk is rechecked on every probe, so readiness comes back
 	// when space is freed, without a restart.
-	if why := s.f.disk.problem(); why != "" {
+	why := s.f.disk.problem()
+	if pingErr != nil && why == "" {
+		why = "the store's heartbeat write failed: " + oneLine(pingErr.Error())
+	}
+	if why != "" {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, "disk full: %s\n", why)
 		return
