@@ -301,12 +301,16 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 		f.m.fetches.WithLabelValues(string(KindZip), "error").Inc()
 		f.log.Warn("zip fetch failed", "module", req.Module, "version", req.Version, "err", oneLine(ferr.Error()))
 	}
-	fl.update(func() { fl.done, fl.err, fl.rt = true, ferr, rt })
+	// Finished before done: a client that sees done and leaves must not
+	// take the flight for one still running and cancel it.
 	f.zipMu.Lock()
 	fl.finished = true
 	if f.zipFlights[key] == fl {
 		delete(f.zipFlights, key)
 	}
+	f.zipMu.Unlock()
+	fl.update(func() { fl.done, fl.err, fl.rt = true, ferr, rt })
+	f.zipMu.Lock()
 	f.settleLocked(key, fl)
 	f.zipMu.Unlock()
 }

@@ -114,6 +114,9 @@ func TestZipDownloadLimitQueuesThenRefuses(t *testing.T) {
 	if got := value(m.zipInFlight); got != 0 {
 		t.Errorf("in flight after all downloads = %v", got)
 	}
+	if got := value(m.zipCanceled); got != 0 {
+		t.Errorf("canceled = %v after downloads whose clients stayed, want 0", got)
+	}
 }
 
 // TestZipCancelledWhenEveryClientLeaves: a download whose clients all went
