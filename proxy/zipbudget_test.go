@@ -229,6 +229,32 @@ func TestSpoolQuota(t *testing.T) {
 	}
 }
 
+// TestSpoolQuotaUnsized: an upstream that sends no Content-Length is held
+// to the quota on the bytes as they arrive.
+func TestSpoolQuotaUnsized(t *testing.T) {
+	mod := bigTestModule("example.com/big", "v1.0.0", 300<<10)
+	zip, err := testupstream.MakeZip(mod.Path, mod.Version, map[string]string{"big.go": mod.Files["big.go"], "go.mod": "module example.com/big\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := unsizedUpstream(t, zip, 0)
+	m := NewMetrics(nil)
+	e := newEnv(t, up.URL, func(c *Config) { c.Metrics, c.SpoolQuota = m, int64(len(zip)/2) })
+	r := e.get("/example.com/big/@v/v1.0.0.zip")
+	if r.status == 200 {
+		t.Fatalf("a zip of %d bytes passed a %d-byte spool quota", len(zip), len(zip)/2)
+	}
+	if r.status != http.StatusInsufficientStorage || !strings.Contains(r.body, "spool quota") {
+		t.Errorf("got %d %q, want 507 naming the spool quota", r.status, r.body)
+	}
+	if got := value(m.spoolBytes); got != 0 {
+		t.Errorf("spool bytes after the refusal = %v, want 0", got)
+	}
+	if files := spoolFiles(t, e.f.cfg.SpoolDir); len(files) != 0 {
+		t.Errorf("spool files left: %v", files)
+	}
+}
+
 // unsizedUpstream serves a zip without Content-Length (chunked); with
 // dieAt > 0 it aborts the connection after that many bytes.
 func unsizedUpstream(t *testing.T, body []byte, dieAt int) *httptest.Server {
