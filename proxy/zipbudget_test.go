@@ -439,3 +439,35 @@ func TestLeftoverSpoolRemovedAtStart(t *testing.T) {
 		t.Errorf("an unrelated file was removed: %v", err)
 	}
 }
+
+// TestQueuedZipLeftByItsClientNeverStarts: a download waiting for a slot
+// whose every client left leaves the queue and never reaches the upstream.
+func TestQueuedZipLeftByItsClientNeverStarts(t *testing.T) {
+	up := newUpstream(t, testupstream.Module{Path: "example.com/a", Version: "v1.0.0"}, testupstream.Module{Path: "example.com/b", Version: "v1.0.0"})
+	up.SetFaults(testupstream.Fault{Match: func(p string) bool { return p == "/example.com/a/@v/v1.0.0.zip" }, Delay: 2 * time.Second})
+	m := NewMetrics(nil)
+	e := newEnv(t, up.URL(), func(c *Config) { c.MaxZipDownloads, c.Metrics = 1, m })
+	aDone := make(chan response, 1)
+	go func() { aDone <- e.get("/example.com/a/@v/v1.0.0.zip") }()
+	waitFor(t, "download a to hold the slot", func() bool { return value(m.zipInFlight) == 1 })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.srv.URL+"/example.com/b/@v/v1.0.0.zip", nil)
+	bDone := make(chan struct{})
+	go func() {
+		defer close(bDone)
+		if resp, err := e.srv.Client().Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, "download b to queue", func() bool { return value(m.zipQueued) == 1 })
+	cancel()
+	<-bDone
+	waitFor(t, "download b to leave the queue", func() bool { return value(m.zipQueued) == 0 && value(m.zipCanceled) == 1 })
+	if r := <-aDone; r.status != 200 {
+		t.Fatalf("download a: %d %q", r.status, r.body)
+	}
+	if n := up.Count("/example.com/b/@v/v1.0.0.zip"); n != 0 {
+		t.Errorf("the abandoned queued download reached the upstream %d times", n)
+	}
+}
