@@ -68,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		spoolBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "modproxy_spool_bytes",
-			Help: "Bytes in zip spool files (--spool-quota bounds them).",
+			Help: "Bytes of the spool quota held by zip spool files: the whole size of a download of known size, else what arrived (--spool-quota bounds them).",
 		}),
 		zipRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_zip_downloads_rejected_total",
