@@ -57,7 +57,8 @@ func cleanSpool(dir string, log *slog.Logger) {
 	}
 }
 
-// removeUnlocked removes the file at name unless a process holds its lock.
+// removeUnlocked removes the file at name unless a process holds its lock
+// or another user owns it (a shared temp dir).
 func removeUnlocked(name string) (size int64, removed bool, err error) {
 	f, err := os.Open(name)
 	if err != nil {
@@ -74,6 +75,9 @@ func removeUnlocked(name string) (size int64, removed bool, err error) {
 	st, err := f.Stat()
 	if err != nil {
 		return 0, false, err
+	}
+	if !st.Mode().IsRegular() || !ownedByUs(st) {
+		return 0, false, nil // swapped for something else, or another user's
 	}
 	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return 0, false, err

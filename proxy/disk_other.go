@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 )
 
@@ -12,3 +13,5 @@ func diskFree(string) (uint64, error) { return 0, errors.New("free space unknown
 // lockSpool cannot lock here: leftovers are kept rather than risk removing
 // a live process's files.
 func lockSpool(*os.File) (bool, error) { return false, nil }
+
+func ownedByUs(fs.FileInfo) bool { return true }

@@ -4,7 +4,9 @@ package proxy
 
 import (
 	"errors"
+	"io/fs"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,4 +30,9 @@ func lockSpool(f *os.File) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+func ownedByUs(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
 }
