@@ -18,7 +18,12 @@ func diskFree(dir string) (uint64, error) {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, err
 	}
-	return st.Bavail * uint64(st.Bsize), nil
+	// Field types differ between systems (FreeBSD's Bavail is signed and
+	// may be negative, into the root reserve).
+	if st.Bavail <= 0 {
+		return 0, nil
+	}
+	return uint64(st.Bavail) * uint64(st.Bsize), nil
 }
 
 // lockSpool takes the exclusive lock of a spool file without waiting; it
