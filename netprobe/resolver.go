@@ -238,7 +238,7 @@ func (r *Resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	return nil, &net.DNSError{
 		Err:         err.Error(),
 		Name:        host,
-		IsTimeout:   isTimeout(err),
+		IsTimeout:   IsTimeout(err),
 		IsTemporary: true,
 		UnwrapErr:   err,
 	}
@@ -449,7 +449,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (_ *dns
 			in, xerr := r.exchange(ctx, name, qtype, srv)
 			if xerr != nil {
 				label = "error"
-				if isTimeout(xerr) {
+				if IsTimeout(xerr) {
 					label = "timeout"
 				}
 				err = errorf("resolve %s %s via %s: %w", name, dns.TypeToString[qtype], srv, xerr)
@@ -646,7 +646,9 @@ func (r *Resolver) close() {
 	r.wg.Wait()
 }
 
-func isTimeout(err error) bool {
+// IsTimeout reports whether err is a timeout: a context deadline or a
+// net.Error that says so. It is the one timeout test of modproxy.
+func IsTimeout(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}

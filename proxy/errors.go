@@ -1,14 +1,15 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/modproxy/modproxy/cache/gate"
+	"github.com/modproxy/modproxy/internal/oneline"
+	"github.com/modproxy/modproxy/netprobe"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -38,8 +39,9 @@ func (e *StatusError) notFound() bool {
 // errCircuitOpen is returned for an upstream skipped by its circuit breaker.
 var errCircuitOpen = errors.New("circuit open after repeated failures")
 
-// errBadContent marks an upstream answer that failed validation (garbage).
-var errBadContent = errors.New("invalid content")
+// errBadContent marks an upstream answer that failed validation (garbage);
+// it is the gate's content-check error, so both count alike.
+var errBadContent = gate.ErrContent
 
 // HTTPError is an error with the status and one-line message that the
 // proxy's client sees.
@@ -96,19 +98,11 @@ func upstreamFailure(req Request, errs []error) *HTTPError {
 	return &HTTPError{Status: status, Msg: fmt.Sprintf("%s: upstreams failed: %s", req, strings.Join(parts, "; ")), Err: errors.Join(errs...)}
 }
 
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+// isTimeout reports whether err is a timeout.
+var isTimeout = netprobe.IsTimeout
 
 // oneLine keeps error text on a single line for one-line response bodies.
-func oneLine(s string) string {
-	s = strings.ReplaceAll(s, "\r", " ")
-	return strings.ReplaceAll(s, "\n", " ")
-}
+var oneLine = oneline.String
 
 // UpstreamError is a failure to get an answer from an upstream (connection,
 // timeout, truncated or invalid content).

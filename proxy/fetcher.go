@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,20 +15,20 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
 // Limits on metadata answers from upstreams; anything larger is garbage.
 const (
-	maxInfoSize = 64 << 10
+	maxInfoSize = gate.MaxInfo
 	maxListSize = 16 << 20
-	maxModSize  = 16 << 20 // golang.org/x/mod/zip.MaxGoMod
+	maxModSize  = gate.MaxMod
 )
 
 // Config configures a Fetcher and the Server built on it.
@@ -48,11 +47,17 @@ type Config struct {
 	// (GOPRIVATE syntax).
 	Private string
 	// Verifier checks .mod and .zip files against the checksum database;
-	// nil stores unverified.
+	// nil stores everything as exempt (GOSUMDB=off).
 	Verifier Verifier
 	// VerifyFailOpen stores (and serves) artifacts unverified while the
-	// checksum database cannot be reached, instead of refusing them.
+	// checksum database cannot be reached, instead of refusing them. With a
+	// Verifier, such artifacts are verified in the background once the
+	// database answers again (see reverifier).
 	VerifyFailOpen bool
+	// ReverifyRetry is how long the background verification of unverified
+	// artifacts waits after a fail-open store, and between attempts while
+	// the database stays unreachable; default 30s.
+	ReverifyRetry time.Duration
 	// Health orders upstreams and trips circuit breakers; nil means plain
 	// list order.
 	Health Health
@@ -152,6 +157,9 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.ReverifyRetry <= 0 {
+		c.ReverifyRetry = 30 * time.Second
+	}
 }
 
 // Fetcher gets artifacts from the store or, on a miss, from the upstreams,
@@ -160,7 +168,8 @@ func (c *Config) setDefaults() {
 // that a client going away does not waste a download others wait for.
 type Fetcher struct {
 	cfg    Config
-	store  *cache.Store
+	store  *cache.Store // artifacts enter only through gate
+	gate   *gate.Gate
 	health Health
 	log    *slog.Logger
 	m      *Metrics
@@ -177,6 +186,8 @@ type Fetcher struct {
 	slots      *downloadSlots
 	quota      *spoolQuota
 	disk       *diskState
+
+	reverify *reverifier // nil without a Verifier
 }
 
 // NewFetcher returns a Fetcher; Close stops its background fetches.
@@ -188,11 +199,16 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 	if !cfg.Offline && len(cfg.Upstreams) == 0 && len(cfg.PrivateUpstreams) == 0 {
 		return nil, errors.New("proxy: no upstream (use offline mode to serve only the store)")
 	}
+	g, err := gate.New(gate.Config{Store: cfg.Store, Verifier: cfg.Verifier, FailOpen: cfg.VerifyFailOpen, TempDir: cfg.SpoolDir})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cleanSpool(cfg.SpoolDir, cfg.Logger)
-	return &Fetcher{
+	f := &Fetcher{
 		cfg:        cfg,
 		store:      cfg.Store,
+		gate:       g,
 		health:     cfg.Health,
 		log:        cfg.Logger,
 		m:          cfg.Metrics,
@@ -203,7 +219,16 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		slots:      newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
 		quota:      &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
 		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), filepath.Dir(cfg.Store.Path()), cfg.SpoolDir),
-	}, nil
+	}
+	if cfg.Verifier != nil {
+		f.reverify = newReverifier(f, cfg.ReverifyRetry)
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.reverify.run(ctx)
+		}()
+	}
+	return f, nil
 }
 
 // Close cancels in-flight fetches and waits for them to stop.
@@ -215,7 +240,7 @@ func (f *Fetcher) Close() {
 // upstreamsFor returns the upstreams that may serve module path, and
 // whether it is private.
 func (f *Fetcher) upstreamsFor(path string) ([]Upstream, bool) {
-	if f.cfg.Private != "" && module.MatchPrefixPatterns(f.cfg.Private, path) {
+	if sumdb.MatchPatterns(f.cfg.Private, path) {
 		return f.cfg.PrivateUpstreams, true
 	}
 	return f.cfg.Upstreams, false
@@ -322,7 +347,7 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	}
 	ups, private := f.upstreamsFor(req.Module)
 	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
-		got, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) (verified, error) {
+		got, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) (*gate.Ticket, error) {
 			return f.fetchSmall(ctx, u, req)
 		})
 		if rt.upstream == "" {
@@ -334,18 +359,17 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 			f.neg.put(req.String()+"."+string(req.Kind), herr)
 			return metaResult{}, herr
 		}
-		m := cache.Meta{Upstream: rt.upstream, Hash: got.hash}
-		stored, err := f.store.Put(key, bytes.NewReader(got.data), m)
+		stored, err := f.gate.Commit(got)
 		unstored := false
 		if err != nil {
 			if !isNoSpace(err) {
 				return metaResult{}, fmt.Errorf("store %s: %w", req, err)
 			}
 			f.noRoom(req, err)
-			stored, unstored = cache.Meta{Upstream: rt.upstream, Hash: got.hash, Size: int64(len(got.data)), SHA256: sha256.Sum256(got.data)}, true
+			stored, unstored = cache.Meta{Upstream: rt.upstream, Hash: got.Hash(), State: got.State(), Size: int64(len(got.Data())), SHA256: sha256.Sum256(got.Data())}, true
 		}
 		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
-		return metaResult{data: got.data, meta: stored, route: rt, unstored: unstored}, nil
+		return metaResult{data: got.Data(), meta: stored, route: rt, unstored: unstored}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -353,83 +377,46 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	return &Artifact{Data: res.data, Meta: res.meta, Cache: "miss", Route: res.route, Modified: res.meta.Created, Unstored: res.unstored}, nil
 }
 
-// verified is an upstream answer with the checksum-database hash it was
-// verified against ("" when exempt or unverified).
-type verified struct {
-	data []byte
-	hash string
-}
-
-// fetchSmall fetches and validates one .info or .mod file from u. A .mod
-// is verified against the checksum database here, inside the upstream
-// attempt, so that a mismatch falls through to the next upstream.
-func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (verified, error) {
+// fetchSmall fetches one .info or .mod file from u and passes it through
+// the gate's checks (a .mod is verified against the checksum database
+// here, inside the upstream attempt, so that a mismatch falls through to
+// the next upstream).
+func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (*gate.Ticket, error) {
 	limit := int64(maxInfoSize)
 	if req.Kind == KindMod {
 		limit = maxModSize
 	}
 	data, err := f.getSmall(ctx, u, req.URLPath(), limit)
 	if err != nil {
-		return verified{}, err
+		return nil, err
 	}
-	v := verified{data: data}
-	switch req.Kind {
-	case KindInfo:
-		if err := checkInfo(data, req.Version); err != nil {
-			return verified{}, &UpstreamError{Upstream: u.Name(), Err: err}
-		}
-	case KindMod:
-		if _, err := modfile.ParseLax("go.mod", data, nil); err != nil {
-			return verified{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: go.mod of %s: %v", errBadContent, req, err)}
-		}
-		if f.cfg.Verifier != nil && !f.cfg.Verifier.Exempt(req.Module) {
-			v.hash, err = f.cfg.Verifier.VerifyMod(ctx, req.Module, req.Version, data)
-			if v.hash, err = f.failOpen(req, KindMod, v.hash, err); err != nil {
-				return verified{}, &UpstreamError{Upstream: u.Name(), Err: err}
-			}
-		}
+	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
+	t, err := f.gate.CheckSmall(ctx, key, data, gate.Origin{Upstream: u.Name()})
+	if err != nil {
+		return nil, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
-	return v, nil
+	f.noteUnverified(req, t)
+	return t, nil
 }
 
-// failOpen applies Config.VerifyFailOpen to a verification result: with it
-// set, an unreachable checksum database lets the artifact be stored
-// unverified (hash ""), counted in modproxy_stored_unverified_total.
-func (f *Fetcher) failOpen(req Request, kind Kind, hash string, err error) (string, error) {
-	if err == nil || !f.cfg.VerifyFailOpen || !errors.Is(err, sumdb.ErrUnavailable) {
-		return hash, err
+// noteUnverified logs and counts an artifact the gate lets in unverified
+// (Config.VerifyFailOpen while the checksum database is unavailable).
+func (f *Fetcher) noteUnverified(req Request, t *gate.Ticket) {
+	if t.State() != cache.StateUnverified {
+		return
 	}
-	f.log.Warn("checksum database unavailable: storing unverified (fail-open)", "module", req.Module, "version", req.Version, "kind", kind, "err", err)
+	kind := t.Key().Kind
+	f.log.Warn("checksum database unavailable: storing unverified (fail-open)", "module", req.Module, "version", req.Version, "kind", kind, "err", t.Unverified())
 	f.m.storedUnverified.WithLabelValues(string(kind)).Inc()
-	return "", nil
-}
-
-// infoJSON is the .info and @latest answer format.
-type infoJSON struct {
-	Version string
-	Time    time.Time
+	if f.reverify != nil {
+		f.reverify.notify()
+	}
 }
 
 // checkInfo validates an .info answer; want is "" for queries.
 func checkInfo(data []byte, want string) error {
-	_, err := parseInfo(data, want)
+	_, err := gate.ParseInfo(data, want)
 	return err
-}
-
-// parseInfo validates an .info or @latest answer and returns the version
-// it names; want is "" for queries.
-func parseInfo(data []byte, want string) (string, error) {
-	var info infoJSON
-	if err := json.Unmarshal(data, &info); err != nil {
-		return "", fmt.Errorf("%w: .info is not JSON: %v", errBadContent, err)
-	}
-	if !isCanonical(info.Version) {
-		return "", fmt.Errorf("%w: .info names version %q, which is not canonical", errBadContent, info.Version)
-	}
-	if want != "" && info.Version != want {
-		return "", fmt.Errorf("%w: .info for %s names version %q", errBadContent, want, info.Version)
-	}
-	return info.Version, nil
 }
 
 // Query resolves a non-canonical version query (.info) through the

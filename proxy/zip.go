@@ -12,10 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/mod/module"
-	modzip "golang.org/x/mod/zip"
-
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 )
 
 // errStreamFailed is the error of every upstream tried after a zip that had
@@ -347,8 +345,8 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 		return cache.Meta{}, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength > modzip.MaxZipFile {
-		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s is %d bytes, over the %d-byte limit", errBadContent, req, resp.ContentLength, modzip.MaxZipFile)}
+	if resp.ContentLength > gate.MaxZip {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s is %d bytes, over the %d-byte limit", errBadContent, req, resp.ContentLength, gate.MaxZip)}
 	}
 	lease := f.quota.lease()
 	if resp.ContentLength > 0 {
@@ -400,8 +398,8 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			if written+int64(n) > modzip.MaxZipFile {
-				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, modzip.MaxZipFile)}
+			if written+int64(n) > gate.MaxZip {
+				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, gate.MaxZip)}
 			}
 			if more := written + int64(n) - lease.n.Load(); more > 0 && !lease.grow(more) {
 				return cache.Meta{}, f.quota.full(written + int64(n))
@@ -433,31 +431,18 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	if resp.ContentLength >= 0 && written != resp.ContentLength {
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, resp.ContentLength)}
 	}
-	mv := module.Version{Path: req.Module, Version: req.Version}
-	if cf, err := modzip.CheckZip(mv, spool.Name()); err != nil || cf.Err() != nil {
-		if err == nil {
-			err = cf.Err()
-		}
-		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s: %v", errBadContent, req, oneLine(err.Error()))}
+	t, err := f.gate.CheckZipFile(ctx, key, spool.Name(), gate.Origin{Upstream: u.Name()})
+	if err != nil {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
-	meta := cache.Meta{Upstream: u.Name(), Size: written}
-	if v := f.cfg.Verifier; v != nil && !v.Exempt(req.Module) {
-		h, err := v.VerifyZip(ctx, req.Module, req.Version, spool.Name())
-		if h, err = f.failOpen(req, KindZip, h, err); err != nil {
-			return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
-		}
-		meta.Hash = h
-	}
-	if _, err := spool.Seek(0, io.SeekStart); err != nil {
-		return cache.Meta{}, fmt.Errorf("rewind spool of %s: %w", req, err)
-	}
+	f.noteUnverified(req, t)
 	// Staging a zip the store's disk cannot hold would grow the store file
 	// until the disk is full, and leave it that large: check first.
 	storeDir := filepath.Dir(f.store.Path())
 	err = f.disk.room(storeDir, written+written/16)
 	var stored cache.Meta
 	if err == nil {
-		stored, err = f.store.Put(key, spool, meta)
+		stored, err = f.gate.Commit(t)
 	}
 	if err != nil {
 		if !isNoSpace(err) {
@@ -469,7 +454,7 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 			own()
 		}
 		fl.update(func() { fl.unstored, fl.spool, fl.written = true, spool.Name(), written })
-		return meta, nil
+		return cache.Meta{Upstream: u.Name(), Size: written, Hash: t.Hash(), State: t.State()}, nil
 	}
 	return stored, nil
 }

@@ -58,6 +58,13 @@ func (s *memStore) PutKV(bucket, key string, value []byte) error {
 	return nil
 }
 
+func (s *memStore) DeleteKV(bucket, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.kv, bucket+"\x00"+key)
+	return nil
+}
+
 func (s *memStore) GetMeta(key string) (cache.Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -166,7 +173,9 @@ func TestParseGOSUMDB(t *testing.T) {
 		{in: DefaultVerifierKey, name: "sum.golang.org", vkey: DefaultVerifierKey, url: "https://sum.golang.org"},
 		{in: key, name: "sum.example.test", vkey: key, url: "https://sum.example.test"},
 		{in: "  " + key + "   http://127.0.0.1:9/db/  ", name: "sum.example.test", vkey: key, url: "http://127.0.0.1:9/db"},
-		{in: "", wantErr: "empty"},
+		// Empty means the default database, as for the go command.
+		{in: "", name: defaultName(), vkey: DefaultVerifierKey, url: "https://" + defaultName()},
+		{in: " \t ", name: defaultName(), vkey: DefaultVerifierKey, url: "https://" + defaultName()},
 		{in: "sum.example.test", wantErr: "unknown checksum database name"},
 		{in: key + " http://a b", wantErr: "too many fields"},
 		{in: key + " ftp://x", wantErr: "invalid URL"},
@@ -642,97 +651,6 @@ func TestHandlerOffline(t *testing.T) {
 	}
 	if n := db.RequestCount(""); n != 0 {
 		t.Fatalf("offline handler sent %d requests to the database", n)
-	}
-}
-
-// artifacts is an in-memory ArtifactStore.
-type artifacts struct {
-	data        map[cache.Key][]byte
-	meta        map[cache.Key]cache.Meta
-	quarantined map[cache.Key]string
-}
-
-func (a *artifacts) Walk(fn func(cache.Key, cache.Meta) error) error {
-	for k, m := range a.meta {
-		if err := fn(k, m); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (a *artifacts) Open(k cache.Key) (io.ReadCloser, error) {
-	d, ok := a.data[k]
-	if !ok {
-		return nil, cache.ErrNotFound
-	}
-	return io.NopCloser(bytes.NewReader(d)), nil
-}
-
-func TestVerifyStore(t *testing.T) {
-	good := makeMod(t, "example.com/good", "v1.0.0", "good")
-	bad := makeMod(t, "example.com/bad", "v1.0.0", "bad")
-	evil := makeMod(t, "example.com/bad", "v1.0.0", "evil")
-	a := &artifacts{data: map[cache.Key][]byte{}, meta: map[cache.Key]cache.Meta{}, quarantined: map[cache.Key]string{}}
-	add := func(m mod, kind cache.Kind, content []byte, recorded string) cache.Key {
-		k := cache.Key{Path: m.path, Version: m.version, Kind: kind}
-		a.data[k] = content
-		a.meta[k] = cache.Meta{Size: int64(len(content)), Hash: recorded}
-		return k
-	}
-	gm, _ := testsumdb.HashMod(good.gomod)
-	gz, _ := testsumdb.HashZip(good.zip)
-	bz, _ := testsumdb.HashZip(bad.zip)
-	add(good, cache.KindMod, good.gomod, gm)
-	add(good, cache.KindZip, good.zip, gz)
-	add(good, cache.KindInfo, []byte(`{"Version":"v1.0.0"}`), "")
-	badKey := add(bad, cache.KindZip, evil.zip, bz) // corrupted after it was verified
-	add(bad, cache.KindMod, bad.gomod, "")          // stored unverified
-
-	rep, err := VerifyStore(context.Background(), a, VerifyOptions{
-		TempDir: t.TempDir(),
-		Quarantine: func(k cache.Key, reason string) error {
-			a.quarantined[k] = reason
-			return nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Checked != 4 || rep.OK != 2 || rep.Mismatched != 1 || rep.Skipped != 1 || rep.Errors != 0 || rep.Quarantined != 1 || !rep.Failed() {
-		t.Fatalf("report = %+v", rep)
-	}
-	if _, ok := a.quarantined[badKey]; !ok || len(a.quarantined) != 1 {
-		t.Fatalf("quarantined = %v", a.quarantined)
-	}
-	var buf bytes.Buffer
-	if err := rep.WriteText(&buf); err != nil {
-		t.Fatal(err)
-	}
-	out := buf.String()
-	for _, want := range []string{"checked 4 artifacts: 2 ok, 1 mismatched, 1 skipped, 0 errors, 1 quarantined", "mismatch    example.com/bad@v1.0.0 zip", "[quarantined]", "skipped     example.com/bad@v1.0.0 mod"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report text lacks %q:\n%s", want, out)
-		}
-	}
-}
-
-func TestVerifyStoreAgainstDatabase(t *testing.T) {
-	db := testsumdb.New(t, "sum.example.test")
-	m := makeMod(t, "example.com/m", "v1.0.0", "m")
-	db.AddModule(m.path, m.version, m.gomod, m.zip)
-	v := newVerifier(t, testConfig(db), newMemStore())
-	// The stored content matches its recorded hash, but both are wrong.
-	wrong := makeMod(t, m.path, m.version, "wrong")
-	wz, _ := testsumdb.HashZip(wrong.zip)
-	k := cache.Key{Path: m.path, Version: m.version, Kind: cache.KindZip}
-	a := &artifacts{data: map[cache.Key][]byte{k: wrong.zip}, meta: map[cache.Key]cache.Meta{k: {Hash: wz}}}
-	rep, err := VerifyStore(context.Background(), a, VerifyOptions{Database: v})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Mismatched != 1 || len(rep.Problems) != 1 || rep.Problems[0].Status != StatusDBMismatch {
-		t.Fatalf("report = %+v", rep)
 	}
 }
 
