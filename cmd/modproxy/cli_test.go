@@ -53,7 +53,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"bad ebpf mode", nil, []string{"serve", "--ebpf", "maybe"}, "invalid --ebpf"},
 		{"bad spool quota", nil, []string{"serve", "--spool-quota", "lots"}, "is not a size"},
 		{"negative spool quota", nil, []string{"serve", "--spool-quota", "-1GiB"}, "cannot be negative"},
-		{"empty spool quota from env", []string{"MODPROXY_SPOOL_QUOTA="}, []string{"serve"}, "invalid MODPROXY_SPOOL_QUOTA"},
+		{"bad spool quota from env", []string{"MODPROXY_SPOOL_QUOTA=lots"}, []string{"serve"}, "invalid MODPROXY_SPOOL_QUOTA"},
 		{"bad min free space from env", []string{"MODPROXY_MIN_FREE_SPACE=12 parsecs"}, []string{"serve"}, "invalid MODPROXY_MIN_FREE_SPACE"},
 		{"zero zip downloads", nil, []string{"serve", "--max-zip-downloads", "0", "--upstream", "http://127.0.0.1:1", "--sumdb", "off"}, "invalid --max-zip-downloads"},
 		{"negative zip queue from env", []string{"MODPROXY_ZIP_QUEUE=-3"}, []string{"serve", "--upstream", "http://127.0.0.1:1", "--sumdb", "off"}, "invalid --zip-queue"},

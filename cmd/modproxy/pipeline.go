@@ -52,10 +52,10 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		NegativeTTL:      c.negativeTTL,
 		SpoolDir:         c.spoolDir,
 		MaxZipDownloads:  c.maxZipDownloads,
-		ZipQueue:         zipQueue(c.zipQueue),
+		ZipQueue:         c.zipQueue,
 		ZipQueueWait:     c.zipQueueWait,
 		SpoolQuota:       int64(c.spoolQuota),
-		MinFreeSpace:     minFree(int64(c.minFreeSpace)),
+		MinFreeSpace:     int64(c.minFreeSpace),
 		Logger:           logger,
 		Metrics:          proxy.NewMetrics(reg),
 	})
@@ -79,22 +79,4 @@ func (p *pipeline) sumdbHandler() http.Handler {
 func (p *pipeline) Close() {
 	p.fetcher.Close()
 	p.network.Close()
-}
-
-// zipQueue maps --zip-queue to proxy.Config.ZipQueue, where 0 means the
-// default and a negative value no queue.
-func zipQueue(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
-}
-
-// minFree maps --min-free-space to proxy.Config.MinFreeSpace, where 0 means
-// the default and a negative value none.
-func minFree(n int64) int64 {
-	if n == 0 {
-		return -1
-	}
-	return n
 }

@@ -110,15 +110,6 @@ func resolveSettings(ctx context.Context, c serveConfig, changed func(string) bo
 	if c.negativeTTL <= 0 {
 		return s, usagef("invalid --negative-ttl %s: must be positive", c.negativeTTL)
 	}
-	if c.maxZipDownloads <= 0 {
-		return s, usagef("invalid --max-zip-downloads %d: must be positive", c.maxZipDownloads)
-	}
-	if c.zipQueue < 0 {
-		return s, usagef("invalid --zip-queue %d: must not be negative", c.zipQueue)
-	}
-	if c.zipQueueWait <= 0 {
-		return s, usagef("invalid --zip-queue-wait %s: must be positive", c.zipQueueWait)
-	}
 	need := []string{}
 	if !changed("upstream") && !c.offline {
 		need = append(need, "GOPROXY")
@@ -208,6 +199,16 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	if err := c.net.validate(); err != nil {
 		return err
+	}
+	if err := c.validateZipBudget(); err != nil {
+		return err
+	}
+	// On the command line 0 means none; in proxy.Config, the default.
+	if c.zipQueue == 0 {
+		c.zipQueue = -1
+	}
+	if c.minFreeSpace == 0 {
+		c.minFreeSpace = -1
 	}
 	if len(set.privateUpstreams) > 0 && set.private == "" {
 		logger.Warn("--private-upstream is set but no private patterns are (--private or GOPRIVATE): it will never be used")
@@ -369,4 +370,17 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	if free, err := diskFree(c.store.Path()); err == nil {
 		ch <- prometheus.MustNewConstMetric(c.diskFree, prometheus.GaugeValue, float64(free))
 	}
+}
+
+// validateZipBudget checks serve's zip download budget flags.
+func (c serveConfig) validateZipBudget() error {
+	switch {
+	case c.maxZipDownloads <= 0:
+		return usagef("invalid --max-zip-downloads %d: must be positive", c.maxZipDownloads)
+	case c.zipQueue < 0:
+		return usagef("invalid --zip-queue %d: must not be negative", c.zipQueue)
+	case c.zipQueueWait <= 0:
+		return usagef("invalid --zip-queue-wait %s: must be positive", c.zipQueueWait)
+	}
+	return nil
 }
