@@ -105,8 +105,8 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 				errs = append(errs, &StatusError{Upstream: "off", Status: 404, Msg: "module lookup disabled by upstream list (off)"})
 				return false
 			}
-			if u.Direct {
-				errs = append(errs, &StatusError{Upstream: "direct", Status: 404, Msg: "direct fetching from version control is not supported yet"})
+			if u.Direct && f.cfg.Direct == nil {
+				errs = append(errs, errDirectDisabled)
 				return false
 			}
 			if f.health != nil {

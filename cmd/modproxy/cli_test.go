@@ -37,6 +37,7 @@ func TestCommandLineErrors(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
+	tmp := t.TempDir()
 	tests := []struct {
 		name string
 		env  []string
@@ -57,6 +58,8 @@ func TestCommandLineErrors(t *testing.T) {
 		{"bad min free space from env", []string{"MODPROXY_MIN_FREE_SPACE=12 parsecs"}, []string{"serve"}, "invalid MODPROXY_MIN_FREE_SPACE"},
 		{"zero zip downloads", nil, []string{"serve", "--max-zip-downloads", "0", "--upstream", "http://127.0.0.1:1", "--sumdb", "off"}, "invalid --max-zip-downloads"},
 		{"negative zip queue from env", []string{"MODPROXY_ZIP_QUEUE=-3"}, []string{"serve", "--upstream", "http://127.0.0.1:1", "--sumdb", "off"}, "invalid --zip-queue"},
+		{"bad goauth", nil, []string{"serve", "--listen", "127.0.0.1:0", "--db", filepath.Join(tmp, "a.db"), "--upstream", "direct", "--sumdb", "off", "--goauth", "git relative/dir"}, "invalid --goauth"},
+		{"bad govcs", nil, []string{"serve", "--listen", "127.0.0.1:0", "--db", filepath.Join(tmp, "b.db"), "--upstream", "direct", "--sumdb", "off", "--govcs", "nocolon"}, "invalid --govcs"},
 		{"unknown command", nil, []string{"frobnicate"}, "unknown command"},
 		{"no command", nil, nil, "missing command"},
 	}

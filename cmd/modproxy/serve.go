@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/direct"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -43,6 +44,8 @@ type serveConfig struct {
 	minFreeSpace    byteSize
 	shutdownTimeout time.Duration
 	net             netConfig
+	direct          directConfig
+	access          accessConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -88,6 +91,8 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.Var(&c.minFreeSpace, "min-free-space", "free space kept on the store's and the spool's file systems; below it zips are served unstored and /readyz answers 503")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	addNetFlags(f, &c.net)
+	addDirectFlags(f, &c.direct)
+	addAccessFlags(f, &c.access)
 	return cmd
 }
 
@@ -155,6 +160,16 @@ func resolveSettings(ctx context.Context, c serveConfig, changed func(string) bo
 		}
 		s.privateUpstreams = ups
 	}
+	if c.direct.goauth != "" {
+		if err := direct.CheckGOAUTH(c.direct.goauth); err != nil {
+			return s, usagef("invalid --goauth %q: %v", c.direct.goauth, err)
+		}
+	}
+	if c.direct.govcs != "" {
+		if _, err := direct.ParseGOVCS(c.direct.govcs); err != nil {
+			return s, usagef("invalid --govcs %q: %v", c.direct.govcs, err)
+		}
+	}
 	s.private = pick("private", c.private, "GOPRIVATE")
 	s.nosumdb = pick("nosumdb", c.nosumdb, "GONOSUMDB")
 	if s.nosumdb == "" {
@@ -210,6 +225,9 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	if c.minFreeSpace == 0 {
 		c.minFreeSpace = -1
 	}
+	if err := c.access.validate(changed); err != nil {
+		return err
+	}
 	if len(set.privateUpstreams) > 0 && set.private == "" {
 		logger.Warn("--private-upstream is set but no private patterns are (--private or GOPRIVATE): it will never be used")
 	}
@@ -247,18 +265,24 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	for p, h := range pl.network.DebugHandlers() {
 		extra[p] = h
 	}
+	acc, err := newAccessLayer(ctx, c.access, proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}), pl.fetcher.IsPrivate, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer acc.Close()
 	srv := &http.Server{
-		Handler:           proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}),
+		Handler:           acc.handler,
+		TLSConfig:         acc.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	logger.Info("modproxy serving",
-		"listen", ln.Addr().String(), "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
+		"listen", acc.scheme()+"://"+ln.Addr().String(), "admin_listen", c.access.adminListen, "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
 		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString())
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- acc.serve(srv, ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -267,6 +291,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	logger.Info("shutting down: draining in-flight requests", "timeout", c.shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
+	defer acc.shutdown(sctx)
 	if err := srv.Shutdown(sctx); err != nil {
 		// Close what is left before the store closes under it.
 		logger.Warn("shutdown did not drain every request; closing the rest", "err", err)
