@@ -280,7 +280,12 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	if release, err := f.slots.acquire(fl.ctx); err != nil {
 		ferr = err
 	} else {
-		ups, _ := f.upstreamsFor(req.Module)
+		ups, private := f.upstreamsFor(req.Module)
+		// The .mod's verification normally stored the record already; only
+		// without it is the lookup worth starting alongside the download.
+		if m, err := f.store.Stat(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod}); err != nil || m.State != cache.StateVerified {
+			f.lookupAhead(f.ctx, req, private)
+		}
 		var errs []error
 		_, rt, errs = tryUpstreams(fl.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
 			return f.downloadZip(ctx, key, req, u, fl)
