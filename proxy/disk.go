@@ -173,7 +173,26 @@ func (d *diskState) room(dir string, size int64) error {
 // noRoom records a verified miss of req that the store had no room for and
 // that is passed through to the client unstored.
 func (f *Fetcher) noRoom(req Request, err error) {
-	f.disk.markFull(filepath.Dir(f.store.Path()), oneLine(err.Error()))
+	if dir := storeDir(f.store); dir != "" {
+		f.disk.markFull(dir, oneLine(err.Error()))
+	}
 	f.m.servedUnstored.WithLabelValues(string(req.Kind)).Inc()
 	f.log.Warn("store disk full: serving unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
+}
+
+// storeDir is the directory of a store kept in a local file, "" for one
+// that is not (S3): its free space is not ours to watch.
+func storeDir(st Store) string {
+	if p, ok := st.(interface{ Path() string }); ok && p.Path() != "" {
+		return filepath.Dir(p.Path())
+	}
+	return ""
+}
+
+// localDirs are the directories whose file systems /readyz watches.
+func localDirs(st Store, spoolDir string) []string {
+	if dir := storeDir(st); dir != "" {
+		return []string{dir, spoolDir}
+	}
+	return []string{spoolDir}
 }

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -33,7 +32,7 @@ const (
 
 // Config configures a Fetcher and the Server built on it.
 type Config struct {
-	Store *cache.Store
+	Store Store
 	// Client sends every upstream request. Its transport should bound
 	// connect, first-byte and idle-body time, not the whole request (large
 	// zips must not time out while still flowing).
@@ -201,7 +200,7 @@ func (c *Config) setDefaults() {
 // that a client going away does not waste a download others wait for.
 type Fetcher struct {
 	cfg    Config
-	store  *cache.Store // artifacts enter only through gate
+	store  Store // artifacts enter only through gate
 	gate   *gate.Gate
 	health Health
 	log    *slog.Logger
@@ -257,7 +256,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		zipFlights: make(map[cache.Key]*zipFlight),
 		slots:      newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
 		quota:      &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
-		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), filepath.Dir(cfg.Store.Path()), cfg.SpoolDir),
+		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), localDirs(cfg.Store, cfg.SpoolDir)...),
 	}
 	if !cfg.NoPrefetch && !cfg.Offline {
 		f.pf = newPrefetcher(f)
@@ -563,7 +562,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 // "stale") when every upstream fails.
 func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 	key := string(req.Kind) + "/" + req.Module
-	entry, err := f.store.GetMeta(key)
+	entry, err := f.store.GetEntry(key)
 	haveStored := err == nil
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return nil, fmt.Errorf("read %s from store: %w", req, err)
@@ -608,7 +607,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 			return metaResult{}, herr
 		}
 		unstored := false
-		if err := f.store.PutMeta(key, data); err != nil {
+		if err := f.store.PutEntry(key, data); err != nil {
 			if !isNoSpace(err) {
 				return metaResult{}, fmt.Errorf("store %s: %w", req, err)
 			}

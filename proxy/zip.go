@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -103,7 +102,7 @@ const (
 // stream that follows a download in progress, or a complete zip the store
 // had no room for (Unstored).
 type ZipResult struct {
-	Reader *cache.Reader // non-nil when the zip is stored
+	Reader cache.ArtifactReader // non-nil when the zip is stored
 	Cache  string
 	Route  route
 	// Unstored: a verified zip served from the spool because the store's
@@ -277,7 +276,27 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	defer fl.cancel()
 	var ferr error
 	var rt route
-	if release, err := f.slots.acquire(fl.ctx); err != nil {
+	storedElsewhere := false
+	if l, ok := f.store.(FetchLeaser); ok {
+		// Before a download slot: waiting for another replica's fetch
+		// must not hold one.
+		release, stored, err := l.AcquireFetch(fl.ctx, key)
+		switch {
+		case err != nil && fl.ctx.Err() != nil:
+			ferr = fl.ctx.Err()
+		case err != nil:
+			ferr = &HTTPError{Status: http.StatusBadGateway, Err: err, Msg: fmt.Sprintf("%s.zip: cannot coordinate the fetch with the other replicas: %v", req, err)}
+		case stored:
+			// Another replica fetched it; waiters read the store.
+			storedElsewhere = true
+			f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
+		default:
+			defer release()
+		}
+	}
+	if ferr != nil || storedElsewhere {
+		// Nothing to download.
+	} else if release, err := f.slots.acquire(fl.ctx); err != nil {
 		ferr = err
 	} else {
 		ups, private := f.upstreamsFor(req.Module)
@@ -296,6 +315,7 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 		}
 	}
 	switch {
+	case storedElsewhere:
 	case ferr == nil:
 		f.m.fetches.WithLabelValues(string(KindZip), "ok").Inc()
 	case fl.ctx.Err() != nil && f.ctx.Err() == nil:
@@ -443,8 +463,9 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	f.noteUnverified(req, t)
 	// Staging a zip the store's disk cannot hold would grow the store file
 	// until the disk is full, and leave it that large: check first.
-	storeDir := filepath.Dir(f.store.Path())
-	err = f.disk.room(storeDir, written+written/16)
+	if dir := storeDir(f.store); dir != "" {
+		err = f.disk.room(dir, written+written/16)
+	}
 	var stored cache.Meta
 	if err == nil {
 		stored, err = f.gate.Commit(t)

@@ -60,9 +60,9 @@ func startFaultyNameServer(t *testing.T, name string) *faultyNameServer {
 	return ns
 }
 
-// metricValue sums the samples of the series whose line starts with
+// metricSum sums the samples of the series whose line starts with
 // prefix in a /metrics exposition.
-func metricValue(exposition, prefix string) float64 {
+func metricSum(exposition, prefix string) float64 {
 	var sum float64
 	for _, line := range strings.Split(exposition, "\n") {
 		if !strings.HasPrefix(line, prefix) {
@@ -109,7 +109,7 @@ func TestDNSFaultsEndToEnd(t *testing.T) {
 	newGoEnv(t, mp.URL, nil).run(t.TempDir(), "mod", "download", "example.com/dep@v1.2.0", "example.com/tool@v1.0.0")
 
 	_, metrics := mp.get(t, "/metrics")
-	if metricValue(metrics, `modproxy_dns_lookups_total{cache="stale"`) == 0 {
+	if metricSum(metrics, `modproxy_dns_lookups_total{cache="stale"`) == 0 {
 		t.Errorf("no lookup was served stale while the name server failed:\n%s", grepLines(metrics, "modproxy_dns_lookups_total"))
 	}
 	// For the record (no timing assertion): lookups did not wait for the
