@@ -50,9 +50,21 @@ func NewServer(f *Fetcher, opts ServerOptions) *Server {
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if err := s.f.store.Ping(); err != nil {
+	pingErr := s.f.store.Ping()
+	if pingErr != nil && !isNoSpace(pingErr) {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "store not writable: %s\n", oneLine(err.Error()))
+		fmt.Fprintf(w, "store not writable: %s\n", oneLine(pingErr.Error()))
+		return
+	}
+	// A full disk is rechecked on every probe, so readiness comes back
+	// when space is freed, without a restart.
+	why := s.f.disk.problem()
+	if pingErr != nil && why == "" {
+		why = "the store's heartbeat write failed: " + oneLine(pingErr.Error())
+	}
+	if why != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "disk full: %s\n", why)
 		return
 	}
 	fmt.Fprintln(w, "ready")
@@ -134,6 +146,10 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 const (
 	immutableCache = "public, max-age=31536000, immutable"
 )
+
+// warnUnstored marks an answer passed through without being stored
+// (RFC 9111 §5.5: 199 is a miscellaneous warning).
+const warnUnstored = `199 modproxy "not stored: the store's disk is full"`
 
 func (s *Server) serveModule(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/sumdb/") {
@@ -217,6 +233,9 @@ func (s *Server) serveSmall(w http.ResponseWriter, r *http.Request, req Request,
 	h.Set("Content-Type", contentType(req.Kind))
 	h.Set(headerCache, a.Cache)
 	setRoute(h, a.Route)
+	if a.Unstored {
+		h.Set("Warning", warnUnstored)
+	}
 	switch {
 	case req.Query:
 		h.Set("Cache-Control", "no-cache")
@@ -261,7 +280,16 @@ func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
 // the stored copy turns out damaged before a byte of it was sent (the store
 // has quarantined it by then, so the second attempt fetches it afresh).
 func (s *Server) serveZipAttempt(w http.ResponseWriter, r *http.Request, req Request, mayRefetch bool) {
-	z, err := s.f.Zip(r.Context(), req, r.Method == http.MethodGet)
+	mode := ZipWait
+	if r.Method == http.MethodGet {
+		mode = ZipStream
+		if !r.ProtoAtLeast(1, 1) {
+			// No chunked encoding: an answer of unknown length ends with
+			// a close, which an aborted stream cannot be told from.
+			mode = ZipStreamSized
+		}
+	}
+	z, err := s.f.Zip(r.Context(), req, mode)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -284,6 +312,12 @@ func (s *Server) serveZipAttempt(w http.ResponseWriter, r *http.Request, req Req
 		return
 	}
 	defer z.Close()
+	if z.Unstored {
+		h.Set("Cache-Control", immutableCache)
+		h.Set("Warning", warnUnstored)
+		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(z.spool, 0, z.Size))
+		return
+	}
 	headerSent, err := z.serveStream(r.Context(), w)
 	switch {
 	case err == nil:
@@ -394,10 +428,16 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	var herr *HTTPError
 	if !errors.As(err, &herr) {
 		herr = &HTTPError{Status: http.StatusInternalServerError, Msg: "internal error", Err: err}
-		if errors.Is(err, cache.ErrNotFound) {
+		switch {
+		case errors.Is(err, cache.ErrNotFound):
 			herr.Status, herr.Msg = http.StatusNotFound, "not found: "+oneLine(err.Error())
+		case isNoSpace(err):
+			herr.Status, herr.Msg = http.StatusInsufficientStorage, "insufficient storage: "+oneLine(err.Error())
 		}
 		s.log.Error("request failed", "err", err)
+	}
+	if herr.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((herr.RetryAfter+time.Second-1)/time.Second)))
 	}
 	if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
 		w.Header().Set(headerCache, "negative")
