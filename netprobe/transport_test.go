@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -323,26 +324,43 @@ func TestOutcomes(t *testing.T) {
 	}
 }
 
+// A body that stops making progress is aborted once its Read has waited
+// IdleBodyTimeout; a body that keeps flowing is not, however long it takes
+// in all.
+//
+// Load can only make a stall longer, so the stalled case is decided by the
+// error alone (the server holds the connection open until the client gives
+// up, so nothing but the idle timer can end it) plus a lower bound the
+// timeout guarantees. The flowing case needs pauses shorter than the
+// timeout: they are a twentieth of it, a margin no scheduling delay on a
+// loaded machine comes near, and in all the body takes longer than the
+// timeout, so a timer over the whole body (not each Read) would fail it.
 func TestIdleBodyTimeout(t *testing.T) {
+	const (
+		idle   = time.Second
+		pause  = idle / 20
+		chunks = 30 // 30 pauses of 50 ms: 1.5 s, longer than idle
+	)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "100")
 		switch {
 		case strings.Contains(r.URL.Path, "stall"):
+			w.Header().Set("Content-Length", "100")
 			w.Write(make([]byte, 10))
 			w.(http.Flusher).Flush()
 			select { // stall until the client gives up
 			case <-r.Context().Done():
-			case <-time.After(3 * time.Second):
+			case <-time.After(hangGuard):
 			}
-		default: // slow but flowing: 10 bytes every 80ms, 800ms in all
-			for range 10 {
+		default: // slow but flowing
+			w.Header().Set("Content-Length", strconv.Itoa(10*chunks))
+			for range chunks {
 				w.Write(make([]byte, 10))
 				w.(http.Flusher).Flush()
-				time.Sleep(80 * time.Millisecond)
+				time.Sleep(pause)
 			}
 		}
 	})
-	e := newEnv(t, h, "", func(c *Config) { c.IdleBodyTimeout = 250 * time.Millisecond })
+	e := newEnv(t, h, "", func(c *Config) { c.IdleBodyTimeout = idle })
 
 	start := time.Now()
 	_, body, err := e.get(t, "/m/@v/v1.0.0-stall.zip")
@@ -356,19 +374,27 @@ func TestIdleBodyTimeout(t *testing.T) {
 	if len(body) != 10 {
 		t.Errorf("read %d bytes before the stall, want 10", len(body))
 	}
-	if el := time.Since(start); el > 2*time.Second {
-		t.Errorf("abort took %v", el)
+	if el := time.Since(start); el < idle {
+		t.Errorf("stalled body aborted after %v, before the %v idle timeout", el, idle)
 	}
 	if got := e.requests(t, OutcomeTimeout); got != 1 {
 		t.Errorf("timeout outcomes = %v", got)
 	}
+	// The aborted request's transfer phase ran from the first byte to the
+	// abort, which came at least idle after the Read it ended had started.
+	if n, sum := e.phase(t, "zip", PhaseTransfer); n != 1 || sum < idle.Seconds() {
+		t.Errorf("transfer after the stall: count %d sum %.3fs, want 1 and at least %v", n, sum, idle)
+	}
 
 	_, body, err = e.get(t, "/m/@v/v1.0.0.zip")
-	if err != nil || len(body) != 100 {
+	if err != nil || len(body) != 10*chunks {
 		t.Fatalf("slow flowing body: %d bytes, err %v", len(body), err)
 	}
-	if n, sum := e.phase(t, "zip", PhaseTransfer); n != 2 || sum < 0.7 {
-		t.Errorf("transfer: count %d sum %.3f", n, sum)
+	if n, _ := e.phase(t, "zip", PhaseTransfer); n != 2 {
+		t.Errorf("transfer after the flowing body: count %d, want 2", n)
+	}
+	if got := e.requests(t, OutcomeOK); got != 1 {
+		t.Errorf("ok outcomes = %v", got)
 	}
 }
 
