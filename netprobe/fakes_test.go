@@ -28,6 +28,7 @@ type fakeDNS struct {
 	delay    time.Duration
 	rcode    int // non-zero: answer every query with this rcode
 	silent   bool
+	hold     chan struct{}  // non-nil: answers wait until it is closed
 	truncate bool           // UDP answers are empty and truncated
 	counts   map[string]int // "name TYPE proto" → queries
 
@@ -116,9 +117,13 @@ func (f *fakeDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	delay, silent, rcode, trunc := f.delay, f.silent, f.rcode, f.truncate
 	ttl, soaMin := f.ttl, f.soaMin
 	a, aaaa, nx := f.a[q.Name], f.aaaa[q.Name], f.nx[q.Name]
+	hold := f.hold
 	f.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
+	}
+	if hold != nil {
+		<-hold
 	}
 	if silent {
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -135,22 +136,43 @@ func TestResolverStaleAnswerTimeout(t *testing.T) {
 	clock := newFakeClock()
 	cfg.Clock = clock.Now
 	cfg.DisableDNSPrefetch = true
-	cfg.DNSTimeout = 2 * time.Second
+	// A refresh that failed by timing out would be served stale too: the
+	// query timeout lies beyond the hang guard, so that only the stale
+	// answer timeout can end the lookup below.
+	cfg.DNSTimeout = 2 * hangGuard
 	cfg.DNSStaleAnswerTimeout = 100 * time.Millisecond
 	p := newTestProbe(t, cfg)
 	if _, err := p.Resolver().LookupNetIP(context.Background(), "upstream.test"); err != nil {
 		t.Fatal(err)
 	}
-	f.set(func(f *fakeDNS) { f.delay = 500 * time.Millisecond })
+	// The refresh gets no answer until the lookup has returned, and the
+	// answer it would get differs: the lookup can only return, and return
+	// 127.0.0.1, by giving up on the refresh and serving the stale answer.
+	hold := make(chan struct{})
+	defer close(hold)
+	f.set(func(f *fakeDNS) { f.hold = hold; f.a["upstream.test."] = []string{"127.0.0.2"} })
 	clock.Advance(2 * time.Minute)
-	start := time.Now()
-	addrs, err := p.Resolver().LookupNetIP(context.Background(), "upstream.test")
-	if err != nil {
-		t.Fatal(err)
+	type result struct {
+		addrs []netip.Addr
+		err   error
 	}
-	mustAddrs(t, addrs, "127.0.0.1")
-	if el := time.Since(start); el > 400*time.Millisecond {
-		t.Errorf("stale answer took %v, want about the stale answer timeout", el)
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		addrs, err := p.Resolver().LookupNetIP(context.Background(), "upstream.test")
+		done <- result{addrs, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		mustAddrs(t, r.addrs, "127.0.0.1")
+	case <-time.After(hangGuard):
+		t.Fatal("lookup waited for the unanswered refresh instead of serving the stale answer")
+	}
+	if el := time.Since(start); el < cfg.DNSStaleAnswerTimeout {
+		t.Errorf("stale answer after %v, before the %v stale answer timeout", el, cfg.DNSStaleAnswerTimeout)
 	}
 }
 
