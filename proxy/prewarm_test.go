@@ -388,26 +388,51 @@ func TestPrewarmCancelStopsPromptly(t *testing.T) {
 	}
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
+			const hangGuard = 2 * time.Minute
 			e := newPWEnv(t, mods...)
-			e.up.SetFaults(testupstream.Fault{Delay: 100 * time.Millisecond})
+			// The first module asked for is served; every other one hangs
+			// until its request is abandoned. So one module completes, and
+			// Prewarm can only return after the cancellation that follows
+			// by abandoning the fetches in flight, not by waiting for them.
+			var free atomic.Pointer[string]
+			e.up.SetFaults(testupstream.Fault{Delay: 10 * hangGuard, Match: func(p string) bool {
+				mod, _, ok := strings.Cut(p, "/@v/")
+				if !ok {
+					return false
+				}
+				free.CompareAndSwap(nil, &mod)
+				return *free.Load() != mod
+			}})
 			errStop := errors.New("stop requested")
 			ctx, cancel := context.WithCancelCause(context.Background())
 			defer cancel(nil)
-			var cancelled atomic.Pointer[time.Time]
 			opts := e.options(b.new(t, e))
 			opts.Jobs = 2
 			opts.Progress = func(p PrewarmProgress) {
-				if now := time.Now(); p.Done == 1 && cancelled.CompareAndSwap(nil, &now) {
+				if p.Done == 1 {
 					cancel(errStop)
 				}
 			}
 			needs := e.goSumNeeds(t, func(testupstream.Module) bool { return true })
-			rep, err := Prewarm(ctx, needs, opts)
-			if !errors.Is(err, errStop) {
-				t.Fatalf("err = %v, want the cancellation cause", err)
+			type result struct {
+				rep *PrewarmReport
+				err error
 			}
-			if d := time.Since(*cancelled.Load()); d > time.Second {
-				t.Errorf("Prewarm returned %s after cancellation", d)
+			done := make(chan result, 1)
+			go func() {
+				rep, err := Prewarm(ctx, needs, opts)
+				done <- result{rep, err}
+			}()
+			var rep *PrewarmReport
+			select {
+			case r := <-done:
+				rep = r.rep
+				if !errors.Is(r.err, errStop) {
+					t.Fatalf("err = %v, want the cancellation cause", r.err)
+				}
+			case <-time.After(hangGuard):
+				cancel(errStop)
+				t.Fatalf("Prewarm still running %v after it was cancelled with fetches hanging", hangGuard)
 			}
 			if rep == nil || rep.Modules != 20 || rep.Fetched+rep.Cached+rep.Failed != 20 || rep.Fetched < 1 || rep.Failed < 10 {
 				t.Fatalf("report: %+v", rep)
