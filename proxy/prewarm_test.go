@@ -364,7 +364,7 @@ func TestPrewarmHonoursJobs(t *testing.T) {
 	for _, jobs := range []int{1, 3} {
 		t.Run(fmt.Sprint(jobs), func(t *testing.T) {
 			e := newPWEnv(t, mods...)
-			e.up.SetFaults(testupstream.Fault{Delay: 30 * time.Millisecond})
+			e.flight.holdUntil(jobs)
 			opts := e.options(NewFetcherBackend(e.f, e.sumdb))
 			opts.Jobs = jobs
 			rep, err := Prewarm(context.Background(), e.goSumNeeds(t, func(testupstream.Module) bool { return true }), opts)
@@ -373,6 +373,9 @@ func TestPrewarmHonoursJobs(t *testing.T) {
 			}
 			if rep.Fetched != 6 || rep.Failed != 0 {
 				t.Fatalf("report: %+v", rep)
+			}
+			if e.flight.starved.Load() {
+				t.Errorf("%d upstream requests were never in flight at once", jobs)
 			}
 			if got := e.flight.max.Load(); got != int64(jobs) {
 				t.Errorf("at most %d upstream requests in flight, want %d", got, jobs)
@@ -506,9 +509,23 @@ func checkStoreWhole(t *testing.T, e *pwEnv) {
 
 // inFlight is a RoundTripper that records the most requests it had in
 // flight at once: from the request until its response body is closed.
+//
+// With holdUntil(n), the first requests wait until n are in flight at once
+// (then none waits again), so that reaching n depends on how many the
+// caller runs concurrently, not on how the scheduler overlaps them.
 type inFlight struct {
 	next     http.RoundTripper
 	now, max atomic.Int64
+
+	wave     int64         // holdUntil's n; 0: no holding
+	full     chan struct{} // closed once wave requests were in flight
+	fullOnce sync.Once
+	starved  atomic.Bool // the hang guard opened the gate, not the wave
+}
+
+// holdUntil makes the first requests wait until n are in flight at once.
+func (c *inFlight) holdUntil(n int) {
+	c.wave, c.full = int64(n), make(chan struct{})
 }
 
 func (c *inFlight) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -517,6 +534,18 @@ func (c *inFlight) RoundTrip(req *http.Request) (*http.Response, error) {
 		m := c.max.Load()
 		if n <= m || c.max.CompareAndSwap(m, n) {
 			break
+		}
+	}
+	if c.wave > 0 {
+		if n >= c.wave {
+			c.fullOnce.Do(func() { close(c.full) })
+		}
+		select {
+		case <-c.full:
+		case <-req.Context().Done():
+		case <-time.After(2 * time.Minute): // hang guard
+			c.starved.Store(true)
+			c.fullOnce.Do(func() { close(c.full) })
 		}
 	}
 	resp, err := c.next.RoundTrip(req)
