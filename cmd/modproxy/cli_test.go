@@ -88,13 +88,13 @@ func TestSecondProcessOnStoreFailsFast(t *testing.T) {
 	defer up.Close()
 	db := filepath.Join(t.TempDir(), "modproxy.db")
 	startModproxy(t, "--db", db, "--upstream", up.URL(), "--sumdb", "off")
-	start := time.Now()
+	// The message comes only once the lock timeout has expired; a serve that
+	// waited for the lock instead would be killed by runBin's hang guard,
+	// without it. How long failing takes is the cache package's test
+	// (TestSecondProcessFailsFast), not a wall-clock bound here.
 	out, code := runBin(t, nil, "serve", "--listen", freeAddr(t), "--db", db, "--upstream", up.URL(), "--sumdb", "off", "--ebpf=off")
 	if code == 0 || !strings.Contains(out, "in use by another process") {
 		t.Errorf("second serve: exit %d, %q", code, out)
-	}
-	if took := time.Since(start); took > 10*time.Second {
-		t.Errorf("second serve took %v to fail", took)
 	}
 }
 
