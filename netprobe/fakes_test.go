@@ -188,7 +188,7 @@ func testConfig(t *testing.T, dnsAddr string) (Config, *prometheus.Registry) {
 	return Config{
 		DNSServers:     []string{dnsAddr},
 		HostsFile:      filepath.Join(t.TempDir(), "hosts"),
-		DNSTimeout:     300 * time.Millisecond,
+		DNSTimeout:     5 * time.Second, // answers come; tests of timeouts set their own
 		DNSAttempts:    1,
 		DNSMinTTL:      time.Second,
 		ConnectTimeout: 2 * time.Second,

@@ -239,7 +239,7 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 	e.srv.TLS.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		select {
 		case <-release:
-		case <-time.After(2 * time.Second):
+		case <-time.After(hangGuard):
 		}
 		return nil, nil
 	}
@@ -273,7 +273,7 @@ func TestOutcomes(t *testing.T) {
 		case strings.HasSuffix(r.URL.Path, "/slow/@v/list"):
 			select {
 			case <-r.Context().Done():
-			case <-time.After(2 * time.Second):
+			case <-time.After(hangGuard):
 			}
 		}
 	})
