@@ -606,6 +606,30 @@ func nft(args ...string) error {
 	return nil
 }
 
+// nftTablePrefix names the SYN-drop test's nft tables; the owner's pid
+// follows.
+const nftTablePrefix = "modproxytest"
+
+// removeStaleTables deletes the SYN-drop tables of processes that no longer
+// exist.
+func removeStaleTables(t *testing.T) {
+	out, err := exec.Command("nft", "list", "tables", "inet").CombinedOutput()
+	if err != nil {
+		t.Logf("nft list tables: %v: %s", err, out)
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, ok := strings.CutPrefix(strings.TrimSpace(line), "table inet "+nftTablePrefix)
+		if !ok {
+			continue
+		}
+		pid, err := strconv.Atoi(name)
+		if err == nil && syscall.Kill(pid, 0) == syscall.ESRCH {
+			nft("delete", "table", "inet", nftTablePrefix+name)
+		}
+	}
+}
+
 // nftDrops returns the packet count of the SYN-drop rule's counter in table.
 func nftDrops(t *testing.T, table string) int {
 	out, err := exec.Command("nft", "list", "chain", "inet", table, "out").CombinedOutput()
@@ -637,10 +661,14 @@ func TestSYNDrop(t *testing.T) {
 	ln := echoServer(t)
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 
-	const table = "modproxytest"
+	// One table per process: test binaries of other worktrees or packages
+	// may run this test at the same time, and a shared name would let one
+	// delete the other's rule. Tables of processes that are gone (aborted
+	// runs) are removed.
+	table := nftTablePrefix + strconv.Itoa(os.Getpid())
+	removeStaleTables(t)
 	var once sync.Once
 	deleteTable := func() { once.Do(func() { nft("delete", "table", "inet", table) }) }
-	nft("delete", "table", "inet", table) // leftover from an aborted run
 	if err := nft("add", "table", "inet", table); err != nil {
 		t.Fatal(err)
 	}
