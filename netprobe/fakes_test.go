@@ -191,7 +191,7 @@ func testConfig(t *testing.T, dnsAddr string) (Config, *prometheus.Registry) {
 		DNSTimeout:     5 * time.Second, // answers come; tests of timeouts set their own
 		DNSAttempts:    1,
 		DNSMinTTL:      time.Second,
-		ConnectTimeout: 2 * time.Second,
+		ConnectTimeout: 10 * time.Second,
 		Registerer:     reg,
 	}, reg
 }

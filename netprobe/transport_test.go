@@ -297,7 +297,9 @@ func TestOutcomes(t *testing.T) {
 			}
 		}
 	})
-	e := newEnv(t, h, "", func(c *Config) { c.FirstByteTimeout = 150 * time.Millisecond })
+	// Long enough for every prompt answer on a loaded machine; only the
+	// slow path, which never answers, waits it out.
+	e := newEnv(t, h, "", func(c *Config) { c.FirstByteTimeout = 2 * time.Second })
 	for path, want := range map[string]string{
 		"404": OutcomeNotFound, "410": OutcomeNotFound, "403": OutcomeForbidden,
 		"400": OutcomeClientError, "503": OutcomeServerError, "reset": OutcomeReset, "slow": OutcomeTimeout,
