@@ -29,7 +29,7 @@ func newTestVerifier(t *testing.T, db *testsumdb.DB, st *cache.Store, edit func(
 	cfg := sumdb.Config{
 		VerifierKey: db.VerifierKey(),
 		URL:         db.URL(),
-		Timeout:     5 * time.Second,
+		Timeout:     time.Minute, // a hang guard: no test waits it out
 		Client:      &http.Client{Transport: &http.Transport{}},
 		Logger:      slog.New(slog.DiscardHandler),
 	}

@@ -144,7 +144,7 @@ func testConfig(db *testsumdb.DB) Config {
 	return Config{
 		VerifierKey: db.VerifierKey(),
 		URL:         db.URL(),
-		Timeout:     5 * time.Second,
+		Timeout:     time.Minute, // a hang guard: no test waits it out
 		Logger:      slog.New(slog.DiscardHandler),
 	}
 }
