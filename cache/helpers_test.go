@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -37,6 +38,21 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
+}
+
+// hangGuard bounds waits for events that must happen: long enough that no
+// load on a shared machine reaches it, so reaching it means a hang, never
+// slowness.
+const hangGuard = 2 * time.Minute
+
+// fileSize returns the size of the file at path.
+func fileSize(t testing.TB, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }
 
 // testOptions uses small chunks and staging transactions of 4 chunks, so

@@ -32,6 +32,7 @@ type fakeDNS struct {
 	delay    time.Duration
 	rcode    int // non-zero: answer every query with this rcode
 	silent   bool
+	hold     chan struct{}  // non-nil: answers wait until it is closed
 	truncate bool           // UDP answers are empty and truncated
 	counts   map[string]int // "name TYPE proto" → queries
 
@@ -134,9 +135,13 @@ func (f *fakeDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	if f.partial && len(chain) > 0 {
 		a, aaaa = nil, nil
 	}
+	hold := f.hold
 	f.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
+	}
+	if hold != nil {
+		<-hold
 	}
 	if silent || drop {
 		return
@@ -203,10 +208,10 @@ func testConfig(t *testing.T, dnsAddr string) (Config, *prometheus.Registry) {
 	return Config{
 		DNSServers:     []string{dnsAddr},
 		HostsFile:      filepath.Join(t.TempDir(), "hosts"),
-		DNSTimeout:     300 * time.Millisecond,
+		DNSTimeout:     5 * time.Second, // answers come; tests of timeouts set their own
 		DNSAttempts:    1,
 		DNSMinTTL:      time.Second,
-		ConnectTimeout: 2 * time.Second,
+		ConnectTimeout: 10 * time.Second,
 		Registerer:     reg,
 	}, reg
 }
