@@ -79,14 +79,14 @@ func (s *Store) CopyMetaTo(dst *Store, keep func(key string) bool, overwrite boo
 	if dst.readOnly {
 		return 0, fmt.Errorf("copy meta to %s: %w", dst.path, errReadOnly)
 	}
-	n, err := copyPairs(s, dst, bucketMeta, nil, overwrite,
+	n, err := copyPairs(s, dst, bucketEntries, nil, overwrite,
 		func(k, v []byte) (bool, error) {
 			if _, err := decodeEntry(v); err != nil {
 				return false, fmt.Errorf("meta %q: %w", k, err)
 			}
 			return keep == nil || keep(string(k)), nil
 		},
-		func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketMeta), nil })
+		func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketEntries), nil })
 	if err != nil {
 		return n, fmt.Errorf("copy meta from %s to %s: %w", s.path, dst.path, err)
 	}
@@ -105,7 +105,7 @@ func copyPairs(s, dst *Store, bucket, parent []byte, overwrite bool,
 		if len(batch) == 0 {
 			return nil
 		}
-		err := dst.db.Update(func(tx *bbolt.Tx) error {
+		err := dst.update(func(tx *bbolt.Tx) error {
 			b, err := dstBucket(tx)
 			if err != nil {
 				return err
@@ -151,7 +151,7 @@ func copyPairs(s, dst *Store, bucket, parent []byte, overwrite bool,
 // KVBuckets returns the names of the key/value buckets (see PutKV), sorted.
 func (s *Store) KVBuckets() ([]string, error) {
 	var names []string
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketKV).ForEachBucket(func(k []byte) error {
 			names = append(names, string(k))
 			return nil

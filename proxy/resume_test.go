@@ -26,7 +26,6 @@ func bigModule() testupstream.Module {
 	return testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + string(big)}}
 }
 
-func isZip(p string) bool { return strings.HasSuffix(p, ".zip") }
 
 // A zip that fails after streaming began is resumed from the next '|'
 // upstream: with Range where it supports it, else by skipping what the

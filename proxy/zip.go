@@ -34,20 +34,42 @@ var errStreamFailed = errors.New("download failed after streaming to clients beg
 // the spool as it arrives; its last byte is withheld until it is verified
 // and committed, and the clients' connections are aborted if it fails, so no
 // client ever sees a clean end of a bad zip.
+//
+// A flight runs on its own context: when every client waiting for it (or
+// following its stream) has left, it is cancelled and forgotten, unless a
+// prewarm asked for it. It holds one of the Fetcher's download slots while
+// it talks to upstreams, and its spool file's bytes count against the spool
+// quota until the file is removed.
 type zipFlight struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every state change
 	streaming bool          // clients may read the spool
-	spool     string        // the spool file of the streaming attempt
+	spool     string        // the spool file clients read (streaming or pass-through)
 	written   int64         // bytes in the spool
 	size      int64         // Content-Length of the streaming attempt, or -1
 	done      bool
 	err       error
 	rt        route
+	// unstored: the zip was verified but the store had no room; clients
+	// are served the spool file, which stays until the last of them opened
+	// it.
+	unstored bool
+
+	// Guarded by Fetcher.zipMu.
+	waiting   int         // clients inside Fetcher.Zip
+	following int         // clients reading the spool (streaming or unstored)
+	keep      bool        // a prewarm asked: never cancelled for want of clients
+	finished  bool        // runZip returned
+	owned     *os.File    // the spool file clients read, held open (and locked) until removed
+	lease     *spoolLease // its share of the spool quota
 }
 
-func newZipFlight() *zipFlight {
-	return &zipFlight{changed: make(chan struct{}), size: -1}
+func newZipFlight(parent context.Context) *zipFlight {
+	ctx, cancel := context.WithCancel(parent)
+	return &zipFlight{ctx: ctx, cancel: cancel, changed: make(chan struct{}), size: -1}
 }
 
 // update changes the flight's state under its lock and wakes waiters.
@@ -59,14 +81,40 @@ func (fl *zipFlight) update(fn func()) {
 	fl.mu.Unlock()
 }
 
+// ZipMode says what a caller of Fetcher.Zip may receive while the zip is
+// still downloading.
+type ZipMode int
+
+const (
+	// ZipWait returns only a complete zip (HEAD requests).
+	ZipWait ZipMode = iota
+	// ZipStream follows a download in progress: for clients that see an
+	// aborted connection as an error (HTTP/1.1 chunked, HTTP/2).
+	ZipStream
+	// ZipStreamSized follows a download only when its size is known, so
+	// that a withheld last byte marks a failure; otherwise it waits for
+	// the committed zip. For HTTP/1.0 clients, whose answer of unknown
+	// length ends with a close that looks complete.
+	ZipStreamSized
+	// ZipPrewarm waits for the complete zip, and the download goes on
+	// even if the caller leaves.
+	ZipPrewarm
+)
+
 // ZipResult is a zip ready to serve: either a reader of the stored zip, or a
-// stream that follows a download in progress.
+// stream that follows a download in progress, or a complete zip the store
+// had no room for (Unstored).
 type ZipResult struct {
-	Reader *cache.Reader // non-nil when the zip is stored
+	Reader cache.ArtifactReader // non-nil when the zip is stored
 	Cache  string
 	Route  route
-	flight *zipFlight
-	spool  *os.File
+	// Unstored: a verified zip served from the spool because the store's
+	// disk was full; Size is its length.
+	Unstored bool
+	Size     int64
+	flight   *zipFlight
+	spool    *os.File
+	release  func()
 }
 
 // Close releases the reader or spool file.
@@ -74,16 +122,21 @@ func (z *ZipResult) Close() error {
 	if z.Reader != nil {
 		return z.Reader.Close()
 	}
+	var err error
 	if z.spool != nil {
-		return z.spool.Close()
+		err = z.spool.Close()
 	}
-	return nil
+	if z.release != nil {
+		z.release()
+		z.release = nil
+	}
+	return err
 }
 
 // Zip returns the zip named by req: from the store, or from a download
-// shared with concurrent requests. stream is false for a client that must
-// not be streamed to (HEAD), which waits for the committed zip instead.
-func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult, error) {
+// shared with concurrent requests; mode says whether the caller may follow
+// a download in progress.
+func (f *Fetcher) Zip(ctx context.Context, req Request, mode ZipMode) (*ZipResult, error) {
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindZip}
 	r, err := f.store.Open(key)
 	if err == nil {
@@ -103,37 +156,51 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 	f.zipMu.Lock()
 	fl, joined := f.zipFlights[key]
 	if !joined {
-		fl = newZipFlight()
+		fl = newZipFlight(f.ctx)
 		f.zipFlights[key] = fl
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
 			f.runZip(key, req, fl)
-			f.zipMu.Lock()
-			delete(f.zipFlights, key)
-			f.zipMu.Unlock()
 		}()
 	} else {
 		f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
 	}
+	fl.waiting++
+	fl.keep = fl.keep || mode == ZipPrewarm
 	f.zipMu.Unlock()
 
+	follows := false
+	defer func() { f.leaveZip(key, fl, follows) }()
 	for {
 		fl.mu.Lock()
-		done, streaming, ch := fl.done, fl.streaming, fl.changed
-		if streaming && stream && !done {
+		done, streaming, ch, size := fl.done, fl.streaming, fl.changed, fl.size
+		if streaming && !done && (mode == ZipStream || mode == ZipStreamSized && size >= 0) {
 			spool, err := os.Open(fl.spool)
 			fl.mu.Unlock()
 			if err != nil {
 				return nil, fmt.Errorf("follow download of %s: %w", req, err)
 			}
-			return &ZipResult{Cache: "miss", flight: fl, spool: spool}, nil
+			follows = true
+			return &ZipResult{Cache: "miss", flight: fl, spool: spool, release: f.unfollow(key, fl)}, nil
 		}
-		ferr, rt := fl.err, fl.rt
+		ferr, rt, unstored, spoolName, written := fl.err, fl.rt, fl.unstored, fl.spool, fl.written
 		fl.mu.Unlock()
 		if done {
 			if ferr != nil {
 				return nil, ferr
+			}
+			if unstored && mode == ZipPrewarm {
+				// Prewarm is there to store: a zip it cannot keep failed.
+				return nil, insufficientStorage("%s.zip was verified but not stored: the store's disk is full", req)
+			}
+			if unstored {
+				spool, err := os.Open(spoolName)
+				if err != nil {
+					return nil, fmt.Errorf("read unstored download of %s: %w", req, err)
+				}
+				follows = true
+				return &ZipResult{Cache: "miss", Route: rt, Unstored: true, Size: written, spool: spool, release: f.unfollow(key, fl)}, nil
 			}
 			r, err := f.store.Open(key)
 			if err != nil {
@@ -149,57 +216,163 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 	}
 }
 
+// leaveZip is a client leaving Fetcher.Zip, either with its own descriptor
+// of the spool (follows) or done with the flight.
+func (f *Fetcher) leaveZip(key cache.Key, fl *zipFlight, follows bool) {
+	f.zipMu.Lock()
+	defer f.zipMu.Unlock()
+	fl.waiting--
+	if follows {
+		fl.following++
+	}
+	f.settleLocked(key, fl)
+}
+
+// unfollow returns the release of a client reading the spool.
+func (f *Fetcher) unfollow(key cache.Key, fl *zipFlight) func() {
+	return func() {
+		f.zipMu.Lock()
+		defer f.zipMu.Unlock()
+		fl.following--
+		f.settleLocked(key, fl)
+	}
+}
+
+// settleLocked cancels a flight nobody wants any more and removes the spool
+// of a finished one once no client is about to open it. f.zipMu is held.
+func (f *Fetcher) settleLocked(key cache.Key, fl *zipFlight) {
+	if fl.finished {
+		if fl.waiting == 0 {
+			f.dropSpoolLocked(fl)
+		}
+		return
+	}
+	if fl.waiting+fl.following > 0 || fl.keep || fl.ctx.Err() != nil {
+		return
+	}
+	// Every client left: stop the download, and let the next request for
+	// this zip start afresh rather than join a dying flight.
+	if f.zipFlights[key] == fl {
+		delete(f.zipFlights, key)
+	}
+	fl.cancel()
+	f.m.zipCanceled.Inc()
+}
+
+// dropSpoolLocked removes the flight's spool file; followers keep reading
+// through their own descriptors. f.zipMu is held.
+func (f *Fetcher) dropSpoolLocked(fl *zipFlight) {
+	if fl.owned == nil {
+		return
+	}
+	if err := os.Remove(fl.owned.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		f.log.Warn("cannot remove spool file", "file", fl.owned.Name(), "err", err)
+	}
+	fl.owned.Close()
+	fl.owned = nil
+	fl.lease.release()
+}
+
 // runZip downloads, checks, verifies and stores one zip, trying upstreams
 // in turn, and publishes the outcome to fl.
 func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
-	ups, private := f.upstreamsFor(req.Module)
-	// The .mod's verification normally stored the record already; only
-	// without it is the lookup worth starting alongside the download.
-	if m, err := f.store.Stat(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod}); err != nil || m.State != cache.StateVerified {
-		f.lookupAhead(f.ctx, req, private)
-	}
-	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
-		return f.downloadZip(ctx, key, req, u, fl)
-	})
+	defer fl.cancel()
 	var ferr error
-	if rt.upstream == "" {
-		herr := upstreamFailure(req, errs)
-		if len(ups) == 0 {
-			herr = notFoundf("%s is private and no private upstream is configured", req.Module)
+	var rt route
+	storedElsewhere := false
+	if l, ok := f.store.(FetchLeaser); ok {
+		// Before a download slot: waiting for another replica's fetch
+		// must not hold one.
+		release, stored, err := l.AcquireFetch(fl.ctx, key)
+		switch {
+		case err != nil && fl.ctx.Err() != nil:
+			ferr = fl.ctx.Err()
+		case err != nil:
+			ferr = &HTTPError{Status: http.StatusBadGateway, Err: err, Msg: fmt.Sprintf("%s.zip: cannot coordinate the fetch with the other replicas: %v", req, err)}
+		case stored:
+			// Another replica fetched it; waiters read the store.
+			storedElsewhere = true
+			f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
+		default:
+			defer release()
 		}
-		if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
-			f.neg.put(req.String()+".zip", herr)
-		}
-		ferr = herr
-		f.m.fetches.WithLabelValues(string(KindZip), "error").Inc()
-		f.log.Warn("zip fetch failed", "module", req.Module, "version", req.Version, "err", herr.Msg)
+	}
+	if ferr != nil || storedElsewhere {
+		// Nothing to download.
+	} else if release, err := f.slots.acquire(fl.ctx); err != nil {
+		ferr = err
 	} else {
+		ups, private := f.upstreamsFor(req.Module)
+		// The .mod's verification normally stored the record already; only
+		// without it is the lookup worth starting alongside the download.
+		if m, err := f.store.Stat(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod}); err != nil || m.State != cache.StateVerified {
+			f.lookupAhead(f.ctx, req, private)
+		}
+		var errs []error
+		_, rt, errs = tryUpstreams(fl.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
+			return f.downloadZip(ctx, key, req, u, fl)
+		})
+		release()
+		if rt.upstream == "" {
+			ferr = f.zipFailure(req, ups, errs)
+		}
+	}
+	switch {
+	case storedElsewhere:
+	case ferr == nil:
 		f.m.fetches.WithLabelValues(string(KindZip), "ok").Inc()
+	case fl.ctx.Err() != nil && f.ctx.Err() == nil:
+		f.log.Debug("zip download cancelled: every client left", "module", req.Module, "version", req.Version)
+	default:
+		f.m.fetches.WithLabelValues(string(KindZip), "error").Inc()
+		f.log.Warn("zip fetch failed", "module", req.Module, "version", req.Version, "err", oneLine(ferr.Error()))
 	}
-	var spool string
-	fl.update(func() {
-		fl.done, fl.err, fl.rt = true, ferr, rt
-		spool = fl.spool
-	})
-	if spool != "" {
-		// Followers hold open descriptors; unlinking is safe.
-		os.Remove(spool)
+	// Finished before done: a client that sees done and leaves must not
+	// take the flight for one still running and cancel it.
+	f.zipMu.Lock()
+	fl.finished = true
+	if f.zipFlights[key] == fl {
+		delete(f.zipFlights, key)
 	}
+	f.zipMu.Unlock()
+	fl.update(func() { fl.done, fl.err, fl.rt = true, ferr, rt })
+	f.zipMu.Lock()
+	f.settleLocked(key, fl)
+	f.zipMu.Unlock()
+}
+
+// zipFailure sums up a failed zip flight for its clients. A refusal of the
+// proxy's own (busy, no space) is answered as such, not as an upstream
+// failure; not-found answers are remembered.
+func (f *Fetcher) zipFailure(req Request, ups []Upstream, errs []error) error {
+	for _, err := range errs {
+		if herr, ok := err.(*HTTPError); ok {
+			return herr
+		}
+	}
+	herr := upstreamFailure(req, errs)
+	if len(ups) == 0 {
+		herr = notFoundf("%s is private and no private upstream is configured", req.Module)
+	}
+	if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+		f.neg.put(req.String()+".zip", herr)
+	}
+	return herr
 }
 
 // downloadZip is one upstream attempt of runZip. When an earlier attempt
 // had begun streaming to clients before it failed (a stalled flow, a
-// reset), this attempt resumes that spool from where it stopped: with
-// "Range: bytes=N-" where the upstream supports it, else by skipping the
-// first N bytes of the whole file. The clients' streams go on; the copy is
-// checked and verified as a whole before its last byte is released, so a
+// reset), this attempt resumes the flight's spool from where it stopped:
+// with "Range: bytes=N-" where the upstream supports it, else by skipping
+// the first N bytes of the whole file. The clients' streams go on; the copy
+// is checked and verified as a whole before its last byte is released, so a
 // mismatched copy still fails them.
 func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight) (_ cache.Meta, err error) {
 	fl.mu.Lock()
-	committed, spoolName, have, size := fl.streaming, fl.spool, fl.written, fl.size
+	committed, have, size := fl.streaming, fl.written, fl.size
 	fl.mu.Unlock()
 	if committed {
-		return f.resumeZip(ctx, key, req, u, fl, spoolName, have, size)
+		return f.resumeZip(ctx, key, req, u, fl, have, size)
 	}
 	resp, err := f.get(ctx, u, req.URLPath())
 	if err != nil {
@@ -209,18 +382,44 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	if resp.ContentLength > gate.MaxZip {
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s is %d bytes, over the %d-byte limit", errBadContent, req, resp.ContentLength, gate.MaxZip)}
 	}
-	spool, err := os.CreateTemp(f.cfg.SpoolDir, "modproxy-zip-*")
+	lease := f.quota.lease()
+	if resp.ContentLength > 0 {
+		// Reserve a known size up front: refusing now is cheaper than
+		// refusing at 90%.
+		if !lease.grow(resp.ContentLength) {
+			return cache.Meta{}, f.quota.full(resp.ContentLength)
+		}
+		if err := f.disk.room(f.cfg.SpoolDir, resp.ContentLength); err != nil {
+			lease.release()
+			return cache.Meta{}, insufficientStorage("cannot spool zip of %s: %v", req, err)
+		}
+	}
+	spool, err := os.CreateTemp(f.cfg.SpoolDir, spoolPrefix+"*")
 	if err != nil {
+		lease.release()
+		if isNoSpace(err) {
+			f.disk.markFull(f.cfg.SpoolDir, oneLine(err.Error()))
+			return cache.Meta{}, insufficientStorage("cannot spool zip of %s: %v", req, err)
+		}
 		return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
 	}
-	return f.receiveZip(ctx, key, req, u, fl, resp.Body, resp.ContentLength, spool, 0)
+	if _, err := lockSpool(spool); err != nil {
+		f.log.Warn("cannot lock spool file; a restart may remove it while in use", "file", spool.Name(), "err", err)
+	}
+	return f.receiveZip(ctx, key, req, u, fl, resp.Body, resp.ContentLength, spool, lease, 0)
 }
 
-// resumeZip continues the streaming spool of fl, of which have bytes (of
+// resumeZip continues the flight's streaming spool, of which have bytes (of
 // size, -1 unknown) are in place, from upstream u.
-func (f *Fetcher) resumeZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight, spoolName string, have, size int64) (cache.Meta, error) {
+func (f *Fetcher) resumeZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight, have, size int64) (cache.Meta, error) {
 	fail := func(err error) (cache.Meta, error) {
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: resuming at byte %d: %w", errStreamFailed, have, err)}
+	}
+	f.zipMu.Lock()
+	spool, lease := fl.owned, fl.lease
+	f.zipMu.Unlock()
+	if spool == nil {
+		return fail(errors.New("the spool is gone"))
 	}
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/"+req.URLPath(), nil)
 	if err != nil {
@@ -233,7 +432,6 @@ func (f *Fetcher) resumeZip(ctx context.Context, key cache.Key, req Request, u U
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
 	defer resp.Body.Close()
-	body := io.Reader(resp.Body)
 	how := "range"
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
@@ -257,42 +455,44 @@ func (f *Fetcher) resumeZip(ctx context.Context, key cache.Key, req Request, u U
 		line, _, _ := strings.Cut(strings.TrimSpace(string(msg)), "\n")
 		return cache.Meta{}, &StatusError{Upstream: u.Name(), Status: resp.StatusCode, Msg: line}
 	}
-	spool, err := os.OpenFile(spoolName, os.O_RDWR, 0)
-	if err != nil {
-		return fail(err)
-	}
 	// Bytes past have were never published to the clients: drop them.
 	if err := spool.Truncate(have); err != nil {
-		spool.Close()
 		return fail(err)
 	}
 	if _, err := spool.Seek(have, io.SeekStart); err != nil {
-		spool.Close()
 		return fail(err)
 	}
 	if f.health != nil {
 		f.health.RecordDecision(u.Name(), "resumed", how)
 	}
 	f.log.Info("resuming a streaming zip from the next upstream", "module", req.Module, "version", req.Version, "upstream", u.Name(), "at", have, "how", how)
-	return f.receiveZip(ctx, key, req, u, fl, body, size, spool, have)
+	return f.receiveZip(ctx, key, req, u, fl, resp.Body, size, spool, lease, have)
 }
 
 // receiveZip copies a zip body into spool (which already holds have bytes
-// of a streaming download, or none), publishes progress to fl, then checks,
-// verifies and stores the whole. size is the zip's length, -1 unknown.
-// It closes spool.
-func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight, body io.Reader, size int64, spool *os.File, have int64) (_ cache.Meta, err error) {
-	streamed := have > 0
+// of a streaming download, owned by the flight, or none), publishes
+// progress to fl, then checks, verifies and stores the whole. size is the
+// zip's length, -1 unknown.
+func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u Upstream, fl *zipFlight, body io.Reader, size int64, spool *os.File, lease *spoolLease, have int64) (_ cache.Meta, err error) {
+	owned := have > 0 // the flight holds the spool (clients read it)
 	defer func() {
-		spool.Close()
-		if !streamed {
-			os.Remove(spool.Name())
-		} else if err != nil {
-			// Clients already have bytes of this copy: they wait for the
-			// next upstream to resume it, or abort with the flight.
-			f.log.Warn("zip failed after streaming began", "module", req.Module, "version", req.Version, "err", err)
+		if owned {
+			if err != nil {
+				// Clients already have bytes of this copy: they wait for the
+				// next upstream to resume it, or abort with the flight.
+				f.log.Warn("zip failed after streaming began", "module", req.Module, "version", req.Version, "err", err)
+			}
+			return
 		}
+		os.Remove(spool.Name())
+		spool.Close()
+		lease.release()
 	}()
+	own := func() {
+		f.zipMu.Lock()
+		fl.owned, fl.lease, owned = spool, lease, true
+		f.zipMu.Unlock()
+	}
 
 	start := time.Now()
 	buf := make([]byte, 256<<10)
@@ -303,16 +503,23 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 			if written+int64(n) > gate.MaxZip {
 				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, gate.MaxZip)}
 			}
+			if more := written + int64(n) - lease.n.Load(); more > 0 && !lease.grow(more) {
+				return cache.Meta{}, f.quota.full(written + int64(n))
+			}
 			if _, err := spool.Write(buf[:n]); err != nil {
+				if isNoSpace(err) {
+					f.disk.markFull(f.cfg.SpoolDir, oneLine(err.Error()))
+					return cache.Meta{}, insufficientStorage("cannot spool zip of %s: %v", req, err)
+				}
 				return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
 			}
 			written += int64(n)
-			if !streamed && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
-				streamed = true
+			if !owned && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
+				own()
 				fl.update(func() {
 					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), size, written
 				})
-			} else if streamed {
+			} else if owned {
 				fl.update(func() { fl.written = written })
 			}
 		}
@@ -331,9 +538,26 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
 	f.noteUnverified(req, t)
-	stored, err := f.gate.Commit(t)
+	// Staging a zip the store's disk cannot hold would grow the store file
+	// until the disk is full, and leave it that large: check first.
+	if dir := storeDir(f.store); dir != "" {
+		err = f.disk.room(dir, written+written/16)
+	}
+	var stored cache.Meta
+	if err == nil {
+		stored, err = f.gate.Commit(t)
+	}
 	if err != nil {
-		return cache.Meta{}, fmt.Errorf("store %s: %w", req, err)
+		if !isNoSpace(err) {
+			return cache.Meta{}, fmt.Errorf("store %s: %w", req, err)
+		}
+		// Verified but no room: pass it through unstored.
+		f.noRoom(req, err)
+		if !owned {
+			own()
+		}
+		fl.update(func() { fl.unstored, fl.spool, fl.written = true, spool.Name(), written })
+		return cache.Meta{Upstream: u.Name(), Size: written, Hash: t.Hash(), State: t.State()}, nil
 	}
 	return stored, nil
 }

@@ -55,9 +55,18 @@ type Verifier interface {
 	VerifyHash(ctx context.Context, kind, path, version, hash string) (proof string, err error)
 }
 
+// Store is where a Gate commits artifacts: *cache.Store and the other
+// backends under cache/ (only they can name grant.Write). Put stores the
+// content read from r under k unless k is already stored, and returns the
+// stored Meta either way: the first writer wins, and a reader never sees a
+// partial artifact.
+type Store interface {
+	Put(k cache.Key, r io.Reader, m cache.Meta, w grant.Write) (cache.Meta, error)
+}
+
 // Config configures a Gate.
 type Config struct {
-	Store *cache.Store
+	Store Store
 	// Verifier checks .mod and .zip hashes; nil means verification is off
 	// (every artifact is exempt).
 	Verifier Verifier
@@ -271,4 +280,10 @@ func (g *Gate) Commit(t *Ticket) (cache.Meta, error) {
 // what the source store had admitted.
 func Copy(src, dst *cache.Store, keep func(cache.Key, cache.Meta) bool) (cache.CopyStats, error) {
 	return src.CopyTo(dst, keep, grant.Write{})
+}
+
+// Salvage copies every intact artifact of the damaged store file src into
+// dst, with its state (see cache.Salvage), for `modproxy verify --salvage`.
+func Salvage(src string, dst *cache.Store) (*cache.SalvageReport, error) {
+	return cache.Salvage(src, dst, grant.Write{})
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/direct"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
@@ -39,10 +39,16 @@ type serveConfig struct {
 	logFormat       string
 	logLevel        string
 	spoolDir        string
+	maxZipDownloads int
+	zipQueue        int
+	zipQueueWait    time.Duration
+	spoolQuota      byteSize
+	minFreeSpace    byteSize
 	shutdownTimeout time.Duration
 	net             netConfig
 	direct          directConfig
 	access          accessConfig
+	storage         storageConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -52,7 +58,9 @@ func newServeCmd() *cobra.Command {
 		Short: "Serve the GOPROXY protocol from the store, fetching what it lacks",
 		Long: `Serve the go command's module proxy protocol (GOPROXY) from one bbolt
 store file, fetching what it lacks from the upstream proxies, verifying it
-against the checksum database and keeping it.
+against the checksum database and keeping it. With --s3-bucket, several
+replicas share one S3-compatible bucket and the bbolt file is this
+replica's local tier (bounded by --cache-size).
 
 Every flag can also be set with an environment variable MODPROXY_<FLAG>
 (upper case, dashes as underscores), e.g. MODPROXY_LIST_TTL=1m.`,
@@ -81,10 +89,18 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being downloaded (default: the system temp dir)")
+	f.IntVar(&c.maxZipDownloads, "max-zip-downloads", proxy.DefaultMaxZipDownloads, "concurrent upstream zip downloads; more wait in the zip queue")
+	f.IntVar(&c.zipQueue, "zip-queue", proxy.DefaultZipQueue, "zip downloads that may wait for a download slot; beyond it, 503 with Retry-After")
+	f.DurationVar(&c.zipQueueWait, "zip-queue-wait", proxy.DefaultZipQueueWait, "how long a zip download waits for a slot before 503 with Retry-After")
+	c.spoolQuota = 4 << 30
+	f.Var(&c.spoolQuota, "spool-quota", "bytes all spool files together may hold (e.g. 4GiB; 0: unbounded)")
+	c.minFreeSpace = proxy.DefaultMinFreeSpace
+	f.Var(&c.minFreeSpace, "min-free-space", "free space kept on the store's and the spool's file systems; below it zips are served unstored and /readyz answers 503")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	addNetFlags(f, &c.net)
 	addDirectFlags(f, &c.direct)
 	addAccessFlags(f, &c.access)
+	addStorageFlags(f, &c.storage)
 	return cmd
 }
 
@@ -207,7 +223,20 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	if err := c.net.validate(); err != nil {
 		return err
 	}
+	if err := c.validateZipBudget(); err != nil {
+		return err
+	}
+	// On the command line 0 means none; in proxy.Config, the default.
+	if c.zipQueue == 0 {
+		c.zipQueue = -1
+	}
+	if c.minFreeSpace == 0 {
+		c.minFreeSpace = -1
+	}
 	if err := c.access.validate(changed); err != nil {
+		return err
+	}
+	if err := c.storage.validate(changed); err != nil {
 		return err
 	}
 	if len(set.privateUpstreams) > 0 && set.private == "" {
@@ -220,22 +249,52 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	defer ln.Close()
 
-	store, err := cache.Open(c.db, cache.Options{})
+	// Serve at once, before the store is open: /healthz answers 200 and
+	// /readyz 503 while the store (and bucket) open, so that an
+	// orchestrator neither kills a replica that is starting nor routes
+	// requests to it.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sw := &startSwitch{}
+	var fetcher atomic.Pointer[proxy.Fetcher]
+	isPrivate := func(path string) bool {
+		if f := fetcher.Load(); f != nil {
+			return f.IsPrivate(path)
+		}
+		return true // nothing is served before the fetcher exists
+	}
+	acc, err := newAccessLayer(ctx, c.access, sw, isPrivate, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer acc.Close()
+	srv := &http.Server{
+		Handler:           acc.handler,
+		TLSConfig:         acc.tlsConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- acc.serve(srv, ln) }()
+	// On an error below, stop serving before what it serves closes.
+	defer srv.Close()
+	logger.Info("modproxy starting: opening the store", "listen", acc.scheme()+"://"+ln.Addr().String(), "db", c.db)
+	start := time.Now()
+
+	st, err := openStorage(ctx, c.db, c.storage, c.spoolDir, logger)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer func() {
-		if err := store.Close(); err != nil {
+		if err := st.Close(); err != nil {
 			logger.Error("close store", "err", err)
 		}
 	}()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(newStoreCollector(store))
+	reg.MustRegister(newStoreCollector(st))
 	reg.MustRegister(sumdbEnabledGauge(set))
 
-	pl, err := newPipeline(ctx, c, set, store, reg, logger)
+	pl, err := newPipeline(ctx, c, set, st.serve, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -247,30 +306,18 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	for p, h := range pl.network.DebugHandlers() {
 		extra[p] = h
 	}
-	acc, err := newAccessLayer(ctx, c.access, proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}), pl.fetcher.IsPrivate, reg, logger)
-	if err != nil {
-		return err
-	}
-	defer acc.Close()
 	if acc.policy != nil {
 		// A version the policy denies is never prefetched either.
 		pl.fetcher.SetPrefetchFilter(func(path, version string) bool {
 			return acc.policy.Load().Check(path, version).Allowed
 		})
 	}
-	srv := &http.Server{
-		Handler:           acc.handler,
-		TLSConfig:         acc.tlsConfig(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	fetcher.Store(pl.fetcher)
+	sw.ready(proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}))
 	logger.Info("modproxy serving",
 		"listen", acc.scheme()+"://"+ln.Addr().String(), "admin_listen", c.access.adminListen, "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
-		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString())
+		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString(), "startup", time.Since(start).Round(time.Millisecond))
 
-	errc := make(chan error, 1)
-	go func() { errc <- acc.serve(srv, ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -296,7 +343,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 // or nil when verification is off. As the go command does, it reaches the
 // database through the public upstreams' /sumdb/ passthrough unless GOSUMDB
 // named an explicit URL.
-func newVerifier(set resolvedSettings, n *network, offline bool, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
+func newVerifier(set resolvedSettings, n *network, offline bool, store sumdb.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
 	if set.sumdbOff {
 		return nil, nil
 	}
@@ -345,42 +392,40 @@ func sumdbDesc(s resolvedSettings) string {
 	return s.sumdbName
 }
 
-// storeCollector exports the store's size at scrape time.
-type storeCollector struct {
-	store                      *cache.Store
-	bytes, artifacts, diskFree *prometheus.Desc
-	limit                      *prometheus.Desc
-}
+// startSwitch answers for a server that is still starting, then hands
+// every request to the real handler once it is ready.
+type startSwitch struct{ h atomic.Pointer[http.Handler] }
 
-func newStoreCollector(s *cache.Store) *storeCollector {
-	return &storeCollector{
-		store:     s,
-		bytes:     prometheus.NewDesc("modproxy_store_bytes", "Size of the store file in bytes.", nil, nil),
-		artifacts: prometheus.NewDesc("modproxy_store_artifacts", "Stored artifacts by kind.", []string{"kind"}, nil),
-		diskFree:  prometheus.NewDesc("modproxy_store_disk_free_bytes", "Free bytes on the file system that holds the store.", nil, nil),
-		limit:     prometheus.NewDesc("modproxy_store_limit_bytes", "Configured store size limit in bytes (0: unlimited).", nil, nil),
-	}
-}
+func (s *startSwitch) ready(h http.Handler) { s.h.Store(&h) }
 
-func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.bytes
-	ch <- c.artifacts
-	ch <- c.diskFree
-	ch <- c.limit
-}
-
-func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
-	st, err := c.store.Stats()
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.bytes, err)
+func (s *startSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := s.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.FileSize))
-	for kind, n := range st.Artifacts {
-		ch <- prometheus.MustNewConstMetric(c.artifacts, prometheus.GaugeValue, float64(n), string(kind))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	switch r.URL.Path {
+	case "/healthz":
+		fmt.Fprintln(w, "ok")
+	case "/readyz":
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "starting: opening the store")
+	default:
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "modproxy is starting (opening the store); retry shortly")
 	}
-	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, 0)
-	if free, err := diskFree(c.store.Path()); err == nil {
-		ch <- prometheus.MustNewConstMetric(c.diskFree, prometheus.GaugeValue, float64(free))
+}
+
+// validateZipBudget checks serve's zip download budget flags.
+func (c serveConfig) validateZipBudget() error {
+	switch {
+	case c.maxZipDownloads <= 0:
+		return usagef("invalid --max-zip-downloads %d: must be positive", c.maxZipDownloads)
+	case c.zipQueue < 0:
+		return usagef("invalid --zip-queue %d: must not be negative", c.zipQueue)
+	case c.zipQueueWait <= 0:
+		return usagef("invalid --zip-queue-wait %s: must be positive", c.zipQueueWait)
 	}
+	return nil
 }

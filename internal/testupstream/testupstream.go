@@ -74,6 +74,10 @@ type Fault struct {
 	// nothing more (no packet at all) for this long or until the client
 	// goes away, then closes.
 	Stall time.Duration
+	// Synthetic answers 200 with this many bytes (Content-Length set),
+	// generated as they are sent: load for many large downloads without
+	// holding them in memory. The body is not a valid zip.
+	Synthetic int64
 }
 
 // Server is a running fake upstream.
@@ -360,6 +364,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte("<html>this is not a module file</html>"))
 			return
 		}
+		if fault.Synthetic > 0 {
+			serveSynthetic(w, r, fault.Synthetic, fault.SlowBody)
+			return
+		}
 	}
 	s.mu.Lock()
 	sumName, sumURL := s.sumName, s.sumURL
@@ -441,6 +449,35 @@ func rangeStart(h string) (int64, bool) {
 	}
 	v, err := strconv.ParseInt(n, 10, 64)
 	return v, err == nil && v >= 0
+}
+
+// syntheticBlock is the repeated content of Synthetic answers.
+var syntheticBlock = func() []byte {
+	b := make([]byte, 256<<10)
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+	return b
+}()
+
+func serveSynthetic(w http.ResponseWriter, r *http.Request, n int64, pause time.Duration) {
+	w.Header().Set("Content-Type", "application/zip")
+	w.Header().Set("Content-Length", fmt.Sprint(n))
+	for n > 0 && r.Context().Err() == nil {
+		m := min(n, int64(len(syntheticBlock)))
+		if _, err := w.Write(syntheticBlock[:m]); err != nil {
+			return
+		}
+		n -= m
+		if pause > 0 {
+			w.(http.Flusher).Flush()
+			sleep(r, pause)
+		}
+	}
 }
 
 func sleep(r *http.Request, d time.Duration) {
