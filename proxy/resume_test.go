@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +24,6 @@ func bigModule() testupstream.Module {
 	}
 	return testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + string(big)}}
 }
-
 
 // A zip that fails after streaming began is resumed from the next '|'
 // upstream: with Range where it supports it, else by skipping what the

@@ -205,9 +205,9 @@ func watchDecision(mp *proc, upstream string, t0 time.Time, accept func(string) 
 	}
 }
 
-// load fetches paths through mp with the given concurrency and returns the
+// faultLoad fetches paths through mp with the given concurrency and returns the
 // latencies, the number of failed requests and the decision headers seen.
-func load(mp *proc, paths []string, conc int) (lat []time.Duration, failed int, headers map[string]int) {
+func faultLoad(mp *proc, paths []string, conc int) (lat []time.Duration, failed int, headers map[string]int) {
 	var mu sync.Mutex
 	headers = map[string]int{}
 	next := 0
@@ -479,7 +479,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 					}
 				}
 				if len(f.warm) > 0 {
-					if _, failed, _ := load(mp, f.warm, 2); failed > 0 {
+					if _, failed, _ := faultLoad(mp, f.warm, 2); failed > 0 {
 						t.Fatalf("%d warm-up requests failed", failed)
 					}
 				}
@@ -513,7 +513,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 						lat = append(lat, time.Since(start))
 					}
 				} else {
-					lat, failed, headers = load(mp, f.paths, f.conc)
+					lat, failed, headers = faultLoad(mp, f.paths, f.conc)
 				}
 				out, gerr := g.try(dir, "mod", "download", "-json", f.goGet)
 				if gerr != nil {
@@ -531,7 +531,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 					case <-time.After(100 * time.Millisecond):
 					}
 					if f.zips == nil && i < len(probes) {
-						load(mp, probes[i:i+1], 1)
+						faultLoad(mp, probes[i:i+1], 1)
 					}
 				}
 				close(stop)
