@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/fallback"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -63,6 +64,10 @@ type Config struct {
 	SpoolDir string
 	// MetadataTimeout bounds one metadata fetch across all upstreams.
 	MetadataTimeout time.Duration
+	// StaleBudget is how long a list or @latest request with a stored
+	// (expired) answer waits for the upstreams before it is answered
+	// stale; default 2s.
+	StaleBudget time.Duration
 	// HoldBack is how much of a zip is buffered, and for how long, before
 	// it is streamed to waiting clients. A zip that completes within the
 	// hold-back is verified before its first byte is sent, so a bad copy
@@ -88,6 +93,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MetadataTimeout <= 0 {
 		c.MetadataTimeout = 2 * time.Minute
+	}
+	if c.StaleBudget <= 0 {
+		c.StaleBudget = 2 * time.Second
 	}
 	if c.HoldBackBytes <= 0 {
 		c.HoldBackBytes = 8 << 20
@@ -121,8 +129,9 @@ type Fetcher struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	meta singleflight.Group
-	neg  *negativeCache
+	meta      singleflight.Group
+	neg       *negativeCache
+	condemned condemnedCopies
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
@@ -147,6 +156,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		ctx:        ctx,
 		cancel:     cancel,
 		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
+		condemned:  condemnedCopies{now: cfg.Now},
 		zipFlights: make(map[cache.Key]*zipFlight),
 	}, nil
 }
@@ -155,6 +165,37 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 func (f *Fetcher) Close() {
 	f.cancel()
 	f.wg.Wait()
+}
+
+// trialTimeout bounds a background half-open trial.
+const trialTimeout = 10 * time.Second
+
+// trial runs the half-open trial of an upstream's open circuit in the
+// background, so that no client request waits on it: one small request
+// to the upstream's base URL, whose outcome the transport reports to the
+// health tracker (any answer, even a 404, closes the circuit; a failure
+// re-opens it). It is owned by the Fetcher: Close cancels and waits for it.
+func (f *Fetcher) trial(e fallback.Entry) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		ctx, cancel := context.WithTimeout(f.ctx, trialTimeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.Name+"/", nil)
+		if err != nil {
+			f.log.Warn("half-open trial", "upstream", e.Name, "err", err)
+			return
+		}
+		req.Header.Set("User-Agent", "modproxy (half-open trial)")
+		resp, err := f.cfg.Client.Do(req)
+		if err != nil {
+			f.log.Info("half-open trial failed", "upstream", e.Name, "err", err)
+			return
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		f.log.Info("half-open trial answered", "upstream", e.Name, "status", resp.StatusCode)
+	}()
 }
 
 // upstreamsFor returns the upstreams that may serve module path, and
@@ -264,7 +305,7 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	}
 	ups, private := f.upstreamsFor(req.Module)
 	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
-		got, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) (verified, error) {
+		got, rt, errs := tryUpstreams(ctx, f, ups, !private, req.Module+"@"+req.Version+"."+string(req.Kind), func(ctx context.Context, u Upstream) (verified, error) {
 			return f.fetchSmall(ctx, u, req)
 		})
 		if rt.upstream == "" {
@@ -380,7 +421,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 		return nil, notFoundf("%s is private and no private upstream is configured", req.Module)
 	}
 	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
-		data, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) ([]byte, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, "", func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxInfoSize)
 			if err != nil {
 				return nil, err
@@ -403,7 +444,10 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 
 // Mutable returns a list or @latest answer: fresh from the store within
 // ListTTL, else from the upstreams, else stale from the store (Cache
-// "stale") when every upstream fails.
+// "stale") when every upstream fails, or at once when a stored answer
+// exists and the upstreams have not answered within StaleBudget: the
+// refresh then goes on in the background (one per key, on the Fetcher's
+// context, bounded by MetadataTimeout) and the next request sees its result.
 func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 	key := string(req.Kind) + "/" + req.Module
 	entry, err := f.store.GetMeta(key)
@@ -421,12 +465,32 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 		}
 		return f.synthesize(req, "offline mode")
 	}
+	stale := func(why error) (*Artifact, error) {
+		if haveStored {
+			f.log.Warn("serving stale metadata", "request", req.String(), "fetched", entry.Fetched, "err", why)
+			return &Artifact{Data: entry.Value, Cache: "stale", Modified: entry.Fetched}, nil
+		}
+		if a, serr := f.synthesize(req, "upstreams failed"); serr == nil {
+			f.log.Warn("serving metadata synthesized from the store", "request", req.String(), "err", why)
+			return a, nil
+		}
+		return nil, why
+	}
 	if herr := f.neg.get(key); herr != nil {
-		return nil, herr
+		if herr.isNotFound() {
+			return nil, herr
+		}
+		return stale(herr) // an upstream error, within its backoff
 	}
 	ups, private := f.upstreamsFor(req.Module)
-	res, _, err := f.fetchShared(ctx, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
-		data, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) ([]byte, error) {
+	wait := ctx
+	if haveStored {
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(ctx, f.cfg.StaleBudget)
+		defer cancel()
+	}
+	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, "", func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxListSize)
 			if err != nil {
 				return nil, err
@@ -445,9 +509,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 			if len(ups) == 0 {
 				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 			}
-			if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
-				f.neg.put(key, herr)
-			}
+			f.neg.put(key, herr) // errors only for a short backoff
 			return metaResult{}, herr
 		}
 		if err := f.store.PutMeta(key, data); err != nil {
@@ -458,20 +520,17 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 	if err == nil {
 		return &Artifact{Data: res.data, Cache: "miss", Route: res.route, Modified: now}, nil
 	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err() // the client left
+	}
+	if errors.Is(err, context.DeadlineExceeded) && wait.Err() != nil {
+		return stale(fmt.Errorf("upstreams did not answer within %v; refreshing in the background", f.cfg.StaleBudget))
+	}
 	var herr *HTTPError
-	if errors.As(err, &herr) && (herr.Status == http.StatusNotFound || herr.Status == http.StatusGone) {
+	if errors.As(err, &herr) && herr.isNotFound() {
 		return nil, err
 	}
-	// Every upstream failed: serve what we have, and say it is stale.
-	if haveStored {
-		f.log.Warn("serving stale metadata", "request", req.String(), "fetched", entry.Fetched, "err", err)
-		return &Artifact{Data: entry.Value, Cache: "stale", Modified: entry.Fetched}, nil
-	}
-	if a, serr := f.synthesize(req, "upstreams failed"); serr == nil {
-		f.log.Warn("serving metadata synthesized from the store", "request", req.String(), "err", err)
-		return a, nil
-	}
-	return nil, err
+	return stale(err)
 }
 
 // synthesize answers list or @latest from the versions in the store, for

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,35 +123,51 @@ func TestNoHedge(t *testing.T) {
 
 func TestCircuitOpenSkipsWithinSyntax(t *testing.T) {
 	tests := []struct {
-		name, sep, reason string
-		status            int
-		otherAsked        bool
+		name, sep      string
+		bothOpen       bool
+		deadAsked      bool
+		otherAsked     bool
+		wantDecision   string
+		wantSkipped    bool
+		wantLastResort bool
 	}{
-		{"pipe skips", "|", "circuit_open", 200, true},
-		{"comma stops", ",", "circuit_open", 502, false},
-		{"comma falls through a checksum circuit", ",", reasonCircuitOpenChecksum, 200, true},
+		// '|' lets the request go on past an open circuit.
+		{name: "pipe skips", sep: "|", otherAsked: true, wantDecision: "fallback", wantSkipped: true},
+		// After ',' the open circuit would end the request: rather than
+		// strand it, the upstream is tried anyway.
+		{name: "comma tries the last resort", sep: ",", deadAsked: true, wantDecision: "last_resort", wantSkipped: true, wantLastResort: true},
+		// Every circuit open: the healthiest is tried.
+		{name: "pipe all open", sep: "|", bothOpen: true, otherAsked: true, wantDecision: "last_resort", wantSkipped: true, wantLastResort: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dead, other := newUpstream(t), newUpstream(t)
 			h := newFakeHealth()
-			h.closed[dead.URL()] = tt.reason
+			h.closed[dead.URL()] = "circuit_open"
+			if tt.bothOpen {
+				h.closed[other.URL()] = "circuit_open"
+				h.scores[dead.URL()], h.scores[other.URL()] = 0.1, 0.3
+			}
 			e := newEnv(t, dead.URL()+tt.sep+other.URL(), func(c *Config) { c.Health = h })
 			r := e.get("/example.com/hello/@v/v1.0.0.mod")
-			if r.status != tt.status {
-				t.Fatalf("status %d %q, want %d", r.status, r.body, tt.status)
+			if r.status != 200 {
+				t.Fatalf("status %d %q, want 200", r.status, r.body)
 			}
-			if dead.Count("example.com") != 0 {
-				t.Error("request sent to an upstream with an open circuit")
+			if got := r.header.Get(headerDecision); got != tt.wantDecision {
+				t.Errorf("decision %q, want %q", got, tt.wantDecision)
+			}
+			if (dead.Count("example.com") > 0) != tt.deadAsked {
+				t.Errorf("open upstream asked = %v, want %v", !tt.deadAsked, tt.deadAsked)
 			}
 			if (other.Count("example.com") > 0) != tt.otherAsked {
 				t.Errorf("other upstream asked = %v, want %v", !tt.otherAsked, tt.otherAsked)
 			}
-			if !h.has(dead.URL(), "skipped", tt.reason) {
+			if h.has(dead.URL(), "skipped", "circuit_open") != tt.wantSkipped {
 				t.Errorf("decisions: %v", h.decisions)
 			}
-			if tt.status == 502 && !strings.Contains(r.body, "circuit open") {
-				t.Errorf("body %q", r.body)
+			lastResort := h.has(dead.URL(), "last_resort", "all_circuits_open") || h.has(other.URL(), "last_resort", "all_circuits_open")
+			if lastResort != tt.wantLastResort {
+				t.Errorf("last_resort decision = %v, want %v: %v", lastResort, tt.wantLastResort, h.decisions)
 			}
 		})
 	}

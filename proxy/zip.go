@@ -152,7 +152,7 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 // in turn, and publishes the outcome to fl.
 func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	ups, _ := f.upstreamsFor(req.Module)
-	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
+	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, req.Module+"@"+req.Version+".zip", func(ctx context.Context, u Upstream) (cache.Meta, error) {
 		return f.downloadZip(ctx, key, req, u, fl)
 	})
 	var ferr error
@@ -161,9 +161,7 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 		if len(ups) == 0 {
 			herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 		}
-		if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
-			f.neg.put(req.String()+".zip", herr)
-		}
+		f.neg.put(req.String()+".zip", herr) // errors only for a short backoff
 		ferr = herr
 		f.m.fetches.WithLabelValues(string(KindZip), "error").Inc()
 		f.log.Warn("zip fetch failed", "module", req.Module, "version", req.Version, "err", herr.Msg)
