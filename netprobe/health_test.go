@@ -2,6 +2,7 @@ package netprobe
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -65,8 +66,9 @@ func TestHealthChecksumFailuresDropScore(t *testing.T) {
 	if !(three < one && three < 0.3) {
 		t.Errorf("score after 1 and 3 of 20 checksum failures: %.2f, %.2f; want a sharp drop below 0.3", one, three)
 	}
-	if ok, reason := h.Allow("u"); ok || reason != "circuit_open_checksum" {
-		t.Errorf("Allow after checksum failures = %v %q, want circuit_open_checksum", ok, reason)
+	// A mismatch condemns one copy (the proxy's job), never the upstream.
+	if ok, reason := h.Allow("u"); !ok || reason == "circuit_open" {
+		t.Errorf("Allow after checksum failures = %v %q, want allowed", ok, reason)
 	}
 }
 
@@ -121,7 +123,7 @@ func TestCircuitBreaker(t *testing.T) {
 		if ok, _ := h.Allow(e.base); !ok {
 			t.Fatalf("circuit open after %d failures, want ≥ 10 (CircuitMinSamples)", i)
 		}
-		e.get(t, "/m/@v/list")
+		e.get(t, fmt.Sprintf("/m%d/@v/list", i)) // failures on many modules
 	}
 	if ok, reason := h.Allow(e.base); ok || reason != "circuit_open" {
 		t.Fatalf("Allow after 10 failures = %v %q, want circuit_open", ok, reason)
@@ -158,7 +160,7 @@ func TestCircuitBreaker(t *testing.T) {
 	}
 	// The trial fails: the circuit re-opens.
 	trial()
-	e.get(t, "/m/@v/list")
+	e.get(t, "/trial1/@v/list")
 	if ok, reason := h.Allow(e.base); ok || reason != "circuit_open" {
 		t.Fatalf("after a failed trial Allow = %v %q", ok, reason)
 	}
@@ -166,7 +168,7 @@ func TestCircuitBreaker(t *testing.T) {
 	e.clock.Advance(31 * time.Second)
 	fail.Store(false)
 	trial()
-	e.get(t, "/m/@v/list")
+	e.get(t, "/trial2/@v/list")
 	if ok, reason := h.Allow(e.base); !ok || reason == "half_open_trial" {
 		t.Fatalf("after a successful trial Allow = %v %q", ok, reason)
 	}
@@ -176,6 +178,59 @@ func TestCircuitBreaker(t *testing.T) {
 	h.RecordDecision(e.base, "skipped", "circuit_open")
 	if got := counter(t, e.reg, "modproxy_upstream_decisions_total", map[string]string{"upstream": e.base, "decision": "skipped", "reason": "circuit_open"}); got != 1 {
 		t.Errorf("decisions = %v", got)
+	}
+}
+
+func TestFaultsOnOnePathAreScoped(t *testing.T) {
+	h, _ := newTestHealth(t)
+	// Ten 500s for versions of one broken module: the module's fault.
+	for range 10 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeServerError, path: "/broken/mod", err: errors.New("HTTP 500")})
+	}
+	if ok, reason := h.Allow("u"); !ok {
+		t.Fatalf("one module's failures opened the circuit: %q", reason)
+	}
+	// The same failures spread over many modules are the upstream's.
+	for i := range 10 {
+		h.record("v", event{kind: KindInfo, outcome: OutcomeServerError, path: fmt.Sprintf("/m%d", i), err: errors.New("HTTP 500")})
+	}
+	if ok, reason := h.Allow("v"); ok || reason != "circuit_open" {
+		t.Fatalf("failures on ten modules: Allow = %v %q, want circuit_open", ok, reason)
+	}
+}
+
+func TestHangReleasesWaitingRequests(t *testing.T) {
+	h, _ := newTestHealth(t)
+	released := make([]error, 0, 2)
+	var mu sync.Mutex
+	for range 2 {
+		h.waitFirstByte("u", func(cause error) {
+			mu.Lock()
+			released = append(released, cause)
+			mu.Unlock()
+		})
+	}
+	// Timeouts on one module only: not a hang.
+	for range 3 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeTimeout, path: "/one", err: errors.New("timeout")})
+	}
+	if len(released) != 0 {
+		t.Fatal("timeouts on one module released the waiters")
+	}
+	h.record("u", event{kind: KindInfo, outcome: OutcomeOK, path: "/one"})
+	for i := range 3 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeTimeout, path: fmt.Sprintf("/m%d", i), err: errors.New("timeout")})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(released) != 2 || !errors.Is(released[0], ErrUpstreamHung) {
+		t.Fatalf("released %v, want both waiters with ErrUpstreamHung", released)
+	}
+	if ok, _ := h.Allow("u"); ok {
+		t.Error("circuit not open after a hang")
+	}
+	if _, _, budget := h.waitFirstByte("u", func(error) {}); budget != hungFirstByte {
+		t.Errorf("first-byte budget after a hang = %v, want %v", budget, hungFirstByte)
 	}
 }
 
