@@ -423,5 +423,8 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 			}
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		errs = append(errs, err) // the caller gave up: say so
+	}
 	return zero, Result{}, errs
 }

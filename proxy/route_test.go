@@ -195,3 +195,28 @@ func TestHealthOrdersPipeGroups(t *testing.T) {
 		t.Errorf("after b failed answered by %q, want %q", r.header.Get(headerUpstream), a.URL())
 	}
 }
+
+// The case: "A|B,C" with A slow, hedged to B. B answers 500 (where
+// the go command would stop); A then fails too. C must not be asked: the
+// answer is the one a sequential walk of the list gives.
+func TestHedgeNeverStepsOverComma(t *testing.T) {
+	a, b, c := newUpstream(t), newUpstream(t), newUpstream(t)
+	a.SetFaults(testupstream.Fault{Delay: 300 * time.Millisecond, Status: 503})
+	b.SetFaults(testupstream.Fault{Status: 500})
+	h := newFakeHealth()
+	h.hedge[a.URL()] = 10 * time.Millisecond
+	e := newEnv(t, a.URL()+"|"+b.URL()+","+c.URL(), func(cfg *Config) { cfg.Health = h })
+	r := e.get("/example.com/hello/@v/v1.0.0.info")
+	if r.status != 502 {
+		t.Errorf("status %d %q, want 502", r.status, r.body)
+	}
+	if b.Count("example.com/hello") != 1 || a.Count("example.com/hello") != 1 {
+		t.Errorf("a asked %d, b asked %d; want one each (b as the hedge)", a.Count("example.com/hello"), b.Count("example.com/hello"))
+	}
+	if n := c.Count("example.com/hello"); n != 0 {
+		t.Errorf("c asked %d times past the ','", n)
+	}
+	if !h.has(a.URL(), "hedged", "no_first_byte_by_p95") {
+		t.Errorf("no hedge: %v", h.decisions)
+	}
+}

@@ -184,6 +184,16 @@ func (v *Verifier) readRemote(path string) ([]byte, error) {
 	}
 	if h := v.cfg.Health; h != nil {
 		cfg.Health = engineHealth(h)
+		// A half-open trial is a /latest read of its own, in the
+		// background (bounded by Config.Timeout): no verification waits
+		// on an upstream that was failing.
+		cfg.Trial = func(e fallback.Entry) {
+			go func() {
+				if _, err := v.get(context.Background(), byName[e.Name]+"/latest"); err != nil {
+					v.log.Info("checksum database half-open trial failed", "upstream", e.Name, "err", err)
+				}
+			}()
+		}
 	}
 	data, res, errs := fallback.Run(context.Background(), cfg, entries, func(ctx context.Context, e fallback.Entry) ([]byte, error) {
 		return v.get(ctx, byName[e.Name]+path)
@@ -258,7 +268,7 @@ type probe struct {
 
 // probeRetry is how long a failed probe is remembered before the upstream
 // is asked again.
-const probeRetry = 30 * time.Second
+var probeRetry = 30 * time.Second
 
 // remoteBases returns the base URLs to read the database from: the
 // passthrough URLs of the upstreams that support it, or else the direct URL
@@ -266,9 +276,10 @@ const probeRetry = 30 * time.Second
 // that could not answer the probe makes the database unavailable unless
 // another upstream supports it, as with the go command's "," lists.
 //
-// Probes run outside probeMu: a verification only waits for the probes of
-// upstreams whose support is still unknown, never behind another
-// verification's network round trip.
+// Probes run outside probeMu. A verification waits only for the first
+// probe of an upstream (nothing is known about it yet); a retry after a
+// failed probe runs in the background, so no verification queues behind a
+// failing upstream's network round trip.
 func (v *Verifier) remoteBases() ([]string, error) {
 	if len(v.cfg.Upstreams) == 0 {
 		return []string{v.cfg.URL}, nil
@@ -281,12 +292,17 @@ func (v *Verifier) remoteBases() ([]string, error) {
 			p = &probe{}
 			v.probes[up] = p
 		}
+		first := p.failedAt.IsZero() // nothing is known yet
 		switch {
-		case p.running != nil:
+		case p.running != nil && first:
 			wait = append(wait, p.running)
-		case !p.known && (p.failedAt.IsZero() || time.Since(p.failedAt) >= probeRetry):
+		case p.running == nil && !p.known && (first || time.Since(p.failedAt) >= probeRetry):
 			p.running = make(chan struct{})
-			wait = append(wait, p.running)
+			if first {
+				wait = append(wait, p.running)
+			}
+			// A retry after a failure runs in the background: callers go
+			// on with what is known rather than wait on a failing upstream.
 			go v.probeUpstream(up, p)
 		}
 	}
@@ -305,8 +321,6 @@ func (v *Verifier) remoteBases() ([]string, error) {
 			bases = append(bases, up+"/sumdb/"+v.name)
 		case !p.known && p.err != nil:
 			errs = append(errs, p.err)
-		case !p.known:
-			errs = append(errs, fmt.Errorf("upstream %s: passthrough probe still running", up))
 		}
 	}
 	if len(bases) > 0 {
