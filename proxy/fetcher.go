@@ -172,16 +172,16 @@ const trialTimeout = 10 * time.Second
 
 // trial runs the half-open trial of an upstream's open circuit in the
 // background, so that no client request waits on it: one small request
-// to the upstream's base URL, whose outcome the transport reports to the
-// health tracker (any answer, even a 404, closes the circuit; a failure
-// re-opens it). It is owned by the Fetcher: Close cancels and waits for it.
-func (f *Fetcher) trial(e fallback.Entry) {
+// (p, a module's list) whose outcome the transport reports to the health
+// tracker (any answer, even a 404, closes the circuit; a failure re-opens
+// it). It is owned by the Fetcher: Close cancels and waits for it.
+func (f *Fetcher) trial(e fallback.Entry, p string) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
 		ctx, cancel := context.WithTimeout(f.ctx, trialTimeout)
 		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.Name+"/", nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.Name+"/"+p, nil)
 		if err != nil {
 			f.log.Warn("half-open trial", "upstream", e.Name, "err", err)
 			return
@@ -305,7 +305,7 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	}
 	ups, private := f.upstreamsFor(req.Module)
 	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
-		got, rt, errs := tryUpstreams(ctx, f, ups, !private, req.Module+"@"+req.Version+"."+string(req.Kind), func(ctx context.Context, u Upstream) (verified, error) {
+		got, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) (verified, error) {
 			return f.fetchSmall(ctx, u, req)
 		})
 		if rt.upstream == "" {
@@ -421,7 +421,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 		return nil, notFoundf("%s is private and no private upstream is configured", req.Module)
 	}
 	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
-		data, rt, errs := tryUpstreams(ctx, f, ups, !private, "", func(ctx context.Context, u Upstream) ([]byte, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxInfoSize)
 			if err != nil {
 				return nil, err
@@ -490,7 +490,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 		defer cancel()
 	}
 	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
-		data, rt, errs := tryUpstreams(ctx, f, ups, !private, "", func(ctx context.Context, u Upstream) ([]byte, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxListSize)
 			if err != nil {
 				return nil, err

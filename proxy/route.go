@@ -52,18 +52,26 @@ func classify(err error) fallback.Class {
 	return fallback.Failed
 }
 
-// tryUpstreams runs fn against ups with the fallback engine (GOPROXY list
-// semantics, health order, breaker, hedging within '|' groups; see package
-// fallback). mv, when not empty ("path@version.kind"), names the artifact: a
-// copy of it that failed verification from one upstream is condemned and
-// not fetched from that upstream again for a while, and the mismatch is
-// reported against that copy only, never opening the upstream's circuit.
-func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge bool, mv string, fn attemptFunc[T]) (T, route, []error) {
+// tryUpstreams runs fn for req against ups with the fallback engine
+// (GOPROXY list semantics, health order, breaker, hedging within '|'
+// groups; see package fallback). For an immutable artifact (.info, .mod,
+// .zip of a canonical version), a copy that failed verification from one
+// upstream is condemned and not fetched from that upstream again for a
+// while; the mismatch is reported against that copy only, never opening the
+// upstream's circuit. A due half-open trial is the module's list, fetched
+// in the background.
+func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge bool, req Request, fn attemptFunc[T]) (T, route, []error) {
 	byName := make(map[string]Upstream, len(ups))
 	for _, u := range ups {
 		byName[u.Name()] = u
 	}
-	cfg := fallback.Config{Hedge: hedge, Classify: classify, Reason: fallthroughReason, Trial: f.trial}
+	mv := ""
+	if !req.Query && (req.Kind == KindInfo || req.Kind == KindMod || req.Kind == KindZip) {
+		mv = req.Module + "@" + req.Version + "." + string(req.Kind)
+	}
+	trialPath := Request{Module: req.Module, Kind: KindList}.URLPath()
+	trial := func(e fallback.Entry) { f.trial(e, trialPath) }
+	cfg := fallback.Config{Hedge: hedge, Classify: classify, Reason: fallthroughReason, Trial: trial}
 	if f.health != nil {
 		cfg.Health = f.health
 	}

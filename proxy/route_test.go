@@ -13,18 +13,23 @@ type fakeHealth struct {
 	mu        sync.Mutex
 	scores    map[string]float64
 	closed    map[string]string // upstream -> Allow reason when not allowed
+	trial     map[string]bool   // upstream -> a half-open trial is due
 	hedge     map[string]time.Duration
 	decisions []string // "upstream decision reason"
 	checksums map[string]int
 }
 
 func newFakeHealth() *fakeHealth {
-	return &fakeHealth{scores: map[string]float64{}, closed: map[string]string{}, hedge: map[string]time.Duration{}, checksums: map[string]int{}}
+	return &fakeHealth{scores: map[string]float64{}, closed: map[string]string{}, trial: map[string]bool{}, hedge: map[string]time.Duration{}, checksums: map[string]int{}}
 }
 
 func (h *fakeHealth) Allow(u string) (bool, string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.trial[u] {
+		delete(h.trial, u) // granted once
+		return true, "half_open_trial"
+	}
 	if why, ok := h.closed[u]; ok {
 		return false, why
 	}
@@ -218,5 +223,34 @@ func TestHedgeNeverStepsOverComma(t *testing.T) {
 	}
 	if !h.has(a.URL(), "hedged", "no_first_byte_by_p95") {
 		t.Errorf("no hedge: %v", h.decisions)
+	}
+}
+
+// A due half-open trial runs in the background: the client's request is
+// answered by the next upstream without waiting on the trial, which asks
+// the failing upstream for the module's list.
+func TestHalfOpenTrialInBackground(t *testing.T) {
+	sick, other := newUpstream(t), newUpstream(t)
+	sick.SetFaults(testupstream.Fault{Delay: time.Second})
+	h := newFakeHealth()
+	h.closed[sick.URL()] = "circuit_open"
+	h.trial[sick.URL()] = true
+	e := newEnv(t, sick.URL()+"|"+other.URL(), func(c *Config) { c.Health = h })
+	r := e.mustGet("/example.com/hello/@v/v1.0.0.info", 200)
+	if r.header.Get(headerUpstream) != other.URL() {
+		t.Errorf("answered by %q, want %q", r.header.Get(headerUpstream), other.URL())
+	}
+	if sick.Count("/example.com/hello/@v/v1.0.0.info") != 0 {
+		t.Error("the client's request was sent to the upstream under trial")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for sick.Count("/example.com/hello/@v/list") == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if sick.Count("/example.com/hello/@v/list") != 1 {
+		t.Errorf("trial requests: %v", sick.Requests())
+	}
+	if !h.has(sick.URL(), "half_open_trial", "background") {
+		t.Errorf("decisions %v", h.decisions)
 	}
 }

@@ -108,9 +108,7 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 		go func() {
 			defer f.wg.Done()
 			f.runZip(key, req, fl)
-			f.zipMu.Lock()
-			delete(f.zipFlights, key)
-			f.zipMu.Unlock()
+			f.retireZip(key, fl)
 		}()
 	} else {
 		f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
@@ -152,7 +150,7 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 // in turn, and publishes the outcome to fl.
 func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	ups, _ := f.upstreamsFor(req.Module)
-	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, req.Module+"@"+req.Version+".zip", func(ctx context.Context, u Upstream) (cache.Meta, error) {
+	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, req, func(ctx context.Context, u Upstream) (cache.Meta, error) {
 		return f.downloadZip(ctx, key, req, u, fl)
 	})
 	var ferr error
@@ -168,6 +166,9 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 	} else {
 		f.m.fetches.WithLabelValues(string(KindZip), "ok").Inc()
 	}
+	// Retired before its outcome is published: a client that hears of a
+	// failure and asks again must start a new download, not join this one.
+	f.retireZip(key, fl)
 	var spool string
 	fl.update(func() {
 		fl.done, fl.err, fl.rt = true, ferr, rt
@@ -177,6 +178,16 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 		// Followers hold open descriptors; unlinking is safe.
 		os.Remove(spool)
 	}
+}
+
+// retireZip removes fl from the in-flight zips, unless a newer flight for
+// key has replaced it.
+func (f *Fetcher) retireZip(key cache.Key, fl *zipFlight) {
+	f.zipMu.Lock()
+	if f.zipFlights[key] == fl {
+		delete(f.zipFlights, key)
+	}
+	f.zipMu.Unlock()
 }
 
 // downloadZip is one upstream attempt of runZip.
