@@ -347,7 +347,9 @@ var ErrUpstreamHung error = hungError{}
 
 type hungError struct{}
 
-func (hungError) Error() string   { return "upstream hangs: released without waiting for the first-byte timeout" }
+func (hungError) Error() string {
+	return "upstream hangs: released without waiting for the first-byte timeout"
+}
 func (hungError) Timeout() bool   { return true }
 func (hungError) Temporary() bool { return true }
 
