@@ -58,7 +58,8 @@ import (
 // sooner, once it has waited 10× the upstream's recent p95 time to first
 // byte (at least hangFloor), when there is such a baseline. While the
 // circuit is open after a hang, a request sent anyway (a trial, a last
-// resort) gets at most hungFirstByte for its first byte.
+// resort) gets at most hungFirstByte (or the suspicion delay, if shorter)
+// for its first byte.
 //
 // # Circuit breaker
 //
@@ -402,6 +403,9 @@ func (h *Health) waitFirstByte(upstream string, cancel context.CancelCauseFunc) 
 	}
 	if u.hung && u.circuit != circuitClosed {
 		budget = hungFirstByte
+		if suspectAfter > 0 {
+			budget = min(budget, suspectAfter)
+		}
 	}
 	return id, suspectAfter, budget
 }

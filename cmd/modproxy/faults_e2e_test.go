@@ -379,6 +379,73 @@ func TestHangFigures(t *testing.T) {
 		t.Logf("FIGURE A|B, A hangs (first-byte timeout %v): before the circuit opens p50 %v p99 %v (n=%d); after p50 %v p99 %v (n=%d)",
 			fbt, b50.Round(time.Millisecond), b99.Round(time.Millisecond), len(bd), a50.Round(time.Millisecond), a99.Round(time.Millisecond), len(ad))
 	})
+	t.Run("A|B with A hanging after a baseline", func(t *testing.T) {
+		a, err := testupstream.New(mods...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(a.Close)
+		mp := startModproxy(t, "--db", filepath.Join(t.TempDir(), "m.db"), "--upstream", a.URL()+"|"+b.URL(),
+			"--sumdb", "off", "--private", "", "--nosumdb", "", "--first-byte-timeout", fbt.String())
+		for _, r := range run(mp.URL, 0, 30, 2) { // A's baseline
+			if r.status != 200 {
+				t.Fatalf("warm-up: %d", r.status)
+			}
+		}
+		a.SetFaults(testupstream.Fault{Delay: time.Minute}) // accepts, reads, never answers
+		before := run(mp.URL, 30, 8, 8)
+		after := run(mp.URL, 38, 20, 8)
+		var bd, ad []time.Duration
+		for _, r := range before {
+			bd = append(bd, r.d)
+			if r.status != 200 {
+				t.Errorf("before the circuit opened: status %d", r.status)
+			}
+		}
+		for _, r := range after {
+			ad = append(ad, r.d)
+			if r.status != 200 {
+				t.Errorf("after the circuit opened: status %d", r.status)
+			}
+		}
+		b50, b99 := quantiles(bd)
+		a50, a99 := quantiles(ad)
+		t.Logf("FIGURE A|B, A hangs after 30 requests of baseline: first wave p50 %v p99 %v (n=%d); later p50 %v p99 %v (n=%d)",
+			b50.Round(time.Millisecond), b99.Round(time.Millisecond), len(bd), a50.Round(time.Millisecond), a99.Round(time.Millisecond), len(ad))
+	})
+	t.Run("only upstream hanging after a baseline", func(t *testing.T) {
+		a, err := testupstream.New(mods...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(a.Close)
+		mp := startModproxy(t, "--db", filepath.Join(t.TempDir(), "m.db"), "--upstream", a.URL(),
+			"--sumdb", "off", "--private", "", "--nosumdb", "", "--first-byte-timeout", fbt.String())
+		for _, r := range run(mp.URL, 0, 30, 2) {
+			if r.status != 200 {
+				t.Fatalf("warm-up: %d", r.status)
+			}
+		}
+		a.SetFaults(testupstream.Fault{Delay: time.Minute})
+		rs := run(mp.URL, 30, 24, 4)
+		firstErr := time.Duration(-1)
+		var late []time.Duration
+		for i, r := range rs {
+			if r.status != 502 && r.status != 504 {
+				t.Errorf("request %d: status %d, want 502/504", i, r.status)
+				continue
+			}
+			if firstErr < 0 || r.at < firstErr {
+				firstErr = r.at
+			}
+			if i >= 8 {
+				late = append(late, r.d)
+			}
+		}
+		l50, l99 := quantiles(late)
+		t.Logf("FIGURE only upstream hangs after 30 requests of baseline: first 502/504 after %v; later cold misses p50 %v p99 %v (n=%d)",
+			firstErr.Round(time.Millisecond), l50.Round(time.Millisecond), l99.Round(time.Millisecond), len(late))
+	})
 	t.Run("only upstream hanging", func(t *testing.T) {
 		a := hangListener(t)
 		mp := startModproxy(t, "--db", filepath.Join(t.TempDir(), "m.db"), "--upstream", a,
