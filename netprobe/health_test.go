@@ -1,6 +1,7 @@
 package netprobe
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -269,3 +270,68 @@ type proxyHealth interface {
 }
 
 var _ proxyHealth = (*Health)(nil)
+
+// Requests waiting on an upstream that stops answering are released
+// together once the hang is recognised (sooner than the first-byte timeout,
+// from the latency baseline); afterwards a request gets only a short
+// first-byte budget, except a background trial, which may be slow.
+func TestHangReleaseEndToEnd(t *testing.T) {
+	var mode atomic.Int32 // 0 answer, 1 hang, 2 answer after 1.5 s
+	e := newEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch mode.Load() {
+		case 1:
+			<-r.Context().Done()
+			return
+		case 2:
+			select {
+			case <-time.After(1500 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Write([]byte("v1.0.0\n"))
+	}), "", func(c *Config) { c.FirstByteTimeout = 20 * time.Second })
+	for i := range 25 { // the baseline
+		if _, _, err := e.get(t, fmt.Sprintf("/w%d/@v/list", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mode.Store(1)
+	errs := make(chan error, 3)
+	for i := range 3 {
+		go func() {
+			_, _, err := e.get(t, fmt.Sprintf("/h%d/@v/list", i))
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; !errors.Is(err, ErrUpstreamHung) {
+			t.Errorf("waiting request ended with %v, want ErrUpstreamHung", err)
+		}
+	}
+	if ok, _ := e.p.Health().Allow(e.base); ok {
+		t.Fatal("circuit not open after the hang")
+	}
+	mode.Store(2) // slow, not hung
+	if _, _, err := e.get(t, "/late/@v/list"); !errors.Is(err, ErrUpstreamHung) {
+		t.Errorf("request after the hang: %v, want the short budget's ErrUpstreamHung", err)
+	}
+	req, _ := http.NewRequestWithContext(BackgroundTrial(context.Background()), http.MethodGet, e.base+"/trial/@v/list", nil)
+	resp, err := e.p.Client().Do(req)
+	if err != nil {
+		t.Fatalf("background trial of a slow upstream: %v, want its answer", err)
+	}
+	resp.Body.Close()
+}
+
+func TestAnswersEndASuspectedHang(t *testing.T) {
+	h, _ := newTestHealth(t)
+	h.suspect("u", "/a")
+	h.suspect("u", "/b")
+	h.record("u", event{kind: KindInfo, outcome: OutcomeOK, path: "/c"}) // alive
+	h.suspect("u", "/a")
+	h.suspect("u", "/b")
+	if ok, _ := h.Allow("u"); !ok {
+		t.Error("an upstream that answered between slow requests was held for hung")
+	}
+}

@@ -166,6 +166,9 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// after a hang, gets only a short first-byte budget.
 	h := t.p.health
 	id, suspectAfter, budget := h.waitFirstByte(upstream, cancel)
+	if req.Context().Value(trialKey{}) != nil {
+		budget = 0 // nobody waits on a background trial: let it tell a slow upstream from a hung one
+	}
 	var timers []*time.Timer
 	if suspectAfter > 0 {
 		timers = append(timers, time.AfterFunc(suspectAfter, func() { h.suspect(upstream, st.path) }))
@@ -192,6 +195,16 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp.Body = newBody(resp.Body, st, req.Context(), cancel, t.p.cfg.IdleBodyTimeout)
 	resp.Request = req
 	return resp, nil
+}
+
+type trialKey struct{}
+
+// BackgroundTrial marks the requests sent with the returned context as a
+// background half-open trial of an upstream's circuit: no client waits on
+// them, so they keep the full first-byte timeout even while the upstream is
+// held for hung (a slow upstream can then close its circuit again).
+func BackgroundTrial(ctx context.Context) context.Context {
+	return context.WithValue(ctx, trialKey{}, true)
 }
 
 // moduleKey names the module a GOPROXY request path is about (the path up

@@ -20,6 +20,7 @@ import (
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/fallback"
+	"github.com/modproxy/modproxy/netprobe"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -167,8 +168,9 @@ func (f *Fetcher) Close() {
 	f.wg.Wait()
 }
 
-// trialTimeout bounds a background half-open trial.
-const trialTimeout = 10 * time.Second
+// trialTimeout bounds a background half-open trial (the transport's
+// first-byte timeout applies too).
+const trialTimeout = 30 * time.Second
 
 // trial runs the half-open trial of an upstream's open circuit in the
 // background, so that no client request waits on it: one small request
@@ -179,7 +181,7 @@ func (f *Fetcher) trial(e fallback.Entry, p string) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		ctx, cancel := context.WithTimeout(f.ctx, trialTimeout)
+		ctx, cancel := context.WithTimeout(netprobe.BackgroundTrial(f.ctx), trialTimeout)
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.Name+"/"+p, nil)
 		if err != nil {
