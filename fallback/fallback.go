@@ -136,17 +136,22 @@ type result[T any] struct {
 	err error
 }
 
-// Order returns entries in the order to try them: the members of each '|'
-// group sorted by health score (stable), separators kept in place so that
-// the list's rules are unchanged. reordered reports a change.
+// Order returns entries in the order to try them: each run of URL entries
+// joined by '|' sorted by health score (stable), separators and keyword
+// entries (off, direct) kept in place so that the list's rules are
+// unchanged. reordered reports a change.
 func Order(h Health, entries []Entry) (out []Entry, reordered bool) {
 	out = append([]Entry(nil), entries...)
 	if h == nil {
 		return out, false
 	}
 	for start := 0; start < len(out); {
+		if out[start].keyword() {
+			start++
+			continue
+		}
 		end := start
-		for end < len(out)-1 && out[end].AnyError {
+		for end < len(out)-1 && out[end].AnyError && !out[end+1].keyword() {
 			end++
 		}
 		group := out[start : end+1]
@@ -156,13 +161,7 @@ func Order(h Health, entries []Entry) (out []Entry, reordered bool) {
 				seps[i] = u.AnyError
 			}
 			before := group[0].Name
-			score := func(e Entry) float64 {
-				if e.keyword() {
-					return -1 // keywords stay behind the URLs of their group
-				}
-				return h.Score(e.Name)
-			}
-			sort.SliceStable(group, func(i, j int) bool { return score(group[i]) > score(group[j]) })
+			sort.SliceStable(group, func(i, j int) bool { return h.Score(group[i].Name) > h.Score(group[j].Name) })
 			for i := range group {
 				group[i].AnyError = seps[i]
 			}

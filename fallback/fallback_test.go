@@ -224,3 +224,33 @@ func TestRunWithoutHealthIsListOrder(t *testing.T) {
 		t.Errorf("res %+v errs %v", res, errs)
 	}
 }
+
+func TestOrderKeepsSeparatorsAndKeywords(t *testing.T) {
+	h := newHealth()
+	h.score["a"], h.score["b"], h.score["c"], h.score["d"] = 0.2, 0.9, 0.5, 1
+	tests := []struct{ list, want string }{
+		{"a|b,c", "b|a,c"},
+		{"a|b|c", "b|c|a"},
+		{"a,b", "a,b"},
+		{"direct|a|b", "direct|b|a"},
+		{"a|off|b", "a|off|b"},
+		{"a|b|direct|c|d", "b|a|direct|d|c"},
+	}
+	for _, tt := range tests {
+		got, _ := Order(h, parse(tt.list))
+		var b strings.Builder
+		for i, e := range got {
+			if i > 0 {
+				if got[i-1].AnyError {
+					b.WriteByte('|')
+				} else {
+					b.WriteByte(',')
+				}
+			}
+			b.WriteString(e.Name)
+		}
+		if b.String() != tt.want {
+			t.Errorf("Order(%q) = %q, want %q", tt.list, b.String(), tt.want)
+		}
+	}
+}
