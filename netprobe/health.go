@@ -51,7 +51,8 @@ import (
 //
 // # Hangs
 //
-// hangTimeouts consecutive timeouts (no answer in between) on at least two
+// hangTimeouts consecutive timeouts (no first byte from the upstream in
+// between, for any request) on at least two
 // module paths mark the upstream hung: the circuit opens at once and every
 // request still waiting for its first byte from it is released together
 // (its error wraps ErrUpstreamHung). A request is counted as a timeout
@@ -90,7 +91,7 @@ const (
 	pathScopeAfter = 2    // consecutive failures of one path that still count against the upstream
 	maxPathStreaks = 4096 // bound on the per-path streak map
 	hangTimeouts   = 3    // consecutive timeouts that mark an upstream hung
-	hangFloor      = time.Second
+	hangFloor      = 2 * time.Second
 	hungFirstByte  = 2 * time.Second
 
 	scoreHealthy  = 0.8
@@ -410,11 +411,18 @@ func (h *Health) waitFirstByte(upstream string, cancel context.CancelCauseFunc) 
 	return id, suspectAfter, budget
 }
 
-// gotFirstByte ends a waitFirstByte registration.
-func (h *Health) gotFirstByte(upstream string, id uint64) {
+// gotFirstByte ends a waitFirstByte registration; answered says the
+// upstream sent response headers, which proves it alive and ends a streak
+// of (suspected) timeouts.
+func (h *Health) gotFirstByte(upstream string, id uint64, answered bool) {
+	now := h.now()
 	h.mu.Lock()
-	delete(h.getLocked(upstream).waiting, id)
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	delete(u.waiting, id)
+	if answered {
+		h.trackHangLocked(u, false, "", now)
+	}
 }
 
 // suspect counts a request that has waited suspiciously long for its

@@ -276,7 +276,7 @@ var _ proxyHealth = (*Health)(nil)
 // from the latency baseline); afterwards a request gets only a short
 // first-byte budget, except a background trial, which may be slow.
 func TestHangReleaseEndToEnd(t *testing.T) {
-	var mode atomic.Int32 // 0 answer, 1 hang, 2 answer after 1.5 s
+	var mode atomic.Int32 // 0 answer, 1 hang, 2 answer after 3 s
 	e := newEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch mode.Load() {
 		case 1:
@@ -284,7 +284,7 @@ func TestHangReleaseEndToEnd(t *testing.T) {
 			return
 		case 2:
 			select {
-			case <-time.After(1500 * time.Millisecond):
+			case <-time.After(3 * time.Second):
 			case <-r.Context().Done():
 				return
 			}
@@ -333,5 +333,15 @@ func TestAnswersEndASuspectedHang(t *testing.T) {
 	h.suspect("u", "/b")
 	if ok, _ := h.Allow("u"); !ok {
 		t.Error("an upstream that answered between slow requests was held for hung")
+	}
+	// A first byte (a zip still streaming, say) proves it alive too.
+	id, _, _ := h.waitFirstByte("v", func(error) {})
+	h.suspect("v", "/a")
+	h.suspect("v", "/b")
+	h.gotFirstByte("v", id, true)
+	h.suspect("v", "/a")
+	h.suspect("v", "/b")
+	if ok, _ := h.Allow("v"); !ok {
+		t.Error("an upstream that sent a first byte between slow requests was held for hung")
 	}
 }

@@ -180,7 +180,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for _, tm := range timers {
 		tm.Stop()
 	}
-	h.gotFirstByte(upstream, id)
+	h.gotFirstByte(upstream, id, err == nil)
 	if err != nil {
 		if errors.Is(context.Cause(ctx), ErrUpstreamHung) && req.Context().Err() == nil {
 			err = fmt.Errorf("netprobe: %s %s: %w (%v)", upstream, kind, ErrUpstreamHung, err)
