@@ -321,27 +321,6 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 		}
 		return lastResort(n - 1)
 	}
-	// acceptable reports whether a success of entry i is the walk's answer
-	// now: every entry before it went on, or is still running but followed
-	// by '|' (so any failure of it would reach i, and its success is an
-	// equally valid answer).
-	acceptable := func(i int) bool {
-		for j := 0; j < i; j++ {
-			if slots[j].st == inflight && cands[j].AnyError {
-				continue
-			}
-			if slots[j].st == pending || !goesOn(j) {
-				// A skipped entry that does not go on, with i the last
-				// resort behind it, still yields to i.
-				if slots[j].st == skipped && slots[i].last {
-					continue
-				}
-				return false
-			}
-		}
-		return true
-	}
-
 	if !advance() {
 		return zero, Result{}, errs
 	}
@@ -371,51 +350,46 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 			running--
 			e := cands[r.i]
 			if r.err == nil {
-				slots[r.i].st = failed // no longer running; value below
-				if !acceptable(r.i) {
-					// An earlier entry must answer first; keep the value
-					// in case it fails. (Cannot happen with hedges kept
-					// inside a '|' group, but the rule is the rule.)
-					slots[r.i].class = Final
-					errs = append(errs, errors.New("upstream "+e.Name+": answer after an unfinished earlier entry"))
-				} else {
-					reason := ReasonListOrder
-					switch {
-					case slots[r.i].last:
-						reason = ReasonLastResort
-					case slots[r.i].hedged:
-						reason = ReasonHedgeWon
-					case r.i > 0:
-						reason = ReasonFallback
-					case reordered:
-						reason = ReasonHealthOrder
+				// Every launch keeps each earlier entry either gone on or
+				// running with a '|' after it (advance launches only past
+				// entries that went on, a hedge only next to a running '|'
+				// entry, the last resort only among skipped entries that go
+				// on): a success is the answer a sequential walk would give.
+				reason := ReasonListOrder
+				switch {
+				case slots[r.i].last:
+					reason = ReasonLastResort
+				case slots[r.i].hedged:
+					reason = ReasonHedgeWon
+				case r.i > 0:
+					reason = ReasonFallback
+				case reordered:
+					reason = ReasonHealthOrder
+				}
+				if h != nil && !e.keyword() {
+					decision := "chosen"
+					if reason == ReasonHedgeWon {
+						decision = "hedge_won"
 					}
-					if h != nil && !e.keyword() {
-						decision := "chosen"
-						if reason == ReasonHedgeWon {
-							decision = "hedge_won"
-						}
-						h.RecordDecision(e.Name, decision, reason)
-					}
-					return r.val, Result{Upstream: e.Name, Reason: reason}, nil
+					h.RecordDecision(e.Name, decision, reason)
 				}
-			} else {
-				if ctx.Err() != nil && errors.Is(r.err, context.Canceled) {
-					continue
+				return r.val, Result{Upstream: e.Name, Reason: reason}, nil
+			}
+			if ctx.Err() != nil && errors.Is(r.err, context.Canceled) {
+				continue
+			}
+			errs = append(errs, r.err)
+			slots[r.i].st = failed
+			slots[r.i].class = classify(r.err)
+			if e.Off {
+				slots[r.i].class = Final
+			}
+			if h != nil && !e.keyword() && goesOn(r.i) && r.i+1 < n {
+				reason := "error"
+				if cfg.Reason != nil {
+					reason = cfg.Reason(r.err)
 				}
-				errs = append(errs, r.err)
-				slots[r.i].st = failed
-				slots[r.i].class = classify(r.err)
-				if e.Off {
-					slots[r.i].class = Final
-				}
-				if h != nil && !e.keyword() && goesOn(r.i) && r.i+1 < n {
-					reason := "error"
-					if cfg.Reason != nil {
-						reason = cfg.Reason(r.err)
-					}
-					h.RecordDecision(e.Name, "fallthrough", reason)
-				}
+				h.RecordDecision(e.Name, "fallthrough", reason)
 			}
 			if !advance() && running == 0 {
 				return zero, Result{}, errs
