@@ -225,7 +225,7 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 	}
 	armHedge := func(i int) {
 		hedgeC = nil
-		if !cfg.Hedge || h == nil || !cands[i].AnyError || i+1 >= n || cands[i+1].keyword() {
+		if !cfg.Hedge || h == nil || !cands[i].AnyError || i+1 >= n || cands[i].keyword() || cands[i+1].keyword() {
 			return
 		}
 		if d, ok := h.HedgeAfter(cands[i].Name); ok {

@@ -136,6 +136,8 @@ func TestRun(t *testing.T) {
 			hedge: map[string]time.Duration{"a": 10 * time.Millisecond}, want: "a", reason: ReasonListOrder, asked: []string{"a"}},
 		{name: "no hedge onto direct", list: "a|direct", up: map[string]behaviour{"a": {delay: 100 * time.Millisecond}},
 			hedge: map[string]time.Duration{"a": 10 * time.Millisecond}, want: "a", reason: ReasonListOrder, asked: []string{"a"}},
+		{name: "no hedge off direct", list: "direct|a", up: map[string]behaviour{"direct": {delay: 100 * time.Millisecond, err: errNotFound}, "a": {}},
+			hedge: map[string]time.Duration{"direct": 10 * time.Millisecond}, want: "a", reason: ReasonFallback, asked: []string{"a", "direct"}},
 		{name: "off ends the walk", list: "a,off,b", up: map[string]behaviour{"a": {err: errNotFound}, "off": {err: errNotFound}, "b": {}}, asked: []string{"a", "off"}, errHas: "404"},
 		{name: "pipe skips an open circuit", list: "a|b", open: []string{"a"}, up: map[string]behaviour{"b": {}}, want: "b", reason: ReasonFallback, asked: []string{"b"}},
 		{name: "single upstream open: last resort", list: "a", open: []string{"a"}, up: map[string]behaviour{"a": {}}, want: "a", reason: ReasonLastResort, asked: []string{"a"}},

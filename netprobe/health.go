@@ -373,6 +373,10 @@ func (h *Health) trackHangLocked(u *upHealth, timeout bool, path string, now tim
 	u.hung = true
 	h.openLocked(u, now)
 	h.cfg.Logger.Warn("netprobe: upstream hangs; releasing the requests waiting on it", "upstream", u.name, "waiting", len(u.waiting))
+	if n := len(u.waiting); n > 0 {
+		h.m.decisions.WithLabelValues(u.name, "released", "hang").Add(float64(n))
+		u.decisions[[2]string{"released", "hang"}] += int64(n)
+	}
 	for id, cancel := range u.waiting {
 		cancel(ErrUpstreamHung)
 		delete(u.waiting, id)

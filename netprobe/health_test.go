@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -229,6 +230,9 @@ func TestHangReleasesWaitingRequests(t *testing.T) {
 	}
 	if ok, _ := h.Allow("u"); ok {
 		t.Error("circuit not open after a hang")
+	}
+	if got := h.snapshot("u").Decisions; !slices.Contains(got, DecisionCount{Decision: "released", Reason: "hang", Count: 2}) {
+		t.Errorf("decisions %v, want 2 released", got)
 	}
 	if _, _, budget := h.waitFirstByte("u", func(error) {}); budget != hungFirstByte {
 		t.Errorf("first-byte budget after a hang = %v, want %v", budget, hungFirstByte)
