@@ -134,14 +134,12 @@ func TestStaleListWithinBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.advance(2 * time.Minute) // past ListTTL
-	up.SetFaults(testupstream.Fault{Delay: 400 * time.Millisecond})
-	start := time.Now()
+	// The upstream answers, but only after the budget: a request that
+	// waited for it would get the fresh list ("miss"), not the stale one.
+	up.SetFaults(testupstream.Fault{Delay: time.Second})
 	r := e.get(p)
 	if r.status != 200 || r.header.Get(headerCache) != "stale" || r.header.Get("Cache-Control") != staleCache {
 		t.Fatalf("slow upstream: %d cache %q cc %q", r.status, r.header.Get(headerCache), r.header.Get("Cache-Control"))
-	}
-	if d := time.Since(start); d > 350*time.Millisecond {
-		t.Errorf("stale answer took %v: it waited for the upstream", d)
 	}
 	// The background refresh lands in the store.
 	deadline := time.Now().Add(5 * time.Second)
