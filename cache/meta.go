@@ -99,6 +99,23 @@ func (s *Store) PutKV(bucket, key string, value []byte) error {
 	return nil
 }
 
+// DeleteKV removes key from bucket; a missing key or bucket is no error.
+// It is for data found bad (a checksum-database tile or record that fails
+// authentication), which must not be served again.
+func (s *Store) DeleteKV(bucket, key string) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketKV).Bucket([]byte(bucket))
+		if b == nil {
+			return nil
+		}
+		return b.Delete([]byte(key))
+	})
+	if err != nil {
+		return fmt.Errorf("delete %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
 // WalkKV calls fn for every key in bucket, in key order, outside any
 // transaction (see Walk). A missing bucket is empty.
 func (s *Store) WalkKV(bucket string, fn func(key string, value []byte) error) error {

@@ -50,8 +50,14 @@ type Config struct {
 	// nil stores unverified.
 	Verifier Verifier
 	// VerifyFailOpen stores (and serves) artifacts unverified while the
-	// checksum database cannot be reached, instead of refusing them.
+	// checksum database cannot be reached, instead of refusing them. With a
+	// Verifier, such artifacts are verified in the background once the
+	// database answers again (see reverifier).
 	VerifyFailOpen bool
+	// ReverifyRetry is how long the background verification of unverified
+	// artifacts waits after a fail-open store, and between attempts while
+	// the database stays unreachable; default 30s.
+	ReverifyRetry time.Duration
 	// Health orders upstreams and trips circuit breakers; nil means plain
 	// list order.
 	Health Health
@@ -113,6 +119,9 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.ReverifyRetry <= 0 {
+		c.ReverifyRetry = 30 * time.Second
+	}
 }
 
 // Fetcher gets artifacts from the store or, on a miss, from the upstreams,
@@ -136,6 +145,8 @@ type Fetcher struct {
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
+
+	reverify *reverifier // nil without a Verifier
 }
 
 // NewFetcher returns a Fetcher; Close stops its background fetches.
@@ -148,7 +159,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		return nil, errors.New("proxy: no upstream (use offline mode to serve only the store)")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Fetcher{
+	f := &Fetcher{
 		cfg:        cfg,
 		store:      cfg.Store,
 		health:     cfg.Health,
@@ -159,7 +170,16 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
 		condemned:  condemnedCopies{now: cfg.Now},
 		zipFlights: make(map[cache.Key]*zipFlight),
-	}, nil
+	}
+	if cfg.Verifier != nil {
+		f.reverify = newReverifier(f, cfg.ReverifyRetry)
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.reverify.run(ctx)
+		}()
+	}
+	return f, nil
 }
 
 // Close cancels in-flight fetches and waits for them to stop.
@@ -203,7 +223,7 @@ func (f *Fetcher) trial(e fallback.Entry, p string) {
 // upstreamsFor returns the upstreams that may serve module path, and
 // whether it is private.
 func (f *Fetcher) upstreamsFor(path string) ([]Upstream, bool) {
-	if f.cfg.Private != "" && module.MatchPrefixPatterns(f.cfg.Private, path) {
+	if sumdb.MatchPatterns(f.cfg.Private, path) {
 		return f.cfg.PrivateUpstreams, true
 	}
 	return f.cfg.Upstreams, false
@@ -381,6 +401,9 @@ func (f *Fetcher) failOpen(req Request, kind Kind, hash string, err error) (stri
 	}
 	f.log.Warn("checksum database unavailable: storing unverified (fail-open)", "module", req.Module, "version", req.Version, "kind", kind, "err", err)
 	f.m.storedUnverified.WithLabelValues(string(kind)).Inc()
+	if f.reverify != nil {
+		f.reverify.notify()
+	}
 	return "", nil
 }
 

@@ -14,6 +14,8 @@ type Metrics struct {
 	// storedUnverified counts artifacts stored without checksum-database
 	// verification because the database was unreachable (fail-open).
 	storedUnverified *prometheus.CounterVec
+	// reverified counts background verifications of unverified artifacts.
+	reverified *prometheus.CounterVec
 }
 
 // NewMetrics creates the proxy's collectors and registers them with reg
@@ -44,6 +46,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "modproxy_stored_unverified_total",
 			Help: "Artifacts stored unverified because the checksum database was unreachable (--sumdb-fail-open).",
 		}, []string{"kind"}),
+		reverified: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_reverified_total",
+			Help: "Background verifications of artifacts stored unverified (fail-open), by kind and result (ok, mismatch: quarantined, not_found, unavailable: retried later, error).",
+		}, []string{"kind", "result"}),
 		fetchShared: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_fetch_shared_total",
 			Help: "Client requests that joined a fetch already in flight instead of starting one.",
@@ -56,6 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, k := range []Kind{KindMod, KindZip} {
 		m.storedUnverified.WithLabelValues(string(k))
+		m.reverified.WithLabelValues(string(k), "mismatch")
 	}
 	for _, k := range []Kind{KindInfo, KindMod, KindZip, KindList, KindLatest} {
 		m.fetchShared.WithLabelValues(string(k))
@@ -64,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified)
+		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified, m.reverified)
 	}
 	return m
 }

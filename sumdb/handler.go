@@ -1,6 +1,7 @@
 package sumdb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -54,7 +55,7 @@ func (v *Verifier) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(rest, "lookup/"):
 		v.serveLookup(w, r, strings.TrimPrefix(rest, "lookup/"))
 	case strings.HasPrefix(rest, "tile/"):
-		v.serveTile(w, rest)
+		v.serveTile(w, r, rest)
 	default:
 		v.notFound(w, "other", "not found: unknown checksum database endpoint "+r.URL.Path)
 	}
@@ -94,13 +95,11 @@ func (v *Verifier) serveLookup(w http.ResponseWriter, r *http.Request, mod strin
 		return
 	}
 	file := v.name + "/lookup/" + mod
-	if data, err := v.store.GetKV(bucketVerified, file); err == nil {
-		v.metrics.requests.WithLabelValues(ep, "hit").Inc()
-		serve(w, "text/plain; charset=UTF-8", data)
-		return
-	}
-	// Look the record up through the client, which authenticates it and
-	// stores it in the verified bucket.
+	_, err := v.store.GetKV(bucketVerified, file)
+	hit := err == nil
+	// Look the record up through the client even when it is stored: the
+	// client authenticates the stored record (a bad one is dropped and
+	// fetched again) or fetches, authenticates and stores it.
 	if _, err := v.clientLookup(r.Context(), path, vers); err != nil {
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -123,77 +122,125 @@ func (v *Verifier) serveLookup(w http.ResponseWriter, r *http.Request, mod strin
 			return
 		}
 	}
-	v.metrics.requests.WithLabelValues(ep, "miss").Inc()
+	cacheLabel := "miss"
+	if hit {
+		cacheLabel = "hit"
+	}
+	v.metrics.requests.WithLabelValues(ep, cacheLabel).Inc()
 	serve(w, "text/plain; charset=UTF-8", data)
 }
 
-func (v *Verifier) serveTile(w http.ResponseWriter, rest string) {
+func (v *Verifier) serveTile(w http.ResponseWriter, r *http.Request, rest string) {
 	const ep = "tile"
 	t, err := tlog.ParseTilePath(rest)
 	if err != nil {
 		v.fail(w, ep, http.StatusBadRequest, "invalid tile syntax: "+rest)
 		return
 	}
+	if t.H > maxTileHeight {
+		v.fail(w, ep, http.StatusBadRequest, fmt.Sprintf("invalid tile %s: height %d, this proxy serves heights up to %d", rest, t.H, maxTileHeight))
+		return
+	}
 	contentType := "application/octet-stream"
 	if t.L < 0 {
 		contentType = "text/plain; charset=UTF-8"
 	}
-	if data, ok := v.storedTile(t); ok {
-		v.metrics.requests.WithLabelValues(ep, "hit").Inc()
-		serve(w, contentType, data)
-		return
-	}
-	if v.cfg.Offline {
-		v.notFound(w, ep, fmt.Sprintf("not found: tile %s of %s is not in the store and the proxy is offline", rest, v.name))
-		return
-	}
-	data, err := v.readRemote("/" + rest)
-	if err != nil {
-		if isNotFound(err) {
-			v.notFound(w, ep, oneLine(err))
+	ctx := r.Context()
+	file := v.name + "/" + t.Path()
+	// Each stored copy that fails authentication is dropped, and the next
+	// one tried; a bounded loop, since each pass removes an entry.
+	for range 4 {
+		data, src, ok := v.storedTile(t)
+		if !ok {
+			break
+		}
+		err := v.authenticateTile(ctx, t, data, "")
+		if err == nil {
+			if src.bucket != bucketVerified || src.key != file {
+				v.storeVerified(file, data)
+			}
+			v.metrics.requests.WithLabelValues(ep, "hit").Inc()
+			serve(w, contentType, data)
 			return
 		}
-		v.fail(w, ep, http.StatusBadGateway, oneLine(err))
+		if !errors.Is(err, errBadData) {
+			// The store holds the tile but not what proves it: ask the
+			// database, as for a tile not stored.
+			v.log.Debug("stored checksum database tile cannot be authenticated from the store", "tile", rest, "err", err)
+			break
+		}
+		v.reportBadData(fmt.Sprintf("stored %s (%s) fails authentication, dropped it: %v", src.key, src.bucket, err))
+		if derr := v.store.DeleteKV(src.bucket, src.key); derr != nil {
+			v.log.Warn("cannot drop checksum database tile that fails authentication", "tile", src.key, "err", derr)
+			break
+		}
+	}
+	if v.cfg.Offline {
+		v.notFound(w, ep, fmt.Sprintf("not found: tile %s of %s is not in the store (with what authenticates it) and the proxy is offline", rest, v.name))
 		return
 	}
-	if t.L >= 0 && len(data) != t.W*tlog.HashSize {
-		v.fail(w, ep, http.StatusBadGateway, fmt.Sprintf("checksum database %s: tile %s has %d bytes, want %d", v.name, rest, len(data), t.W*tlog.HashSize))
+	data, err := v.readRemoteChecked("/"+rest, func(rctx context.Context, base string, d []byte) error {
+		// Proofs stop with the remote read or with the client's request.
+		rctx, cancel := context.WithCancel(rctx)
+		defer cancel()
+		stop := context.AfterFunc(ctx, cancel)
+		defer stop()
+		aerr := v.authenticateTile(rctx, t, d, base)
+		if errors.Is(aerr, errBadData) {
+			v.reportBadData(fmt.Sprintf("%s served tile %s, which fails authentication: %v", v.upstreamOf(base), rest, aerr))
+		}
+		return aerr
+	})
+	if err != nil {
+		switch {
+		case isNotFound(err):
+			v.notFound(w, ep, oneLine(err))
+		case errors.Is(err, errBadData) && !errors.Is(err, ErrUnavailable):
+			v.fail(w, ep, http.StatusBadGateway, fmt.Sprintf("checksum database %s: security error: tile %s from every source fails authentication against the signed tree head (see the proxy's log)", v.name, rest))
+		default:
+			v.fail(w, ep, http.StatusBadGateway, oneLine(err))
+		}
 		return
 	}
-	if err := v.store.PutKV(bucketUnverified, v.name+"/"+rest, data); err != nil {
-		v.log.Warn("cannot store checksum database tile", "tile", rest, "err", err)
-	}
+	v.storeVerified(file, data)
 	v.metrics.requests.WithLabelValues(ep, "miss").Inc()
 	serve(w, contentType, data)
 }
 
-// storedTile returns tile t from the store: the tile itself, or for a
-// partial hash tile the prefix of the stored full tile or of a wider
-// verified partial tile, looking first at verified tiles and then at
-// passed-through ones.
-func (v *Verifier) storedTile(t tlog.Tile) ([]byte, bool) {
+// tileSource names the store entry a stored tile was read from.
+type tileSource struct{ bucket, key string }
+
+// storedTile returns tile t from the store, unauthenticated: the tile
+// itself, or for a partial hash tile the prefix of the stored full tile or
+// of a wider verified partial tile, looking first at verified tiles and
+// then at passed-through ones (which older versions stored, and bundles
+// may bring). Callers authenticate it (authenticateTile) before use.
+func (v *Verifier) storedTile(t tlog.Tile) ([]byte, tileSource, bool) {
 	full := t
 	full.W = 1 << uint(t.H)
 	for _, bucket := range []string{bucketVerified, bucketUnverified} {
-		if data, err := v.store.GetKV(bucket, v.name+"/"+t.Path()); err == nil {
-			return data, true
+		key := v.name + "/" + t.Path()
+		if data, err := v.store.GetKV(bucket, key); err == nil {
+			return data, tileSource{bucket, key}, true
 		}
 		if t.L >= 0 && t != full {
-			if data, err := v.store.GetKV(bucket, v.name+"/"+full.Path()); err == nil && len(data) == full.W*tlog.HashSize {
-				return data[:t.W*tlog.HashSize], true
+			key := v.name + "/" + full.Path()
+			if data, err := v.store.GetKV(bucket, key); err == nil && len(data) == full.W*tlog.HashSize {
+				return data[:t.W*tlog.HashSize], tileSource{bucket, key}, true
 			}
 			if bucket != bucketVerified {
 				continue
 			}
 			wider := t
 			if wider.W = v.widestPartialTile(t); wider.W > t.W {
-				if data, err := v.store.GetKV(bucket, v.name+"/"+wider.Path()); err == nil && len(data) == wider.W*tlog.HashSize {
-					return data[:t.W*tlog.HashSize], true
+				key := v.name + "/" + wider.Path()
+				if data, err := v.store.GetKV(bucket, key); err == nil && len(data) == wider.W*tlog.HashSize {
+					return data[:t.W*tlog.HashSize], tileSource{bucket, key}, true
 				}
 			}
 		}
 	}
-	return nil, false
+	return nil, tileSource{}, false
 }
 
 // servedLatestKey is the store entry for the tree head served at /latest.
@@ -201,8 +248,7 @@ func (v *Verifier) servedLatestKey() string { return "sumdb/" + v.name + "/serve
 
 func (v *Verifier) serveLatest(w http.ResponseWriter) {
 	const ep = "latest"
-	stored, err := v.store.GetMeta(v.servedLatestKey())
-	have := err == nil && len(stored.Value) > 0
+	stored, have := v.storedHead(v.servedLatestKey())
 	if have && (v.cfg.Offline || time.Since(stored.Fetched) < v.cfg.LatestTTL) {
 		v.metrics.requests.WithLabelValues(ep, "hit").Inc()
 		serve(w, "text/plain; charset=UTF-8", stored.Value)
@@ -210,12 +256,13 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 	}
 	var remoteErr error
 	if !v.cfg.Offline {
-		data, err := v.readRemote("/latest")
-		if err == nil {
-			if _, err = note.Open(data, v.note); err != nil {
-				err = fmt.Errorf("checksum database %s: /latest is not a valid signed tree head: %v", v.name, err)
+		data, err := v.readRemoteChecked("/latest", func(_ context.Context, base string, d []byte) error {
+			if _, err := note.Open(d, v.note); err != nil {
+				v.reportBadData(fmt.Sprintf("%s served a /latest that is not a tree head signed by %s: %v", v.upstreamOf(base), v.name, err))
+				return fmt.Errorf("%w: %s/latest is not a tree head signed by %s: %v", errBadData, v.upstreamOf(base), v.name, err)
 			}
-		}
+			return nil
+		})
 		if err == nil {
 			if err := v.store.PutMeta(v.servedLatestKey(), data); err != nil {
 				v.log.Warn("cannot store checksum database latest tree head", "err", err)
@@ -228,11 +275,7 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 	}
 	// Stale: the last served head, or else the one the Verifier trusts.
 	if !have {
-		if e, err := v.store.GetMeta(latestKey(v.name + "/latest")); err == nil && len(e.Value) > 0 {
-			stored, have = e, true
-		} else if err != nil && !errors.Is(err, cache.ErrNotFound) {
-			v.log.Warn("cannot read checksum database tree head from store", "err", err)
-		}
+		stored, have = v.storedHead(latestKey(v.name + "/latest"))
 	}
 	if have {
 		v.metrics.requests.WithLabelValues(ep, "stale").Inc()
@@ -245,6 +288,26 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 		return
 	}
 	v.fail(w, ep, http.StatusBadGateway, oneLine(remoteErr))
+}
+
+// storedHead returns the tree head stored at key if its signature checks;
+// one that does not is reported and treated as absent, never served.
+func (v *Verifier) storedHead(key string) (cache.Entry, bool) {
+	e, err := v.store.GetMeta(key)
+	if err != nil {
+		if !errors.Is(err, cache.ErrNotFound) {
+			v.log.Warn("cannot read checksum database tree head from store", "key", key, "err", err)
+		}
+		return cache.Entry{}, false
+	}
+	if len(e.Value) == 0 {
+		return cache.Entry{}, false
+	}
+	if _, err := note.Open(e.Value, v.note); err != nil {
+		v.reportBadData(fmt.Sprintf("stored tree head %s is not signed by %s: %v", key, v.name, err))
+		return cache.Entry{}, false
+	}
+	return e, true
 }
 
 // oneLine returns err's message on one line.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	xsumdb "golang.org/x/mod/sumdb"
@@ -24,8 +25,37 @@ import (
 // when several Verifiers share a store.
 var configMu sync.Mutex
 
-// clientOps implements xsumdb.ClientOps over a Verifier's store and remotes.
-type clientOps struct{ v *Verifier }
+// opsMode is how a clientOps reads: the Verifier's long-lived client uses
+// the store and the network; when a lookup on it fails, clients of their
+// own find out why (see Verifier.recoverLookup).
+type opsMode int
+
+const (
+	// modeShared reads the store, then the network.
+	modeShared opsMode = iota
+	// modeFresh reads nothing from the store (but the trusted tree head),
+	// accepts a remote tile or record only once it is authenticated
+	// (falling through to the next source otherwise) and replaces stored
+	// data that differs from what it authenticated.
+	modeFresh
+	// modeCacheOnly reads only the store.
+	modeCacheOnly
+)
+
+// clientOps implements xsumdb.ClientOps over a Verifier's store and
+// remotes, and accounts for its reads: the x/mod client flattens errors to
+// text, so these flags are how a failed lookup is classified (never from
+// the error text, which can quote data a source chose).
+type clientOps struct {
+	v    *Verifier
+	mode opsMode
+
+	remoteFailed atomic.Bool // a remote read failed (not 404/410, not bad data)
+	remoteWanted atomic.Bool // modeCacheOnly: the store lacked something
+	badData      atomic.Bool // a source answered with data that fails authentication
+	notFound     sync.Map    // remote paths answered 404 or 410
+	tree         atomic.Pointer[tlog.Tree]
+}
 
 var _ xsumdb.ClientOps = (*clientOps)(nil)
 
@@ -72,21 +102,14 @@ func (o *clientOps) WriteConfig(file string, old, new []byte) error {
 }
 
 func (o *clientOps) ReadCache(file string) ([]byte, error) {
+	if o.mode == modeFresh {
+		return nil, fmt.Errorf("%s: not read from the store: %w", file, cache.ErrNotFound)
+	}
 	return o.v.store.GetKV(bucketVerified, file)
 }
 
-func (o *clientOps) WriteCache(file string, data []byte) {
-	v := o.v
-	if err := v.store.PutKV(bucketVerified, file, data); err != nil {
-		v.log.Warn("cannot store checksum database data", "file", file, "err", err)
-		return
-	}
-	if rest, ok := strings.CutPrefix(file, v.name+"/"); ok && strings.HasPrefix(rest, "tile/") {
-		if t, err := tlog.ParseTilePath(rest); err == nil && t.L >= 0 && t.W < 1<<uint(t.H) {
-			v.notePartialTile(t)
-		}
-	}
-}
+// WriteCache stores what the x/mod client authenticated.
+func (o *clientOps) WriteCache(file string, data []byte) { o.v.storeVerified(file, data) }
 
 // partialKey is the store entry recording the widest verified partial tile
 // stored for the position of t, so that the handler can cut narrower
@@ -125,7 +148,89 @@ func (o *clientOps) Log(msg string) { o.v.log.Debug(msg) }
 
 func (o *clientOps) SecurityError(msg string) { o.v.reportSecurity(msg) }
 
-func (o *clientOps) ReadRemote(path string) ([]byte, error) { return o.v.readRemote(path) }
+func (o *clientOps) ReadRemote(path string) ([]byte, error) {
+	v := o.v
+	if o.mode == modeCacheOnly {
+		o.remoteWanted.Store(true)
+		return nil, fmt.Errorf("%w: %s%s is not in the store", ErrUnavailable, v.name, path)
+	}
+	var data []byte
+	var err error
+	t, terr := tlog.ParseTilePath(strings.TrimPrefix(path, "/"))
+	switch {
+	case o.mode != modeFresh:
+		data, err = v.readRemote(path)
+	case terr == nil:
+		data, err = v.readRemoteChecked(path, o.rejecting(path, func(ctx context.Context, base string, d []byte) error {
+			return v.authenticateTile(ctx, t, d, base, o.trees()...)
+		}))
+	case strings.HasPrefix(path, "/lookup/"):
+		data, err = v.readRemoteChecked(path, o.rejecting(path, v.authenticateRecord))
+	default:
+		data, err = v.readRemote(path)
+	}
+	switch {
+	case err == nil:
+		if o.mode == modeFresh && strings.HasPrefix(path, "/lookup/") {
+			o.noteRecordTree(data)
+		}
+	case isNotFound(err):
+		o.notFound.Store(path, true)
+	case errors.Is(err, errBadData) && !errors.Is(err, ErrUnavailable):
+		o.badData.Store(true)
+	default:
+		o.remoteFailed.Store(true)
+	}
+	return data, err
+}
+
+// rejecting wraps an authentication of what a source answered for path:
+// a failure is recorded and reported as a security event naming the
+// source, and makes readRemoteChecked try the next source.
+func (o *clientOps) rejecting(path string, check func(ctx context.Context, base string, data []byte) error) func(context.Context, string, []byte) error {
+	return func(ctx context.Context, base string, data []byte) error {
+		err := check(ctx, base, data)
+		if errors.Is(err, errBadData) {
+			o.badData.Store(true)
+			o.v.reportBadData(fmt.Sprintf("%s answered %s with data that fails authentication: %v", o.v.upstreamOf(base), path, err))
+		}
+		return err
+	}
+}
+
+// answeredNotFound reports whether a remote read of path answered 404 or
+// 410.
+func (o *clientOps) answeredNotFound(path string) bool {
+	_, ok := o.notFound.Load(path)
+	return ok
+}
+
+// noteRecordTree remembers the signed tree head in a lookup record, the
+// tree the client will authenticate the record's tiles against before it
+// stores that head.
+func (o *clientOps) noteRecordTree(record []byte) {
+	_, _, msg, err := tlog.ParseRecord(record)
+	if err != nil {
+		return
+	}
+	t, err := o.v.openTree(msg)
+	if err != nil {
+		return
+	}
+	for {
+		cur := o.tree.Load()
+		if cur != nil && cur.N >= t.N || o.tree.CompareAndSwap(cur, &t) {
+			return
+		}
+	}
+}
+
+func (o *clientOps) trees() []tlog.Tree {
+	if t := o.tree.Load(); t != nil {
+		return []tlog.Tree{*t}
+	}
+	return nil
+}
 
 // maxRemoteBody bounds a remote answer (tiles are 8 KiB, records smaller).
 const maxRemoteBody = 4 << 20
@@ -159,6 +264,14 @@ func isNotFound(err error) bool {
 // circuit is skipped unless every base is open (then the healthiest is
 // tried anyway), and with Config.Health a slow base is hedged to the next.
 func (v *Verifier) readRemote(path string) ([]byte, error) {
+	return v.readRemoteChecked(path, nil)
+}
+
+// readRemoteChecked is readRemote with accept, if set, judging each
+// source's answer: a rejected answer counts as that source's failure, so
+// the next source is tried. When every source was rejected for data that
+// fails authentication, the error wraps errBadData and not ErrUnavailable.
+func (v *Verifier) readRemoteChecked(path string, accept func(ctx context.Context, base string, data []byte) error) ([]byte, error) {
 	if v.cfg.Offline {
 		return nil, fmt.Errorf("%w: offline: %s%s is not in the store", ErrUnavailable, v.name, path)
 	}
@@ -196,7 +309,11 @@ func (v *Verifier) readRemote(path string) ([]byte, error) {
 		}
 	}
 	data, res, errs := fallback.Run(context.Background(), cfg, entries, func(ctx context.Context, e fallback.Entry) ([]byte, error) {
-		return v.get(ctx, byName[e.Name]+path)
+		data, err := v.get(ctx, byName[e.Name]+path)
+		if err == nil && accept != nil {
+			err = accept(ctx, byName[e.Name], data)
+		}
+		return data, err
 	})
 	if res.Upstream != "" {
 		return data, nil
@@ -206,7 +323,21 @@ func (v *Verifier) readRemote(path string) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return nil, fmt.Errorf("%w: %v", ErrUnavailable, errors.Join(errs...))
+	// A source skipped by its open circuit said nothing: it neither makes
+	// bad data "unavailable" (which fail-open would act on) nor excuses it.
+	allBad, answered := true, 0
+	for _, err := range errs {
+		if errors.Is(err, fallback.ErrCircuitOpen) {
+			continue
+		}
+		answered++
+		allBad = allBad && errors.Is(err, errBadData)
+	}
+	allBad = allBad && answered > 0
+	if allBad {
+		return nil, fmt.Errorf("checksum database %s%s: no source answered with data that authenticates: %w", v.name, path, errors.Join(errs...))
+	}
+	return nil, fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
 }
 
 // engineHealth gives the fallback engine the whole health interface: a

@@ -160,6 +160,7 @@ type Health interface {
 type Store interface {
 	GetKV(bucket, key string) ([]byte, error)
 	PutKV(bucket, key string, value []byte) error
+	DeleteKV(bucket, key string) error
 	GetMeta(key string) (cache.Entry, error)
 	PutMeta(key string, value []byte) error
 }
@@ -184,21 +185,24 @@ const (
 
 // ParseGOSUMDB parses a GOSUMDB value as the go command does: "off"; a
 // known database name alone; a verifier key "<name>+<hash>+<key>"; or a
-// verifier key (or known name) followed by the database's base URL. It
-// returns the database name, verifier key and base URL (default
-// "https://<name>"), or off.
+// verifier key (or known name) followed by the database's base URL. An
+// empty value means the default database, as an empty GOSUMDB does for the
+// go command: only an explicit "off" disables verification. It returns the
+// database name, verifier key and base URL (default "https://<name>"), or
+// off.
 func ParseGOSUMDB(s string) (name, vkey, dbURL string, off bool, err error) {
 	s = strings.TrimSpace(s)
 	if s == "off" {
 		return "", "", "", true, nil
+	}
+	if s == "" {
+		s = DefaultVerifierKey
 	}
 	if u, ok := knownAliases[s]; ok {
 		s = defaultName() + " " + u
 	}
 	f := strings.Fields(s)
 	switch {
-	case len(f) == 0:
-		return "", "", "", false, errors.New("invalid GOSUMDB: empty")
 	case len(f) > 2:
 		return "", "", "", false, fmt.Errorf("invalid GOSUMDB %q: too many fields", s)
 	}
@@ -266,6 +270,7 @@ type Verifier struct {
 
 	mu      sync.Mutex
 	client  *xsumdb.Client // current x/mod client; nil to make a new one
+	ops     *clientOps     // client's
 	lookups int            // lookups through client
 
 	security atomic.Pointer[string] // first security error message
@@ -354,10 +359,27 @@ func New(cfg Config, store Store) (*Verifier, error) {
 // Name is the database name.
 func (v *Verifier) Name() string { return v.name }
 
-// Exempt reports whether path matches the Private or NoSumDB patterns, so
-// that it must not be looked up in the checksum database.
+// Exempt reports whether path matches the Private or NoSumDB patterns (in
+// any letter case, see MatchPatterns), so that it must not be looked up in
+// the checksum database.
 func (v *Verifier) Exempt(path string) bool {
-	return module.MatchPrefixPatterns(v.cfg.Private, path) || module.MatchPrefixPatterns(v.cfg.NoSumDB, path)
+	return MatchPatterns(v.cfg.Private, path) || MatchPatterns(v.cfg.NoSumDB, path)
+}
+
+// MatchPatterns reports whether path, or any case variant of it, matches
+// the comma-separated glob patterns (GOPRIVATE / GONOSUMDB syntax, as
+// module.MatchPrefixPatterns). Code hosts treat paths case-insensitively,
+// so example.com/Private/x names the same repository as
+// example.com/private/x: a case variant of a private path is private too,
+// never sent to a public upstream or the checksum database.
+func MatchPatterns(patterns, path string) bool {
+	if patterns == "" {
+		return false
+	}
+	// The exact match first: lower-casing a pattern can only make it match
+	// more paths, except for a character range it turns invalid.
+	return module.MatchPrefixPatterns(patterns, path) ||
+		module.MatchPrefixPatterns(strings.ToLower(patterns), strings.ToLower(path))
 }
 
 // Lookup returns the hashes the checksum database records for path@version:
@@ -501,15 +523,89 @@ func (v *Verifier) lookupHash(ctx context.Context, path, vers string) (string, e
 	return "", fmt.Errorf("%s %s: %w: the record has no h1: line for it", path, vers, ErrNotFound)
 }
 
-// clientLookup runs the x/mod client's Lookup, classifying its errors (which
-// the client flattens to text) and replacing a client that failed, since
-// the client caches failures forever. It returns when ctx is done even if
-// the remote request is still running (it then ends within Config.Timeout).
+// clientLookup runs the x/mod client's Lookup and classifies its failures,
+// replacing a client that failed, since the client caches failures
+// forever. It returns when ctx is done even if a remote request is still
+// running (it then ends within Config.Timeout).
+//
+// Only a database that could not be asked makes an ErrUnavailable: data
+// that fails authentication, from the store or from a source, is a
+// security event (ErrSecurity), so that --sumdb-fail-open can never be
+// reached with bad data. See recoverLookup.
 func (v *Verifier) clientLookup(ctx context.Context, path, vers string) ([]string, error) {
 	if err := v.securityError(); err != nil {
 		return nil, err
 	}
-	c := v.currentClient()
+	c, ops := v.currentClient()
+	lines, err := v.runLookup(ctx, c, path, vers)
+	if err == nil || ctx.Err() != nil {
+		return lines, err
+	}
+	if err := v.securityError(); err != nil {
+		return nil, err
+	}
+	v.dropClient(c)
+	if isRemoteNotFound(err, path, vers) && ops.answeredNotFound(lookupPath(path, vers)) {
+		return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+	}
+	return v.recoverLookup(ctx, path, vers, err, ops.remoteFailed.Load())
+}
+
+// recoverLookup finds out why a lookup failed on the shared client (whose
+// reads, shared with other lookups, cannot be attributed to this one) with
+// clients of its own whose every read it accounts for, repairing what it
+// can:
+//
+//  1. Unless the network already failed, a fresh client reads everything
+//     from the network, authenticating each remote tile and record
+//     (falling through to the next source when one fails), and replaces
+//     stored data that differs from what it authenticated. Success is the
+//     answer. A failure without any network failure is data that fails
+//     authentication.
+//  2. A cache-only client then tells a store that merely lacks data (the
+//     database is unavailable) from a store whose data fails
+//     authentication (a security error).
+func (v *Verifier) recoverLookup(ctx context.Context, path, vers string, first error, networkFailed bool) ([]string, error) {
+	lp := lookupPath(path, vers)
+	sawBad := false
+	last := first
+	if !networkFailed {
+		fops := &clientOps{v: v, mode: modeFresh}
+		lines, err := v.runLookup(ctx, xsumdb.NewClient(fops), path, vers)
+		if err == nil || ctx.Err() != nil {
+			return lines, err
+		}
+		if serr := v.securityError(); serr != nil {
+			return nil, serr
+		}
+		if isRemoteNotFound(err, path, vers) && fops.answeredNotFound(lp) {
+			return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+		}
+		if !fops.remoteFailed.Load() {
+			v.reportBadData(fmt.Sprintf("lookup of %s %s: data from checksum database %s fails authentication: %v", path, vers, v.name, err))
+			return nil, fmt.Errorf("%w: looking up %s %s in checksum database %s: its data fails authentication: %v", ErrSecurity, path, vers, v.name, err)
+		}
+		sawBad, last = fops.badData.Load(), err
+	}
+	cops := &clientOps{v: v, mode: modeCacheOnly}
+	lines, err := v.runLookup(ctx, xsumdb.NewClient(cops), path, vers)
+	if err == nil || ctx.Err() != nil {
+		return lines, err
+	}
+	if serr := v.securityError(); serr != nil {
+		return nil, serr
+	}
+	if cops.remoteWanted.Load() && !sawBad {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, last)
+	}
+	if !cops.remoteWanted.Load() {
+		v.reportBadData(fmt.Sprintf("lookup of %s %s: stored checksum-database data fails authentication and the database cannot be asked again now: %v", path, vers, err))
+	}
+	return nil, fmt.Errorf("%w: looking up %s %s in checksum database %s: data fails authentication (%v), and the database could not be asked again: %v", ErrSecurity, path, vers, v.name, err, last)
+}
+
+// runLookup runs c.Lookup, returning when ctx is done.
+func (v *Verifier) runLookup(ctx context.Context, c *xsumdb.Client, path, vers string) ([]string, error) {
 	type result struct {
 		lines []string
 		err   error
@@ -519,23 +615,19 @@ func (v *Verifier) clientLookup(ctx context.Context, path, vers string) ([]strin
 		lines, err := c.Lookup(path, vers)
 		ch <- result{lines, err}
 	}()
-	var r result
 	select {
-	case r = <-ch:
+	case r := <-ch:
+		return r.lines, r.err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("looking up %s %s in checksum database %s: %w", path, vers, v.name, ctx.Err())
 	}
-	if r.err == nil {
-		return r.lines, nil
-	}
-	if err := v.securityError(); err != nil {
-		return nil, err
-	}
-	v.dropClient(c)
-	if isRemoteNotFound(r.err, path, vers) {
-		return nil, fmt.Errorf("%w: %v", ErrNotFound, r.err)
-	}
-	return nil, fmt.Errorf("%w: %v", ErrUnavailable, r.err)
+}
+
+// lookupPath is the remote path of the record for path vers.
+func lookupPath(path, vers string) string {
+	epath, _ := module.EscapePath(path)
+	evers, _ := module.EscapeVersion(strings.TrimSuffix(vers, "/go.mod"))
+	return "/lookup/" + epath + "@" + evers
 }
 
 // isRemoteNotFound reports whether err (flattened by the x/mod client) came
@@ -554,15 +646,16 @@ func isRemoteNotFound(err error, path, vers string) bool {
 // currentClient returns the x/mod client to use, making a new one when
 // there is none or the current one has served maxClientLookups lookups. A
 // new client reads the tree head and tiles from the store.
-func (v *Verifier) currentClient() *xsumdb.Client {
+func (v *Verifier) currentClient() (*xsumdb.Client, *clientOps) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.client == nil || v.lookups >= maxClientLookups {
-		v.client = xsumdb.NewClient(&clientOps{v: v})
+		v.ops = &clientOps{v: v, mode: modeShared}
+		v.client = xsumdb.NewClient(v.ops)
 		v.lookups = 0
 	}
 	v.lookups++
-	return v.client
+	return v.client, v.ops
 }
 
 // dropClient discards c if it is still the current client.

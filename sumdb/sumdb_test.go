@@ -58,6 +58,13 @@ func (s *memStore) PutKV(bucket, key string, value []byte) error {
 	return nil
 }
 
+func (s *memStore) DeleteKV(bucket, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.kv, bucket+"\x00"+key)
+	return nil
+}
+
 func (s *memStore) GetMeta(key string) (cache.Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -166,7 +173,9 @@ func TestParseGOSUMDB(t *testing.T) {
 		{in: DefaultVerifierKey, name: "sum.golang.org", vkey: DefaultVerifierKey, url: "https://sum.golang.org"},
 		{in: key, name: "sum.example.test", vkey: key, url: "https://sum.example.test"},
 		{in: "  " + key + "   http://127.0.0.1:9/db/  ", name: "sum.example.test", vkey: key, url: "http://127.0.0.1:9/db"},
-		{in: "", wantErr: "empty"},
+		// Empty means the default database, as for the go command.
+		{in: "", name: defaultName(), vkey: DefaultVerifierKey, url: "https://" + defaultName()},
+		{in: " \t ", name: defaultName(), vkey: DefaultVerifierKey, url: "https://" + defaultName()},
 		{in: "sum.example.test", wantErr: "unknown checksum database name"},
 		{in: key + " http://a b", wantErr: "too many fields"},
 		{in: key + " ftp://x", wantErr: "invalid URL"},

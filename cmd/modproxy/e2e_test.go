@@ -98,11 +98,17 @@ func (s *syncBuffer) String() string {
 // startModproxy runs "modproxy serve" with args and waits until it is ready.
 func startModproxy(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startModproxyEnv(t, nil, args...)
+}
+
+// startModproxyEnv is startModproxy with env added to the environment.
+func startModproxyEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	addr := freeAddr(t)
 	p := &proc{URL: "http://" + addr, logs: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(modproxyBin(t), append([]string{"serve", "--listen", addr, "--ebpf=off"}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	p.cmd.Env = append(os.Environ(), "GOFLAGS=")
+	p.cmd.Env = append(append(os.Environ(), "GOFLAGS="), env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,7 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 	if v != nil {
 		verifier = v
 	} else {
-		logger.Warn("checksum database verification is off: artifacts are stored unverified")
+		logger.Warn("checksum database verification is OFF (--sumdb off or GOSUMDB=off): modules are stored and served without being checked against any checksum database")
 	}
 	f, err := proxy.NewFetcher(proxy.Config{
 		Store:            store,

@@ -12,11 +12,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
-	"golang.org/x/mod/module"
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/modgraph"
 	"github.com/modproxy/modproxy/proxy"
+	"github.com/modproxy/modproxy/sumdb"
 )
 
 func init() { extraCommands = append(extraCommands, newPrewarmCmd) }
@@ -136,7 +136,7 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 	opts := proxy.PrewarmOptions{
 		Jobs: c.jobs,
 		Exempt: func(path string) bool {
-			return module.MatchPrefixPatterns(set.private, path) || module.MatchPrefixPatterns(set.nosumdb, path)
+			return sumdb.MatchPatterns(set.private, path) || sumdb.MatchPatterns(set.nosumdb, path)
 		},
 	}
 	if !set.sumdbOff {

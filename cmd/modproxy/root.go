@@ -89,7 +89,10 @@ func versionString() string {
 }
 
 // bindEnv lets every flag of cmd be set from MODPROXY_<FLAG> (upper case,
-// dashes as underscores). A flag given on the command line wins.
+// dashes as underscores). A flag given on the command line wins. An empty
+// value counts as unset, as the go command treats its own variables: a
+// config template that renders MODPROXY_SUMDB= must not turn verification
+// off, nor MODPROXY_PRIVATE= make private paths public.
 func bindEnv(cmd *cobra.Command) error {
 	var err error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
@@ -97,8 +100,8 @@ func bindEnv(cmd *cobra.Command) error {
 			return
 		}
 		name := "MODPROXY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		v, ok := os.LookupEnv(name)
-		if !ok {
+		v := os.Getenv(name)
+		if strings.TrimSpace(v) == "" {
 			return
 		}
 		if serr := cmd.Flags().Set(f.Name, v); serr != nil {

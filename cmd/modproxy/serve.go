@@ -102,7 +102,10 @@ func resolveSettings(ctx context.Context, c serveConfig, changed func(string) bo
 	if !changed("upstream") && !c.offline {
 		need = append(need, "GOPROXY")
 	}
-	if !changed("sumdb") {
+	// An empty --sumdb is no choice at all: the default applies, as for an
+	// empty GOSUMDB in the go command. Only "off" disables verification.
+	sumdbSet := changed("sumdb") && strings.TrimSpace(c.sumdb) != ""
+	if !sumdbSet {
 		need = append(need, "GOSUMDB")
 	}
 	if !changed("private") {
@@ -145,9 +148,9 @@ func resolveSettings(ctx context.Context, c serveConfig, changed func(string) bo
 	if s.nosumdb == "" {
 		s.nosumdb = s.private // as the go command: GONOSUMDB defaults to GOPRIVATE
 	}
-	db := pick("sumdb", c.sumdb, "GOSUMDB")
-	if db == "" {
-		db = "off"
+	db := env["GOSUMDB"]
+	if sumdbSet {
+		db = c.sumdb
 	}
 	name, key, u, off, err := sumdb.ParseGOSUMDB(db)
 	if err != nil {
@@ -208,6 +211,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(newStoreCollector(store))
+	reg.MustRegister(sumdbEnabledGauge(set))
 
 	pl, err := newPipeline(ctx, c, set, store, reg, logger)
 	if err != nil {
@@ -284,6 +288,19 @@ func newVerifier(set resolvedSettings, n *network, offline bool, store *cache.St
 		return nil, fmt.Errorf("checksum database: %w", err)
 	}
 	return v, nil
+}
+
+// sumdbEnabledGauge exports whether verification is on, so that a proxy
+// running with --sumdb off is visible on a dashboard, not only in its log.
+func sumdbEnabledGauge(s resolvedSettings) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "modproxy_sumdb_enabled",
+		Help: "1 when modules are verified against a checksum database, 0 when --sumdb off disabled verification.",
+	})
+	if !s.sumdbOff {
+		g.Set(1)
+	}
+	return g
 }
 
 func sumdbDesc(s resolvedSettings) string {

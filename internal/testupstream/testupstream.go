@@ -81,6 +81,56 @@ type Server struct {
 	faults   []Fault
 	requests map[string]int // by URL path
 	latency  time.Duration
+	sumName  string // PassThroughSumDB: database name
+	sumURL   string // and its base URL
+}
+
+// PassThroughSumDB makes the server pass the checksum database name at
+// dbURL through at /sumdb/<name>/, as a module proxy may: /supported
+// answers 200 and every other path is fetched from dbURL. A Tamper fault
+// matching a tile path serves the tile with one byte changed (its length
+// kept), a lookup with its first go.sum line's hash changed.
+func (s *Server) PassThroughSumDB(name, dbURL string) {
+	s.mu.Lock()
+	s.sumName, s.sumURL = name, strings.TrimSuffix(dbURL, "/")
+	s.mu.Unlock()
+}
+
+// serveSumDB answers a passed-through checksum-database request.
+func (s *Server) serveSumDB(w http.ResponseWriter, r *http.Request, rest, dbURL string, tamper bool) {
+	if rest == "supported" {
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, dbURL+"/"+rest, nil)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		http.Error(w, "checksum database: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		http.Error(w, "checksum database: "+err.Error(), http.StatusBadGateway)
+		return
+	}
+	if tamper && resp.StatusCode == http.StatusOK && len(body) > 0 {
+		body = bytes.Clone(body)
+		switch {
+		case strings.HasPrefix(rest, "tile/"):
+			body[len(body)/2] ^= 0x55
+		case strings.HasPrefix(rest, "lookup/"):
+			if i := bytes.Index(body, []byte(" h1:")); i >= 0 && i+5 < len(body) {
+				body[i+5] ^= 0x01
+			}
+		}
+	}
+	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+	w.WriteHeader(resp.StatusCode)
+	w.Write(body)
 }
 
 // New starts a fake upstream on 127.0.0.1 serving mods.
@@ -266,6 +316,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte("<html>this is not a module file</html>"))
 			return
 		}
+	}
+	s.mu.Lock()
+	sumName, sumURL := s.sumName, s.sumURL
+	s.mu.Unlock()
+	if rest, ok := strings.CutPrefix(r.URL.Path, "/sumdb/"+sumName+"/"); ok && sumName != "" {
+		s.serveSumDB(w, r, rest, sumURL, fault != nil && fault.Tamper)
+		return
 	}
 	body, ctype, err := s.lookup(r.URL.Path, fault != nil && fault.Tamper)
 	if err != nil {
