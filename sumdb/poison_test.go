@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/tlog"
@@ -609,5 +610,52 @@ func TestPassthroughRecordFailingAuthentication(t *testing.T) {
 				t.Errorf("a record was stored from the tampering source:\n%s", rec)
 			}
 		})
+	}
+}
+
+// openHealth is a Health with the breaker: every upstream in open has its
+// circuit open.
+type openHealth struct{ open map[string]bool }
+
+func (h openHealth) Allow(u string) (bool, string) {
+	if h.open[u] {
+		return false, "circuit_open"
+	}
+	return true, "healthy"
+}
+func (openHealth) Score(string) float64                    { return 1 }
+func (openHealth) HedgeAfter(string) (time.Duration, bool) { return 0, false }
+func (openHealth) RecordDecision(string, string, string)   {}
+
+// A source skipped by its open circuit says nothing: data that fails
+// authentication from the only source asked stays a security error and
+// never becomes "unavailable" (which fail-open would act on).
+func TestSkippedSourceNeverExcusesBadData(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	m := makeMod(t, "example.com/m", "v1.0.0", "0")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	bad, good := passthroughUpstreams(t, db)
+	cfg := testConfig(db)
+	cfg.URL = "http://127.0.0.1:1" // never asked directly
+	cfg.Upstreams = []string{bad.URL(), good.URL()}
+	cfg.Registerer = prometheus.NewRegistry()
+	cfg.Health = openHealth{open: map[string]bool{good.URL(): true}}
+	v := newVerifier(t, cfg, newMemStore())
+	_, err := v.VerifyMod(context.Background(), m.path, m.version, m.gomod)
+	if !errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("VerifyMod with the good source's circuit open: %v; want ErrSecurity, not ErrUnavailable", err)
+	}
+	if bad.Count("/tile/") == 0 {
+		t.Error("the tampering upstream was never asked: the test proves nothing")
+	}
+	// At the read itself: the only source asked answered data that fails
+	// authentication; the skipped one must not turn that into unavailable.
+	reject := func(context.Context, string, []byte) error { return fmt.Errorf("tile: %w", errBadData) }
+	_, err = v.readRemoteChecked("/"+tlog.Tile{H: 8, L: 0, N: 0, W: 1}.Path(), reject)
+	if !errors.Is(err, errBadData) || errors.Is(err, ErrUnavailable) {
+		t.Errorf("read with the good source's circuit open: %v; want bad data, not ErrUnavailable", err)
+	}
+	if good.Count("/tile/") != 0 {
+		t.Error("a source with an open circuit was asked")
 	}
 }
