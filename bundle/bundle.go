@@ -15,33 +15,28 @@
 // command's own module download cache ($GOMODCACHE/cache/download), which
 // has the same layout.
 //
-// Imports verify what they store: a zip must pass modzip.CheckZip and hash
-// (dirhash.HashZip) to its recorded "h1:" hash, a go.mod must parse and hash
-// (dirhash.Hash1 over a file named go.mod) to its recorded hash, an .info must
-// name its version, and the content must match the size and SHA-256 recorded
-// in the bundle. The recorded hash is the bundle's Meta.Hash, or in a
-// directory the checksum-database record beside it or the .ziphash file the
-// go command writes.
+// A bundle is untrusted input. Its hashes, states, lookup records, tree
+// heads and tiles are evidence, never truth: an import authenticates the
+// checksum-database data first (each record's tree head signed by the
+// configured verifier key, its inclusion proven by tiles that are
+// themselves proven against the signed tree, the bundle's trees consistent
+// with each other and with the tree head the store already trusts), then
+// passes every artifact through the store's gate (cache/gate) with those
+// authenticated records as its Verifier: content checks, then the "h1:"
+// hash against the record, offline. Imports are all-or-nothing: if any item
+// fails, nothing from the bundle is stored and every failing item is named.
 package bundle
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
-	"golang.org/x/mod/semver"
-	"golang.org/x/mod/sumdb/dirhash"
-	modzip "golang.org/x/mod/zip"
 
 	"github.com/modproxy/modproxy/cache"
-	"github.com/modproxy/modproxy/sumdb"
+	"github.com/modproxy/modproxy/cache/gate"
 )
 
 // sumdbMetaPrefix is the prefix of the store's mutable entries that belong
@@ -50,18 +45,55 @@ const sumdbMetaPrefix = "sumdb/"
 
 // Report sums up an export or import.
 type Report struct {
-	Artifacts int      `json:"artifacts"` // artifacts written
-	Bytes     int64    `json:"bytes"`     // their content bytes
-	Existing  int      `json:"existing"`  // artifacts the destination already held
-	SumDB     int      `json:"sumdb"`     // checksum-database files or entries written
-	Failed    []string `json:"failed"`    // artifacts refused, with the reason
+	Artifacts  int      `json:"artifacts"`  // artifacts written
+	Bytes      int64    `json:"bytes"`      // their content bytes
+	Existing   int      `json:"existing"`   // artifacts the destination already held
+	SumDB      int      `json:"sumdb"`      // checksum-database files or entries written
+	Unverified int      `json:"unverified"` // export: unverified artifacts left out (or included)
+	Verified   int      `json:"verified"`   // import: artifacts verified against authenticated records
+	Exempt     int      `json:"exempt"`     // import: artifacts of exempt paths (content checks only)
+	Failed     []string `json:"failed"`     // items refused, with the reason
+}
+
+// selection returns the artifacts of src to export: those keep accepts
+// (all when nil), without unverified ones unless includeUnverified. An
+// .info goes with its version's .mod: a version whose go.mod is left out
+// is left out whole.
+func selection(src *cache.Store, keep func(cache.Key) bool, includeUnverified bool, rep *Report) (map[cache.Key]bool, error) {
+	sel := map[cache.Key]bool{}
+	dropped := map[module.Version]bool{}
+	err := src.Walk(func(k cache.Key, m cache.Meta) error {
+		if keep != nil && !keep(k) {
+			return nil
+		}
+		if m.State == cache.StateUnverified {
+			rep.Unverified++
+			if !includeUnverified {
+				if k.Kind == cache.KindMod {
+					dropped[module.Version{Path: k.Path, Version: k.Version}] = true
+				}
+				return nil
+			}
+		}
+		sel[k] = true
+		return nil
+	})
+	for k := range sel {
+		if k.Kind == cache.KindInfo && dropped[module.Version{Path: k.Path, Version: k.Version}] {
+			delete(sel, k)
+		}
+	}
+	return sel, err
 }
 
 // Export writes a new store file at out holding the artifacts of src that
 // keep accepts (all of them when keep is nil) and all of src's
 // checksum-database data. out must not exist; it is written under a
 // temporary name and renamed into place when complete.
-func Export(src *cache.Store, out string, keep func(cache.Key) bool) (Report, error) {
+//
+// Artifacts stored unverified (fail-open) are left out unless
+// includeUnverified is set; the bundle records each artifact's state.
+func Export(src *cache.Store, out string, keep func(cache.Key) bool, includeUnverified bool) (Report, error) {
 	var rep Report
 	if _, err := os.Lstat(out); err == nil {
 		return rep, fmt.Errorf("export: %s already exists; choose a new file", out)
@@ -82,7 +114,11 @@ func Export(src *cache.Store, out string, keep func(cache.Key) bool) (Report, er
 		os.Remove(tmpName)
 		return rep, fmt.Errorf("export to %s: %w", out, err)
 	}
-	st, err := src.CopyTo(dst, keep)
+	sel, err := selection(src, keep, includeUnverified, &rep)
+	if err != nil {
+		return fail(err)
+	}
+	st, err := gate.Copy(src, dst, func(k cache.Key, _ cache.Meta) bool { return sel[k] })
 	rep.Artifacts, rep.Bytes = st.Artifacts, st.Bytes
 	if err != nil {
 		return fail(err)
@@ -106,173 +142,3 @@ func Export(src *cache.Store, out string, keep func(cache.Key) bool) (Report, er
 	}
 	return rep, nil
 }
-
-// Import merges the bundle store file at path into dst. Every artifact dst
-// lacks is verified (see the package comment) before it is stored; one that
-// fails is listed in Report.Failed and skipped. Checksum-database data is
-// merged without replacing what dst holds, so a store's own trusted tree
-// head is never rolled back by an older bundle.
-func Import(dst *cache.Store, path string, tempDir string) (Report, error) {
-	var rep Report
-	if _, err := os.Stat(path); err != nil {
-		return rep, fmt.Errorf("import %s: %w", path, err)
-	}
-	src, err := cache.Open(path, cache.Options{ReadOnly: true})
-	if err != nil {
-		return rep, fmt.Errorf("import: %w", err)
-	}
-	defer src.Close()
-	var keys []cache.Key
-	if err := src.Walk(func(k cache.Key, _ cache.Meta) error {
-		keys = append(keys, k)
-		return nil
-	}); err != nil {
-		return rep, fmt.Errorf("import %s: %w", path, err)
-	}
-	for _, k := range keys {
-		if _, err := dst.Stat(k); err == nil {
-			rep.Existing++
-			continue
-		}
-		r, err := src.Open(k)
-		if err != nil {
-			return rep, fmt.Errorf("import %s: %w", path, err)
-		}
-		m := r.Meta()
-		err = importArtifact(dst, k, r, m, m.Hash, tempDir)
-		r.Close()
-		if err != nil {
-			var ve *verifyError
-			if errors.As(err, &ve) {
-				rep.Failed = append(rep.Failed, err.Error())
-				continue
-			}
-			return rep, fmt.Errorf("import %s: %w", path, err)
-		}
-		rep.Artifacts++
-		rep.Bytes += m.Size
-	}
-	n, err := src.CopyKVTo(dst, nil)
-	if err != nil {
-		return rep, fmt.Errorf("import %s: %w", path, err)
-	}
-	m, err := src.CopyMetaTo(dst, func(key string) bool { return strings.HasPrefix(key, sumdbMetaPrefix) }, false)
-	if err != nil {
-		return rep, fmt.Errorf("import %s: %w", path, err)
-	}
-	rep.SumDB = n + m
-	return rep, nil
-}
-
-// verifyError is an artifact that failed verification.
-type verifyError struct {
-	key cache.Key
-	msg string
-}
-
-func (e *verifyError) Error() string {
-	return fmt.Sprintf("%s@%s.%s: %s", e.key.Path, e.key.Version, e.key.Kind, e.msg)
-}
-
-// importArtifact verifies the content of k read from r against hash (when
-// not empty) and stores it in dst with meta m (Hash replaced by hash).
-// Zips are spooled to a temporary file in tempDir to be checked.
-func importArtifact(dst *cache.Store, k cache.Key, r io.Reader, m cache.Meta, hash, tempDir string) error {
-	bad := func(format string, args ...any) error {
-		return &verifyError{key: k, msg: fmt.Sprintf(format, args...)}
-	}
-	if err := module.Check(k.Path, k.Version); err != nil {
-		return bad("%v", err)
-	}
-	m.Hash = hash
-	switch k.Kind {
-	case cache.KindInfo, cache.KindMod:
-		data, err := io.ReadAll(io.LimitReader(r, modzip.MaxGoMod+1))
-		if err != nil {
-			return fmt.Errorf("read %s: %w", k, err)
-		}
-		if len(data) > modzip.MaxGoMod {
-			return bad("larger than %d bytes", modzip.MaxGoMod)
-		}
-		if k.Kind == cache.KindInfo {
-			if err := checkInfo(data, k.Version); err != nil {
-				return bad("%v", err)
-			}
-		} else {
-			if _, err := modfile.ParseLax("go.mod", data, nil); err != nil {
-				return bad("invalid go.mod: %v", err)
-			}
-			if hash != "" {
-				got, err := sumdb.HashMod(data)
-				if err != nil {
-					return bad("hashing: %v", err)
-				}
-				if got != hash {
-					return bad("checksum mismatch: recorded %s, content has %s", hash, got)
-				}
-			}
-		}
-		if _, err := dst.Put(k, bytes.NewReader(data), m); err != nil {
-			return bad("%v", err)
-		}
-		return nil
-	case cache.KindZip:
-		f, err := os.CreateTemp(tempDir, "modproxy-import-*.zip")
-		if err != nil {
-			return fmt.Errorf("spool %s: %w", k, err)
-		}
-		defer func() {
-			f.Close()
-			os.Remove(f.Name())
-		}()
-		n, err := io.Copy(f, io.LimitReader(r, modzip.MaxZipFile+1))
-		if err != nil {
-			return fmt.Errorf("spool %s: %w", k, err)
-		}
-		if n > modzip.MaxZipFile {
-			return bad("larger than %d bytes", modzip.MaxZipFile)
-		}
-		mv := module.Version{Path: k.Path, Version: k.Version}
-		cf, err := modzip.CheckZip(mv, f.Name())
-		if err == nil {
-			err = cf.Err()
-		}
-		if err != nil {
-			return bad("invalid module zip: %s", oneLine(err))
-		}
-		if hash != "" {
-			got, err := dirhash.HashZip(f.Name(), dirhash.Hash1)
-			if err != nil {
-				return bad("hashing: %v", err)
-			}
-			if got != hash {
-				return bad("checksum mismatch: recorded %s, content has %s", hash, got)
-			}
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return fmt.Errorf("rewind spool of %s: %w", k, err)
-		}
-		if _, err := dst.Put(k, f, m); err != nil {
-			return bad("%v", err)
-		}
-		return nil
-	}
-	return bad("unknown artifact kind")
-}
-
-// checkInfo validates an .info file for version.
-func checkInfo(data []byte, version string) error {
-	var info struct{ Version string }
-	if err := json.Unmarshal(data, &info); err != nil {
-		return fmt.Errorf("invalid .info: %v", err)
-	}
-	if info.Version != version {
-		return fmt.Errorf(".info names version %q", info.Version)
-	}
-	if !semver.IsValid(info.Version) {
-		return fmt.Errorf(".info names invalid version %q", info.Version)
-	}
-	return nil
-}
-
-func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

@@ -3,8 +3,8 @@ package bundle
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +15,7 @@ import (
 	xsumdb "golang.org/x/mod/sumdb"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 	"github.com/modproxy/modproxy/sumdb"
@@ -31,6 +32,14 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T, n int) *fixture {
+	t.Helper()
+	f := newLiveFixture(t, n)
+	f.db.Close() // everything below works offline
+	return f
+}
+
+// newLiveFixture is newFixture with the test database left running.
+func newLiveFixture(t *testing.T, n int) *fixture {
 	t.Helper()
 	var mods []testupstream.Module
 	for i := range n {
@@ -52,35 +61,45 @@ func newFixture(t *testing.T, n int) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
+	g, err := gate.New(gate.Config{Store: store, Verifier: v, TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, m := range mods {
 		gomod, zip := up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version)
 		db.AddModule(m.Path, m.Version, gomod, zip) // the tree grows
-		modHash, err := v.VerifyMod(ctx, m.Path, m.Version, gomod)
-		if err != nil {
-			t.Fatal(err)
-		}
-		zf := filepath.Join(t.TempDir(), "z.zip")
-		os.WriteFile(zf, zip, 0o644)
-		zipHash, err := v.VerifyZip(ctx, m.Path, m.Version, zf)
-		if err != nil {
-			t.Fatal(err)
-		}
 		info := fmt.Sprintf(`{"Version":%q,"Time":"2024-01-02T03:04:05Z"}`, m.Version)
-		for _, a := range []struct {
-			kind cache.Kind
-			data []byte
-			hash string
-		}{{cache.KindInfo, []byte(info), ""}, {cache.KindMod, gomod, modHash}, {cache.KindZip, zip, zipHash}} {
-			k := cache.Key{Path: m.Path, Version: m.Version, Kind: a.kind}
-			if _, err := store.Put(k, bytes.NewReader(a.data), cache.Meta{Hash: a.hash}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		admit(t, g, cache.Key{Path: m.Path, Version: m.Version, Kind: cache.KindInfo}, []byte(info), cache.StateExempt)
+		admit(t, g, cache.Key{Path: m.Path, Version: m.Version, Kind: cache.KindMod}, gomod, cache.StateVerified)
+		admit(t, g, cache.Key{Path: m.Path, Version: m.Version, Kind: cache.KindZip}, zip, cache.StateVerified)
 	}
-	db.Close() // everything below works offline
 	return &fixture{store: store, db: db, mods: mods}
 }
+
+// admit passes data through g into its store and checks the state.
+func admit(t *testing.T, g *gate.Gate, k cache.Key, data []byte, want cache.State) {
+	t.Helper()
+	var tk *gate.Ticket
+	var err error
+	if k.Kind == cache.KindZip {
+		tk, err = g.CheckZip(context.Background(), k, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }, gate.Origin{})
+	} else {
+		tk, err = g.CheckSmall(context.Background(), k, data, gate.Origin{})
+	}
+	if err != nil {
+		t.Fatalf("admit %s: %v", k, err)
+	}
+	if tk.State() != want {
+		t.Fatalf("admit %s: state %q, want %q", k, tk.State(), want)
+	}
+	if _, err := g.Commit(tk); err != nil {
+		t.Fatalf("commit %s: %v", k, err)
+	}
+}
+
+// opts are the import options of a store that trusts the fixture's
+// database.
+func (f *fixture) opts() ImportOptions { return ImportOptions{VerifierKey: f.db.VerifierKey()} }
 
 func keysOf(t *testing.T, s *cache.Store) []string {
 	t.Helper()
@@ -130,7 +149,7 @@ func (o *dirOps) SecurityError(msg string)              { panic(msg) }
 func TestExportDirServesEveryLookupOrder(t *testing.T) {
 	f := newFixture(t, 5)
 	dir := filepath.Join(t.TempDir(), "goproxy")
-	rep, err := ExportDir(f.store, dir, nil)
+	rep, err := ExportDir(f.store, dir, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +180,7 @@ func TestExportDirServesEveryLookupOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst.Close()
-	rep, err = ImportDir(dst, dir, "")
+	rep, err = ImportDir(dst, dir, f.opts())
 	if err != nil || len(rep.Failed) > 0 || rep.Artifacts != 15 {
 		t.Fatalf("ImportDir: %+v, %v", rep, err)
 	}
@@ -181,9 +200,12 @@ func TestExportDirServesEveryLookupOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst2.Close()
-	rep, err = ImportDir(dst2, dir, "")
-	if err != nil || len(rep.Failed) != 1 || !strings.Contains(rep.Failed[0], "checksum mismatch") {
+	rep, err = ImportDir(dst2, dir, f.opts())
+	if err != nil || len(rep.Failed) != 1 || !strings.Contains(rep.Failed[0], "checksum mismatch") || rep.Artifacts != 0 {
 		t.Errorf("ImportDir of a tampered zip: %+v, %v", rep, err)
+	}
+	if n := len(keysOf(t, dst2)); n != 0 {
+		t.Errorf("a refused directory left %d artifacts", n)
 	}
 	os.WriteFile(zf, good, 0o644)
 }
@@ -192,11 +214,11 @@ func TestExportImportStore(t *testing.T) {
 	f := newFixture(t, 3)
 	out := filepath.Join(t.TempDir(), "bundle.db")
 	keep := func(k cache.Key) bool { return k.Path != "example.com/M2" }
-	rep, err := Export(f.store, out, keep)
+	rep, err := Export(f.store, out, keep, false)
 	if err != nil || rep.Artifacts != 6 {
 		t.Fatalf("Export: %+v, %v", rep, err)
 	}
-	if _, err := Export(f.store, out, nil); err == nil {
+	if _, err := Export(f.store, out, nil, false); err == nil {
 		t.Error("Export over an existing file succeeded")
 	}
 	dst, err := cache.Open(filepath.Join(t.TempDir(), "dst.db"), cache.Options{})
@@ -204,7 +226,7 @@ func TestExportImportStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst.Close()
-	rep, err = Import(dst, out, "")
+	rep, err = Import(dst, out, f.opts())
 	if err != nil || len(rep.Failed) > 0 || rep.Artifacts != 6 || rep.SumDB == 0 {
 		t.Fatalf("Import: %+v, %v", rep, err)
 	}
@@ -222,39 +244,9 @@ func TestExportImportStore(t *testing.T) {
 		t.Errorf("checksum-database record not imported: %v", err)
 	}
 	// Importing again finds everything present.
-	rep, err = Import(dst, out, "")
+	rep, err = Import(dst, out, f.opts())
 	if err != nil || rep.Artifacts != 0 || rep.Existing != 6 {
 		t.Errorf("second Import: %+v, %v", rep, err)
 	}
 
-	// A bundle whose zip disagrees with its recorded hash is refused.
-	badSrc, err := cache.Open(filepath.Join(t.TempDir(), "bad.db"), cache.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	zip, _, err := f.store.Get(cache.Key{Path: "example.com/M0", Version: "v1.0.0", Kind: cache.KindZip})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := cache.Key{Path: "example.com/M0", Version: "v1.0.0", Kind: cache.KindZip}
-	if _, err := badSrc.Put(k, bytes.NewReader(zip), cache.Meta{Hash: "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}); err != nil {
-		t.Fatal(err)
-	}
-	badOut := filepath.Join(t.TempDir(), "bad-bundle.db")
-	if _, err := Export(badSrc, badOut, nil); err != nil {
-		t.Fatal(err)
-	}
-	badSrc.Close()
-	dst3, err := cache.Open(filepath.Join(t.TempDir(), "dst3.db"), cache.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst3.Close()
-	rep, err = Import(dst3, badOut, "")
-	if err != nil || len(rep.Failed) != 1 || !strings.Contains(rep.Failed[0], "checksum mismatch") {
-		t.Errorf("Import of a bad bundle: %+v, %v", rep, err)
-	}
-	if _, err := dst3.Stat(k); !errors.Is(err, cache.ErrNotFound) {
-		t.Errorf("bad zip stored: %v", err)
-	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +15,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/modproxy/modproxy/cache"
-	"github.com/modproxy/modproxy/sumdb"
 )
 
 // ExportDir writes the artifacts of src that keep accepts (all when keep is
@@ -28,22 +26,25 @@ import (
 // Besides the tiles stored in src, ExportDir writes the partial tiles a go
 // command asks for when it verifies the stored lookup records (a proxy cuts
 // them from wider stored tiles on request; a directory must hold each one).
-func ExportDir(src *cache.Store, dir string, keep func(cache.Key) bool) (Report, error) {
+//
+// Unverified artifacts are left out unless includeUnverified is set (a
+// directory has no place for states: the importing side verifies every
+// artifact again in any case).
+func ExportDir(src *cache.Store, dir string, keep func(cache.Key) bool, includeUnverified bool) (Report, error) {
 	var rep Report
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return rep, fmt.Errorf("export: %w", err)
 	}
 	versions := map[string][]string{} // path → versions with an .info
-	var keys []cache.Key
-	err := src.Walk(func(k cache.Key, _ cache.Meta) error {
-		if keep == nil || keep(k) {
-			keys = append(keys, k)
-		}
-		return nil
-	})
+	sel, err := selection(src, keep, includeUnverified, &rep)
 	if err != nil {
 		return rep, fmt.Errorf("export to %s: %w", dir, err)
 	}
+	var keys []cache.Key
+	for k := range sel {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b cache.Key) int { return strings.Compare(a.String(), b.String()) })
 	for _, k := range keys {
 		file, err := artifactFile(dir, k)
 		if err != nil {
@@ -324,183 +325,6 @@ func parseLookupFile(rel string) (path, version string, err error) {
 		return "", "", err
 	}
 	return path, version, nil
-}
-
-// Checksum-database buckets of the sumdb package's store layout: records
-// go where its handler serves them from; tiles go to the bucket of
-// passed-through, unauthenticated data, which its handler serves but its
-// verifier never trusts.
-const (
-	bucketSumDBRecords = sumdb.BucketVerified
-	bucketSumDBTiles   = sumdb.BucketUnverified
-)
-
-// ImportDir merges a GOPROXY directory (see ExportDir) or a go command
-// download cache ($GOMODCACHE/cache/download) into dst, verifying each
-// artifact against the checksum-database record in the directory, or for a
-// zip the .ziphash file beside it, when there is one (see the package
-// comment). Checksum-database records and tiles found under sumdb/ are
-// stored for the sumdb handler to serve; the go command authenticates them
-// with the database's key when it reads them.
-func ImportDir(dst *cache.Store, dir, tempDir string) (Report, error) {
-	var rep Report
-	st, err := os.Stat(dir)
-	if err != nil {
-		return rep, fmt.Errorf("import %s: %w", dir, err)
-	}
-	if !st.IsDir() {
-		return rep, fmt.Errorf("import %s: not a directory", dir)
-	}
-	// Recorded hashes from the checksum-database records, by
-	// "<path> <version>" and "<path> <version>/go.mod".
-	hashes := map[string]string{}
-	sumdbDir := filepath.Join(dir, "sumdb")
-	var sumFiles []sumdbFile
-	err = filepath.WalkDir(sumdbDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && p == sumdbDir {
-				return fs.SkipDir
-			}
-			return err
-		}
-		if d.IsDir() || strings.HasPrefix(d.Name(), ".") {
-			return nil
-		}
-		rel, _ := filepath.Rel(sumdbDir, p)
-		rel = filepath.ToSlash(rel)
-		if name, ok := strings.CutSuffix(rel, "/latest"); ok && !strings.Contains(name, "/lookup/") && !strings.Contains(name, "/tile/") {
-			sumFiles = append(sumFiles, sumdbFile{db: name, rel: "latest", key: p})
-			return nil
-		}
-		db, frel, ok := splitSumDBKey(rel)
-		if !ok {
-			return nil
-		}
-		sumFiles = append(sumFiles, sumdbFile{db: db, rel: frel, key: p})
-		if strings.HasPrefix(frel, "lookup/") {
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			if _, text, _, err := tlog.ParseRecord(data); err == nil {
-				for line := range strings.SplitSeq(string(text), "\n") {
-					if f := strings.Fields(line); len(f) == 3 {
-						hashes[f[0]+" "+f[1]] = f[2]
-					}
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return rep, fmt.Errorf("import %s: %w", dir, err)
-	}
-
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if p == sumdbDir {
-				return fs.SkipDir
-			}
-			return nil
-		}
-		k, ok := parseArtifactFile(dir, p)
-		if !ok {
-			return nil
-		}
-		if _, err := dst.Stat(k); err == nil {
-			rep.Existing++
-			return nil
-		}
-		hash := ""
-		switch k.Kind {
-		case cache.KindMod:
-			hash = hashes[k.Path+" "+k.Version+"/go.mod"]
-		case cache.KindZip:
-			hash = hashes[k.Path+" "+k.Version]
-			if zh, err := os.ReadFile(strings.TrimSuffix(p, ".zip") + ".ziphash"); err == nil {
-				zh := strings.TrimSpace(string(zh))
-				if hash != "" && zh != hash {
-					rep.Failed = append(rep.Failed, (&verifyError{key: k, msg: fmt.Sprintf(".ziphash has %s but the checksum-database record has %s", zh, hash)}).Error())
-					return nil
-				}
-				hash = zh
-			}
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		info, err := f.Stat()
-		if err == nil {
-			err = importArtifact(dst, k, f, cache.Meta{Created: info.ModTime()}, hash, tempDir)
-		}
-		f.Close()
-		var ve *verifyError
-		if errors.As(err, &ve) {
-			rep.Failed = append(rep.Failed, err.Error())
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		rep.Artifacts++
-		rep.Bytes += info.Size()
-		return nil
-	})
-	if err != nil {
-		return rep, fmt.Errorf("import %s: %w", dir, err)
-	}
-
-	for _, f := range sumFiles {
-		data, err := os.ReadFile(f.key)
-		if err != nil {
-			return rep, fmt.Errorf("import %s: %w", dir, err)
-		}
-		switch {
-		case f.rel == "latest":
-			key := sumdbMetaPrefix + f.db + "/served-latest"
-			if _, err := dst.GetMeta(key); errors.Is(err, cache.ErrNotFound) {
-				if err := dst.PutMeta(key, data); err != nil {
-					return rep, fmt.Errorf("import %s: %w", dir, err)
-				}
-				rep.SumDB++
-			}
-		case strings.HasPrefix(f.rel, "lookup/"):
-			if _, _, _, err := tlog.ParseRecord(data); err != nil {
-				rep.Failed = append(rep.Failed, fmt.Sprintf("checksum database %s: %s: %v", f.db, f.rel, err))
-				continue
-			}
-			if n, err := putKVIfAbsent(dst, bucketSumDBRecords, f.db+"/"+f.rel, data); err != nil {
-				return rep, fmt.Errorf("import %s: %w", dir, err)
-			} else {
-				rep.SumDB += n
-			}
-		default:
-			t, err := tlog.ParseTilePath(f.rel)
-			if err != nil || (t.L >= 0 && len(data) != t.W*tlog.HashSize) {
-				rep.Failed = append(rep.Failed, fmt.Sprintf("checksum database %s: %s: not a valid tile", f.db, f.rel))
-				continue
-			}
-			if n, err := putKVIfAbsent(dst, bucketSumDBTiles, f.db+"/"+f.rel, data); err != nil {
-				return rep, fmt.Errorf("import %s: %w", dir, err)
-			} else {
-				rep.SumDB += n
-			}
-		}
-	}
-	return rep, nil
-}
-
-func putKVIfAbsent(s *cache.Store, bucket, key string, data []byte) (int, error) {
-	if _, err := s.GetKV(bucket, key); err == nil {
-		return 0, nil
-	} else if !errors.Is(err, cache.ErrNotFound) {
-		return 0, err
-	}
-	return 1, s.PutKV(bucket, key, data)
 }
 
 // parseArtifactFile recognises <dir>/<escaped path>/@v/<escaped version>.<kind>.

@@ -50,19 +50,22 @@ type Mirror struct {
 	mu      sync.Mutex
 	tiles   map[tlog.Tile][]byte
 	trees   map[int64]tlog.Tree
+	heads   map[int64][]byte // signed tree head of each tree, as found
 	records []mirrorRecord
 }
 
 type mirrorRecord struct {
 	id   int64
 	text []byte
+	file string // "lookup/…"
+	data []byte // the record as read
 }
 
 // NewMirror returns a Mirror reading through get. vkey is the database's
 // verifier key ("<name>+<hash>+<key>"); when empty, tree heads are parsed
 // but not authenticated.
 func NewMirror(get func(file string) ([]byte, error), vkey string) (*Mirror, error) {
-	m := &Mirror{get: get, tiles: map[tlog.Tile][]byte{}, trees: map[int64]tlog.Tree{}}
+	m := &Mirror{get: get, tiles: map[tlog.Tile][]byte{}, trees: map[int64]tlog.Tree{}, heads: map[int64][]byte{}}
 	if vkey != "" {
 		v, err := note.NewVerifier(vkey)
 		if err != nil {
@@ -122,7 +125,10 @@ func (m *Mirror) Lookup(path, version string) ([]string, error) {
 	}
 	m.mu.Lock()
 	m.trees[tree.N] = tree
-	m.records = append(m.records, mirrorRecord{id: id, text: text})
+	if _, ok := m.heads[tree.N]; !ok {
+		m.heads[tree.N] = treeMsg
+	}
+	m.records = append(m.records, mirrorRecord{id: id, text: text, file: file, data: data})
 	m.mu.Unlock()
 	return lines, nil
 }

@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/bbolt"
 	"golang.org/x/mod/semver"
+
+	"github.com/modproxy/modproxy/cache/internal/grant"
 )
 
 // keyBufLen sizes stack buffers for artifact keys; longer keys still work
@@ -146,15 +148,22 @@ func (s *Store) Open(k Key) (*Reader, error) {
 // crash leaves staged content that the next Open deletes. Content that fits
 // one staging transaction (every .info and .mod) is written and published in
 // a single transaction.
-func (s *Store) Put(k Key, r io.Reader, m Meta) (Meta, error) {
-	meta, err := s.put(k, r, m)
+//
+// Put is for cache/gate, which checks and verifies content before it
+// enters the store; grant.Write keeps every other package out.
+func (s *Store) Put(k Key, r io.Reader, m Meta, _ grant.Write) (Meta, error) {
+	return s.put(k, r, m)
+}
+
+func (s *Store) put(k Key, r io.Reader, m Meta) (Meta, error) {
+	meta, err := s.putArtifact(k, r, m)
 	if err != nil {
 		return Meta{}, fmt.Errorf("put %s@%s.%s: %w", k.Path, k.Version, k.Kind, err)
 	}
 	return meta, nil
 }
 
-func (s *Store) put(k Key, r io.Reader, m Meta) (Meta, error) {
+func (s *Store) putArtifact(k Key, r io.Reader, m Meta) (Meta, error) {
 	if err := k.validate(); err != nil {
 		return Meta{}, err
 	}
@@ -180,7 +189,10 @@ func (s *Store) put(k Key, r io.Reader, m Meta) (Meta, error) {
 	}
 
 	p := putter{s: s, key: key, kind: k.Kind, want: m}
-	p.rec.Meta = Meta{Hash: m.Hash, Upstream: m.Upstream, Created: m.Created}
+	if !validState(m.State) {
+		return Meta{}, fmt.Errorf("invalid state %q", m.State)
+	}
+	p.rec.Meta = Meta{Hash: m.Hash, Upstream: m.Upstream, Created: m.Created, State: m.State, Proof: m.Proof}
 	p.rec.chunkSize = s.chunkSize
 	bufp := s.stagePool.Get().(*[]byte)
 	defer s.stagePool.Put(bufp)

@@ -14,7 +14,7 @@ import (
 func BenchmarkGetSmall(b *testing.B) {
 	s := openBench(b)
 	info := []byte(`{"Version":"v1.2.3","Time":"2024-05-06T07:08:09Z","Origin":{"VCS":"git","URL":"https://example.com/m","Ref":"refs/tags/v1.2.3","Hash":"0123456789abcdef0123456789abcdef01234567"}}`)
-	if _, err := s.Put(keyInfo, bytes.NewReader(info), Meta{Hash: "h1:abc=", Upstream: "https://mirror.example.com/go"}); err != nil {
+	if _, err := s.put(keyInfo, bytes.NewReader(info), Meta{Hash: "h1:abc=", Upstream: "https://mirror.example.com/go"}); err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(len(info)))
@@ -30,7 +30,7 @@ func BenchmarkGetSmall(b *testing.B) {
 // BenchmarkStatSmall is the conditional-request path (ETag, Last-Modified).
 func BenchmarkStatSmall(b *testing.B) {
 	s := openBench(b)
-	if _, err := s.Put(keyInfo, bytes.NewReader([]byte(`{"Version":"v1.2.3"}`)), Meta{}); err != nil {
+	if _, err := s.put(keyInfo, bytes.NewReader([]byte(`{"Version":"v1.2.3"}`)), Meta{}); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
@@ -46,7 +46,7 @@ func BenchmarkStatSmall(b *testing.B) {
 func BenchmarkReaderZip(b *testing.B) {
 	s := openBench(b)
 	data := content(8<<20, 1)
-	if _, err := s.Put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
+	if _, err := s.put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("Read32K", func(b *testing.B) {
@@ -89,7 +89,7 @@ func BenchmarkPutZip(b *testing.B) {
 	for b.Loop() {
 		k := Key{Path: "example.com/bench", Version: fmt.Sprintf("v1.0.%d", i), Kind: KindZip}
 		i++
-		if _, err := s.Put(k, bytes.NewReader(data), Meta{}); err != nil {
+		if _, err := s.put(k, bytes.NewReader(data), Meta{}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -104,7 +104,7 @@ func BenchmarkPutSmall(b *testing.B) {
 	for b.Loop() {
 		k := Key{Path: "example.com/bench", Version: fmt.Sprintf("v1.0.%d", i), Kind: KindMod}
 		i++
-		if _, err := s.Put(k, bytes.NewReader(mod), Meta{}); err != nil {
+		if _, err := s.put(k, bytes.NewReader(mod), Meta{}); err != nil {
 			b.Fatal(err)
 		}
 	}

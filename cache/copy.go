@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/modproxy/modproxy/cache/internal/grant"
 )
 
 // CopyStats counts what a copy wrote into the destination store.
@@ -17,18 +19,22 @@ type CopyStats struct {
 
 // CopyTo copies every published artifact of s for which keep returns true
 // (every artifact when keep is nil) into dst, with its Meta (hash, upstream,
-// creation time). Each artifact is published in dst the way Put publishes:
+// creation time, state). It is for cache/gate (see Put). Each artifact is published in dst the way Put publishes:
 // whole or not at all, its size and SHA-256 checked against the source
 // record. Artifacts dst already holds are left untouched (artifacts are
 // immutable). Quarantined copies are not copied.
-func (s *Store) CopyTo(dst *Store, keep func(Key) bool) (CopyStats, error) {
+func (s *Store) CopyTo(dst *Store, keep func(Key, Meta) bool, _ grant.Write) (CopyStats, error) {
+	return s.copyTo(dst, keep)
+}
+
+func (s *Store) copyTo(dst *Store, keep func(Key, Meta) bool) (CopyStats, error) {
 	var st CopyStats
 	if s == dst {
 		return st, errors.New("copy store: source and destination are the same store")
 	}
 	var keys []Key
-	err := s.Walk(func(k Key, _ Meta) error {
-		if keep == nil || keep(k) {
+	err := s.Walk(func(k Key, m Meta) error {
+		if keep == nil || keep(k, m) {
 			keys = append(keys, k)
 		}
 		return nil
@@ -51,7 +57,7 @@ func (s *Store) CopyTo(dst *Store, keep func(Key) bool) (CopyStats, error) {
 			return st, fmt.Errorf("copy %s: %w", k, err)
 		}
 		m := r.Meta()
-		_, err = dst.Put(k, r, m)
+		_, err = dst.put(k, r, m)
 		r.Close()
 		if err != nil {
 			return st, fmt.Errorf("copy %s to %s: %w", k, dst.path, err)

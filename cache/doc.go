@@ -31,6 +31,11 @@
 //	0x01 uvarint(size) varint(created unix-nano) sha256[32]
 //	uvarint(blobID) uvarint(chunkSize) uvarint(chunkCount)
 //	uvarint(len) hash  uvarint(len) upstream
+//	uvarint(len) state  uvarint(len) proof
+//
+// The state and proof fields were added later; a record that ends after
+// upstream decodes as state "verified" when it has a hash and
+// "unverified" otherwise.
 //
 // A quarantine record is 0x01 varint(quarantined unix-nano) uvarint(len)
 // reason, followed by the artifact record it replaced. An entry record is
@@ -55,6 +60,8 @@
 //   - An artifact is visible exactly when its record is in artifacts. The
 //     record is written in one transaction after all its chunks are
 //     committed, so a reader sees the whole artifact or nothing.
+//   - Artifacts enter only through cache/gate: Put and CopyTo take a
+//     grant.Write, which packages outside cache/ cannot name.
 //   - An artifact key is written at most once: the first Put to commit wins
 //     and later Puts return the stored Meta. Only Quarantine and Delete
 //     remove a record.

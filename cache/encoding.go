@@ -162,7 +162,9 @@ func appendRecord(dst []byte, r *record) []byte {
 	dst = binary.AppendUvarint(dst, uint64(r.chunkSize))
 	dst = binary.AppendUvarint(dst, uint64(r.chunks))
 	dst = appendString(dst, r.Hash)
-	return appendString(dst, r.Upstream)
+	dst = appendString(dst, r.Upstream)
+	dst = appendString(dst, string(r.State))
+	return appendString(dst, r.Proof)
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -241,7 +243,17 @@ func (d *decoder) record(r *record) error {
 	chunks := d.uvarint()
 	r.Hash = d.string()
 	r.Upstream = d.string()
-	if d.err || len(d.b) != 0 || size > 1<<62 || chunkSize == 0 || chunkSize > maxChunkSize ||
+	if len(d.b) > 0 {
+		r.State = State(d.string())
+		r.Proof = d.string()
+	} else if r.Hash != "" {
+		// Records written before states existed: a hash was only ever
+		// recorded after the checksum database agreed.
+		r.State = StateVerified
+	} else {
+		r.State = StateUnverified
+	}
+	if d.err || !validState(r.State) || len(d.b) != 0 || size > 1<<62 || chunkSize == 0 || chunkSize > maxChunkSize ||
 		chunks != uint64(chunkCount(int64(size), int(chunkSize))) {
 		return fmt.Errorf("%w: artifact record", errCorrupt)
 	}

@@ -70,7 +70,7 @@ func TestHelperProcess(t *testing.T) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(5)
 		}
-		_, err = s.Put(killKey, &stallingReader{data: content(killPutSize, 99)}, Meta{Size: killPutSize})
+		_, err = s.put(killKey, &stallingReader{data: content(killPutSize, 99)}, Meta{Size: killPutSize})
 		fmt.Fprintln(os.Stderr, "Put returned:", err) // not reached: the parent kills us
 		os.Exit(6)
 	}
@@ -148,7 +148,7 @@ func TestKilledMidPut(t *testing.T) {
 		{Path: "example.com/other", Version: "v1.0.0", Kind: KindInfo}: []byte(`{"Version":"v1.0.0"}`),
 	}
 	for k, v := range kept {
-		if _, err := s.Put(k, bytes.NewReader(v), Meta{}); err != nil {
+		if _, err := s.put(k, bytes.NewReader(v), Meta{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -222,7 +222,7 @@ func TestKilledMidPut(t *testing.T) {
 	}
 	// The key can be stored now (a smaller artifact keeps the test fast).
 	data := content(2*stageBytes+killChunkSize+1, 7)
-	if _, err := s.Put(killKey, bytes.NewReader(data), Meta{}); err != nil {
+	if _, err := s.put(killKey, bytes.NewReader(data), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _, err := s.Get(killKey); err != nil || !bytes.Equal(got, data) {

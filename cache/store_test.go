@@ -54,7 +54,7 @@ func TestRoundTrip(t *testing.T) {
 				Hash:     "h1:test=",
 				Upstream: "https://mirror.example.com/go",
 			}
-			got, err := s.Put(k, bytes.NewReader(data), Meta{Hash: want.Hash, Upstream: want.Upstream})
+			got, err := s.put(k, bytes.NewReader(data), Meta{Hash: want.Hash, Upstream: want.Upstream})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,7 +98,7 @@ func TestPutKeepsCallerMeta(t *testing.T) {
 	s := openTest(t, testOptions())
 	data := content(3000, 1)
 	created := time.Date(2020, 1, 2, 3, 4, 5, 6, time.UTC)
-	m, err := s.Put(keyZip, bytes.NewReader(data), Meta{Size: 3000, SHA256: sha256.Sum256(data), Created: created})
+	m, err := s.put(keyZip, bytes.NewReader(data), Meta{Size: 3000, SHA256: sha256.Sum256(data), Created: created})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,10 +146,10 @@ func TestPutFailureLeavesNothing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := openTest(t, opts)
-			if _, err := s.Put(keyMod, strings.NewReader("module example.com/m\n"), Meta{}); err != nil {
+			if _, err := s.put(keyMod, strings.NewReader("module example.com/m\n"), Meta{}); err != nil {
 				t.Fatal(err)
 			}
-			_, err := s.Put(keyZip, tt.r, tt.meta)
+			_, err := s.put(keyZip, tt.r, tt.meta)
 			if err == nil {
 				t.Fatal("Put succeeded")
 			}
@@ -169,7 +169,7 @@ func TestPutFailureLeavesNothing(t *testing.T) {
 				t.Errorf("after failed Put: %d chunks, %d pending; want only the .mod chunk", chunks, pending)
 			}
 			// And the key can be stored afterwards.
-			if _, err := s.Put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
+			if _, err := s.put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -187,11 +187,11 @@ func (u unreadable) Read([]byte) (int, error) {
 func TestPutImmutable(t *testing.T) {
 	s := openTest(t, testOptions())
 	first := content(5000, 1)
-	m1, err := s.Put(keyZip, bytes.NewReader(first), Meta{Upstream: "a"})
+	m1, err := s.put(keyZip, bytes.NewReader(first), Meta{Upstream: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m2, err := s.Put(keyZip, unreadable{t}, Meta{Upstream: "b", Size: 12})
+	m2, err := s.put(keyZip, unreadable{t}, Meta{Upstream: "b", Size: 12})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,11 +218,11 @@ func TestConcurrentPuts(t *testing.T) {
 	)
 	for i := range n {
 		wg.Go(func() {
-			metas[i], errs[i] = s.Put(keyZip, iotest.HalfReader(bytes.NewReader(datas[i])), Meta{})
+			metas[i], errs[i] = s.put(keyZip, iotest.HalfReader(bytes.NewReader(datas[i])), Meta{})
 		})
 		wg.Go(func() { // other keys at the same time
 			k := Key{Path: "example.com/other", Version: fmt.Sprintf("v1.%d.0", i), Kind: KindZip}
-			if _, err := s.Put(k, bytes.NewReader(datas[i]), Meta{}); err != nil {
+			if _, err := s.put(k, bytes.NewReader(datas[i]), Meta{}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -253,7 +253,7 @@ func TestPutDoesNotBlockOtherWriters(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := s.Put(keyZip, pr, Meta{})
+		_, err := s.put(keyZip, pr, Meta{})
 		done <- err
 	}()
 	data := content(3*opts.stageBytes, 3)
@@ -262,7 +262,7 @@ func TestPutDoesNotBlockOtherWriters(t *testing.T) {
 	}
 	for i := range 5 {
 		k := Key{Path: "example.com/x", Version: fmt.Sprintf("v1.%d.0", i), Kind: KindMod}
-		if _, err := s.Put(k, strings.NewReader("module example.com/x\n"), Meta{}); err != nil {
+		if _, err := s.put(k, strings.NewReader("module example.com/x\n"), Meta{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -289,7 +289,7 @@ func TestSlowReaderDoesNotBlockWriters(t *testing.T) {
 	opts.initialMmapSize = -1 // bbolt's minimum, so the writes below remap
 	s := openTest(t, opts)
 	data := content(24*opts.ChunkSize, 5)
-	if _, err := s.Put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
+	if _, err := s.put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := s.Open(keyZip)
@@ -316,7 +316,7 @@ func TestSlowReaderDoesNotBlockWriters(t *testing.T) {
 		big := content(256<<10, 6)
 		for i := range 12 { // 3 MiB: several remaps from bbolt's 32 KiB minimum
 			k := Key{Path: "example.com/w", Version: fmt.Sprintf("v1.%d.0", i), Kind: KindZip}
-			if _, err := s.Put(k, bytes.NewReader(big), Meta{}); err != nil {
+			if _, err := s.put(k, bytes.NewReader(big), Meta{}); err != nil {
 				writerDone <- err
 				return
 			}
@@ -375,7 +375,7 @@ func TestInvalidKeys(t *testing.T) {
 		{Path: "example.com/m", Version: "v1.0.0", Kind: "tar"},
 		{Path: "example.com/\x00m", Version: "v1.0.0", Kind: KindZip},
 	} {
-		if _, err := s.Put(k, strings.NewReader("x"), Meta{}); err == nil {
+		if _, err := s.put(k, strings.NewReader("x"), Meta{}); err == nil {
 			t.Errorf("Put(%q) succeeded", k)
 		}
 		if _, err := s.Stat(k); err == nil || errors.Is(err, ErrNotFound) {
@@ -391,11 +391,11 @@ func TestQuarantine(t *testing.T) {
 	s := openTest(t, opts)
 	bad, good := content(5000, 1), content(6000, 2)
 	for _, k := range []Key{keyInfo, keyMod} {
-		if _, err := s.Put(k, strings.NewReader("x"), Meta{}); err != nil {
+		if _, err := s.put(k, strings.NewReader("x"), Meta{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	badMeta, err := s.Put(keyZip, bytes.NewReader(bad), Meta{})
+	badMeta, err := s.put(keyZip, bytes.NewReader(bad), Meta{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +420,7 @@ func TestQuarantine(t *testing.T) {
 	}
 
 	// A fresh Put stores other content; quarantining again keeps both copies.
-	if _, err := s.Put(keyZip, bytes.NewReader(good), Meta{}); err != nil {
+	if _, err := s.put(keyZip, bytes.NewReader(good), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	got, _, err := s.Get(keyZip)
@@ -482,7 +482,7 @@ func TestDeleteWhileReading(t *testing.T) {
 	opts := testOptions()
 	s := openTest(t, opts)
 	data := content(10*opts.ChunkSize, 9)
-	if _, err := s.Put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
+	if _, err := s.put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := s.Open(keyZip)
@@ -500,7 +500,7 @@ func TestDeleteWhileReading(t *testing.T) {
 		t.Errorf("Read after Delete: %v, want ErrNotFound", err)
 	}
 	// A new Put gets a new blob: the old reader never sees its bytes.
-	if _, err := s.Put(keyZip, bytes.NewReader(content(len(data), 10)), Meta{}); err != nil {
+	if _, err := s.put(keyZip, bytes.NewReader(content(len(data), 10)), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.ReadAt(buf, 0); !errors.Is(err, ErrNotFound) {
@@ -512,7 +512,7 @@ func TestReaderSemantics(t *testing.T) {
 	opts := testOptions()
 	s := openTest(t, opts)
 	data := content(3*opts.ChunkSize+10, 4)
-	if _, err := s.Put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
+	if _, err := s.put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := s.Open(keyZip)
@@ -567,7 +567,7 @@ func TestVersions(t *testing.T) {
 	s := openTest(t, testOptions())
 	put := func(path, version string, kind Kind) {
 		t.Helper()
-		if _, err := s.Put(Key{Path: path, Version: version, Kind: kind}, strings.NewReader("{}"), Meta{}); err != nil {
+		if _, err := s.put(Key{Path: path, Version: version, Kind: kind}, strings.NewReader("{}"), Meta{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -600,7 +600,7 @@ func TestWalk(t *testing.T) {
 	var want []Key
 	for i := range walkBatchSize + 20 { // more than one batch
 		k := Key{Path: fmt.Sprintf("example.com/m%03d", i), Version: "v1.0.0", Kind: KindZip}
-		if _, err := s.Put(k, strings.NewReader(k.Path), Meta{}); err != nil {
+		if _, err := s.put(k, strings.NewReader(k.Path), Meta{}); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, k)
@@ -712,7 +712,7 @@ func TestStatsAndPing(t *testing.T) {
 	}
 	sizes := map[Key]int{keyInfo: 30, keyMod: 20, keyZip: 5000}
 	for k, n := range sizes {
-		if _, err := s.Put(k, bytes.NewReader(content(n, 1)), Meta{}); err != nil {
+		if _, err := s.put(k, bytes.NewReader(content(n, 1)), Meta{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -746,7 +746,7 @@ func TestReopenChunkSizeChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := content(5*opts.ChunkSize+3, 1)
-	if _, err := s.Put(keyZip, bytes.NewReader(old), Meta{}); err != nil {
+	if _, err := s.put(keyZip, bytes.NewReader(old), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -764,7 +764,7 @@ func TestReopenChunkSizeChange(t *testing.T) {
 	}
 	k := Key{Path: "example.com/n", Version: "v1.0.0", Kind: KindZip}
 	data := content(10000, 2)
-	if _, err := s.Put(k, bytes.NewReader(data), Meta{}); err != nil {
+	if _, err := s.put(k, bytes.NewReader(data), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := s.Open(k)
@@ -786,7 +786,7 @@ func TestReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Put(keyMod, strings.NewReader("module example.com/m\n"), Meta{}); err != nil {
+	if _, err := s.put(keyMod, strings.NewReader("module example.com/m\n"), Meta{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -800,7 +800,7 @@ func TestReadOnly(t *testing.T) {
 	if b, _, err := ro.Get(keyMod); err != nil || string(b) != "module example.com/m\n" {
 		t.Errorf("Get = %q, %v", b, err)
 	}
-	if _, err := ro.Put(keyZip, strings.NewReader("x"), Meta{}); err == nil {
+	if _, err := ro.put(keyZip, strings.NewReader("x"), Meta{}); err == nil {
 		t.Error("Put on a read-only store succeeded")
 	}
 	if err := ro.PutMeta("k", nil); err == nil {

@@ -30,13 +30,39 @@ type Key struct {
 	Kind    Kind
 }
 
+// State says what vouches for a stored artifact's content.
+type State string
+
+// Artifact states. cache/gate sets one on every artifact it commits.
+const (
+	// StateVerified: the checksum database's record of the artifact agrees
+	// with its content; Meta.Proof names the record.
+	StateVerified State = "verified"
+	// StateExempt: the module path is private or excluded from the
+	// checksum database (GOPRIVATE, GONOSUMDB, or the database is off);
+	// only the content checks vouch for it. .info files, which no
+	// database records, are exempt too.
+	StateExempt State = "exempt"
+	// StateUnverified: stored while the checksum database could not be
+	// reached (fail-open); it still needs verifying.
+	StateUnverified State = "unverified"
+)
+
+// validState accepts the states and "" (no state: cache's own tests and
+// tools; the gate always sets one).
+func validState(s State) bool {
+	return s == "" || s == StateVerified || s == StateExempt || s == StateUnverified
+}
+
 // Meta describes a stored artifact.
 type Meta struct {
 	Size     int64     // bytes of content
 	Created  time.Time // when it was committed (serves Last-Modified)
 	SHA256   [32]byte  // of the content (serves ETag)
-	Hash     string    // checksum-database hash ("h1:…") it was verified against; "" if unverified (private, or sumdb off)
+	Hash     string    // "h1:" hash of the content (.mod and .zip), computed when it was committed
 	Upstream string    // upstream it was fetched from
+	State    State     // what vouches for the content
+	Proof    string    // for StateVerified: the checksum-database record that proved it
 }
 
 // Entry is a mutable value with the time it was fetched, used for list,

@@ -212,7 +212,7 @@ func (r *Resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	return nil, &net.DNSError{
 		Err:         err.Error(),
 		Name:        host,
-		IsTimeout:   isTimeout(err),
+		IsTimeout:   IsTimeout(err),
 		IsTemporary: true,
 		UnwrapErr:   err,
 	}
@@ -345,7 +345,7 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (e *r
 			in, xerr := r.exchange(ctx, name, qtype, srv)
 			if xerr != nil {
 				label = "error"
-				if isTimeout(xerr) {
+				if IsTimeout(xerr) {
 					label = "timeout"
 				}
 				err = errorf("resolve %s %s via %s: %w", name, dns.TypeToString[qtype], srv, xerr)
@@ -498,7 +498,9 @@ func (r *Resolver) close() {
 	r.wg.Wait()
 }
 
-func isTimeout(err error) bool {
+// IsTimeout reports whether err is a timeout: a context deadline or a
+// net.Error that says so. It is the one timeout test of modproxy.
+func IsTimeout(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}

@@ -238,7 +238,7 @@ func (st *reqState) outcomeOf(callerCtx context.Context, err error) string {
 		return OutcomeCanceled
 	case !gotConn:
 		return OutcomeConnectError // DNS, TCP connect or TLS handshake
-	case isTimeout(err):
+	case IsTimeout(err):
 		return OutcomeTimeout
 	default:
 		return OutcomeReset // connection reset, closed or broken mid-request

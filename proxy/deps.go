@@ -1,8 +1,9 @@
 package proxy
 
 import (
-	"context"
 	"time"
+
+	"github.com/modproxy/modproxy/cache/gate"
 )
 
 // Health is consulted by the fetcher to order upstreams, trip circuit
@@ -29,14 +30,7 @@ type Health interface {
 }
 
 // Verifier checks artifacts against the checksum database before they are
-// committed. sumdb.Verifier implements it; a nil Verifier stores everything
-// unverified (GOSUMDB=off).
-type Verifier interface {
-	// Exempt reports whether path is private or excluded from the
-	// checksum database (GOPRIVATE/GONOSUMDB patterns).
-	Exempt(path string) bool
-	// VerifyMod checks a go.mod file and returns its "h1:" hash.
-	VerifyMod(ctx context.Context, path, version string, data []byte) (hash string, err error)
-	// VerifyZip checks the module zip file at zipFile and returns its "h1:" hash.
-	VerifyZip(ctx context.Context, path, version, zipFile string) (hash string, err error)
-}
+// committed (sumdb.Verifier implements it); a nil Verifier stores
+// everything as exempt (GOSUMDB=off). It is the gate's Verifier: the
+// Fetcher commits through a gate.Gate.
+type Verifier = gate.Verifier

@@ -1,13 +1,14 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 
+	"github.com/modproxy/modproxy/cache/gate"
+	"github.com/modproxy/modproxy/internal/oneline"
+	"github.com/modproxy/modproxy/netprobe"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -41,8 +42,9 @@ func (e *StatusError) notFound() bool {
 	return false
 }
 
-// errBadContent marks an upstream answer that failed validation (garbage).
-var errBadContent = errors.New("invalid content")
+// errBadContent marks an upstream answer that failed validation (garbage);
+// it is the gate's content-check error, so both count alike.
+var errBadContent = gate.ErrContent
 
 // HTTPError is an error with the status and one-line message that the
 // proxy's client sees.
@@ -66,7 +68,6 @@ func upstreamFailure(req Request, errs []error) *HTTPError {
 	}
 	allNotFound, gone, mismatch := true, false, false
 	status := http.StatusBadGateway
-	var mm *sumdb.MismatchError
 	var parts []string
 	for _, err := range errs {
 		parts = append(parts, oneLine(err.Error()))
@@ -79,7 +80,7 @@ func upstreamFailure(req Request, errs []error) *HTTPError {
 		if isTimeout(err) {
 			status = http.StatusGatewayTimeout
 		}
-		if errors.As(err, &mm) || errors.Is(err, errCondemned) {
+		if errors.Is(err, sumdb.ErrMismatch) || errors.Is(err, errCondemned) {
 			mismatch = true
 		}
 	}
@@ -96,19 +97,11 @@ func upstreamFailure(req Request, errs []error) *HTTPError {
 	return &HTTPError{Status: status, Msg: fmt.Sprintf("%s: upstreams failed: %s", req, strings.Join(parts, "; ")), Err: errors.Join(errs...)}
 }
 
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+// isTimeout reports whether err is a timeout.
+var isTimeout = netprobe.IsTimeout
 
 // oneLine keeps error text on a single line for one-line response bodies.
-func oneLine(s string) string {
-	s = strings.ReplaceAll(s, "\r", " ")
-	return strings.ReplaceAll(s, "\n", " ")
-}
+var oneLine = oneline.String
 
 // UpstreamError is a failure to get an answer from an upstream (connection,
 // timeout, truncated or invalid content).

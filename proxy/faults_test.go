@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 	"github.com/modproxy/modproxy/netprobe"
 )
@@ -20,9 +20,8 @@ import (
 func TestMismatchOnOneModuleLeavesOthersServed(t *testing.T) {
 	up := newUpstream(t)
 	up.SetFaults(testupstream.Fault{Tamper: true, Match: func(p string) bool { return strings.HasPrefix(p, "/example.com/hello/@v/v1.0.0") }})
-	v := &hashVerifier{good: map[string][32]byte{
-		"example.com/hello@v1.0.0.zip": sha256.Sum256(up.Zip("example.com/hello", "v1.0.0")),
-	}}
+	zh, err := testsumdb.HashZip(up.Zip("example.com/hello", "v1.0.0"))
+	v := &hashVerifier{good: map[string]string{"example.com/hello@v1.0.0.zip": mustHash(t, zh, err)}}
 	probe, err := netprobe.New(netprobe.Config{Upstreams: []string{up.URL()}, CircuitMinSamples: 3})
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,12 +12,12 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/fallback"
 	"github.com/modproxy/modproxy/netprobe"
 	"github.com/modproxy/modproxy/sumdb"
@@ -26,9 +25,9 @@ import (
 
 // Limits on metadata answers from upstreams; anything larger is garbage.
 const (
-	maxInfoSize = 64 << 10
+	maxInfoSize = gate.MaxInfo
 	maxListSize = 16 << 20
-	maxModSize  = 16 << 20 // golang.org/x/mod/zip.MaxGoMod
+	maxModSize  = gate.MaxMod
 )
 
 // Config configures a Fetcher and the Server built on it.
@@ -47,7 +46,7 @@ type Config struct {
 	// (GOPRIVATE syntax).
 	Private string
 	// Verifier checks .mod and .zip files against the checksum database;
-	// nil stores unverified.
+	// nil stores everything as exempt (GOSUMDB=off).
 	Verifier Verifier
 	// VerifyFailOpen stores (and serves) artifacts unverified while the
 	// checksum database cannot be reached, instead of refusing them. With a
@@ -130,7 +129,8 @@ func (c *Config) setDefaults() {
 // that a client going away does not waste a download others wait for.
 type Fetcher struct {
 	cfg    Config
-	store  *cache.Store
+	store  *cache.Store // artifacts enter only through gate
+	gate   *gate.Gate
 	health Health
 	log    *slog.Logger
 	m      *Metrics
@@ -158,10 +158,15 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 	if !cfg.Offline && len(cfg.Upstreams) == 0 && len(cfg.PrivateUpstreams) == 0 {
 		return nil, errors.New("proxy: no upstream (use offline mode to serve only the store)")
 	}
+	g, err := gate.New(gate.Config{Store: cfg.Store, Verifier: cfg.Verifier, FailOpen: cfg.VerifyFailOpen, TempDir: cfg.SpoolDir})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Fetcher{
 		cfg:        cfg,
 		store:      cfg.Store,
+		gate:       g,
 		health:     cfg.Health,
 		log:        cfg.Logger,
 		m:          cfg.Metrics,
@@ -327,7 +332,7 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	}
 	ups, private := f.upstreamsFor(req.Module)
 	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
-		got, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) (verified, error) {
+		got, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) (*gate.Ticket, error) {
 			return f.fetchSmall(ctx, u, req)
 		})
 		if rt.upstream == "" {
@@ -339,13 +344,12 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 			f.neg.put(req.String()+"."+string(req.Kind), herr)
 			return metaResult{}, herr
 		}
-		m := cache.Meta{Upstream: rt.upstream, Hash: got.hash}
-		stored, err := f.store.Put(key, bytes.NewReader(got.data), m)
+		stored, err := f.gate.Commit(got)
 		if err != nil {
 			return metaResult{}, fmt.Errorf("store %s: %w", req, err)
 		}
 		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
-		return metaResult{data: got.data, meta: stored, route: rt}, nil
+		return metaResult{data: got.Data(), meta: stored, route: rt}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -353,86 +357,46 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	return &Artifact{Data: res.data, Meta: res.meta, Cache: "miss", Route: res.route, Modified: res.meta.Created}, nil
 }
 
-// verified is an upstream answer with the checksum-database hash it was
-// verified against ("" when exempt or unverified).
-type verified struct {
-	data []byte
-	hash string
-}
-
-// fetchSmall fetches and validates one .info or .mod file from u. A .mod
-// is verified against the checksum database here, inside the upstream
-// attempt, so that a mismatch falls through to the next upstream.
-func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (verified, error) {
+// fetchSmall fetches one .info or .mod file from u and passes it through
+// the gate's checks (a .mod is verified against the checksum database
+// here, inside the upstream attempt, so that a mismatch falls through to
+// the next upstream).
+func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (*gate.Ticket, error) {
 	limit := int64(maxInfoSize)
 	if req.Kind == KindMod {
 		limit = maxModSize
 	}
 	data, err := f.getSmall(ctx, u, req.URLPath(), limit)
 	if err != nil {
-		return verified{}, err
+		return nil, err
 	}
-	v := verified{data: data}
-	switch req.Kind {
-	case KindInfo:
-		if err := checkInfo(data, req.Version); err != nil {
-			return verified{}, &UpstreamError{Upstream: u.Name(), Err: err}
-		}
-	case KindMod:
-		if _, err := modfile.ParseLax("go.mod", data, nil); err != nil {
-			return verified{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: go.mod of %s: %v", errBadContent, req, err)}
-		}
-		if f.cfg.Verifier != nil && !f.cfg.Verifier.Exempt(req.Module) {
-			v.hash, err = f.cfg.Verifier.VerifyMod(ctx, req.Module, req.Version, data)
-			if v.hash, err = f.failOpen(req, KindMod, v.hash, err); err != nil {
-				return verified{}, &UpstreamError{Upstream: u.Name(), Err: err}
-			}
-		}
+	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
+	t, err := f.gate.CheckSmall(ctx, key, data, gate.Origin{Upstream: u.Name()})
+	if err != nil {
+		return nil, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
-	return v, nil
+	f.noteUnverified(req, t)
+	return t, nil
 }
 
-// failOpen applies Config.VerifyFailOpen to a verification result: with it
-// set, an unreachable checksum database lets the artifact be stored
-// unverified (hash ""), counted in modproxy_stored_unverified_total.
-func (f *Fetcher) failOpen(req Request, kind Kind, hash string, err error) (string, error) {
-	if err == nil || !f.cfg.VerifyFailOpen || !errors.Is(err, sumdb.ErrUnavailable) {
-		return hash, err
+// noteUnverified logs and counts an artifact the gate lets in unverified
+// (Config.VerifyFailOpen while the checksum database is unavailable).
+func (f *Fetcher) noteUnverified(req Request, t *gate.Ticket) {
+	if t.State() != cache.StateUnverified {
+		return
 	}
-	f.log.Warn("checksum database unavailable: storing unverified (fail-open)", "module", req.Module, "version", req.Version, "kind", kind, "err", err)
+	kind := t.Key().Kind
+	f.log.Warn("checksum database unavailable: storing unverified (fail-open)", "module", req.Module, "version", req.Version, "kind", kind, "err", t.Unverified())
 	f.m.storedUnverified.WithLabelValues(string(kind)).Inc()
 	if f.reverify != nil {
 		f.reverify.notify()
 	}
-	return "", nil
-}
-
-// infoJSON is the .info and @latest answer format.
-type infoJSON struct {
-	Version string
-	Time    time.Time
 }
 
 // checkInfo validates an .info answer; want is "" for queries.
 func checkInfo(data []byte, want string) error {
-	_, err := parseInfo(data, want)
+	_, err := gate.ParseInfo(data, want)
 	return err
-}
-
-// parseInfo validates an .info or @latest answer and returns the version
-// it names; want is "" for queries.
-func parseInfo(data []byte, want string) (string, error) {
-	var info infoJSON
-	if err := json.Unmarshal(data, &info); err != nil {
-		return "", fmt.Errorf("%w: .info is not JSON: %v", errBadContent, err)
-	}
-	if !isCanonical(info.Version) {
-		return "", fmt.Errorf("%w: .info names version %q, which is not canonical", errBadContent, info.Version)
-	}
-	if want != "" && info.Version != want {
-		return "", fmt.Errorf("%w: .info for %s names version %q", errBadContent, want, info.Version)
-	}
-	return info.Version, nil
 }
 
 // Query resolves a non-canonical version query (.info) through the

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -454,39 +454,36 @@ func TestBadZipsCommitNothing(t *testing.T) {
 	}
 }
 
-// hashVerifier is a Verifier that knows the good SHA-256 of each file.
+// hashVerifier is a Verifier that knows the good "h1:" hash of each file.
 type hashVerifier struct {
-	good map[string][32]byte // path@version.kind
+	good map[string]string // path@version.kind
 }
 
 func (v *hashVerifier) Exempt(path string) bool { return strings.HasPrefix(path, "private.example") }
 
-func (v *hashVerifier) check(path, version, kind string, data []byte) (string, error) {
-	sum := sha256.Sum256(data)
-	if want, ok := v.good[path+"@"+version+"."+kind]; ok && want != sum {
-		return "", &sumdb.MismatchError{Path: path, Version: version, Kind: kind, Want: fmt.Sprintf("h1:%x", want[:6]), Got: fmt.Sprintf("h1:%x", sum[:6])}
+func (v *hashVerifier) VerifyHash(_ context.Context, kind, path, version, hash string) (string, error) {
+	if want, ok := v.good[path+"@"+version+"."+kind]; ok && want != hash {
+		return "", &sumdb.MismatchError{Path: path, Version: version, Kind: kind, Want: want, Got: hash}
 	}
-	return fmt.Sprintf("h1:%x", sum[:6]), nil
+	return "test record", nil
 }
 
-func (v *hashVerifier) VerifyMod(_ context.Context, path, version string, data []byte) (string, error) {
-	return v.check(path, version, "mod", data)
-}
-
-func (v *hashVerifier) VerifyZip(_ context.Context, path, version, file string) (string, error) {
-	data, err := os.ReadFile(file)
+func mustHash(t *testing.T, h string, err error) string {
+	t.Helper()
 	if err != nil {
-		return "", err
+		t.Fatal(err)
 	}
-	return v.check(path, version, "zip", data)
+	return h
 }
 
 func TestChecksumMismatchFallsThroughToGoodCopy(t *testing.T) {
 	bad, good := newUpstream(t), newUpstream(t)
 	bad.SetFaults(testupstream.Fault{Tamper: true})
-	v := &hashVerifier{good: map[string][32]byte{
-		"example.com/hello@v1.0.0.zip": sha256.Sum256(good.Zip("example.com/hello", "v1.0.0")),
-		"example.com/hello@v1.0.0.mod": sha256.Sum256([]byte("module example.com/hello\n")),
+	zh, err := testsumdb.HashZip(good.Zip("example.com/hello", "v1.0.0"))
+	mh, err2 := testsumdb.HashMod([]byte("module example.com/hello\n"))
+	v := &hashVerifier{good: map[string]string{
+		"example.com/hello@v1.0.0.zip": mustHash(t, zh, err),
+		"example.com/hello@v1.0.0.mod": mustHash(t, mh, err2),
 	}}
 	for _, sep := range []string{",", "|"} {
 		t.Run(sep, func(t *testing.T) {
@@ -521,10 +518,7 @@ func TestChecksumMismatchFallsThroughToGoodCopy(t *testing.T) {
 type downVerifier struct{}
 
 func (downVerifier) Exempt(string) bool { return false }
-func (downVerifier) VerifyMod(context.Context, string, string, []byte) (string, error) {
-	return "", fmt.Errorf("lookup: %w", sumdb.ErrUnavailable)
-}
-func (downVerifier) VerifyZip(context.Context, string, string, string) (string, error) {
+func (downVerifier) VerifyHash(context.Context, string, string, string, string) (string, error) {
 	return "", fmt.Errorf("lookup: %w", sumdb.ErrUnavailable)
 }
 
@@ -548,8 +542,8 @@ func TestChecksumDatabaseDownFailsClosedUnlessFailOpen(t *testing.T) {
 			n := 0
 			e.store.Walk(func(k cache.Key, m cache.Meta) error {
 				n++
-				if m.Hash != "" {
-					t.Errorf("%v stored with hash %q although unverified", k, m.Hash)
+				if m.State != cache.StateUnverified || m.Proof != "" {
+					t.Errorf("%v stored as %q (proof %q), want unverified", k, m.State, m.Proof)
 				}
 				return nil
 			})

@@ -17,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 	"github.com/modproxy/modproxy/sumdb"
@@ -242,7 +243,7 @@ func TestFailOpenArtifactsAreVerifiedInTheBackground(t *testing.T) {
 	if r.body != string(up.GoMod(path, "v1.1.0")) {
 		t.Errorf("refetched go.mod = %q", r.body)
 	}
-	if m, err := e.store.Stat(tampered); err != nil || m.Hash == "" {
+	if m, err := e.store.Stat(tampered); err != nil || m.State != cache.StateVerified {
 		t.Errorf("refetched go.mod: %+v, %v; want it verified", m, err)
 	}
 	// A later pass does not verify again what it verified.
@@ -268,17 +269,13 @@ type blockingVerifier struct{ started chan struct{} }
 
 func (blockingVerifier) Exempt(string) bool { return false }
 
-func (v blockingVerifier) VerifyMod(ctx context.Context, _, _ string, _ []byte) (string, error) {
+func (v blockingVerifier) VerifyHash(ctx context.Context, _, _, _, _ string) (string, error) {
 	select {
 	case v.started <- struct{}{}:
 	default:
 	}
 	<-ctx.Done()
 	return "", ctx.Err()
-}
-
-func (v blockingVerifier) VerifyZip(ctx context.Context, path, version, _ string) (string, error) {
-	return v.VerifyMod(ctx, path, version, nil)
 }
 
 // The background verification has an owner: Fetcher.Close stops it even
@@ -288,7 +285,12 @@ func TestBackgroundVerificationStopsOnClose(t *testing.T) {
 	v := blockingVerifier{started: make(chan struct{}, 1)}
 	e := newEnv(t, up.URL(), func(c *Config) {
 		// An artifact stored unverified by an earlier run.
-		if _, err := c.Store.Put(cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.KindMod}, strings.NewReader("module example.com/hello\n"), cache.Meta{}); err != nil {
+		g, _ := gate.New(gate.Config{Store: c.Store, Verifier: downVerifier{}, FailOpen: true})
+		tk, err := g.CheckSmall(context.Background(), cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.KindMod}, []byte("module example.com/hello\n"), gate.Origin{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.Commit(tk); err != nil {
 			t.Fatal(err)
 		}
 		c.Verifier = v
@@ -309,7 +311,7 @@ func TestBackgroundVerificationStopsOnClose(t *testing.T) {
 		t.Fatal("Fetcher.Close did not stop a hanging background verification")
 	}
 	// Nothing was decided about the artifact: it stays, unverified.
-	if m, err := e.store.Stat(cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.KindMod}); err != nil || m.Hash != "" {
+	if m, err := e.store.Stat(cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.KindMod}); err != nil || m.State != cache.StateUnverified {
 		t.Errorf("artifact after an interrupted verification: %+v, %v", m, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/modproxy/modproxy/bundle"
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/oneline"
 	"github.com/modproxy/modproxy/modgraph"
 )
 
@@ -139,7 +140,7 @@ func cmpFailure(a, b PrewarmFailure) int {
 	return strings.Compare(a.Version, b.Version)
 }
 
-func oneLineErr(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
+var oneLineErr = oneline.Of
 
 // prewarmer runs the per-module work on a pool of workers.
 type prewarmer struct {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/mod/module"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/modgraph"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -117,7 +118,7 @@ func (b *fetcherBackend) storedHash(k cache.Key) (string, error) {
 		}
 		return sumdb.HashMod(data)
 	}
-	return sumdb.HashZipFrom(r, b.f.cfg.SpoolDir)
+	return gate.HashZip(k, func() (io.ReadCloser, error) { return io.NopCloser(r), nil }, b.f.cfg.SpoolDir)
 }
 
 func (b *fetcherBackend) GoMod(ctx context.Context, path, version string) ([]byte, error) {
@@ -241,7 +242,7 @@ func (b *httpBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (Pr
 		}
 	case k.Kind == cache.KindZip && needHash:
 		cr := &countingReader{r: resp.Body}
-		if res.Hash, err = sumdb.HashZipFrom(cr, b.spoolDir); err != nil {
+		if res.Hash, err = gate.HashZip(k, func() (io.ReadCloser, error) { return io.NopCloser(cr), nil }, b.spoolDir); err != nil {
 			return PrewarmArtifact{}, fmt.Errorf("GET %s: %w", p, err)
 		}
 		res.Size = cr.n
@@ -281,7 +282,7 @@ func (b *httpBackend) SumDB(ctx context.Context, name, rel string) ([]byte, erro
 
 // infoVersion returns the version named by an @latest answer.
 func infoVersion(path string, data []byte) (string, error) {
-	v, err := parseInfo(data, "")
+	v, err := gate.ParseInfo(data, "")
 	if err != nil {
 		return "", fmt.Errorf("%s@latest: %w", path, err)
 	}

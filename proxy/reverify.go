@@ -7,17 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
 // reverifier verifies, in the background, the .mod and .zip artifacts
-// stored without a checksum-database hash (under VerifyFailOpen while the
-// database was unreachable) once the database answers again. A mismatch
+// stored in state unverified (under VerifyFailOpen while the database was
+// unreachable) once the database answers again. A mismatch
 // quarantines the artifact (the next request fetches and verifies it
 // anew), is counted and logged at Error.
 //
@@ -27,9 +27,9 @@ import (
 // by verifyTimeout, so the load is one lookup (and one spooled zip) at a
 // time. It is owned by the Fetcher: Fetcher.Close stops it.
 //
-// An artifact verified here keeps its empty Meta.Hash (the store has no
-// update of committed metadata); a mutable entry "reverified/<key>" records
-// the hash it matched, for the SHA-256 of the content it checked.
+// An artifact verified here keeps its state (the store has no update of
+// committed metadata); a mutable entry "reverified/<key>" records the hash
+// it matched, for the SHA-256 of the content it checked.
 type reverifier struct {
 	store    *cache.Store
 	v        Verifier
@@ -116,7 +116,7 @@ func (r *reverifier) pass(ctx context.Context) (done bool, err error) {
 	}
 	var todo []item
 	err = r.store.Walk(func(k cache.Key, m cache.Meta) error {
-		if (k.Kind == cache.KindMod || k.Kind == cache.KindZip) && m.Hash == "" && !r.v.Exempt(k.Path) && !r.checked(k, m) {
+		if (k.Kind == cache.KindMod || k.Kind == cache.KindZip) && m.State == cache.StateUnverified && !r.v.Exempt(k.Path) && !r.checked(k, m) {
 			todo = append(todo, item{k, m})
 		}
 		return ctx.Err()
@@ -170,7 +170,7 @@ func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) b
 			r.log.Warn("cannot record background verification", "module", k.Path, "version", k.Version, "kind", kind, "err", perr)
 		}
 		r.log.Debug("verified artifact stored unverified", "module", k.Path, "version", k.Version, "kind", kind, "hash", hash)
-	case errors.Is(err, sumdb.ErrMismatch):
+	case errors.Is(err, sumdb.ErrMismatch), errors.Is(err, gate.ErrContent):
 		r.m.reverified.WithLabelValues(kind, "mismatch").Inc()
 		if r.health != nil && m.Upstream != "" {
 			r.health.ReportChecksumFailure(m.Upstream)
@@ -193,30 +193,27 @@ func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) b
 	return true
 }
 
+// verify runs the gate's content checks on a stored artifact and asks the
+// Verifier about its hash.
 func (r *reverifier) verify(ctx context.Context, k cache.Key) (string, error) {
+	var (
+		hash string
+		err  error
+	)
 	if k.Kind == cache.KindMod {
-		data, _, err := r.store.Get(k)
-		if err != nil {
-			return "", fmt.Errorf("reading %s: %w", k, err)
+		data, _, rerr := r.store.Get(k)
+		if rerr != nil {
+			return "", fmt.Errorf("reading %s: %w", k, rerr)
 		}
-		return r.v.VerifyMod(ctx, k.Path, k.Version, data)
-	}
-	rc, err := r.store.Open(k)
-	if err != nil {
-		return "", fmt.Errorf("opening %s: %w", k, err)
-	}
-	defer rc.Close()
-	f, err := os.CreateTemp(r.spoolDir, "modproxy-reverify-*.zip")
-	if err != nil {
-		return "", fmt.Errorf("spooling %s: %w", k, err)
-	}
-	defer os.Remove(f.Name())
-	_, err = io.Copy(f, rc)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+		hash, err = gate.CheckMod(k.Path, k.Version, data)
+	} else {
+		hash, err = gate.HashZip(k, func() (io.ReadCloser, error) { return r.store.Open(k) }, r.spoolDir)
 	}
 	if err != nil {
-		return "", fmt.Errorf("spooling %s: %w", k, err)
+		return "", err
 	}
-	return r.v.VerifyZip(ctx, k.Path, k.Version, f.Name())
+	if _, err := r.v.VerifyHash(ctx, string(k.Kind), k.Path, k.Version, hash); err != nil {
+		return "", err
+	}
+	return hash, nil
 }

@@ -42,11 +42,10 @@ func entries(ups []Upstream) []fallback.Entry {
 // the list; everything else only after '|'.
 func classify(err error) fallback.Class {
 	var se *StatusError
-	var mm *sumdb.MismatchError
 	switch {
 	case errors.As(err, &se) && se.notFound():
 		return fallback.Absent
-	case errors.As(err, &mm), errors.Is(err, errCondemned):
+	case errors.Is(err, sumdb.ErrMismatch), errors.Is(err, errCondemned):
 		return fallback.Absent
 	}
 	return fallback.Failed
@@ -90,8 +89,7 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 			}
 		}
 		val, err := fn(ctx, u)
-		var mm *sumdb.MismatchError
-		if errors.As(err, &mm) && mv != "" {
+		if errors.Is(err, sumdb.ErrMismatch) && mv != "" {
 			f.condemned.put(u.Name(), mv)
 			if f.health != nil {
 				f.health.ReportChecksumFailure(u.Name())
@@ -150,13 +148,12 @@ func (c *condemnedCopies) put(upstream, mv string) {
 
 func fallthroughReason(err error) string {
 	var se *StatusError
-	var mm *sumdb.MismatchError
 	switch {
 	case errors.As(err, &se) && se.notFound():
 		return "not_found"
 	case errors.As(err, &se):
 		return "status_" + statusClass(se.Status)
-	case errors.As(err, &mm):
+	case errors.Is(err, sumdb.ErrMismatch):
 		return "checksum_mismatch"
 	case errors.Is(err, errCondemned):
 		return "condemned_copy"

@@ -11,10 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/mod/module"
-	modzip "golang.org/x/mod/zip"
-
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 )
 
 // errStreamFailed is the error of every upstream tried after a zip that had
@@ -203,8 +201,8 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 		return cache.Meta{}, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength > modzip.MaxZipFile {
-		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s is %d bytes, over the %d-byte limit", errBadContent, req, resp.ContentLength, modzip.MaxZipFile)}
+	if resp.ContentLength > gate.MaxZip {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s is %d bytes, over the %d-byte limit", errBadContent, req, resp.ContentLength, gate.MaxZip)}
 	}
 	spool, err := os.CreateTemp(f.cfg.SpoolDir, "modproxy-zip-*")
 	if err != nil {
@@ -228,8 +226,8 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			if written+int64(n) > modzip.MaxZipFile {
-				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, modzip.MaxZipFile)}
+			if written+int64(n) > gate.MaxZip {
+				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, gate.MaxZip)}
 			}
 			if _, err := spool.Write(buf[:n]); err != nil {
 				return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
@@ -254,25 +252,12 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	if resp.ContentLength >= 0 && written != resp.ContentLength {
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, resp.ContentLength)}
 	}
-	mv := module.Version{Path: req.Module, Version: req.Version}
-	if cf, err := modzip.CheckZip(mv, spool.Name()); err != nil || cf.Err() != nil {
-		if err == nil {
-			err = cf.Err()
-		}
-		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s: %v", errBadContent, req, oneLine(err.Error()))}
+	t, err := f.gate.CheckZipFile(ctx, key, spool.Name(), gate.Origin{Upstream: u.Name()})
+	if err != nil {
+		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
-	meta := cache.Meta{Upstream: u.Name(), Size: written}
-	if v := f.cfg.Verifier; v != nil && !v.Exempt(req.Module) {
-		h, err := v.VerifyZip(ctx, req.Module, req.Version, spool.Name())
-		if h, err = f.failOpen(req, KindZip, h, err); err != nil {
-			return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
-		}
-		meta.Hash = h
-	}
-	if _, err := spool.Seek(0, io.SeekStart); err != nil {
-		return cache.Meta{}, fmt.Errorf("rewind spool of %s: %w", req, err)
-	}
-	stored, err := f.store.Put(key, spool, meta)
+	f.noteUnverified(req, t)
+	stored, err := f.gate.Commit(t)
 	if err != nil {
 		return cache.Meta{}, fmt.Errorf("store %s: %w", req, err)
 	}

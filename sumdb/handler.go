@@ -309,8 +309,3 @@ func (v *Verifier) storedHead(key string) (cache.Entry, bool) {
 	}
 	return e, true
 }
-
-// oneLine returns err's message on one line.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
-}

@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,9 +37,14 @@ import (
 	xsumdb "golang.org/x/mod/sumdb"
 	"golang.org/x/mod/sumdb/dirhash"
 	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/oneline"
 )
+
+// oneLine renders an error for a one-line answer body.
+var oneLine = oneline.Of
 
 // DefaultVerifierKey is the verifier key of the go command's default checksum
 // database, the one it knows by name alone.
@@ -419,6 +423,37 @@ func (v *Verifier) VerifyZip(ctx context.Context, path, version, zipFile string)
 	})
 }
 
+// VerifyHash checks hash, the "h1:" hash of path@version's go.mod (kind
+// "mod") or zip (kind "zip"), against the checksum database, and returns
+// the record that proved it ("<name>/lookup/<path>@<version> record <id>").
+// A disagreement is a *MismatchError.
+func (v *Verifier) VerifyHash(ctx context.Context, kind, path, version, hash string) (string, error) {
+	if kind != "mod" && kind != "zip" {
+		return "", fmt.Errorf("verifying %s@%s: unknown kind %q", path, version, kind)
+	}
+	if _, err := v.verify(ctx, kind, path, version, func() (string, error) { return hash, nil }); err != nil {
+		return "", err
+	}
+	return v.proof(path, version), nil
+}
+
+// proof names the stored record of path@version, with its record number
+// when the record is in the store.
+func (v *Verifier) proof(path, version string) string {
+	epath, err1 := module.EscapePath(path)
+	evers, err2 := module.EscapeVersion(version)
+	if err1 != nil || err2 != nil {
+		return v.name
+	}
+	file := v.name + "/lookup/" + epath + "@" + evers
+	if data, err := v.store.GetKV(bucketVerified, file); err == nil {
+		if id, _, _, err := tlog.ParseRecord(data); err == nil {
+			return fmt.Sprintf("%s record %d", file, id)
+		}
+	}
+	return file
+}
+
 func (v *Verifier) verify(ctx context.Context, kind, path, version string, hash func() (string, error)) (string, error) {
 	if v.Exempt(path) {
 		v.metrics.verifications.WithLabelValues(kind, "exempt").Inc()
@@ -467,35 +502,6 @@ func HashMod(data []byte) (string, error) {
 	return dirhash.Hash1([]string{"go.mod"}, func(string) (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(data)), nil
 	})
-}
-
-// HashZipFrom spools the module zip read from r to a temporary file in
-// tempDir ("": the system's) and returns its "h1:" hash.
-func HashZipFrom(r io.Reader, tempDir string) (string, error) {
-	h, _, err := hashZipFrom(r, tempDir)
-	return h, err
-}
-
-// hashZipFrom is HashZipFrom; corrupt reports that the content was read but
-// is not a valid zip.
-func hashZipFrom(r io.Reader, tempDir string) (hash string, corrupt bool, err error) {
-	f, err := os.CreateTemp(tempDir, "modproxy-hash-*.zip")
-	if err != nil {
-		return "", false, fmt.Errorf("spool zip: %w", err)
-	}
-	defer os.Remove(f.Name())
-	_, err = io.Copy(f, r)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("spool zip to %s: %w", f.Name(), err)
-	}
-	h, err := dirhash.HashZip(f.Name(), dirhash.Hash1)
-	if err != nil {
-		return "", !errors.Is(err, os.ErrNotExist), fmt.Errorf("hash zip: %w", err)
-	}
-	return h, false, nil
 }
 
 // securityError returns the error wrapping ErrSecurity once the database

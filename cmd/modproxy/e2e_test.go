@@ -467,14 +467,16 @@ func TestChecksumDatabaseEndToEnd(t *testing.T) {
 	}
 	db.SetDown(false)
 
-	// modproxy verify finds an artifact corrupted inside the bbolt file.
+	// modproxy verify finds an artifact corrupted inside the bbolt file,
+	// asking the test database about the public ones.
 	mp.stop(t)
-	out, err := exec.Command(modproxyBin(t), "verify", "--db", store).CombinedOutput()
+	verify := []string{"verify", "--db", store, "--sumdb", db.VerifierKey() + " " + db.URL(), "--private", "corp.example", "--upstream", good.URL()}
+	out, err := exec.Command(modproxyBin(t), verify...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("verify of a good store: %v\n%s", err, out)
 	}
 	corruptZipChunk(t, store)
-	out, err = exec.Command(modproxyBin(t), "verify", "--db", store, "--quarantine").CombinedOutput()
+	out, err = exec.Command(modproxyBin(t), append(verify, "--quarantine")...).CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "mismatch") {
 		t.Fatalf("verify of a corrupted store: %v\n%s", err, out)
 	}
@@ -483,7 +485,10 @@ func TestChecksumDatabaseEndToEnd(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^mismatch\s+corp\.example/secret@v1\.0\.0 zip`).MatchString(string(out)) {
 		t.Errorf("verify did not flag the corrupted private zip:\n%s", out)
 	}
-	if out, err := exec.Command(modproxyBin(t), "verify", "--db", store).CombinedOutput(); err != nil {
+	if !regexp.MustCompile(`checked \d+ artifacts: \d+ verified, 1 exempt`).MatchString(string(out)) {
+		t.Errorf("verify counts by state:\n%s", out)
+	}
+	if out, err := exec.Command(modproxyBin(t), verify...).CombinedOutput(); err != nil {
 		t.Fatalf("verify after quarantine: %v\n%s", err, out)
 	}
 }

@@ -26,6 +26,8 @@ type exportConfig struct {
 	platforms []string
 	goVersion string
 	json      bool
+	// includeUnverified exports artifacts stored unverified (fail-open).
+	includeUnverified bool
 }
 
 func newExportCmd() *cobra.Command {
@@ -42,6 +44,10 @@ given), with all of the store's checksum-database data, to BUNDLE:
                   (<escaped path>/@v/list, .info, .mod, .zip, and
                   sumdb/<name>/ for GOSUMDB verification).
 
+Artifacts stored unverified (--sumdb-fail-open) are left out unless
+--include-unverified is given; a store bundle records each artifact's
+state, and the importing side verifies every artifact again in any case.
+
 Targets are as for prewarm and are resolved from the store alone; the export
 fails, naming them, if the store lacks artifacts they need. The store must
 not be held by a running server.`,
@@ -57,6 +63,7 @@ not be held by a running server.`,
 	f.StringArrayVar(&c.platforms, "platform", nil, "GOOS/GOARCH of the Go toolchains to include when targets need one, repeatable")
 	f.StringVar(&c.goVersion, "go-version", "", "Go version of the toolchain that will build (default: go env GOVERSION)")
 	f.BoolVar(&c.json, "json", false, "print the report as JSON")
+	f.BoolVar(&c.includeUnverified, "include-unverified", false, "also export artifacts stored unverified (fail-open)")
 	return cmd
 }
 
@@ -81,9 +88,9 @@ func runExport(ctx context.Context, c exportConfig, targets []string, stdout io.
 	}
 	var rep bundle.Report
 	if c.format == "dir" {
-		rep, err = bundle.ExportDir(src, c.out, keep)
+		rep, err = bundle.ExportDir(src, c.out, keep, c.includeUnverified)
 	} else {
-		rep, err = bundle.Export(src, c.out, keep)
+		rep, err = bundle.Export(src, c.out, keep, c.includeUnverified)
 	}
 	if err != nil {
 		return err
@@ -93,6 +100,13 @@ func runExport(ctx context.Context, c exportConfig, targets []string, stdout io.
 	}
 	fmt.Fprintf(stdout, "exported %d artifacts (%s) and %d checksum-database entries to %s\n",
 		rep.Artifacts, formatBytes(rep.Bytes), rep.SumDB, c.out)
+	if rep.Unverified > 0 {
+		what := "left out"
+		if c.includeUnverified {
+			what = "included, marked unverified"
+		}
+		fmt.Fprintf(stdout, "%d artifacts stored unverified (fail-open) were %s\n", rep.Unverified, what)
+	}
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 )
@@ -232,6 +233,13 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 		t.Fatalf("workspace rerun: %+v", s)
 	}
 
+	// verify asks the live checksum database about every artifact.
+	var vrOnline gate.VerifyReport
+	out = pwRun(t, false, append([]string{"verify", "--json", "--db", storeA, "--upstream", up.URL()}, common...)...)
+	if err := json.Unmarshal([]byte(out), &vrOnline); err != nil || vrOnline.Checked == 0 || vrOnline.Verified != vrOnline.Checked || vrOnline.Failed() {
+		t.Errorf("verify against the live database: %v\n%s", err, out)
+	}
+
 	// Everything upstream is gone from here on.
 	up.Close()
 	db.Close()
@@ -253,6 +261,9 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 		}
 	})
 
+	// import authenticates bundles with the test database's key alone.
+	trust := []string{"--sumdb", db.VerifierKey(), "--private=", "--nosumdb="}
+
 	t.Run("export-import", func(t *testing.T) {
 		bundleFile := filepath.Join(t.TempDir(), "bundle.db")
 		pwRun(t, false, "export", "--db", storeA, "--out", bundleFile, noSum)
@@ -260,8 +271,75 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 			t.Errorf("bundle of the workspace holds %d artifacts, the store %d", len(got), len(pwStoreKeys(t, storeA)))
 		}
 		storeC := filepath.Join(t.TempDir(), "c.db")
-		pwRun(t, false, "import", "--db", storeC, bundleFile)
+		pwRun(t, false, append([]string{"import", "--db", storeC, bundleFile}, trust...)...)
+		// verify --offline proves every artifact from the store's
+		// authenticated records alone.
+		var vr gate.VerifyReport
+		out := pwRun(t, false, append([]string{"verify", "--json", "--offline", "--db", storeC}, trust...)...)
+		if err := json.Unmarshal([]byte(out), &vr); err != nil || vr.Checked == 0 || vr.Verified != vr.Checked {
+			t.Errorf("verify --offline of the imported store: %v\n%s", err, out)
+		}
 		mp := startModproxy(t, "--db", storeC, "--offline", "--sumdb", db.VerifierKey(), "--private=", "--nosumdb=")
+		pwBuildOffline(t, mp.URL, db)
+		// A go command's download cache imports too, its records
+		// authenticated like a bundle's.
+		g := newGoEnv(t, mp.URL, db)
+		g.run(pwWriteFixture(t, nil), "mod", "download")
+		var modcache string
+		for _, e := range g.env {
+			if v, ok := strings.CutPrefix(e, "GOMODCACHE="); ok {
+				modcache = v
+			}
+		}
+		storeE := filepath.Join(t.TempDir(), "e.db")
+		out = pwRun(t, false, append([]string{"import", "--db", storeE, filepath.Join(modcache, "cache", "download")}, trust...)...)
+		if !strings.Contains(out, "imported") || strings.Contains(out, " 0 verified") {
+			t.Errorf("import of a go command's download cache: %s", out)
+		}
+		t.Logf("import of $GOMODCACHE/cache/download: %s", out)
+		mp.stop(t)
+
+		// A poisoned bundle: one zip replaced by a forged one, with the
+		// .ziphash the go command would write for it.
+		dir := filepath.Join(t.TempDir(), "poisoned")
+		pwRun(t, false, "export", "--db", storeA, "--out", dir, "--format", "dir")
+		zipFile := filepath.Join(dir, "example.com", "dep", "@v", "v1.2.0.zip")
+		forged, err := testupstream.MakeZip("example.com/dep", "v1.2.0", map[string]string{"dep.go": "package dep\n\nfunc Evil() {}\n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(zipFile, forged, 0o644)
+		fh, _ := testsumdb.HashZip(forged)
+		os.WriteFile(strings.TrimSuffix(zipFile, ".zip")+".ziphash", []byte(fh), 0o644)
+		// Into a fresh store it is refused whole; into storeC, which holds
+		// the genuine zip already, nothing is written (artifacts are
+		// immutable, and the forged copy is never read as truth).
+		for _, target := range []string{filepath.Join(t.TempDir(), "fresh.db"), storeC} {
+			var before []string
+			if _, err := os.Stat(target); err == nil {
+				before = pwStoreKeys(t, target)
+			}
+			fresh := before == nil
+			out := pwRun(t, fresh, append([]string{"import", "--db", target, dir}, trust...)...)
+			if fresh && (!strings.Contains(out, "refused") || !strings.Contains(out, "example.com/dep@v1.2.0.zip") || !strings.Contains(out, "checksum mismatch")) ||
+				!fresh && !strings.Contains(out, ": 0 artifacts") {
+				t.Errorf("poisoned import into %s: %s", target, out)
+			}
+			t.Logf("poisoned import into %s: %s", target, out)
+			if after := pwStoreKeys(t, target); !slices.Equal(after, before) {
+				t.Errorf("poisoned import changed %s:\nbefore %v\nafter  %v", target, before, after)
+			}
+		}
+		// Nothing new entered: the store still verifies as before.
+		out = pwRun(t, false, append([]string{"verify", "--json", "--offline", "--db", storeC}, trust...)...)
+		var vr2 gate.VerifyReport
+		counts := func(r gate.VerifyReport) [6]int {
+			return [6]int{r.Checked, r.Verified, r.Exempt, r.Unverified, r.Mismatch, r.MissingRecord}
+		}
+		if err := json.Unmarshal([]byte(out), &vr2); err != nil || counts(vr2) != counts(vr) {
+			t.Errorf("verify after the poisoned import: %+v, before %+v", vr2, vr)
+		}
+		mp = startModproxy(t, "--db", storeC, "--offline", "--sumdb", db.VerifierKey(), "--private=", "--nosumdb=")
 		pwBuildOffline(t, mp.URL, db)
 	})
 
@@ -272,7 +350,7 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 
 		// The directory imports back into a fresh store, verified.
 		storeD := filepath.Join(t.TempDir(), "d.db")
-		out := pwRun(t, false, "import", "--json", "--db", storeD, dir)
+		out := pwRun(t, false, append([]string{"import", "--json", "--db", storeD, dir}, trust...)...)
 		if !strings.Contains(out, `"failed": null`) && !strings.Contains(out, `"failed": []`) {
 			t.Errorf("import of the exported directory: %s", out)
 		}

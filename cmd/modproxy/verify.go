@@ -4,43 +4,76 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/modproxy/modproxy/cache"
-	"github.com/modproxy/modproxy/sumdb"
+	"github.com/modproxy/modproxy/cache/gate"
+	"github.com/modproxy/modproxy/proxy"
 )
 
 func init() { extraCommands = append(extraCommands, newVerifyCmd) }
 
 func newVerifyCmd() *cobra.Command {
 	var (
-		db         string
+		c          serveConfig
 		asJSON     bool
 		quarantine bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Re-hash every stored artifact against its recorded checksum-database hash",
-		Long: `Re-hash every stored .mod and .zip against the checksum-database hash
-recorded when it was verified, print a summary and exit 1 on any mismatch.
-With --quarantine, bad artifacts are moved aside so they are no longer
-served. The store must not be open in a running server.`,
+		Short: "Check every stored artifact again, against the checksum database",
+		Long: `Check every stored artifact again: its content (a go.mod parses and names
+its module, a zip's entries inflate to their declared sizes, an .info names
+its version), the "h1:" hash recorded when it was stored, and for every
+.mod and .zip that is not exempt the checksum database: online, or with
+--offline from the authenticated records in the store.
+
+Prints counts by outcome (verified, exempt, unverified, mismatch, missing
+record) and exits 1 on any mismatch or error. With --quarantine, mismatching
+artifacts are moved aside so they are no longer served. The store must not
+be open in a running server.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, args []string) error { return bindEnv(cmd) },
 		RunE: func(cmd *cobra.Command, args []string) error {
-			store, err := cache.Open(db, cache.Options{})
+			ctx := cmd.Context()
+			c.listTTL, c.negativeTTL = time.Minute, time.Minute
+			set, err := resolveSettings(ctx, c, cmd.Flags().Changed)
+			if err != nil {
+				return err
+			}
+			logger, err := newLogger("text", slog.LevelWarn)
+			if err != nil {
+				return err
+			}
+			store, err := cache.Open(c.db, cache.Options{})
 			if err != nil {
 				return fmt.Errorf("open store: %w", err)
 			}
 			defer store.Close()
-			opts := sumdb.VerifyOptions{}
+			reg := prometheus.NewRegistry()
+			n, err := newNetwork(ctx, c.net, proxy.URLs(set.upstreams), reg, logger)
+			if err != nil {
+				return err
+			}
+			defer n.Close()
+			v, err := newVerifier(set, n, c.offline, store, reg, logger)
+			if err != nil {
+				return err
+			}
+			opts := gate.VerifyOptions{TempDir: c.spoolDir}
+			if v != nil {
+				opts.Verifier = v
+			}
 			if quarantine {
 				opts.Quarantine = store.Quarantine
 			}
-			rep, err := sumdb.VerifyStore(cmd.Context(), sumdb.CacheArtifacts(store), opts)
+			rep, err := gate.Verify(ctx, store, opts)
 			if err != nil {
-				return fmt.Errorf("verify %s: %w", db, err)
+				return fmt.Errorf("verify %s: %w", c.db, err)
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -58,8 +91,16 @@ served. The store must not be open in a running server.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&db, "db", "./modproxy.db", "bbolt store file")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
-	cmd.Flags().BoolVar(&quarantine, "quarantine", false, "move artifacts that fail verification aside")
+	f := cmd.Flags()
+	f.StringVar(&c.db, "db", "./modproxy.db", "bbolt store file")
+	f.StringVar(&c.upstream, "upstream", "", "upstreams whose /sumdb/ passthrough reaches the checksum database, GOPROXY syntax (default: go env GOPROXY)")
+	f.StringVar(&c.private, "private", "", "private module path patterns, GOPRIVATE syntax (default: go env GOPRIVATE)")
+	f.StringVar(&c.nosumdb, "nosumdb", "", "module path patterns not checked against the checksum database (default: go env GONOSUMDB)")
+	f.StringVar(&c.sumdb, "sumdb", "", "checksum database in GOSUMDB syntax (default: go env GOSUMDB)")
+	f.BoolVar(&c.offline, "offline", false, "check against the authenticated checksum-database records in the store only")
+	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being checked (default: the system temp dir)")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.BoolVar(&quarantine, "quarantine", false, "move artifacts that fail verification aside")
+	addNetFlags(f, &c.net)
 	return cmd
 }

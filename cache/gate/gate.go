@@ -1,0 +1,274 @@
+// Package gate is the one way into the store: every .info, .mod and .zip
+// that modproxy keeps passes through a Gate, whichever path brought it
+// (a serve miss, prewarm, a bundle import, a go command's module cache).
+//
+// A Gate checks content first, for every artifact (exempt ones included):
+// an .info must be JSON naming the requested version, a .mod must parse
+// strictly and name the requested module path, a zip must pass
+// modzip.CheckZip and hash within its declared and the protocol's sizes on
+// the bytes as they inflate. It then asks its Verifier (the checksum
+// database, or authenticated records carried by a bundle) about the "h1:"
+// hash, and commits the artifact with one state:
+//
+//   - cache.StateVerified, with the record that proved it (Meta.Proof);
+//   - cache.StateExempt for private and no-sumdb paths, for .info files
+//     and when verification is off;
+//   - cache.StateUnverified only with FailOpen, when the Verifier says the
+//     database is unavailable.
+//
+// The content's "h1:" hash is recorded in every state, so that Verify can
+// check exempt artifacts again later.
+//
+// cache.Store's writes take a grant only packages under cache/ can name
+// (cache/internal/grant): proxy and bundle cannot write the store except
+// through a Gate.
+package gate
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/mod/module"
+
+	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/internal/grant"
+	"github.com/modproxy/modproxy/internal/oneline"
+	"github.com/modproxy/modproxy/sumdb"
+)
+
+// Verifier is the authority a Gate checks hashes with. sumdb.Verifier
+// implements it for the checksum database; bundle implements it over the
+// authenticated records of a bundle.
+type Verifier interface {
+	// Exempt reports whether path must not be checked (private, no-sumdb).
+	Exempt(path string) bool
+	// VerifyHash checks hash, the "h1:" hash of path@version's go.mod (kind
+	// "mod") or zip (kind "zip"), and returns the record that proved it.
+	// Errors wrap sumdb.ErrMismatch, sumdb.ErrNotFound, sumdb.ErrUnavailable
+	// or sumdb.ErrSecurity.
+	VerifyHash(ctx context.Context, kind, path, version, hash string) (proof string, err error)
+}
+
+// Config configures a Gate.
+type Config struct {
+	Store *cache.Store
+	// Verifier checks .mod and .zip hashes; nil means verification is off
+	// (every artifact is exempt).
+	Verifier Verifier
+	// FailOpen commits artifacts unverified while the Verifier reports the
+	// database unavailable, instead of refusing them.
+	FailOpen bool
+	// TempDir holds zips spooled to be checked; default os.TempDir().
+	TempDir string
+}
+
+// Gate checks, verifies and commits artifacts. It is safe for concurrent
+// use.
+type Gate struct{ cfg Config }
+
+// New returns a Gate over cfg.Store.
+func New(cfg Config) (*Gate, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("gate: no store")
+	}
+	return &Gate{cfg: cfg}, nil
+}
+
+// Origin is where an artifact came from; it is recorded, never trusted.
+type Origin struct {
+	Upstream string    // upstream URL or bundle name
+	Created  time.Time // commit time to record; zero means now
+}
+
+// Ticket is an artifact that passed a Gate's checks, ready to Commit. Only
+// a Gate makes one.
+type Ticket struct {
+	g       *Gate
+	key     cache.Key
+	meta    cache.Meta
+	data    []byte                        // .info and .mod
+	open    func() (io.ReadCloser, error) // zip content
+	failErr error                         // why a fail-open artifact is unverified
+}
+
+// Key is the artifact the ticket admits.
+func (t *Ticket) Key() cache.Key { return t.key }
+
+// State is the state the artifact will be committed with.
+func (t *Ticket) State() cache.State { return t.meta.State }
+
+// Hash is the content's "h1:" hash ("" for .info).
+func (t *Ticket) Hash() string { return t.meta.Hash }
+
+// Data is the content of an .info or .mod ticket.
+func (t *Ticket) Data() []byte { return t.data }
+
+// Unverified is, for a fail-open ticket, why it could not be verified.
+func (t *Ticket) Unverified() error { return t.failErr }
+
+// CheckSmall checks an .info or .mod file.
+func (g *Gate) CheckSmall(ctx context.Context, k cache.Key, data []byte, o Origin) (*Ticket, error) {
+	if err := checkKey(k); err != nil {
+		return nil, err
+	}
+	t := &Ticket{g: g, key: k, data: data}
+	t.meta = cache.Meta{Size: int64(len(data)), SHA256: sha256.Sum256(data), Upstream: o.Upstream, Created: o.Created}
+	switch k.Kind {
+	case cache.KindInfo:
+		if _, err := ParseInfo(data, k.Version); err != nil {
+			return nil, fmt.Errorf("%s@%s.info: %w", k.Path, k.Version, err)
+		}
+		t.meta.State = cache.StateExempt // no database records .info files
+		return t, nil
+	case cache.KindMod:
+		h, err := CheckMod(k.Path, k.Version, data)
+		if err != nil {
+			return nil, err
+		}
+		t.meta.Hash = h
+		return t, g.verify(ctx, t)
+	}
+	return nil, fmt.Errorf("gate: %s: not an .info or .mod", k)
+}
+
+// CheckZipFile checks the zip at file, which must stay unchanged until
+// the ticket is committed (Commit reads it again and fails if it changed).
+func (g *Gate) CheckZipFile(ctx context.Context, k cache.Key, file string, o Origin) (*Ticket, error) {
+	if k.Kind != cache.KindZip {
+		return nil, fmt.Errorf("gate: %s: not a zip", k)
+	}
+	if err := checkKey(k); err != nil {
+		return nil, err
+	}
+	t := &Ticket{g: g, key: k, open: func() (io.ReadCloser, error) { return os.Open(file) }}
+	t.meta = cache.Meta{Upstream: o.Upstream, Created: o.Created}
+	if err := fileDigest(file, &t.meta); err != nil {
+		return nil, fmt.Errorf("read zip of %s@%s: %w", k.Path, k.Version, err)
+	}
+	h, err := CheckZipFile(k.Path, k.Version, file)
+	if err != nil {
+		return nil, err
+	}
+	t.meta.Hash = h
+	return t, g.verify(ctx, t)
+}
+
+// CheckZip checks the zip that open reads, spooling it to check it. open
+// is called again by Commit, which fails unless it reads the same bytes.
+func (g *Gate) CheckZip(ctx context.Context, k cache.Key, open func() (io.ReadCloser, error), o Origin) (*Ticket, error) {
+	file, err := Spool(k, open, g.cfg.TempDir)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(file)
+	t, err := g.CheckZipFile(ctx, k, file, o)
+	if err != nil {
+		return nil, err
+	}
+	t.open = open
+	return t, nil
+}
+
+// Spool copies the zip open reads to a new temporary file in dir ("": the
+// system's) and returns its name, refusing more than MaxZip bytes. The
+// caller removes the file.
+func Spool(k cache.Key, open func() (io.ReadCloser, error), dir string) (string, error) {
+	r, err := open()
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", k, err)
+	}
+	defer r.Close()
+	f, err := os.CreateTemp(dir, "modproxy-zip-*")
+	if err != nil {
+		return "", fmt.Errorf("spool %s: %w", k, err)
+	}
+	n, err := io.Copy(f, io.LimitReader(r, MaxZip+1))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n > MaxZip {
+		err = contentErr("zip of %s@%s is over the %d-byte limit", k.Path, k.Version, int64(MaxZip))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("spool %s: %w", k, err)
+	}
+	return f.Name(), nil
+}
+
+// checkKey applies the go command's rules for module paths and versions.
+func checkKey(k cache.Key) error {
+	if err := module.Check(k.Path, k.Version); err != nil {
+		return contentErr("%s: %s", k, oneline.Of(err))
+	}
+	return nil
+}
+
+// fileDigest sets m's Size and SHA256 from file.
+func fileDigest(file string, m *cache.Meta) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return err
+	}
+	m.Size = n
+	h.Sum(m.SHA256[:0])
+	return nil
+}
+
+// verify sets t's state from the Verifier.
+func (g *Gate) verify(ctx context.Context, t *Ticket) error {
+	k := t.key
+	v := g.cfg.Verifier
+	if v == nil || v.Exempt(k.Path) {
+		t.meta.State = cache.StateExempt
+		return nil
+	}
+	proof, err := v.VerifyHash(ctx, string(k.Kind), k.Path, k.Version, t.meta.Hash)
+	switch {
+	case err == nil:
+		t.meta.State, t.meta.Proof = cache.StateVerified, proof
+		return nil
+	case g.cfg.FailOpen && errors.Is(err, sumdb.ErrUnavailable) && !errors.Is(err, sumdb.ErrSecurity):
+		t.meta.State, t.failErr = cache.StateUnverified, err
+		return nil
+	}
+	return err
+}
+
+// Commit stores the ticket's artifact with its state, unless the key is
+// already stored (artifacts are immutable: the stored Meta is returned).
+func (g *Gate) Commit(t *Ticket) (cache.Meta, error) {
+	if t == nil || t.g != g {
+		return cache.Meta{}, errors.New("gate: commit of a ticket this gate did not issue")
+	}
+	if t.data != nil || t.open == nil {
+		return g.cfg.Store.Put(t.key, bytes.NewReader(t.data), t.meta, grant.Write{})
+	}
+	r, err := t.open()
+	if err != nil {
+		return cache.Meta{}, fmt.Errorf("commit %s: %w", t.key, err)
+	}
+	defer r.Close()
+	// Put checks Size and SHA256 against what was checked.
+	return g.cfg.Store.Put(t.key, r, t.meta, grant.Write{})
+}
+
+// Copy copies the artifacts of src that keep accepts (all when keep is
+// nil) into dst with their states, for writing bundles: a bundle is
+// untrusted input wherever it is imported, and a store opened on it serves
+// what the source store had admitted.
+func Copy(src, dst *cache.Store, keep func(cache.Key, cache.Meta) bool) (cache.CopyStats, error) {
+	return src.CopyTo(dst, keep, grant.Write{})
+}

@@ -1,0 +1,291 @@
+package gate
+
+import (
+	"archive/zip"
+	"bytes"
+	"compress/flate"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/internal/testsumdb"
+	"github.com/modproxy/modproxy/sumdb"
+)
+
+const modPath, modVersion = "example.com/m", "v1.0.0"
+
+func goodZip(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	fs := map[string][]byte{}
+	for name, data := range files {
+		fs[name] = []byte(data)
+	}
+	z, err := testsumdb.MakeZip(modPath, modVersion, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return z
+}
+
+// lyingZip is a module zip whose single entry declares declared bytes and
+// inflates to real bytes.
+func lyingZip(t *testing.T, declared uint64, real int64) []byte {
+	t.Helper()
+	var comp bytes.Buffer
+	fw, _ := flate.NewWriter(&comp, flate.BestSpeed)
+	if _, err := io.CopyN(fw, zeros{}, real); err != nil {
+		t.Fatal(err)
+	}
+	fw.Close()
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	w, err := zw.CreateRaw(&zip.FileHeader{
+		Name: modPath + "@" + modVersion + "/big.go", Method: zip.Deflate,
+		CompressedSize64: uint64(comp.Len()), UncompressedSize64: declared,
+		CRC32: crc32.ChecksumIEEE(make([]byte, declared)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(comp.Bytes())
+	zw.Close()
+	return out.Bytes()
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+func writeTemp(t *testing.T, data []byte) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "z.zip")
+	if err := os.WriteFile(f, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestContentChecks(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		kind cache.Kind
+		data []byte
+		want string // "" = accepted; else a substring of the error
+	}{
+		{"info ok", cache.KindInfo, []byte(`{"Version":"v1.0.0","Time":"2024-01-02T03:04:05Z"}`), ""},
+		{"info html", cache.KindInfo, []byte("<html>login</html>"), ".info is not JSON"},
+		{"info other version", cache.KindInfo, []byte(`{"Version":"v1.0.1"}`), `names version "v1.0.1"`},
+		{"info not canonical", cache.KindInfo, []byte(`{"Version":"v1.0"}`), "not canonical"},
+		{"info empty", cache.KindInfo, nil, ".info is not JSON"},
+		{"mod ok", cache.KindMod, []byte("module example.com/m\n\ngo 1.21\n"), ""},
+		{"mod html", cache.KindMod, []byte("<!DOCTYPE html>\n<html><body>Sign in</body></html>\n"), "does not parse"},
+		{"mod other module", cache.KindMod, []byte("module example.com/evil\n"), `declares module "example.com/evil"`},
+		{"mod no module line", cache.KindMod, []byte("go 1.21\n"), "no module line"},
+		{"mod unknown directive", cache.KindMod, []byte("module example.com/m\nfrobnicate x\n"), "does not parse"},
+		{"mod too large", cache.KindMod, bytes.Repeat([]byte("a"), MaxMod+1), "larger than"},
+		{"zip ok", cache.KindZip, goodZip(t, map[string]string{"go.mod": "module example.com/m\n", "m.go": "package m\n"}), ""},
+		{"zip lying sizes", cache.KindZip, lyingZip(t, 1024, 200<<20), "inflates past its declared 1024 bytes"},
+		{"zip html", cache.KindZip, []byte("<html>login</html>"), "zip of example.com/m@v1.0.0"},
+		{"zip other module", cache.KindZip, func() []byte {
+			z, _ := testsumdb.MakeZip("example.com/evil", modVersion, map[string][]byte{"e.go": []byte("package e\n")})
+			return z
+		}(), "zip of example.com/m@v1.0.0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			switch tt.kind {
+			case cache.KindInfo:
+				_, err = ParseInfo(tt.data, modVersion)
+			case cache.KindMod:
+				_, err = CheckMod(modPath, modVersion, tt.data)
+			case cache.KindZip:
+				_, err = CheckZipFile(modPath, modVersion, writeTemp(t, tt.data))
+			}
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrContent) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want ErrContent containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestZipHashMatchesDirhash(t *testing.T) {
+	z := goodZip(t, map[string]string{"go.mod": "module example.com/m\n", "a/b.go": "package b\n", "LICENSE": "x"})
+	got, err := CheckZipFile(modPath, modVersion, writeTemp(t, z))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := testsumdb.HashZip(z)
+	if got != want {
+		t.Fatalf("hash %s, dirhash says %s", got, want)
+	}
+}
+
+// fakeVerifier answers from a map of "kind path@version" → hash.
+type fakeVerifier struct {
+	hashes map[string]string
+	down   bool
+	exempt string
+}
+
+func (v *fakeVerifier) Exempt(path string) bool {
+	return v.exempt != "" && strings.HasPrefix(path, v.exempt)
+}
+
+func (v *fakeVerifier) VerifyHash(_ context.Context, kind, path, version, hash string) (string, error) {
+	if v.down {
+		return "", fmt.Errorf("lookup: %w", sumdb.ErrUnavailable)
+	}
+	want, ok := v.hashes[kind+" "+path+"@"+version]
+	switch {
+	case !ok:
+		return "", fmt.Errorf("%s@%s: %w", path, version, sumdb.ErrNotFound)
+	case want != hash:
+		return "", &sumdb.MismatchError{Path: path, Version: version, Kind: kind, Want: want, Got: hash}
+	}
+	return "test record of " + path, nil
+}
+
+func openStore(t *testing.T) *cache.Store {
+	t.Helper()
+	s, err := cache.Open(filepath.Join(t.TempDir(), "s.db"), cache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestStatesAndVerify(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	gomod := []byte("module example.com/m\n")
+	zip := goodZip(t, map[string]string{"go.mod": string(gomod), "m.go": "package m\n"})
+	mh, _ := testsumdb.HashMod(gomod)
+	zh, _ := testsumdb.HashZip(zip)
+	v := &fakeVerifier{hashes: map[string]string{"mod " + modPath + "@" + modVersion: mh, "zip " + modPath + "@" + modVersion: zh}, exempt: "corp.example"}
+	g, _ := New(Config{Store: st, Verifier: v, FailOpen: true, TempDir: t.TempDir()})
+	commit := func(k cache.Key, data []byte) (*Ticket, error) {
+		var tk *Ticket
+		var err error
+		if k.Kind == cache.KindZip {
+			tk, err = g.CheckZipFile(ctx, k, writeTemp(t, data), Origin{Upstream: "u"})
+		} else {
+			tk, err = g.CheckSmall(ctx, k, data, Origin{Upstream: "u"})
+		}
+		if err != nil {
+			return nil, err
+		}
+		_, err = g.Commit(tk)
+		return tk, err
+	}
+	// verified
+	for _, kd := range []struct {
+		k    cache.Kind
+		data []byte
+	}{{cache.KindMod, gomod}, {cache.KindZip, zip}} {
+		tk, err := commit(cache.Key{Path: modPath, Version: modVersion, Kind: kd.k}, kd.data)
+		if err != nil || tk.State() != cache.StateVerified {
+			t.Fatalf("%s: %v, state %v", kd.k, err, tk)
+		}
+	}
+	m, _ := st.Stat(cache.Key{Path: modPath, Version: modVersion, Kind: cache.KindZip})
+	if m.State != cache.StateVerified || m.Proof != "test record of "+modPath || m.Hash != zh {
+		t.Fatalf("stored meta %+v", m)
+	}
+	// a mismatch is refused and stores nothing
+	if _, err := commit(cache.Key{Path: modPath, Version: "v1.0.1", Kind: cache.KindMod}, gomod); !errors.Is(err, sumdb.ErrNotFound) {
+		t.Fatalf("no record: %v", err)
+	}
+	v.hashes["mod "+modPath+"@v1.0.2"] = "h1:wrong"
+	if _, err := commit(cache.Key{Path: modPath, Version: "v1.0.2", Kind: cache.KindMod}, gomod); !errors.Is(err, sumdb.ErrMismatch) {
+		t.Fatalf("mismatch: %v", err)
+	}
+	// exempt: content checked, hash recorded
+	pmod := []byte("module corp.example/p\n")
+	if tk, err := commit(cache.Key{Path: "corp.example/p", Version: modVersion, Kind: cache.KindMod}, pmod); err != nil || tk.State() != cache.StateExempt || tk.Hash() == "" {
+		t.Fatalf("exempt: %v", err)
+	}
+	if _, err := commit(cache.Key{Path: "corp.example/q", Version: modVersion, Kind: cache.KindMod}, []byte("<html>")); !errors.Is(err, ErrContent) {
+		t.Fatalf("exempt HTML go.mod: %v", err)
+	}
+	// unverified (fail-open) while the database is down
+	v.down = true
+	umod := []byte("module example.com/u\n")
+	if tk, err := commit(cache.Key{Path: "example.com/u", Version: modVersion, Kind: cache.KindMod}, umod); err != nil || tk.State() != cache.StateUnverified || tk.Unverified() == nil {
+		t.Fatalf("fail-open: %v", err)
+	}
+	v.down = false
+
+	// A ticket from another gate is refused.
+	other, _ := New(Config{Store: st})
+	tk, _ := g.CheckSmall(ctx, cache.Key{Path: modPath, Version: "v1.0.3", Kind: cache.KindInfo}, []byte(`{"Version":"v1.0.3"}`), Origin{})
+	if _, err := other.Commit(tk); err == nil {
+		t.Fatal("commit of a foreign ticket succeeded")
+	}
+
+	rep, err := Verify(ctx, st, VerifyOptions{Verifier: v, TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Verified != 2 || rep.Exempt != 1 || rep.MissingRecord != 1 || rep.Mismatch != 0 || rep.Failed() {
+		t.Fatalf("report %+v", rep)
+	}
+	// The database now disagrees with the stored zip: a mismatch, quarantined.
+	v.hashes["zip "+modPath+"@"+modVersion] = "h1:other"
+	var quarantined []cache.Key
+	rep, err = Verify(ctx, st, VerifyOptions{Verifier: v, TempDir: t.TempDir(), Quarantine: func(k cache.Key, _ string) error {
+		quarantined = append(quarantined, k)
+		return st.Quarantine(k, "test")
+	}})
+	if err != nil || rep.Mismatch != 1 || !rep.Failed() || len(quarantined) != 1 {
+		t.Fatalf("report %+v, %v", rep, err)
+	}
+	var buf bytes.Buffer
+	rep.WriteText(&buf)
+	for _, want := range []string{"1 verified, 1 exempt, 0 unverified, 1 mismatch, 1 missing record", "mismatch       example.com/m@v1.0.0 zip", "[quarantined]"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, buf.String())
+		}
+	}
+	// Offline with the database unreachable, the fail-open artifact stays
+	// unverified.
+	v.down = true
+	rep, _ = Verify(ctx, st, VerifyOptions{Verifier: v, TempDir: t.TempDir()})
+	if rep.Unverified != 1 {
+		t.Errorf("down: %+v", rep)
+	}
+}
+
+// A bundle item that changes between its check and its commit (a file
+// swapped under the importer) is not committed.
+func TestCommitRefusesContentChangedSinceCheck(t *testing.T) {
+	st := openStore(t)
+	g, _ := New(Config{Store: st, TempDir: t.TempDir()})
+	k := cache.Key{Path: modPath, Version: modVersion, Kind: cache.KindZip}
+	content := goodZip(t, map[string]string{"m.go": "package m\n"})
+	open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(content)), nil }
+	tk, err := g.CheckZip(context.Background(), k, open, Origin{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	content = goodZip(t, map[string]string{"m.go": "package m // swapped\n"})
+	if _, err := g.Commit(tk); err == nil {
+		t.Fatal("commit of content changed since the check succeeded")
+	}
+	if _, err := st.Stat(k); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("changed content stored: %v", err)
+	}
+}
