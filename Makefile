@@ -5,6 +5,8 @@ BIN       ?= bin/modproxy
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 FUZZTIME  ?= 10s
+# The short fuzz run of `make test`: each fuzzer gets this long.
+FUZZTIME_SHORT ?= 5s
 # Arguments for `make run`, e.g. make run ARGS="--listen :9090 --offline".
 ARGS      ?=
 # The committed eBPF objects were built with Debian 12's clang 14; another
@@ -24,13 +26,14 @@ run: ## run the proxy with its defaults (./modproxy.db, upstream from go env GOP
 
 test: vet ## the full test suite: vet, race-enabled tests, a short fuzz run
 	$(GO) test -race -count=1 -timeout 15m ./...
-	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./proxy/
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
 
 test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 ./...
 
-fuzz: ## fuzz the request-path parser for a while (FUZZTIME=10m)
+fuzz: ## fuzz the request-path and Authorization-header parsers, FUZZTIME each (FUZZTIME=10m)
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAuthorization$$' -fuzztime $(FUZZTIME) ./auth/
 
 vet: ## go vet and gofmt
 	$(GO) vet ./...

@@ -399,3 +399,85 @@ func readYAML(t *testing.T, path string) map[any]any {
 	}
 	return m
 }
+
+// TestKubernetesSecureOverlay checks the access-control overlay: the
+// Secrets exist with the keys the container reads, mounted as whole
+// directories (so that updates reach the pod), and the probes and the
+// ServiceMonitor use the admin port that needs no token.
+func TestKubernetesSecureOverlay(t *testing.T) {
+	kinds := map[string][]map[any]any{}
+	files, _ := filepath.Glob("k8s-secure/*.yaml")
+	for _, f := range files {
+		for _, d := range docs(t, f) {
+			k, _ := d["kind"].(string)
+			kinds[k] = append(kinds[k], d)
+		}
+	}
+	k := kinds["Kustomization"][0]
+	if fmt.Sprint(get(k, "resources")) != "[../k8s secrets.yaml]" {
+		t.Errorf("overlay resources: %v", get(k, "resources"))
+	}
+	for _, p := range get(k, "patches").([]any) {
+		if path, ok := p.(map[any]any)["path"].(string); ok {
+			if _, err := os.Stat(filepath.Join("k8s-secure", path)); err != nil {
+				t.Errorf("patch %s: %v", path, err)
+			}
+		}
+	}
+	secrets := map[string]map[any]any{}
+	for _, s := range kinds["Secret"] {
+		secrets[get(s, "metadata", "name").(string)] = s
+	}
+	if get(secrets["modproxy-tls"], "type") != "kubernetes.io/tls" || get(secrets["modproxy-tls"], "stringData", "tls.crt") == nil {
+		t.Errorf("modproxy-tls: %v", secrets["modproxy-tls"])
+	}
+	for _, key := range []string{"auth.yaml", "policy.yaml"} {
+		if get(secrets["modproxy-access"], "stringData", key) == nil {
+			t.Errorf("modproxy-access lacks %s", key)
+		}
+	}
+	dep := kinds["Deployment"][0]
+	c := get(dep, "spec", "template", "spec", "containers", 0)
+	env := map[string]string{}
+	for _, e := range get(c, "env").([]any) {
+		m := e.(map[any]any)
+		env[m["name"].(string)] = m["value"].(string)
+	}
+	mounts := map[string]string{}
+	for _, m := range get(c, "volumeMounts").([]any) {
+		mm := m.(map[any]any)
+		if mm["subPath"] != nil {
+			t.Errorf("volume %v mounted with subPath: its updates would never reach the pod", mm["name"])
+		}
+		mounts[mm["name"].(string)] = mm["mountPath"].(string)
+	}
+	volumes := map[string]string{}
+	for _, v := range get(dep, "spec", "template", "spec", "volumes").([]any) {
+		vm := v.(map[any]any)
+		volumes[vm["name"].(string)] = fmt.Sprint(get(vm, "secret", "secretName"))
+	}
+	for name, want := range map[string]struct{ volume, key string }{
+		"MODPROXY_TLS_CERT":    {"tls", "tls.crt"},
+		"MODPROXY_TLS_KEY":     {"tls", "tls.key"},
+		"MODPROXY_AUTH_FILE":   {"access", "auth.yaml"},
+		"MODPROXY_POLICY_FILE": {"access", "policy.yaml"},
+	} {
+		if env[name] != mounts[want.volume]+"/"+want.key || secrets[volumes[want.volume]] == nil {
+			t.Errorf("%s = %q: not %s of a mounted Secret (mounts %v, volumes %v)", name, env[name], want.key, mounts, volumes)
+		}
+	}
+	if env["MODPROXY_ADMIN_LISTEN"] != ":9090" || get(c, "ports", 0, "containerPort") != 9090 || get(c, "ports", 0, "name") != "admin" {
+		t.Errorf("admin listener: env %q, ports %v", env["MODPROXY_ADMIN_LISTEN"], get(c, "ports"))
+	}
+	for _, probe := range []string{"readinessProbe", "livenessProbe"} {
+		if get(c, probe, "httpGet", "port") != "admin" {
+			t.Errorf("%s does not use the admin port: %v", probe, get(c, probe))
+		}
+	}
+	if !strings.Contains(fmt.Sprint(get(k, "patches")), "value:admin") && !strings.Contains(fmt.Sprint(get(k, "patches")), "value: admin") {
+		t.Errorf("the ServiceMonitor is not moved to the admin port: %v", get(k, "patches"))
+	}
+	if kubectl, err := exec.LookPath("kubectl"); err == nil {
+		run(t, kubectl, "kustomize", "k8s-secure")
+	}
+}

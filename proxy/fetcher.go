@@ -234,6 +234,14 @@ func (f *Fetcher) upstreamsFor(path string) ([]Upstream, bool) {
 	return f.cfg.Upstreams, false
 }
 
+// IsPrivate reports whether module path is private (the --private
+// patterns), as the fetch pipeline decides it: access control asks this
+// so that it and the pipeline never disagree about a path.
+func (f *Fetcher) IsPrivate(path string) bool {
+	_, private := f.upstreamsFor(path)
+	return private
+}
+
 // get sends one GET to upstream u and returns the response when it is 200.
 func (f *Fetcher) get(ctx context.Context, u Upstream, p string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/"+p, nil)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/modgraph"
+	"github.com/modproxy/modproxy/policy"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -33,6 +34,8 @@ type prewarmConfig struct {
 	progress  string
 	interval  time.Duration
 	timeout   time.Duration
+	// policyFile and tokenFile: see prewarm_access.go.
+	policyFile, tokenFile string
 }
 
 func newPrewarmCmd() *cobra.Command {
@@ -85,6 +88,8 @@ The exit status is 1 if any module failed.`,
 	f.StringVar(&c.progress, "progress", "auto", "progress on stderr: auto (a bar on a terminal, else lines), bar, plain or none")
 	f.DurationVar(&c.interval, "progress-interval", 5*time.Second, "interval of plain progress lines")
 	f.DurationVar(&c.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	f.StringVar(&c.policyFile, "policy-file", "", "module policy (as serve's): denied module versions are not fetched")
+	f.StringVar(&c.tokenFile, "token-file", "", "--server mode: file holding the token to send (default: $MODPROXY_TOKEN); its scopes must cover the modules (admin covers all)")
 	addNetFlags(f, &c.serve.net)
 	f.MarkHidden("ebpf")
 	return cmd
@@ -148,6 +153,13 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 		sum.Mode, sum.Target = "server", strings.TrimRight(c.server, "/")
 		client := newPrewarmClient(c.jobs)
 		defer client.CloseIdleConnections()
+		tok, err := prewarmToken(c.tokenFile)
+		if err != nil {
+			return err
+		}
+		if err := withToken(client, sum.Target, tok); err != nil {
+			return err
+		}
 		opts.Backend = proxy.NewHTTPBackend(client, sum.Target, c.serve.spoolDir)
 		if opts.SumDB != "" {
 			if _, err := opts.Backend.SumDB(ctx, opts.SumDB, "supported"); err != nil {
@@ -174,6 +186,14 @@ func runPrewarm(ctx context.Context, c prewarmConfig, changed func(string) bool,
 		}
 		defer closeDB()
 		opts.Backend = backend
+	}
+
+	if c.policyFile != "" {
+		p, err := policy.ReadFile(c.policyFile)
+		if err != nil {
+			return err
+		}
+		opts.Backend = policyBackend{PrewarmBackend: opts.Backend, p: p}
 	}
 
 	opts.Start = time.Now()

@@ -38,6 +38,7 @@ type serveConfig struct {
 	spoolDir        string
 	shutdownTimeout time.Duration
 	net             netConfig
+	access          accessConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -76,6 +77,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being downloaded (default: the system temp dir)")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	addNetFlags(f, &c.net)
+	addAccessFlags(f, &c.access)
 	return cmd
 }
 
@@ -188,6 +190,9 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	if err := c.net.validate(); err != nil {
 		return err
 	}
+	if err := c.access.validate(changed); err != nil {
+		return err
+	}
 	if len(set.privateUpstreams) > 0 && set.private == "" {
 		logger.Warn("--private-upstream is set but no private patterns are (--private or GOPRIVATE): it will never be used")
 	}
@@ -225,18 +230,24 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	for p, h := range pl.network.DebugHandlers() {
 		extra[p] = h
 	}
+	acc, err := newAccessLayer(ctx, c.access, proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}), pl.fetcher.IsPrivate, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer acc.Close()
 	srv := &http.Server{
-		Handler:           proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}),
+		Handler:           acc.handler,
+		TLSConfig:         acc.tlsConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	logger.Info("modproxy serving",
-		"listen", ln.Addr().String(), "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
+		"listen", acc.scheme()+"://"+ln.Addr().String(), "admin_listen", c.access.adminListen, "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
 		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString())
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- acc.serve(srv, ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -245,6 +256,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	logger.Info("shutting down: draining in-flight requests", "timeout", c.shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
+	defer acc.shutdown(sctx)
 	if err := srv.Shutdown(sctx); err != nil {
 		// Close what is left before the store closes under it.
 		logger.Warn("shutdown did not drain every request; closing the rest", "err", err)

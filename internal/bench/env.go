@@ -160,6 +160,13 @@ func (e *Env) StartServer(ctx context.Context, upstream string, extra ...string)
 	e.servers = append(e.servers, s)
 	e.mu.Unlock()
 
+	// With an admin listener (and auth on) readiness is asked there.
+	readyURL := s.URL + "/readyz"
+	for i, a := range extra {
+		if a == "--admin-listen" && i+1 < len(extra) {
+			readyURL = "http://" + extra[i+1] + "/readyz"
+		}
+	}
 	deadline := time.Now().Add(15 * time.Second)
 	c := &http.Client{Timeout: time.Second}
 	for {
@@ -170,7 +177,7 @@ func (e *Env) StartServer(ctx context.Context, upstream string, extra ...string)
 			return nil, ctx.Err()
 		default:
 		}
-		if resp, err := c.Get(s.URL + "/readyz"); err == nil {
+		if resp, err := c.Get(readyURL); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return s, nil
