@@ -36,8 +36,9 @@ type Entry struct {
 	// its attempt returns, and is never hedged onto or health-checked.
 	Off bool
 	// Direct marks a non-HTTP entry (the "direct" keyword: version
-	// control). Run calls the attempt function for it like for any entry,
-	// but never hedges onto it nor consults health for it.
+	// control). Run calls the attempt function for it and consults health
+	// for it like for any entry, but never hedges onto or off it, and
+	// health order never moves it.
 	Direct bool
 	// AnyError is true when the entry is followed by '|'.
 	AnyError bool
@@ -240,7 +241,7 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 	// is skipped (its slot then says so).
 	admit := func(i int) bool {
 		e := cands[i]
-		if h == nil || e.keyword() {
+		if h == nil || e.Off {
 			return true
 		}
 		ok, why := h.Allow(e.Name)
@@ -366,7 +367,7 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 				case reordered:
 					reason = ReasonHealthOrder
 				}
-				if h != nil && !e.keyword() {
+				if h != nil && !e.Off {
 					decision := "chosen"
 					if reason == ReasonHedgeWon {
 						decision = "hedge_won"
@@ -384,7 +385,7 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 			if e.Off {
 				slots[r.i].class = Final
 			}
-			if h != nil && !e.keyword() && goesOn(r.i) && r.i+1 < n {
+			if h != nil && !e.Off && goesOn(r.i) && r.i+1 < n {
 				reason := "error"
 				if cfg.Reason != nil {
 					reason = cfg.Reason(r.err)

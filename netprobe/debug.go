@@ -50,6 +50,7 @@ func (p *Probe) Snapshot() Snapshot {
 	for _, u := range p.upstreams {
 		names = append(names, u.name)
 	}
+	names = append(names, p.cfg.NamedUpstreams...)
 	var extra []string
 	for _, n := range append(p.health.upstreams(), p.stats.upstreams()...) {
 		if !slices.Contains(names, n) && !slices.Contains(extra, n) {

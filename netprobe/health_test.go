@@ -349,3 +349,20 @@ func TestAnswersEndASuspectedHang(t *testing.T) {
 		t.Error("an upstream that sent a first byte between slow requests was held for hung")
 	}
 }
+
+// TestRecordRequest: requests made outside the transport (the direct
+// upstream's git processes) are counted and open the circuit like any
+// upstream's.
+func TestRecordRequest(t *testing.T) {
+	cfg, reg := testConfig(t, "127.0.0.1:1")
+	p := newTestProbe(t, cfg)
+	for range 10 {
+		p.RecordRequest("direct", KindZip, OutcomeServerError, time.Second, errors.New("git fetch: early EOF"))
+	}
+	if ok, reason := p.Health().Allow("direct"); ok || reason != "circuit_open" {
+		t.Errorf("Allow after 10 failures = %v %q", ok, reason)
+	}
+	if got := counter(t, reg, "modproxy_upstream_requests_total", map[string]string{"upstream": "direct", "kind": KindZip, "outcome": OutcomeServerError}); got != 10 {
+		t.Errorf("requests_total = %v", got)
+	}
+}

@@ -49,6 +49,9 @@ type Config struct {
 	// and checksum-database URLs). Requests are labelled with the longest
 	// matching base URL; see [Classify].
 	Upstreams []string
+	// NamedUpstreams are configured upstreams that are not URLs ("direct":
+	// version control), whose requests are reported with RecordRequest.
+	NamedUpstreams []string
 
 	// DNSServers are "host:port" (or bare IP, port 53) DNS servers. Empty
 	// means the nameservers of ResolvConf.
@@ -234,6 +237,9 @@ func New(cfg Config) (*Probe, error) {
 	for _, u := range ups {
 		p.health.get(u.name) // the debug page lists every configured upstream
 	}
+	for _, n := range cfg.NamedUpstreams {
+		p.health.get(n)
+	}
 	p.resolver, err = newResolver(&p.cfg, p.metrics, &p.kernel)
 	if err != nil {
 		return nil, err
@@ -304,6 +310,16 @@ func (p *Probe) ObservePhase(upstream, kind, phase, source string, d time.Durati
 	for _, fn := range obs {
 		fn(upstream, kind, phase, source, d)
 	}
+}
+
+// RecordRequest accounts for one request made outside the shared
+// transport (the direct upstream's git processes): the request counter,
+// the total phase and the upstream's health score and circuit, as the
+// transport does for HTTP requests.
+func (p *Probe) RecordRequest(upstream, kind, outcome string, d time.Duration, err error) {
+	p.ObservePhase(upstream, kind, PhaseTotal, SourceUserspace, d)
+	p.metrics.requests.WithLabelValues(upstream, kind, outcome).Inc()
+	p.health.record(upstream, event{kind: kind, outcome: outcome, err: err})
 }
 
 // errorf wraps err with the package prefix.

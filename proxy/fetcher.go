@@ -45,6 +45,9 @@ type Config struct {
 	// Private is a comma-separated list of module path glob patterns
 	// (GOPRIVATE syntax).
 	Private string
+	// Direct serves the "direct" entries of the upstream lists (fetching
+	// from version control); nil answers them "not found".
+	Direct Direct
 	// Verifier checks .mod and .zip files against the checksum database;
 	// nil stores everything as exempt (GOSUMDB=off).
 	Verifier Verifier
@@ -244,6 +247,9 @@ func (f *Fetcher) IsPrivate(path string) bool {
 
 // get sends one GET to upstream u and returns the response when it is 200.
 func (f *Fetcher) get(ctx context.Context, u Upstream, p string) (*http.Response, error) {
+	if u.Direct {
+		return f.getDirect(ctx, p)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/"+p, nil)
 	if err != nil {
 		return nil, &UpstreamError{Upstream: u.Name(), Err: err}

@@ -43,6 +43,8 @@ func entries(ups []Upstream) []fallback.Entry {
 func classify(err error) fallback.Class {
 	var se *StatusError
 	switch {
+	case errors.Is(err, errDirectDisabled):
+		return fallback.Final // as the go command's list ends at a direct it cannot use
 	case errors.As(err, &se) && se.notFound():
 		return fallback.Absent
 	case errors.Is(err, sumdb.ErrMismatch), errors.Is(err, errCondemned):
@@ -80,9 +82,11 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 		switch {
 		case u.Off:
 			return zero, &StatusError{Upstream: "off", Status: 404, Msg: "module lookup disabled by upstream list (off)"}
-		case u.Direct:
-			return zero, &StatusError{Upstream: "direct", Status: 404, Msg: "direct fetching from version control is not supported yet"}
+		case u.Direct && f.cfg.Direct == nil:
+			return zero, errDirectDisabled
 		}
+		// A configured direct entry is attempted like an upstream: f.get
+		// answers it from version control (proxy/direct.go).
 		if mv != "" {
 			if until, ok := f.condemned.get(u.Name(), mv); ok {
 				return zero, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%s: %w (until %s)", mv, errCondemned, until.UTC().Format(time.RFC3339))}

@@ -37,6 +37,7 @@ func TestCommandLineErrors(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
+	tmp := t.TempDir()
 	tests := []struct {
 		name string
 		env  []string
@@ -51,6 +52,8 @@ func TestCommandLineErrors(t *testing.T) {
 		{"bad upstream", nil, []string{"serve", "--upstream", "ftp://x", "--sumdb", "off"}, "invalid --upstream"},
 		{"bad sumdb", nil, []string{"serve", "--upstream", "http://127.0.0.1:1", "--sumdb", "a+b+c+d+e"}, "invalid --sumdb"},
 		{"bad ebpf mode", nil, []string{"serve", "--ebpf", "maybe"}, "invalid --ebpf"},
+		{"bad goauth", nil, []string{"serve", "--listen", "127.0.0.1:0", "--db", filepath.Join(tmp, "a.db"), "--upstream", "direct", "--sumdb", "off", "--goauth", "git relative/dir"}, "invalid --goauth"},
+		{"bad govcs", nil, []string{"serve", "--listen", "127.0.0.1:0", "--db", filepath.Join(tmp, "b.db"), "--upstream", "direct", "--sumdb", "off", "--govcs", "nocolon"}, "invalid --govcs"},
 		{"unknown command", nil, []string{"frobnicate"}, "unknown command"},
 		{"no command", nil, nil, "missing command"},
 	}

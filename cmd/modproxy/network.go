@@ -65,13 +65,16 @@ type network struct {
 	heatmap *heatmap.Recorder
 }
 
-func newNetwork(ctx context.Context, c netConfig, upstreams []string, reg prometheus.Registerer, logger *slog.Logger) (*network, error) {
+// newNetwork starts the network layer for the upstream URLs; named are
+// upstreams that are not URLs ("direct").
+func newNetwork(ctx context.Context, c netConfig, upstreams []string, reg prometheus.Registerer, logger *slog.Logger, named ...string) (*network, error) {
 	kernel, err := startKernelTelemetry(c.ebpf, reg, logger)
 	if err != nil {
 		return nil, err
 	}
 	cfg := netprobe.Config{
 		Upstreams:        upstreams,
+		NamedUpstreams:   named,
 		DNSServers:       c.dnsServers,
 		DNSMinTTL:        c.dnsMinTTL,
 		DNSMaxTTL:        c.dnsMaxTTL,

@@ -19,11 +19,16 @@ type pipeline struct {
 	network  *network
 	verifier *sumdb.Verifier // nil when verification is off
 	fetcher  *proxy.Fetcher
+	direct   *observedDirect // nil without a direct upstream
 }
 
 func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*pipeline, error) {
 	allURLs := append(proxy.URLs(set.upstreams), proxy.URLs(set.privateUpstreams)...)
-	n, err := newNetwork(ctx, c.net, allURLs, reg, logger)
+	var named []string
+	if !c.offline && usesDirect(set.upstreams, set.privateUpstreams) {
+		named = append(named, "direct")
+	}
+	n, err := newNetwork(ctx, c.net, allURLs, reg, logger, named...)
 	if err != nil {
 		return nil, err
 	}
@@ -38,7 +43,19 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 	} else {
 		logger.Warn("checksum database verification is OFF (--sumdb off or GOSUMDB=off): modules are stored and served without being checked against any checksum database")
 	}
+	var dir proxy.Direct
+	var od *observedDirect
+	if !c.offline && usesDirect(set.upstreams, set.privateUpstreams) {
+		if od, err = newDirect(ctx, c, set, n.probe, logger); err != nil {
+			n.Close()
+			return nil, err
+		}
+		if od != nil {
+			dir = od
+		}
+	}
 	f, err := proxy.NewFetcher(proxy.Config{
+		Direct:           dir,
 		Store:            store,
 		Client:           n.Client(),
 		Upstreams:        set.upstreams,
@@ -55,10 +72,13 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		Metrics:          proxy.NewMetrics(reg),
 	})
 	if err != nil {
+		if od != nil {
+			od.Close()
+		}
 		n.Close()
 		return nil, err
 	}
-	return &pipeline{network: n, verifier: v, fetcher: f}, nil
+	return &pipeline{network: n, verifier: v, fetcher: f, direct: od}, nil
 }
 
 // sumdbHandler serves /sumdb/… from the store, or is nil when verification
@@ -73,5 +93,8 @@ func (p *pipeline) sumdbHandler() http.Handler {
 // Close stops the fetcher's downloads, then the network layer.
 func (p *pipeline) Close() {
 	p.fetcher.Close()
+	if p.direct != nil {
+		p.direct.Close()
+	}
 	p.network.Close()
 }

@@ -91,6 +91,7 @@ The exit status is 1 if any module failed.`,
 	f.StringVar(&c.policyFile, "policy-file", "", "module policy (as serve's): denied module versions are not fetched")
 	f.StringVar(&c.tokenFile, "token-file", "", "--server mode: file holding the token to send (default: $MODPROXY_TOKEN); its scopes must cover the modules (admin covers all)")
 	addNetFlags(f, &c.serve.net)
+	addDirectFlags(f, &c.serve.direct)
 	f.MarkHidden("ebpf")
 	return cmd
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/direct"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -38,6 +39,7 @@ type serveConfig struct {
 	spoolDir        string
 	shutdownTimeout time.Duration
 	net             netConfig
+	direct          directConfig
 	access          accessConfig
 }
 
@@ -77,6 +79,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being downloaded (default: the system temp dir)")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	addNetFlags(f, &c.net)
+	addDirectFlags(f, &c.direct)
 	addAccessFlags(f, &c.access)
 	return cmd
 }
@@ -144,6 +147,16 @@ func resolveSettings(ctx context.Context, c serveConfig, changed func(string) bo
 			return s, usagef("invalid --private-upstream %q: %v", c.privateUpstream, err)
 		}
 		s.privateUpstreams = ups
+	}
+	if c.direct.goauth != "" {
+		if err := direct.CheckGOAUTH(c.direct.goauth); err != nil {
+			return s, usagef("invalid --goauth %q: %v", c.direct.goauth, err)
+		}
+	}
+	if c.direct.govcs != "" {
+		if _, err := direct.ParseGOVCS(c.direct.govcs); err != nil {
+			return s, usagef("invalid --govcs %q: %v", c.direct.govcs, err)
+		}
 	}
 	s.private = pick("private", c.private, "GOPRIVATE")
 	s.nosumdb = pick("nosumdb", c.nosumdb, "GONOSUMDB")
