@@ -14,9 +14,10 @@
 //
 // Health, when set, orders the members of each '|' group by score, skips an
 // entry whose circuit is open (a predicted failure: it goes on after '|'
-// only) and supplies hedge delays. When every entry a request could reach
-// was skipped, the healthiest of them is tried anyway (decision
-// "last_resort"): the breaker predicts, it never strands a request. A
+// only) and supplies hedge delays. When the walk would end only because
+// entries were skipped (every entry tried went on), the healthiest skipped
+// one is tried anyway (decision "last_resort"): the breaker predicts, it
+// never strands a request. A
 // half-open trial is run by the caller's Trial function, off the request's
 // path, and the request treats the entry as still open.
 package fallback
@@ -260,20 +261,22 @@ func Run[T any](ctx context.Context, cfg Config, entries []Entry, fn func(contex
 		}
 		return true
 	}
-	// lastResort tries the healthiest skipped entry among 0..upto when no
-	// entry reached so far was actually sent.
+	// lastResort tries the healthiest skipped entry among 0..upto when the
+	// walk ended there only because of skips: nothing is running, and every
+	// entry actually tried went on. A real failure that ends the walk
+	// stands; a prediction alone never ends a request.
 	lastResort := func(upto int) bool {
 		if usedLastResort || h == nil {
 			return false
 		}
 		best := -1
 		for j := 0; j <= upto && j < n; j++ {
-			switch slots[j].st {
-			case skipped:
+			switch {
+			case slots[j].st == skipped:
 				if best < 0 || h.Score(cands[j].Name) > h.Score(cands[best].Name) {
 					best = j
 				}
-			case inflight, failed:
+			case slots[j].st == inflight, slots[j].st == failed && !goesOn(j):
 				return false // something was tried: its answer stands
 			}
 		}

@@ -144,7 +144,13 @@ func TestRun(t *testing.T) {
 		{name: "comma behind an open circuit: last resort", list: "a,b", open: []string{"a"}, up: map[string]behaviour{"a": {}, "b": {}}, want: "a", reason: ReasonLastResort, asked: []string{"a"}},
 		{name: "all open: healthiest", list: "a|b", open: []string{"a", "b"}, scores: map[string]float64{"a": 0.1, "b": 0.4}, up: map[string]behaviour{"a": {}, "b": {}}, want: "b", reason: ReasonLastResort, asked: []string{"b"}},
 		{name: "last resort not found goes on", list: "a,b", open: []string{"a"}, up: map[string]behaviour{"a": {err: errNotFound}, "b": {}}, want: "b", reason: ReasonFallback, asked: []string{"a", "b"}},
-		{name: "no last resort once something was tried", list: "a|b", open: []string{"b"}, up: map[string]behaviour{"a": {err: errServer}, "b": {}}, asked: []string{"a"}, errHas: "circuit open"},
+		// a failed, b's circuit is open: rather than end on a prediction, b
+		// is tried.
+		{name: "last resort behind a failure that goes on", list: "a|b", open: []string{"b"}, up: map[string]behaviour{"a": {err: errServer}, "b": {}}, want: "b", reason: ReasonLastResort, asked: []string{"a", "b"}},
+		{name: "last resort behind not found", list: "a,b", open: []string{"b"}, up: map[string]behaviour{"a": {err: errNotFound}, "b": {}}, want: "b", reason: ReasonLastResort, asked: []string{"a", "b"}},
+		// A real failure that ends the walk stands.
+		{name: "no last resort past a failure that ends the walk", list: "a,b", open: []string{"b"}, up: map[string]behaviour{"a": {err: errServer}, "b": {}}, asked: []string{"a"}, errHas: "500"},
+		{name: "last resort failing ends the walk", list: "a|b", open: []string{"a", "b"}, up: map[string]behaviour{"a": {err: errServer}, "b": {err: errServer}}, asked: []string{"a"}, errHas: "circuit open"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,7 +18,6 @@ import (
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
-	"github.com/modproxy/modproxy/fallback"
 	"github.com/modproxy/modproxy/netprobe"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -201,30 +200,33 @@ func (f *Fetcher) Close() {
 const trialTimeout = 30 * time.Second
 
 // trial runs the half-open trial of an upstream's open circuit in the
-// background, so that no client request waits on it: one small request
-// (p, a module's list) whose outcome the transport reports to the health
-// tracker (any answer, even a 404, closes the circuit; a failure re-opens
-// it). It is owned by the Fetcher: Close cancels and waits for it.
-func (f *Fetcher) trial(e fallback.Entry, p string) {
+// background, so that no client request waits on it: one small request,
+// the list of module mod, whose outcome is reported to the health tracker
+// (by the transport, or by the Direct wrapper for a direct entry): any
+// answer, even not found, closes the circuit; a failure re-opens it. It is
+// owned by the Fetcher: Close cancels and waits for it.
+func (f *Fetcher) trial(u Upstream, mod string) {
+	if u.Off || (u.Direct && f.cfg.Direct == nil) {
+		return // nothing to ask
+	}
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
 		ctx, cancel := context.WithTimeout(netprobe.BackgroundTrial(f.ctx), trialTimeout)
 		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.Name+"/"+p, nil)
-		if err != nil {
-			f.log.Warn("half-open trial", "upstream", e.Name, "err", err)
-			return
+		p := Request{Module: mod, Kind: KindList}.URLPath()
+		resp, err := f.get(ctx, u, p)
+		var se *StatusError
+		switch {
+		case errors.As(err, &se):
+			f.log.Info("half-open trial answered", "upstream", u.Name(), "status", se.Status)
+		case err != nil:
+			f.log.Info("half-open trial failed", "upstream", u.Name(), "err", err)
+		default:
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			f.log.Info("half-open trial answered", "upstream", u.Name(), "status", resp.StatusCode)
 		}
-		req.Header.Set("User-Agent", "modproxy (half-open trial)")
-		resp, err := f.cfg.Client.Do(req)
-		if err != nil {
-			f.log.Info("half-open trial failed", "upstream", e.Name, "err", err)
-			return
-		}
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-		f.log.Info("half-open trial answered", "upstream", e.Name, "status", resp.StatusCode)
 	}()
 }
 

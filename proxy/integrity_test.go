@@ -208,7 +208,9 @@ func TestFailOpenArtifactsAreVerifiedInTheBackground(t *testing.T) {
 		_, err := e.store.Stat(tampered)
 		okMod := counterValue(t, e.f.m.reverified.WithLabelValues("mod", "ok"))
 		okZip := counterValue(t, e.f.m.reverified.WithLabelValues("zip", "ok"))
-		if errors.Is(err, cache.ErrNotFound) && okMod == 1 && okZip == 1 {
+		// The Error log follows the quarantine: wait for it too.
+		logged := strings.Contains(logs.String(), "quarantined")
+		if errors.Is(err, cache.ErrNotFound) && okMod == 1 && okZip == 1 && logged {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -70,8 +70,7 @@ func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge 
 	if !req.Query && (req.Kind == KindInfo || req.Kind == KindMod || req.Kind == KindZip) {
 		mv = req.Module + "@" + req.Version + "." + string(req.Kind)
 	}
-	trialPath := Request{Module: req.Module, Kind: KindList}.URLPath()
-	trial := func(e fallback.Entry) { f.trial(e, trialPath) }
+	trial := func(e fallback.Entry) { f.trial(byName[e.Name], req.Module) }
 	cfg := fallback.Config{Hedge: hedge, Classify: classify, Reason: fallthroughReason, Trial: trial}
 	if f.health != nil {
 		cfg.Health = f.health
