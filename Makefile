@@ -54,7 +54,7 @@ bpf-check: bpf ## fail if regenerating the eBPF objects changes committed files
 	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "untracked generated files"; exit 1; }
 
 e2e-live: build ## opt-in smoke test against the real default upstream (network)
-	MODPROXY_E2E_LIVE=1 $(GO) test -count=1 -run 'TestLive' -v ./cmd/modproxy/
+	MODPROXY_E2E_LIVE=1 $(GO) test -count=1 -timeout 15m -run 'TestLive' -v ./cmd/modproxy/
 
 clean:
 	rm -rf bin

@@ -6,22 +6,24 @@
 // holding one, or module@version — and returns a [Plan]: the module versions
 // whose .info and .mod files are needed, and those whose zip is needed too.
 //
-// # Exact resolution from go.sum
+// # One set, with or without go.sum
 //
-// A go.sum lists exactly what the go command verified: every "h1:" line is a
-// zip, every "/go.mod h1:" line a go.mod file, and the hashes are carried in
-// the plan so that the fetcher can check each artifact on arrival. A go.mod
-// with a go.sum beside it is resolved from the go.sum, plus the go.mod's own
-// requirements (so that a stale go.sum cannot hide a direct dependency). A
-// workspace with any go.sum files (go.work.sum, or a go.sum beside a used
-// module) is resolved from their union plus every used module's
-// requirements. No network access is needed.
+// The set is always computed by walking the module graph, so a project
+// with a go.sum and the same project without one need the same artifacts.
+// A go.sum does not add needs: it lists only what some go command verified
+// (a module that appears there as "/go.mod" alone may still be in the build
+// list, and 'go mod download all' fetches its zip), and it may hold lines
+// left over from an earlier graph. Its hashes are carried in the plan, so
+// that the fetcher checks each artifact on arrival; lines naming versions
+// outside every graph are counted in [Plan.Notes]. A go.sum target stands for
+// the go.mod beside it (go.work.sum for the go.work); only a go.sum with
+// neither beside it is taken line by line.
 //
-// # Graph walk without go.sum
+// # Graph walk
 //
-// Without a go.sum, Resolve reproduces the module graph that the go command
-// builds in cmd/go/internal/modload (readModGraph), fetching go.mod files
-// through a [Source], a bounded number at a time:
+// Resolve reproduces the module graph that the go command builds in
+// cmd/go/internal/modload (readModGraph), fetching go.mod files through a
+// [Source], a bounded number at a time:
 //
 //   - The main module's requirements are the roots; requirements on versions
 //     excluded by the main module(s) are dropped everywhere; replace directives
@@ -40,12 +42,36 @@
 //     finds the main module's requirements inconsistent (expandGraph).
 //   - In a workspace every main module's requirements are read, and
 //     dependencies selected at a higher version than a main module requires
-//     are read at their selected version, as in workspace mode.
+//     are read at their selected version, as in workspace mode. Each used
+//     module's own graph (module mode) is walked too: 'go mod tidy' ignores
+//     go.work, and so does any command run with GOWORK=off.
+//   - A main module at go 1.17.x also gets its unpruned (go 1.16) graph
+//     walked: 'go mod tidy' keeps go.sum complete for the previous Go
+//     version (its default -compat), and for 1.17 that version reads the
+//     whole graph.
 //
 // The plan then holds the go.mod of every module version read (.info and .mod)
-// and the zip of every module of the build list (the selected versions, or
-// their replacements). This is what 'go mod download all' fetches, and a
-// superset of what 'go build ./...' fetches.
+// and the .info, .mod and zip of every module of the build list (the
+// selected versions, or their replacements). This is what the go command
+// reads with a fresh module cache for:
+//
+//   - 'go mod download all' and 'go mod download' (which fetch .info, .mod
+//     and .zip of every module of the build list, or of the main module's
+//     requirements, and read the graph to get there);
+//   - 'go list -m all' and 'go list -m -json all' (the .info of every
+//     module for its time, the .mod for its go version);
+//   - 'go mod verify' (the build list's go.mod files and zips);
+//   - 'go build', 'go vet', 'go test' and 'go list -deps -test' of the main
+//     modules' packages (the zips of the modules providing imported
+//     packages, and of every module whose path is a prefix of an imported
+//     package, which is checked for ambiguous imports);
+//   - 'go mod tidy' (the packages of "all" and the tests of each, tests of
+//     dependencies included, and before go 1.17 transitively: their
+//     imports may come from modules that provide no package to the build).
+//
+// A plain 'go build' of a pruned module needs less: the build list's zips
+// beyond the providers of imported packages are fetched only by the
+// commands that list or download "all".
 //
 // A module@version target (or module@latest, resolved through
 // Source.Latest) is resolved as 'go install module@version' would: the module

@@ -125,7 +125,7 @@ func TestAgainstGoCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	must(t, os.WriteFile(filepath.Join(walkDir, "go.sum"), sumData, 0o666))
-	sumPlan, err := Resolve(ctx, []string{filepath.Join(walkDir, "go.mod")}, Options{GoVersion: "1.26.8"})
+	sumPlan, err := Resolve(ctx, []string{filepath.Join(walkDir, "go.mod")}, Options{Source: src, GoVersion: "1.26.8"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,9 +136,17 @@ func TestAgainstGoCommand(t *testing.T) {
 	if a, b := diff(sumMods, walkMods); len(a)+len(b) > 0 {
 		t.Errorf("go.mod only: go.sum path only %v, walk only %v", a, b)
 	}
-	for _, n := range sumPlan.Needs {
-		if n.ModHash == "" || n.Zip && n.ZipHash == "" {
-			t.Errorf("%v: missing hash from go.sum (mod %q zip %q)", n, n.ModHash, n.ZipHash)
+	// Every go.sum line inside the graph is carried as a hash.
+	for _, line := range strings.Split(strings.TrimSpace(string(sumData)), "\n") {
+		f := strings.Fields(line)
+		v, modOnly := strings.CutSuffix(f[1], "/go.mod")
+		i := slices.IndexFunc(sumPlan.Needs, func(n Need) bool { return n.Path == f[0] && n.Version == v })
+		if i < 0 {
+			t.Errorf("go.sum line %q: not in the plan", line)
+			continue
+		}
+		if n := sumPlan.Needs[i]; modOnly && n.ModHash != f[2] || !modOnly && n.ZipHash != f[2] {
+			t.Errorf("go.sum line %q: plan carries %+v", line, n)
 		}
 	}
 	for _, n := range sumPlan.Notes {
@@ -218,6 +226,15 @@ func TestWorkspaceAgainstGoCommand(t *testing.T) {
 	// -mod=mod is not allowed in workspace mode.
 	wenv := append(slicesWithout(env, "GOWORK=off", "GOFLAGS=-mod=mod"), "GOWORK="+filepath.Join(ws, "go.work"), "GOFLAGS=-mod=readonly")
 	runGo(t, gobin, ws, wenv, "mod", "download", "-json", "all")
+	// Commands that ignore go.work (go mod tidy, GOWORK=off) read each
+	// module's own graph: the plan covers those too. one's fails even
+	// online (it requires rep v1.0.0, which only go.work replaces).
+	runGo(t, gobin, filepath.Join(ws, "two"), env, "mod", "download", "-json", "all")
+	cmd := exec.Command(gobin, "mod", "download", "all")
+	cmd.Dir, cmd.Env = filepath.Join(ws, "one"), append(slices.Clip(env), "GOMODCACHE="+t.TempDir())
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("module one's own graph downloaded, want failure:\n%s", out)
+	}
 	goMods, goZips := artifactSets(t, gomodcache)
 
 	walkWs := t.TempDir()
@@ -229,6 +246,11 @@ func TestWorkspaceAgainstGoCommand(t *testing.T) {
 	mods, zips := needSets(plan)
 	if a, b := diff(zips, goZips); len(a)+len(b) > 0 {
 		t.Errorf("zips: walk only %v, go command only %v", a, b)
+	}
+	if !slices.ContainsFunc(plan.Notes, func(n string) bool {
+		return strings.Contains(n, filepath.Join("one", "go.mod")) && strings.Contains(n, "its graph cannot be read")
+	}) {
+		t.Errorf("no note on module one's unreadable graph: %q", plan.Notes)
 	}
 	all := map[string]bool{}
 	for k := range mods {
@@ -250,7 +272,7 @@ func TestWorkspaceAgainstGoCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	must(t, os.WriteFile(filepath.Join(walkWs, "go.work.sum"), sum, 0o666))
-	sumPlan, err := Resolve(context.Background(), []string{filepath.Join(walkWs, "go.work")}, Options{GoVersion: "1.26.8"})
+	sumPlan, err := Resolve(context.Background(), []string{filepath.Join(walkWs, "go.work")}, Options{Source: &fileSource{dir: proxyDir}, GoVersion: "1.26.8"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -244,6 +244,8 @@ func TestTargets(t *testing.T) {
 		source  Source   // default: memSource over small
 		want    []string
 		wantErr string
+		// wantNote, when set, must be part of a note.
+		wantNote string
 	}{{
 		name: "go.sum alone",
 		files: map[string]string{"deps.sum": "example.com/a v1.0.0 " + hA + "\n" +
@@ -253,32 +255,69 @@ func TestTargets(t *testing.T) {
 		targets: []string{"deps.sum"},
 		want:    []string{"example.com/a@v1.0.0 zip zh=" + hA + " mh=" + hAm, "example.com/b@v1.0.0 mod mh=" + hBm},
 	}, {
-		name: "directory with go.mod and go.sum: go.sum plus direct requirements, no network",
+		name: "directory with go.mod and go.sum: the graph decides, go.sum only adds hashes",
 		files: map[string]string{
-			"go.mod": gomod("example.com/main", "1.21", "example.com/a v1.0.0", "example.com/new v1.0.0",
-				"example.com/loc v1.0.0", "example.com/r v1.0.0", "example.com/x v1.1.0") +
-				"replace example.com/loc => ./loc\nreplace example.com/r => example.com/fork v1.5.0\nexclude example.com/x v1.1.0\n",
-			"go.sum": "example.com/a v1.0.0 " + hA + "\nexample.com/a v1.0.0/go.mod " + hAm + "\nexample.com/b v1.0.0/go.mod " + hBm + "\n",
+			"go.mod": gomod("example.com/main", "1.21", "example.com/a v1.0.0", "example.com/x v1.1.0",
+				"example.com/r v1.0.0") +
+				"replace example.com/r => example.com/fork v1.5.0\nexclude example.com/x v1.1.0\n",
+			// b appears only as /go.mod, as the go command writes it when
+			// no package of b is imported: its zip is still in the build
+			// list. stale@v0.1.0 is outside the graph: not fetched.
+			"go.sum": "example.com/a v1.0.0 " + hA + "\nexample.com/a v1.0.0/go.mod " + hAm + "\nexample.com/b v1.0.0/go.mod " + hBm +
+				"\nexample.com/stale v0.1.0 " + hC + "\n",
 		},
 		targets: []string{"."},
-		source:  failSource{},
 		want: []string{
 			"example.com/a@v1.0.0 zip zh=" + hA + " mh=" + hAm,
-			"example.com/b@v1.0.0 mod mh=" + hBm,
+			"example.com/b@v1.0.0 zip mh=" + hBm,
 			"example.com/fork@v1.5.0 zip",
-			"example.com/new@v1.0.0 zip",
+			"example.com/z@v1.0.0 zip",
 		},
+		wantNote: "1 module versions in go.sum are outside the module graph",
 	}, {
-		name: "go.mod file target with go.sum beside it",
+		name: "go.sum file target stands for the go.mod beside it",
 		files: map[string]string{
 			"m/go.mod": gomod("example.com/main", "1.21", "example.com/a v1.0.0"),
 			"m/go.sum": "example.com/a v1.0.0 " + hA + "\n",
 		},
-		targets: []string{"m/go.mod"},
-		source:  failSource{},
-		want:    []string{"example.com/a@v1.0.0 zip zh=" + hA},
+		targets: []string{"m/go.sum"},
+		want:    []string{"example.com/a@v1.0.0 zip zh=" + hA, "example.com/b@v1.0.0 zip"},
 	}, {
-		name: "directory with go.work: every go.sum plus every module's requirements",
+		name: "same set without the go.sum",
+		files: map[string]string{
+			"m/go.mod": gomod("example.com/main", "1.21", "example.com/a v1.0.0"),
+		},
+		targets: []string{"m/go.mod"},
+		want:    []string{"example.com/a@v1.0.0 zip", "example.com/b@v1.0.0 zip"},
+	}, {
+		name: "go 1.17 main module: the unpruned graph go mod tidy -compat=1.16 reads",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.17", "example.com/up v1.0.0"),
+		},
+		targets: []string{"go.mod"},
+		// Pruned, up's requirement a v1.1.0 is not read; go 1.16 reads it
+		// and its requirement z.
+		want:     []string{"example.com/a@v1.1.0 zip", "example.com/up@v1.0.0 zip", "example.com/z@v1.0.0 zip"},
+		wantNote: "unpruned graph that go mod tidy",
+	}, {
+		name: "go 1.17 main module whose go 1.16 graph cannot be read: noted, the build's graph still resolves",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.17", "example.com/up v1.0.0"),
+		},
+		targets: []string{"go.mod"},
+		source: memSource{u: universe{"example.com/up@v1.0.0": small["example.com/up@v1.0.0"],
+			"example.com/a@v1.1.0": small["example.com/a@v1.1.0"]}}, // z@v1.0.0's go.mod is missing
+		want:     []string{"example.com/a@v1.1.0 zip", "example.com/up@v1.0.0 zip"},
+		wantNote: "go mod tidy will need the network",
+	}, {
+		name: "go 1.18 main module: pruned only",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.18", "example.com/up v1.0.0"),
+		},
+		targets: []string{"go.mod"},
+		want:    []string{"example.com/a@v1.1.0 zip", "example.com/up@v1.0.0 zip"},
+	}, {
+		name: "directory with go.work: workspace graph plus each module's own graph, go.sum files add hashes",
 		files: map[string]string{
 			"go.work":     "go 1.21\n\nuse (\n\t./one\n\t./two\n)\n",
 			"go.work.sum": "example.com/c v1.0.0 " + hC + "\n",
@@ -288,23 +327,28 @@ func TestTargets(t *testing.T) {
 			"two/go.mod":  gomod("example.com/two", "1.21", "example.com/b v1.0.0"),
 		},
 		targets: []string{"."},
-		source:  failSource{},
-		want:    []string{"example.com/a@v1.0.0 zip zh=" + hA, "example.com/b@v1.0.0 zip", "example.com/c@v1.0.0 zip zh=" + hC},
+		// In module mode one needs the published two v1.0.0's zip, which
+		// the workspace replaces by ./two.
+		want: []string{"example.com/a@v1.0.0 zip zh=" + hA, "example.com/b@v1.0.0 zip", "example.com/c@v1.0.0 zip zh=" + hC,
+			"example.com/two@v1.0.0 zip"},
 	}, {
-		name: "go.work without go.sum: workspace graph walk",
+		name: "go.work.sum target stands for the go.work",
 		files: map[string]string{
-			"go.work":    "go 1.21\n\nuse ./one\nuse ./two\n\nreplace example.com/r => example.com/fork v1.5.0\n",
-			"one/go.mod": gomod("example.com/one", "1.21", "example.com/a v1.0.0", "example.com/two v1.0.0"),
-			"two/go.mod": gomod("example.com/two", "1.21", "example.com/up v1.0.0", "example.com/r v1.0.0") + "replace example.com/r => example.com/r v2.0.0+incompatible\n",
+			"go.work":     "go 1.21\n\nuse ./two\n",
+			"go.work.sum": "example.com/c v1.0.0 " + hC + "\n",
+			"two/go.mod":  gomod("example.com/two", "1.21", "example.com/b v1.0.0"),
 		},
-		targets: []string{"go.work"},
-		// Workspace mode reads every main module's requirements (a v1.0.0, up,
-		// fork, and the published two v1.0.0, which requires c); a is selected
-		// at v1.1.0 > v1.0.0, so a v1.1.0 is read too (z). go.work's replace
-		// wins over two's.
-		want: []string{"example.com/a@v1.0.0 mod", "example.com/a@v1.1.0 zip", "example.com/b@v1.0.0 zip",
-			"example.com/c@v1.0.0 zip", "example.com/fork@v1.5.0 zip", "example.com/two@v1.0.0 mod",
-			"example.com/up@v1.0.0 zip", "example.com/z@v1.0.0 zip"},
+		targets: []string{"go.work.sum"},
+		want:    []string{"example.com/b@v1.0.0 zip", "example.com/c@v1.0.0 zip zh=" + hC},
+	}, {
+		name: "workspace module whose own graph cannot be read: noted, the workspace still resolves",
+		files: map[string]string{
+			"go.work":    "go 1.21\n\nuse ./one\n\nreplace example.com/nope v1.0.0 => example.com/c v1.0.0\n",
+			"one/go.mod": gomod("example.com/one", "1.21", "example.com/nope v1.0.0"),
+		},
+		targets:  []string{"go.work"},
+		want:     []string{"example.com/c@v1.0.0 zip"},
+		wantNote: "its graph cannot be read",
 	}, {
 		name:    "module@version: the go install graph without the module's replacements",
 		targets: []string{"example.com/tool@v1.0.0"},
@@ -332,6 +376,33 @@ func TestTargets(t *testing.T) {
 		files:   map[string]string{"go.sum": "\nexample.com/a 1.0 " + hA + "\n"},
 		targets: []string{"go.sum"},
 		wantErr: `go.sum:2: example.com/a: invalid version "1.0"`,
+	}, {
+		name: "malformed go.sum beside a go.mod fails, naming it, as the go command does",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.21", "example.com/a v1.0.0"),
+			"go.sum": "example.com/a v1.0.0 " + hA + "\n<html>not a go.sum</html>\n",
+		},
+		targets: []string{"."},
+		wantErr: `go.sum:2: malformed module path "<html>not"`,
+	}, {
+		name: "workspace go.sum files that disagree: both named",
+		files: map[string]string{
+			"go.work":     "go 1.21\n\nuse ./one\n",
+			"go.work.sum": "example.com/a v1.0.0 " + hB + "\n",
+			"one/go.mod":  gomod("example.com/one", "1.21", "example.com/a v1.0.0"),
+			"one/go.sum":  "example.com/a v1.0.0 " + hA + "\n",
+		},
+		targets: []string{"go.work"},
+		wantErr: "go.work.sum and " + hA + " in ",
+	}, {
+		name: "a go.sum cannot add a module the graph does not need",
+		files: map[string]string{
+			"go.mod": gomod("example.com/main", "1.21", "example.com/c v1.0.0"),
+			"go.sum": "example.com/c v1.0.0 " + hC + "\nevil.example/x v9.9.9 " + hA + "\nevil.example/x v9.9.9/go.mod " + hAm + "\n",
+		},
+		targets:  []string{"."},
+		want:     []string{"example.com/c@v1.0.0 zip zh=" + hC},
+		wantNote: "1 module versions in go.sum are outside the module graph",
 	}, {
 		name:    "conflicting hashes",
 		files:   map[string]string{"a.sum": "example.com/a v1.0.0 " + hA + "\n", "b.sum": "example.com/a v1.0.0 " + hB + "\n"},
@@ -412,11 +483,14 @@ func TestTargets(t *testing.T) {
 			if len(plan.Notes) == 0 {
 				t.Errorf("no notes")
 			}
+			if tt.wantNote != "" && !slices.ContainsFunc(plan.Notes, func(n string) bool { return strings.Contains(n, tt.wantNote) }) {
+				t.Errorf("notes %q lack %q", plan.Notes, tt.wantNote)
+			}
 		})
 	}
 }
 
-// failSource fails every call: targets resolved from go.sum must not need it.
+// failSource fails every call: a lone go.sum must not need it.
 type failSource struct{}
 
 func (failSource) GoMod(ctx context.Context, path, version string) ([]byte, error) {
@@ -595,6 +669,39 @@ func TestErrorStopsWalk(t *testing.T) {
 	_, err := Resolve(context.Background(), []string{dir}, Options{Source: &slowSource{memSource: memSource{u: u}}, GoVersion: "1.26.8", Concurrency: 2})
 	if err == nil || !strings.Contains(err.Error(), "go.mod of example.com/w7@v1.0.0") || !strings.Contains(err.Error(), "go.mod:") {
 		t.Fatalf("err = %v, want naming example.com/w7 and the go.mod", err)
+	}
+}
+
+// TestKeepGoing checks that with Options.KeepGoing one unreadable go.mod
+// (missing, or a liar naming another module) is a failure of the plan and
+// the rest of the graph is whole: what only the failed module requires is
+// missing, everything else is there.
+func TestKeepGoing(t *testing.T) {
+	u := universe{
+		"example.com/good@v1.0.0":  gomod("example.com/good", "1.16", "example.com/leaf v1.0.0"),
+		"example.com/leaf@v1.0.0":  gomod("example.com/leaf", "1.16"),
+		"example.com/liar@v1.0.0":  gomod("example.com/other", "1.16", "example.com/below v1.0.0"),
+		"example.com/below@v1.0.0": gomod("example.com/below", "1.16"),
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"go.mod": gomod("example.com/main", "1.16",
+		"example.com/good v1.0.0", "example.com/gone v1.0.0", "example.com/liar v1.0.0")})
+	plan, err := Resolve(context.Background(), []string{dir}, Options{Source: memSource{u: u}, GoVersion: "1.26.8", KeepGoing: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"example.com/gone@v1.0.0 zip", "example.com/good@v1.0.0 zip", "example.com/leaf@v1.0.0 zip", "example.com/liar@v1.0.0 zip"}
+	if got := fmtNeeds(plan.Needs); !slices.Equal(got, want) {
+		t.Errorf("needs:\n got %q\nwant %q", got, want)
+	}
+	if len(plan.Failures) != 2 || plan.Failures[0].Path != "example.com/gone" || plan.Failures[1].Path != "example.com/liar" ||
+		!strings.Contains(plan.Failures[0].Err.Error(), "go.mod of example.com/gone@v1.0.0") ||
+		!strings.Contains(plan.Failures[1].Err.Error(), "declares its path as example.com/other") {
+		t.Errorf("failures: %+v", plan.Failures)
+	}
+	// Without KeepGoing the same project fails, naming a module.
+	if _, err := Resolve(context.Background(), []string{dir}, Options{Source: memSource{u: u}, GoVersion: "1.26.8"}); err == nil {
+		t.Error("strict resolve succeeded")
 	}
 }
 

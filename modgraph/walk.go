@@ -72,6 +72,10 @@ type graphConfig struct {
 	cache   map[module.Version]*loadEntry
 	modRead map[module.Version]bool // module versions whose go.mod came from Source
 	notes   []string
+	// failed, when non-nil, makes a go.mod that cannot be read a leaf of
+	// the walk, recorded here, instead of the walk's error
+	// (Options.KeepGoing).
+	failed map[module.Version]error
 }
 
 type loadEntry struct {
@@ -250,6 +254,20 @@ func (c *graphConfig) note(format string, args ...any) {
 	c.mu.Unlock()
 }
 
+// keepGoing records that m's go.mod could not be read and reports whether
+// the walk goes on without m's requirements.
+func (c *graphConfig) keepGoing(m module.Version, err error) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failed == nil {
+		return false
+	}
+	if _, ok := c.failed[m]; !ok {
+		c.failed[m] = err
+	}
+	return true
+}
+
 // graph is one module graph: modload.readModGraph's result.
 type graph struct {
 	mainPaths []string
@@ -324,6 +342,9 @@ func (c *graphConfig) readModGraph(ctx context.Context, mode pruning, mainPaths 
 		go func() {
 			defer wg.Done()
 			s, err := c.load(ctx, m)
+			if err != nil && ctx.Err() == nil && c.keepGoing(m, err) {
+				s, err = &summary{pruning: pruned}, nil
+			}
 			if err != nil {
 				mu.Lock()
 				errs = append(errs, err)

@@ -56,7 +56,14 @@ func ParseInfo(data []byte, want string) (string, error) {
 }
 
 // CheckMod checks the go.mod file of path@version: it must parse strictly
-// and its module line must name path. It returns the file's "h1:" hash.
+// and its module line must name a valid path of path's major version. It
+// returns the file's "h1:" hash.
+//
+// The module line may name another path: a fork used through a replace
+// directive declares the path it replaces (the go command requires that,
+// cmd/go/internal/modload goModSummary), and the go command's own fetch
+// accepts it (cmd/go/internal/modfetch, codeRepo.findDir, isMajor). The
+// content is authenticated by its hash for path@version all the same.
 func CheckMod(path, version string, data []byte) (string, error) {
 	if len(data) > MaxMod {
 		return "", contentErr("go.mod of %s@%s is larger than %d bytes", path, version, MaxMod)
@@ -68,8 +75,8 @@ func CheckMod(path, version string, data []byte) (string, error) {
 	if f.Module == nil {
 		return "", contentErr("go.mod of %s@%s has no module line", path, version)
 	}
-	if f.Module.Mod.Path != path {
-		return "", contentErr("go.mod of %s@%s declares module %q", path, version, f.Module.Mod.Path)
+	if decl := f.Module.Mod.Path; decl != path && !sameMajor(decl, path) {
+		return "", contentErr("go.mod of %s@%s declares module %q, of another major version", path, version, decl)
 	}
 	return sumdb.HashMod(data)
 }
@@ -176,3 +183,25 @@ func (r *entryReader) Read(p []byte) (int, error) {
 }
 
 func (r *entryReader) Close() error { return r.rc.Close() }
+
+// sameMajor reports whether module path decl, declared in the go.mod of a
+// version of module path, is of path's major version, as the go command's
+// isMajor (cmd/go/internal/modfetch) decides it.
+func sameMajor(decl, path string) bool {
+	_, declMajor, ok := module.SplitPathVersion(decl)
+	if !ok || module.CheckPath(decl) != nil {
+		return false
+	}
+	_, pathMajor, ok := module.SplitPathVersion(path)
+	if !ok {
+		return false
+	}
+	if pathMajor == "" {
+		switch module.PathMajorPrefix(declMajor) {
+		case "", "v0", "v1":
+			return true
+		}
+		return false
+	}
+	return module.PathMajorPrefix(declMajor) == module.PathMajorPrefix(pathMajor)
+}

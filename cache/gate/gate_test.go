@@ -86,7 +86,10 @@ func TestContentChecks(t *testing.T) {
 		{"info empty", cache.KindInfo, nil, ".info is not JSON"},
 		{"mod ok", cache.KindMod, []byte("module example.com/m\n\ngo 1.21\n"), ""},
 		{"mod html", cache.KindMod, []byte("<!DOCTYPE html>\n<html><body>Sign in</body></html>\n"), "does not parse"},
-		{"mod other module", cache.KindMod, []byte("module example.com/evil\n"), `declares module "example.com/evil"`},
+		// A fork used through replace declares the path it replaces.
+		{"mod fork declaring the path it replaces", cache.KindMod, []byte("module example.com/orig\n"), ""},
+		{"mod other major version", cache.KindMod, []byte("module example.com/evil/v2\n"), `declares module "example.com/evil/v2", of another major version`},
+		{"mod invalid module path", cache.KindMod, []byte("module \"example.com/a b\"\n"), `declares module "example.com/a b"`},
 		{"mod no module line", cache.KindMod, []byte("go 1.21\n"), "no module line"},
 		{"mod unknown directive", cache.KindMod, []byte("module example.com/m\nfrobnicate x\n"), "does not parse"},
 		{"mod too large", cache.KindMod, bytes.Repeat([]byte("a"), MaxMod+1), "larger than"},

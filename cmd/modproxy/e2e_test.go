@@ -31,9 +31,13 @@ var (
 	binErr  error
 )
 
-// modproxyBin builds the binary once per test run.
+// modproxyBin builds the binary once per test run. MODPROXY_E2E_BIN names
+// a binary to test instead (another build, to compare behaviours).
 func modproxyBin(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("MODPROXY_E2E_BIN"); bin != "" {
+		return bin
+	}
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "modproxy-e2e-bin")
 		if err != nil {

@@ -11,13 +11,13 @@ import (
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/policy"
-	"github.com/modproxy/modproxy/proxy"
+	"github.com/modproxy/modproxy/prewarm"
 )
 
 // policyBackend applies a module policy to a prewarm backend: a denied
 // module version is neither fetched nor walked.
 type policyBackend struct {
-	proxy.PrewarmBackend
+	prewarm.Backend
 	p *policy.Policy
 }
 
@@ -31,25 +31,25 @@ func (b policyBackend) check(path, version string) error {
 	return nil
 }
 
-func (b policyBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (proxy.PrewarmArtifact, error) {
+func (b policyBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (prewarm.Artifact, error) {
 	if err := b.check(k.Path, k.Version); err != nil {
-		return proxy.PrewarmArtifact{}, err
+		return prewarm.Artifact{}, err
 	}
-	return b.PrewarmBackend.Fetch(ctx, k, needHash)
+	return b.Backend.Fetch(ctx, k, needHash)
 }
 
 func (b policyBackend) GoMod(ctx context.Context, path, version string) ([]byte, error) {
 	if err := b.check(path, version); err != nil {
 		return nil, err
 	}
-	return b.PrewarmBackend.GoMod(ctx, path, version)
+	return b.Backend.GoMod(ctx, path, version)
 }
 
 func (b policyBackend) Latest(ctx context.Context, path string) (string, error) {
 	if err := b.check(path, ""); err != nil {
 		return "", err
 	}
-	v, err := b.PrewarmBackend.Latest(ctx, path)
+	v, err := b.Backend.Latest(ctx, path)
 	if err == nil {
 		err = b.check(path, v)
 	}

@@ -200,7 +200,7 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 	storeA := filepath.Join(tmp, "a.db")
 	noSum := pwWriteFixture(t, nil)
 	s := pwSummary(t, append([]string{"--db", storeA, "--upstream", up.URL(), filepath.Join(noSum, "go.mod")}, common...)...)
-	if s.Failed != 0 || s.Modules != 5 || s.Fetched != 5 || s.Records != 5 {
+	if s.Failed != 0 || s.Modules != 5 || s.Added != 5 || s.Records != 5 {
 		// Upper/Case, lib/v2, a, dep v1.2.0 with zips; dep v1.0.0 go.mod only.
 		t.Fatalf("graph-walk prewarm: %+v", s)
 	}
@@ -229,7 +229,7 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 
 	// The workspace: a rerun finds the app's modules cached and adds tool.
 	s = pwSummary(t, append([]string{"--db", storeA, "--upstream", up.URL(), "-j", "4", filepath.Join(noSum, "go.work")}, common...)...)
-	if s.Failed != 0 || s.Cached != 5 || s.Fetched != 1 {
+	if s.Failed != 0 || s.Stored != 5 || s.Added != 1 {
 		t.Fatalf("workspace rerun: %+v", s)
 	}
 

@@ -11,7 +11,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
-	"github.com/modproxy/modproxy/proxy"
+	"github.com/modproxy/modproxy/prewarm"
 )
 
 // prewarmProgress reports modules done out of total, bytes, rate and ETA:
@@ -95,9 +95,9 @@ func (p *prewarmProgress) line() string {
 	return s
 }
 
-// update takes the progress of the run (proxy.PrewarmOptions.Progress):
+// update takes the progress of the run (prewarm.Options.Progress):
 // the bar advances when a module version is done.
-func (p *prewarmProgress) update(pr proxy.PrewarmProgress) {
+func (p *prewarmProgress) update(pr prewarm.Progress) {
 	p.bytes.Store(pr.Bytes)
 	if prev := p.done.Swap(int64(pr.Done)); p.bar != nil && int64(pr.Done) > prev {
 		p.mu.Lock()

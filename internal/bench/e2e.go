@@ -36,9 +36,10 @@ func writeProject(dir string, mods []testupstream.Module) error {
 	return nil
 }
 
-// goModDownload runs "go mod download" in a fresh copy of the project
-// with a fresh module cache, through goproxy, and returns how long it took.
-func goModDownload(ctx context.Context, env *Env, mods []testupstream.Module, goproxy string) (time.Duration, error) {
+// goModDownload runs "go mod download [args]" in a fresh copy of the
+// project with a fresh module cache, through goproxy, and returns how long
+// it took.
+func goModDownload(ctx context.Context, env *Env, mods []testupstream.Module, goproxy string, args ...string) (time.Duration, error) {
 	dir, err := env.TempDir("e2e")
 	if err != nil {
 		return 0, err
@@ -50,7 +51,7 @@ func goModDownload(ctx context.Context, env *Env, mods []testupstream.Module, go
 	if err := writeProject(proj, mods); err != nil {
 		return 0, err
 	}
-	cmd := exec.CommandContext(ctx, env.GoBin, "mod", "download")
+	cmd := exec.CommandContext(ctx, env.GoBin, append([]string{"mod", "download"}, args...)...)
 	cmd.Dir = proj
 	cmd.Env = append(os.Environ(),
 		"GOPROXY="+goproxy,

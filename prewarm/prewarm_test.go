@@ -1,4 +1,4 @@
-package proxy
+package prewarm
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 	"github.com/modproxy/modproxy/modgraph"
+	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -40,9 +41,25 @@ type pwEnv struct {
 	up     *testupstream.Server
 	db     *testsumdb.DB
 	store  *cache.Store
-	f      *Fetcher
+	f      *proxy.Fetcher
 	sumdb  http.Handler
 	flight *inFlight // counts the Fetcher's upstream requests
+	spool  string
+}
+
+// fetcherBackend returns the in-process backend over e's Fetcher.
+func (e *pwEnv) fetcherBackend() Backend {
+	return NewFetcherBackend(e.f, e.store, e.spool, e.sumdb)
+}
+
+func newUpstream(t *testing.T, mods ...testupstream.Module) *testupstream.Server {
+	t.Helper()
+	up, err := testupstream.New(mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	return up
 }
 
 func newPWEnv(t *testing.T, mods ...testupstream.Module) *pwEnv {
@@ -67,13 +84,14 @@ func newPWEnv(t *testing.T, mods ...testupstream.Module) *pwEnv {
 		t.Fatal(err)
 	}
 	e.sumdb = v.Handler()
-	ups, err := ParseUpstreams(e.up.URL())
+	ups, err := proxy.ParseUpstreams(e.up.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.flight = &inFlight{next: &http.Transport{}}
 	client := &http.Client{Transport: e.flight}
-	e.f, err = NewFetcher(Config{Store: st, Client: client, Upstreams: ups, Verifier: v, SpoolDir: t.TempDir()})
+	e.spool = t.TempDir()
+	e.f, err = proxy.NewFetcher(proxy.Config{Store: st, Client: client, Upstreams: ups, Verifier: v, SpoolDir: e.spool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +108,8 @@ func newPWEnv(t *testing.T, mods ...testupstream.Module) *pwEnv {
 
 // options returns the options of a prewarm through backend that mirrors
 // the test checksum database.
-func (e *pwEnv) options(backend PrewarmBackend) PrewarmOptions {
-	return PrewarmOptions{
+func (e *pwEnv) options(backend Backend) Options {
+	return Options{
 		Backend:  backend,
 		Jobs:     4,
 		SumDB:    e.db.Name(),
@@ -155,9 +173,9 @@ func allButOldB(m testupstream.Module) bool { return m.Path+"@"+m.Version != "ex
 
 // httpBackend serves e's Fetcher on an httptest server and returns a
 // backend that prewarms through it.
-func (e *pwEnv) httpBackend(t *testing.T) PrewarmBackend {
+func (e *pwEnv) httpBackend(t *testing.T) Backend {
 	t.Helper()
-	srv := httptest.NewServer(NewServer(e.f, ServerOptions{SumDB: e.sumdb}))
+	srv := httptest.NewServer(proxy.NewServer(e.f, proxy.ServerOptions{SumDB: e.sumdb}))
 	client := &http.Client{Transport: &http.Transport{}}
 	t.Cleanup(func() {
 		client.CloseIdleConnections()
@@ -170,10 +188,10 @@ func (e *pwEnv) httpBackend(t *testing.T) PrewarmBackend {
 // backends are the two ways to run the pipeline, over the same env.
 var backends = []struct {
 	name string
-	new  func(t *testing.T, e *pwEnv) PrewarmBackend
+	new  func(t *testing.T, e *pwEnv) Backend
 }{
-	{"fetcher", func(t *testing.T, e *pwEnv) PrewarmBackend { return NewFetcherBackend(e.f, e.sumdb) }},
-	{"http", func(t *testing.T, e *pwEnv) PrewarmBackend { return e.httpBackend(t) }},
+	{"fetcher", func(t *testing.T, e *pwEnv) Backend { return e.fetcherBackend() }},
+	{"http", func(t *testing.T, e *pwEnv) Backend { return e.httpBackend(t) }},
 }
 
 func TestPrewarmStoresNeedsThenFindsThemCached(t *testing.T) {
@@ -182,20 +200,20 @@ func TestPrewarmStoresNeedsThenFindsThemCached(t *testing.T) {
 			e := newPWEnv(t)
 			needs := e.goSumNeeds(t, allButOldB)
 			opts := e.options(b.new(t, e))
-			var last PrewarmProgress
+			var last Progress
 			var calls atomic.Int32
-			opts.Progress = func(p PrewarmProgress) {
+			opts.Progress = func(p Progress) {
 				calls.Add(1)
 				if p.Done < last.Done || p.Bytes < last.Bytes {
 					t.Errorf("progress went back: %+v after %+v", p, last)
 				}
 				last = p
 			}
-			rep, err := Prewarm(context.Background(), needs, opts)
+			rep, err := Run(context.Background(), needs, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Modules != 5 || rep.Fetched != 5 || rep.Cached != 0 || rep.Failed != 0 || len(rep.Failures) != 0 {
+			if rep.Modules != 5 || rep.Added != 5 || rep.Stored != 0 || rep.Failed != 0 || len(rep.Failures) != 0 {
 				t.Fatalf("first run: %+v", rep)
 			}
 			if rep.Records != 4 { // all but the exempt private module
@@ -210,15 +228,19 @@ func TestPrewarmStoresNeedsThenFindsThemCached(t *testing.T) {
 			if got, want := e.keys(t), needKeys(needs); !slices.Equal(got, want) {
 				t.Errorf("stored:\n%v\nwant:\n%v", got, want)
 			}
+			if files := len(needKeys(needs)); rep.FilesAdded != files || rep.FilesStored != 0 {
+				t.Errorf("first run: %d files added, %d already stored; want %d, 0", rep.FilesAdded, rep.FilesStored, files)
+			}
 
 			e.up.ResetCounts()
 			e.db.ResetRequests()
-			last = PrewarmProgress{}
-			again, err := Prewarm(context.Background(), needs, opts)
+			last = Progress{}
+			again, err := Run(context.Background(), needs, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if again.Fetched != 0 || again.Cached != 5 || again.Failed != 0 || again.Records != 4 || again.Bytes != rep.Bytes {
+			if again.Added != 0 || again.Stored != 5 || again.Failed != 0 || again.Records != 4 || again.Bytes != rep.Bytes ||
+				again.FilesAdded != 0 || again.FilesStored != rep.FilesAdded {
 				t.Errorf("rerun: %+v", again)
 			}
 			if n := e.up.Count("/"); n != 0 {
@@ -249,11 +271,11 @@ func TestPrewarmGoSumMismatch(t *testing.T) {
 				i := slices.IndexFunc(needs, func(n modgraph.Need) bool { return n.Path == "example.com/a" })
 				good := needs[i]
 				tt.tamper(&needs[i])
-				rep, err := Prewarm(context.Background(), needs, e.options(b.new(t, e)))
+				rep, err := Run(context.Background(), needs, e.options(b.new(t, e)))
 				if err != nil {
 					t.Fatal(err)
 				}
-				if rep.Failed != 1 || rep.Fetched != 4 || rep.Records != 3 || len(rep.Failures) != 1 {
+				if rep.Failed != 1 || rep.Added != 4 || rep.Records != 3 || len(rep.Failures) != 1 {
 					t.Fatalf("report: %+v", rep)
 				}
 				f := rep.Failures[0]
@@ -302,11 +324,11 @@ func TestPrewarmUpstreamFaultFailsOnlyThatModule(t *testing.T) {
 			e := newPWEnv(t)
 			e.up.SetFaults(tt.fault)
 			needs := e.goSumNeeds(t, allButOldB)
-			rep, err := Prewarm(context.Background(), needs, e.options(NewFetcherBackend(e.f, e.sumdb)))
+			rep, err := Run(context.Background(), needs, e.options(e.fetcherBackend()))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Failed != 1 || rep.Fetched != 4 || len(rep.Failures) != 1 {
+			if rep.Failed != 1 || rep.Added != 4 || len(rep.Failures) != 1 {
 				t.Fatalf("report: %+v", rep)
 			}
 			if f := rep.Failures[0]; f.Module != "example.com/a" || f.Version != "v1.0.0" || !strings.Contains(f.Error, tt.reason) {
@@ -330,11 +352,11 @@ func TestPrewarmUpstreamFaultFailsOnlyThatModule(t *testing.T) {
 func TestPrewarmThroughServerFillsItsStore(t *testing.T) {
 	e := newPWEnv(t)
 	needs := e.goSumNeeds(t, allButOldB)
-	rep, err := Prewarm(context.Background(), needs, e.options(e.httpBackend(t)))
+	rep, err := Run(context.Background(), needs, e.options(e.httpBackend(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Fetched != 5 || rep.Failed != 0 || rep.Records != 4 {
+	if rep.Added != 5 || rep.Failed != 0 || rep.Records != 4 {
 		t.Fatalf("report: %+v", rep)
 	}
 	if got, want := e.keys(t), needKeys(needs); !slices.Equal(got, want) {
@@ -365,13 +387,13 @@ func TestPrewarmHonoursJobs(t *testing.T) {
 		t.Run(fmt.Sprint(jobs), func(t *testing.T) {
 			e := newPWEnv(t, mods...)
 			e.up.SetFaults(testupstream.Fault{Delay: 30 * time.Millisecond})
-			opts := e.options(NewFetcherBackend(e.f, e.sumdb))
+			opts := e.options(e.fetcherBackend())
 			opts.Jobs = jobs
-			rep, err := Prewarm(context.Background(), e.goSumNeeds(t, func(testupstream.Module) bool { return true }), opts)
+			rep, err := Run(context.Background(), e.goSumNeeds(t, func(testupstream.Module) bool { return true }), opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Fetched != 6 || rep.Failed != 0 {
+			if rep.Added != 6 || rep.Failed != 0 {
 				t.Fatalf("report: %+v", rep)
 			}
 			if got := e.flight.max.Load(); got != int64(jobs) {
@@ -396,20 +418,20 @@ func TestPrewarmCancelStopsPromptly(t *testing.T) {
 			var cancelled atomic.Pointer[time.Time]
 			opts := e.options(b.new(t, e))
 			opts.Jobs = 2
-			opts.Progress = func(p PrewarmProgress) {
+			opts.Progress = func(p Progress) {
 				if now := time.Now(); p.Done == 1 && cancelled.CompareAndSwap(nil, &now) {
 					cancel(errStop)
 				}
 			}
 			needs := e.goSumNeeds(t, func(testupstream.Module) bool { return true })
-			rep, err := Prewarm(ctx, needs, opts)
+			rep, err := Run(ctx, needs, opts)
 			if !errors.Is(err, errStop) {
 				t.Fatalf("err = %v, want the cancellation cause", err)
 			}
 			if d := time.Since(*cancelled.Load()); d > time.Second {
 				t.Errorf("Prewarm returned %s after cancellation", d)
 			}
-			if rep == nil || rep.Modules != 20 || rep.Fetched+rep.Cached+rep.Failed != 20 || rep.Fetched < 1 || rep.Failed < 10 {
+			if rep == nil || rep.Modules != 20 || rep.Added+rep.Stored+rep.Failed != 20 || rep.Added < 1 || rep.Failed < 10 {
 				t.Fatalf("report: %+v", rep)
 			}
 			// Every module reported fetched is whole in the store, and
@@ -519,4 +541,70 @@ type doneBody struct {
 func (b *doneBody) Close() error {
 	b.once.Do(b.done)
 	return b.ReadCloser.Close()
+}
+
+// TestFetcherBackendSumDBAnswers checks the in-process checksum-database
+// reads: an error status becomes an error naming the path, an endless
+// answer is cut at the bound, and no backend means verification is off.
+func TestFetcherBackendSumDBAnswers(t *testing.T) {
+	tests := []struct {
+		name    string
+		h       http.Handler
+		want    string
+		wantErr string
+	}{
+		{"ok", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) }), "/sumdb/db.test/supported", ""},
+		{"404", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no such record\nmore", 404) }), "",
+			"/sumdb/db.test/supported: 404 no such record"},
+		{"endless", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			chunk := strings.Repeat("x", 1<<20)
+			for range maxSmall/len(chunk) + 2 {
+				if _, err := io.WriteString(w, chunk); err != nil {
+					return
+				}
+			}
+		}), "", "answer larger than"},
+		{"off", nil, "", "verification is off"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := NewFetcherBackend(nil, nil, "", tt.h)
+			got, err := b.SumDB(context.Background(), "db.test", "supported")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || string(got) != tt.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestRunReportsGraphFailures checks that go.mod files the resolution could
+// not read are failures of the run, once per module version, and that the
+// rest is prewarmed.
+func TestRunReportsGraphFailures(t *testing.T) {
+	e := newPWEnv(t)
+	needs := e.goSumNeeds(t, allButOldB)
+	opts := e.options(e.fetcherBackend())
+	opts.GraphFailures = []modgraph.Failure{
+		{Path: "example.com/a", Version: "v1.0.0", Err: errors.New("parsing go.mod:\n\tmodule declares its path as: x")},
+		{Path: "example.com/gone", Version: "v1.0.0", Err: errors.New("go.mod of example.com/gone@v1.0.0: 404")},
+	}
+	rep, err := Run(context.Background(), needs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Modules != 6 || rep.Failed != 2 || rep.Added != 4 || len(rep.Failures) != 2 {
+		t.Fatalf("report: %+v", rep)
+	}
+	if f := rep.Failures[0]; f.Module != "example.com/a" || !strings.Contains(f.Error, "go.mod unreadable") || !strings.Contains(f.Error, "module declares its path as: x") {
+		t.Errorf("failure %+v", f)
+	}
+	if f := rep.Failures[1]; f.Module != "example.com/gone" || !strings.Contains(f.Error, "404") {
+		t.Errorf("failure %+v", f)
+	}
 }

@@ -1,4 +1,11 @@
-package proxy
+// Package prewarm fills a module store ahead of a build: given the needs
+// that modgraph computed, it makes every .info, .mod and .zip present
+// through a Backend (the proxy's fetch, verify and store pipeline in this
+// process, or a running modproxy over HTTP), checks each artifact against
+// the go.sum hashes carried by its need, and stores the checksum-database
+// records and tiles that the go command asks for when it verifies them
+// offline.
+package prewarm
 
 import (
 	"context"
@@ -15,10 +22,10 @@ import (
 	"github.com/modproxy/modproxy/modgraph"
 )
 
-// PrewarmOptions configure Prewarm.
-type PrewarmOptions struct {
+// Options configure Run.
+type Options struct {
 	// Backend runs the fetch–verify–store pipeline (required).
-	Backend PrewarmBackend
+	Backend Backend
 	// Jobs bounds the module versions processed in parallel (default 16).
 	Jobs int
 	// SumDB names the checksum database whose records, with the tiles that
@@ -34,44 +41,52 @@ type PrewarmOptions struct {
 	Exempt func(path string) bool
 	// Progress, when set, is called after each artifact and each module
 	// version, never concurrently, with the progress so far.
-	Progress func(PrewarmProgress)
-	// Start is when the run began, for PrewarmReport.Seconds (default: when
-	// Prewarm is called). A caller that resolved the needs first can count
+	Progress func(Progress)
+	// GraphFailures are the go.mod files that the resolution could not
+	// read (modgraph.Plan.Failures): each is listed among the report's
+	// failures, once per module version, as the rest is prewarmed.
+	GraphFailures []modgraph.Failure
+	// Start is when the run began, for Report.Seconds (default: when
+	// Run is called). A caller that resolved the needs first can count
 	// that time in.
 	Start time.Time
 }
 
-// PrewarmProgress is how far a Prewarm run is.
-type PrewarmProgress struct {
+// Progress is how far a run is.
+type Progress struct {
 	Modules int   // module versions to prewarm
 	Done    int   // module versions finished, successfully or not
 	Bytes   int64 // content bytes received, or found stored, so far
 }
 
-// PrewarmFailure is a module version that could not be prewarmed.
-type PrewarmFailure struct {
+// Failure is a module version that could not be prewarmed.
+type Failure struct {
 	Module  string `json:"module"`
 	Version string `json:"version"`
 	Error   string `json:"error"` // on one line
 }
 
-// PrewarmReport is the outcome of a Prewarm run.
-type PrewarmReport struct {
-	Modules int     `json:"modules"`
-	Fetched int     `json:"fetched"`        // module versions with at least one artifact fetched
-	Cached  int     `json:"already_cached"` // module versions entirely stored already
-	Failed  int     `json:"failed"`
-	Bytes   int64   `json:"bytes"` // content bytes fetched or found stored
-	Seconds float64 `json:"seconds"`
-	SumDB   string  `json:"sumdb,omitempty"` // PrewarmOptions.SumDB
-	Records int     `json:"sumdb_records"`   // checksum-database records verified and stored
+// Report is the outcome of a run.
+type Report struct {
+	Modules int `json:"modules"`
+	Added   int `json:"added"`          // module versions with at least one artifact added to the store
+	Stored  int `json:"already_stored"` // module versions entirely stored already
+	Failed  int `json:"failed"`
+	// FilesAdded and FilesStored count the .info, .mod and .zip files
+	// added, and found already stored, over all module versions.
+	FilesAdded  int     `json:"files_added"`
+	FilesStored int     `json:"files_already_stored"`
+	Bytes       int64   `json:"bytes"` // content bytes fetched or found stored
+	Seconds     float64 `json:"seconds"`
+	SumDB       string  `json:"sumdb,omitempty"` // Options.SumDB
+	Records     int     `json:"sumdb_records"`   // checksum-database records verified and stored
 	// Failures are sorted by module path and version. A failure of the
 	// final consistency check of the checksum-database trees is listed as
 	// module "(checksum database <name>)" with no version.
-	Failures []PrewarmFailure `json:"failures"`
+	Failures []Failure `json:"failures"`
 }
 
-// Prewarm makes every artifact of needs present in the backend's store:
+// Run makes every artifact of needs present in the backend's store:
 // .info and .mod, and .zip where Need.Zip is set. Artifacts already stored
 // are not fetched again. Each .mod and .zip is checked on arrival against
 // the go.sum hashes in its Need, and, unless exempt, against the record of
@@ -79,11 +94,11 @@ type PrewarmReport struct {
 // version that fails is listed in the report's Failures with the reason;
 // the others are unaffected.
 //
-// Prewarm returns the report also when ctx is cancelled, with an error
+// Run returns the report also when ctx is cancelled, with an error
 // wrapping the cause: the versions not reached are listed as failed, and
 // what was stored is whole (the store publishes each artifact atomically).
 // Other errors (invalid options) come with a nil report.
-func Prewarm(ctx context.Context, needs []modgraph.Need, opts PrewarmOptions) (*PrewarmReport, error) {
+func Run(ctx context.Context, needs []modgraph.Need, opts Options) (*Report, error) {
 	if opts.Backend == nil {
 		return nil, errors.New("prewarm: no backend")
 	}
@@ -93,7 +108,7 @@ func Prewarm(ctx context.Context, needs []modgraph.Need, opts PrewarmOptions) (*
 	if opts.Start.IsZero() {
 		opts.Start = time.Now()
 	}
-	p := &prewarmer{opts: opts, prog: PrewarmProgress{Modules: len(needs)}}
+	p := &prewarmer{opts: opts, prog: Progress{Modules: len(needs)}}
 	if opts.SumDB != "" {
 		m, err := bundle.NewMirror(func(rel string) ([]byte, error) { return opts.Backend.SumDB(ctx, opts.SumDB, rel) }, opts.SumDBKey)
 		if err != nil {
@@ -103,24 +118,42 @@ func Prewarm(ctx context.Context, needs []modgraph.Need, opts PrewarmOptions) (*
 	}
 
 	results := p.run(ctx, needs)
-	rep := &PrewarmReport{Modules: len(needs), SumDB: opts.SumDB, Failures: []PrewarmFailure{}}
+	rep := &Report{Modules: len(needs), SumDB: opts.SumDB, Failures: []Failure{}}
 	if p.mirror != nil && ctx.Err() == nil {
 		if err := p.mirror.Finish(); err != nil {
-			rep.Failures = append(rep.Failures, PrewarmFailure{Module: "(checksum database " + opts.SumDB + ")", Error: oneLineErr(err)})
+			rep.Failures = append(rep.Failures, Failure{Module: "(checksum database " + opts.SumDB + ")", Error: oneLineErr(err)})
 		}
 	}
+	graphFailed := map[string]bool{}
+	for _, f := range opts.GraphFailures {
+		graphFailed[f.Path+"@"+f.Version] = true
+		rep.Failures = append(rep.Failures, Failure{Module: f.Path, Version: f.Version, Error: "go.mod unreadable, so the modules only it requires are missing: " + oneLineErr(f.Err)})
+	}
+	inNeeds := map[string]bool{}
 	for _, r := range results {
+		k := r.need.Path + "@" + r.need.Version
+		inNeeds[k] = true
 		switch {
+		case graphFailed[k]:
+			// Reported once, with its graph failure, whether or not its
+			// files could be fetched.
 		case r.err != nil:
-			rep.Failures = append(rep.Failures, PrewarmFailure{Module: r.need.Path, Version: r.need.Version, Error: oneLineErr(r.err)})
-		case r.fetched:
-			rep.Fetched++
+			rep.Failures = append(rep.Failures, Failure{Module: r.need.Path, Version: r.need.Version, Error: oneLineErr(r.err)})
+		case r.added > 0:
+			rep.Added++
 		default:
-			rep.Cached++
+			rep.Stored++
 		}
+		rep.FilesAdded += r.added
+		rep.FilesStored += r.stored
 		rep.Bytes += r.bytes
 		if r.record {
 			rep.Records++
+		}
+	}
+	for k := range graphFailed {
+		if !inNeeds[k] {
+			rep.Modules++
 		}
 	}
 	slices.SortFunc(rep.Failures, cmpFailure)
@@ -132,8 +165,18 @@ func Prewarm(ctx context.Context, needs []modgraph.Need, opts PrewarmOptions) (*
 	return rep, nil
 }
 
+// Kinds lists the files that need n calls for: .info and .mod, and .zip
+// when its zip is needed. The .info of a module whose go.mod only is needed
+// costs one small request and lets 'go list -m' of it work offline.
+func Kinds(n modgraph.Need) []cache.Kind {
+	if n.Zip {
+		return []cache.Kind{cache.KindInfo, cache.KindMod, cache.KindZip}
+	}
+	return []cache.Kind{cache.KindInfo, cache.KindMod}
+}
+
 // cmpFailure orders failures by module path, then version.
-func cmpFailure(a, b PrewarmFailure) int {
+func cmpFailure(a, b Failure) int {
 	if c := strings.Compare(a.Module, b.Module); c != 0 {
 		return c
 	}
@@ -144,20 +187,20 @@ var oneLineErr = oneline.Of
 
 // prewarmer runs the per-module work on a pool of workers.
 type prewarmer struct {
-	opts   PrewarmOptions
+	opts   Options
 	mirror *bundle.Mirror // nil when checksum verification is off
 
 	mu   sync.Mutex // serializes opts.Progress calls
-	prog PrewarmProgress
+	prog Progress
 }
 
 // needResult is the outcome for one module version.
 type needResult struct {
-	need    modgraph.Need
-	fetched bool // at least one artifact was not stored before
-	bytes   int64
-	record  bool // its checksum-database record was verified and stored
-	err     error
+	need          modgraph.Need
+	added, stored int // artifacts added to the store, and found stored
+	bytes         int64
+	record        bool // its checksum-database record was verified and stored
+	err           error
 }
 
 // progress adds to the progress counts and reports them.
@@ -206,10 +249,7 @@ func (p *prewarmer) run(ctx context.Context, needs []modgraph.Need) []needResult
 // hashes in n, and verifies and stores its checksum-database record.
 func (p *prewarmer) one(ctx context.Context, n modgraph.Need) needResult {
 	res := needResult{need: n}
-	kinds := []cache.Kind{cache.KindInfo, cache.KindMod}
-	if n.Zip {
-		kinds = append(kinds, cache.KindZip)
-	}
+	kinds := Kinds(n)
 	checkDB := p.mirror != nil && (p.opts.Exempt == nil || !p.opts.Exempt(n.Path))
 	hashes := map[cache.Kind]string{}
 	for _, kind := range kinds {
@@ -221,7 +261,11 @@ func (p *prewarmer) one(ctx context.Context, n modgraph.Need) needResult {
 		}
 		res.bytes += a.Size
 		p.progress(0, a.Size)
-		res.fetched = res.fetched || !a.Cached
+		if a.Cached {
+			res.stored++
+		} else {
+			res.added++
+		}
 		hashes[kind] = a.Hash
 	}
 	if want := n.ModHash; want != "" && hashes[cache.KindMod] != want {

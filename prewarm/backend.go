@@ -1,12 +1,12 @@
-package proxy
+package prewarm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 
 	"golang.org/x/mod/module"
@@ -14,90 +14,94 @@ import (
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/modgraph"
+	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
-// PrewarmArtifact is one artifact that a PrewarmBackend made present in its
+// Artifact is one artifact that a Backend made present in its
 // store.
-type PrewarmArtifact struct {
+type Artifact struct {
 	Size   int64
 	Hash   string // "h1:" hash of a .mod, or of a .zip when asked for; "" otherwise
 	Cached bool   // it was stored before
 }
 
-// PrewarmBackend is where Prewarm runs the fetch–verify–store pipeline: in
+// Backend is where Run runs the fetch–verify–store pipeline: in
 // this process over a Fetcher (NewFetcherBackend), or in a running modproxy
 // through its HTTP API (NewHTTPBackend). It is also a modgraph.Source, so
 // that the needs can be resolved through the same pipeline.
-type PrewarmBackend interface {
+type Backend interface {
 	modgraph.Source
 	// Fetch makes artifact k present in the backend's store. For a .mod it
 	// returns the file's "h1:" hash; for a .zip when needHash is set.
-	Fetch(ctx context.Context, k cache.Key, needHash bool) (PrewarmArtifact, error)
+	Fetch(ctx context.Context, k cache.Key, needHash bool) (Artifact, error)
 	// SumDB reads file rel ("supported", "lookup/…", "tile/…") of the
 	// /sumdb/<name>/ endpoint of checksum database name, which stores what
 	// it serves.
 	SumDB(ctx context.Context, name, rel string) ([]byte, error)
 }
 
-// fetcherBackend drives a Fetcher in this process: the same pipeline as the
-// Server's.
+// fetcherBackend drives a proxy.Fetcher in this process: the same pipeline
+// as the server's.
 type fetcherBackend struct {
-	f     *Fetcher
-	sumdb http.Handler // nil when checksum verification is off
+	f        *proxy.Fetcher
+	store    *cache.Store
+	spoolDir string
+	sumdb    http.Handler // nil when checksum verification is off
 }
 
-// NewFetcherBackend returns a PrewarmBackend that fetches, verifies and
-// stores through f, spooling zips it must hash in f's SpoolDir. sumdb
-// serves the checksum database's /sumdb/<name>/ endpoints over f's store
+// NewFetcherBackend returns a Backend that fetches, verifies and stores
+// through f into store (f's store), spooling zips it must hash in spoolDir
+// ("": the system temporary directory). sumdb serves the checksum
+// database's /sumdb/<name>/ endpoints over the store
 // (sumdb.Verifier.Handler); nil when checksum verification is off.
-func NewFetcherBackend(f *Fetcher, sumdb http.Handler) PrewarmBackend {
-	return &fetcherBackend{f: f, sumdb: sumdb}
+func NewFetcherBackend(f *proxy.Fetcher, store *cache.Store, spoolDir string, sumdb http.Handler) Backend {
+	return &fetcherBackend{f: f, store: store, spoolDir: spoolDir, sumdb: sumdb}
 }
 
-func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (PrewarmArtifact, error) {
-	store := b.f.store
+func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (Artifact, error) {
+	store := b.store
 	if m, err := store.Stat(k); err == nil {
-		res := PrewarmArtifact{Size: m.Size, Hash: m.Hash, Cached: true}
+		res := Artifact{Size: m.Size, Hash: m.Hash, Cached: true}
 		if res.Hash == "" && (k.Kind == cache.KindMod || k.Kind == cache.KindZip && needHash) {
 			if res.Hash, err = b.storedHash(k); err != nil {
-				return PrewarmArtifact{}, err
+				return Artifact{}, err
 			}
 		}
 		return res, nil
 	} else if !errors.Is(err, cache.ErrNotFound) {
-		return PrewarmArtifact{}, fmt.Errorf("stat %s: %w", k, err)
+		return Artifact{}, fmt.Errorf("stat %s: %w", k, err)
 	}
-	req := Request{Module: k.Path, Version: k.Version, Kind: Kind(k.Kind)}
+	req := proxy.Request{Module: k.Path, Version: k.Version, Kind: proxy.Kind(k.Kind)}
 	var m cache.Meta
 	switch k.Kind {
 	case cache.KindZip:
 		// Without streaming, Zip returns only once the zip is stored.
 		z, err := b.f.Zip(ctx, req, false)
 		if err != nil {
-			return PrewarmArtifact{}, err
+			return Artifact{}, err
 		}
 		m = z.Reader.Meta()
 		z.Close()
 	default:
 		a, err := b.f.Small(ctx, req)
 		if err != nil {
-			return PrewarmArtifact{}, err
+			return Artifact{}, err
 		}
 		m = a.Meta
 		if k.Kind == cache.KindMod && m.Hash == "" {
 			h, err := sumdb.HashMod(a.Data)
 			if err != nil {
-				return PrewarmArtifact{}, fmt.Errorf("hash %s: %w", k, err)
+				return Artifact{}, fmt.Errorf("hash %s: %w", k, err)
 			}
 			m.Hash = h
 		}
 	}
-	res := PrewarmArtifact{Size: m.Size, Hash: m.Hash}
+	res := Artifact{Size: m.Size, Hash: m.Hash}
 	if res.Hash == "" && k.Kind == cache.KindZip && needHash {
 		var err error
 		if res.Hash, err = b.storedHash(k); err != nil {
-			return PrewarmArtifact{}, err
+			return Artifact{}, err
 		}
 	}
 	return res, nil
@@ -106,7 +110,7 @@ func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) 
 // storedHash computes the "h1:" hash of a stored .mod or .zip that was
 // stored without one (exempt from the checksum database, or sumdb off).
 func (b *fetcherBackend) storedHash(k cache.Key) (string, error) {
-	r, err := b.f.store.Open(k)
+	r, err := b.store.Open(k)
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", k, err)
 	}
@@ -118,11 +122,11 @@ func (b *fetcherBackend) storedHash(k cache.Key) (string, error) {
 		}
 		return sumdb.HashMod(data)
 	}
-	return gate.HashZip(k, func() (io.ReadCloser, error) { return io.NopCloser(r), nil }, b.f.cfg.SpoolDir)
+	return gate.HashZip(k, func() (io.ReadCloser, error) { return io.NopCloser(r), nil }, b.spoolDir)
 }
 
 func (b *fetcherBackend) GoMod(ctx context.Context, path, version string) ([]byte, error) {
-	a, err := b.f.Small(ctx, Request{Module: path, Version: version, Kind: KindMod})
+	a, err := b.f.Small(ctx, proxy.Request{Module: path, Version: version, Kind: proxy.KindMod})
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +134,7 @@ func (b *fetcherBackend) GoMod(ctx context.Context, path, version string) ([]byt
 }
 
 func (b *fetcherBackend) Latest(ctx context.Context, path string) (string, error) {
-	a, err := b.f.Mutable(ctx, Request{Module: path, Kind: KindLatest})
+	a, err := b.f.Mutable(ctx, proxy.Request{Module: path, Kind: proxy.KindLatest})
 	if err != nil {
 		return "", err
 	}
@@ -142,14 +146,49 @@ func (b *fetcherBackend) SumDB(ctx context.Context, name, rel string) ([]byte, e
 		return nil, errors.New("checksum database verification is off")
 	}
 	p := "/sumdb/" + name + "/" + rel
-	req := httptest.NewRequestWithContext(ctx, http.MethodGet, p, nil)
-	rec := httptest.NewRecorder()
-	b.sumdb.ServeHTTP(rec, req)
-	if rec.Code != http.StatusOK {
-		line, _, _ := strings.Cut(strings.TrimSpace(rec.Body.String()), "\n")
-		return nil, fmt.Errorf("%s: %d %s", p, rec.Code, line)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p, nil)
+	if err != nil {
+		return nil, err
 	}
-	return rec.Body.Bytes(), nil
+	w := &memResponse{header: http.Header{}}
+	b.sumdb.ServeHTTP(w, req)
+	if w.overflow {
+		return nil, fmt.Errorf("%s: answer larger than %d bytes", p, maxSmall)
+	}
+	if w.code != http.StatusOK {
+		line, _, _ := strings.Cut(strings.TrimSpace(w.body.String()), "\n")
+		return nil, fmt.Errorf("%s: %d %s", p, w.code, line)
+	}
+	return w.body.Bytes(), nil
+}
+
+// maxSmall bounds the size of a go.mod, .info or checksum-database answer.
+const maxSmall = 64 << 20
+
+// memResponse collects the answer of an in-process handler: the
+// checksum-database endpoints answer small files in one piece.
+type memResponse struct {
+	header   http.Header
+	code     int
+	body     bytes.Buffer
+	overflow bool
+}
+
+func (w *memResponse) Header() http.Header { return w.header }
+
+func (w *memResponse) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *memResponse) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	if w.body.Len()+len(p) > maxSmall {
+		w.overflow = true
+		return 0, errors.New("answer too large")
+	}
+	return w.body.Write(p)
 }
 
 // httpBackend drives a running modproxy through its HTTP API, so that the
@@ -160,13 +199,13 @@ type httpBackend struct {
 	spoolDir string
 }
 
-// NewHTTPBackend returns a PrewarmBackend that fills the store of the
+// NewHTTPBackend returns a Backend that fills the store of the
 // modproxy serving serverURL by requesting every artifact from it with
 // client (share one client across the run so that connections are reused;
 // its transport should allow a long wait for response headers, since the
 // server may be fetching a large zip). Zips whose hash is needed are spooled
 // in spoolDir ("": the system temporary directory).
-func NewHTTPBackend(client *http.Client, serverURL, spoolDir string) PrewarmBackend {
+func NewHTTPBackend(client *http.Client, serverURL, spoolDir string) Backend {
 	return &httpBackend{base: strings.TrimRight(serverURL, "/"), client: client, spoolDir: spoolDir}
 }
 
@@ -197,9 +236,12 @@ func (b *httpBackend) getSmall(ctx context.Context, p string) ([]byte, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxSmall+1))
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", p, err)
+	}
+	if len(data) > maxSmall {
+		return nil, fmt.Errorf("GET %s: answer larger than %d bytes", p, maxSmall)
 	}
 	return data, nil
 }
@@ -207,7 +249,7 @@ func (b *httpBackend) getSmall(ctx context.Context, p string) ([]byte, error) {
 // checkedURLPath returns req's protocol path with a leading slash. Unlike
 // ParsePath's requests, prewarm's come from go.mod and go.sum files, so
 // their path and version are checked here.
-func checkedURLPath(req Request) (string, error) {
+func checkedURLPath(req proxy.Request) (string, error) {
 	if _, err := module.EscapePath(req.Module); err != nil {
 		return "", err
 	}
@@ -219,37 +261,37 @@ func checkedURLPath(req Request) (string, error) {
 	return "/" + req.URLPath(), nil
 }
 
-func (b *httpBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (PrewarmArtifact, error) {
-	p, err := checkedURLPath(Request{Module: k.Path, Version: k.Version, Kind: Kind(k.Kind)})
+func (b *httpBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (Artifact, error) {
+	p, err := checkedURLPath(proxy.Request{Module: k.Path, Version: k.Version, Kind: proxy.Kind(k.Kind)})
 	if err != nil {
-		return PrewarmArtifact{}, err
+		return Artifact{}, err
 	}
 	resp, err := b.get(ctx, p)
 	if err != nil {
-		return PrewarmArtifact{}, err
+		return Artifact{}, err
 	}
 	defer resp.Body.Close()
-	res := PrewarmArtifact{Cached: resp.Header.Get("X-Modproxy-Cache") == "hit"}
+	res := Artifact{Cached: resp.Header.Get("X-Modproxy-Cache") == "hit"}
 	switch {
 	case k.Kind == cache.KindMod:
 		data, err := io.ReadAll(resp.Body)
 		if err != nil {
-			return PrewarmArtifact{}, fmt.Errorf("GET %s: %w", p, err)
+			return Artifact{}, fmt.Errorf("GET %s: %w", p, err)
 		}
 		res.Size = int64(len(data))
 		if res.Hash, err = sumdb.HashMod(data); err != nil {
-			return PrewarmArtifact{}, fmt.Errorf("hash %s: %w", k, err)
+			return Artifact{}, fmt.Errorf("hash %s: %w", k, err)
 		}
 	case k.Kind == cache.KindZip && needHash:
 		cr := &countingReader{r: resp.Body}
 		if res.Hash, err = gate.HashZip(k, func() (io.ReadCloser, error) { return io.NopCloser(cr), nil }, b.spoolDir); err != nil {
-			return PrewarmArtifact{}, fmt.Errorf("GET %s: %w", p, err)
+			return Artifact{}, fmt.Errorf("GET %s: %w", p, err)
 		}
 		res.Size = cr.n
 	default:
 		n, err := io.Copy(io.Discard, resp.Body)
 		if err != nil {
-			return PrewarmArtifact{}, fmt.Errorf("GET %s: %w", p, err)
+			return Artifact{}, fmt.Errorf("GET %s: %w", p, err)
 		}
 		res.Size = n
 	}
@@ -257,7 +299,7 @@ func (b *httpBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) (Pr
 }
 
 func (b *httpBackend) GoMod(ctx context.Context, path, version string) ([]byte, error) {
-	p, err := checkedURLPath(Request{Module: path, Version: version, Kind: KindMod})
+	p, err := checkedURLPath(proxy.Request{Module: path, Version: version, Kind: proxy.KindMod})
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +307,7 @@ func (b *httpBackend) GoMod(ctx context.Context, path, version string) ([]byte, 
 }
 
 func (b *httpBackend) Latest(ctx context.Context, path string) (string, error) {
-	p, err := checkedURLPath(Request{Module: path, Kind: KindLatest})
+	p, err := checkedURLPath(proxy.Request{Module: path, Kind: proxy.KindLatest})
 	if err != nil {
 		return "", err
 	}
