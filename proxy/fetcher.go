@@ -83,8 +83,26 @@ type Config struct {
 	// upstream's; past it, a bad copy aborts the clients' connections.
 	HoldBackBytes int64
 	HoldBackTime  time.Duration
-	Logger        *slog.Logger
-	Metrics       *Metrics
+	// NoPrefetch turns off the prefetch of .mod files the go command is
+	// about to ask for (see ClientSmall).
+	NoPrefetch bool
+	// PrefetchConcurrency bounds prefetches in flight across the Fetcher
+	// (default 8); PrefetchPerRequest the .mod files one served go.mod may
+	// prefetch (default 32); PrefetchBytes the bytes those may total
+	// (default 1 MiB). PrefetchWindow is how long a prefetch may wait to
+	// start, and how long a prefetched file waits for a client before it
+	// counts as wasted (default 30s).
+	PrefetchConcurrency int
+	PrefetchPerRequest  int
+	PrefetchBytes       int64
+	PrefetchWindow      time.Duration
+	// PrefetchInfo also prefetches the .info of a version whose .mod is
+	// served for the first time: go mod download and go list -m ask for
+	// every module's .info, one at a time, after the .mod files; builds
+	// and go mod tidy do not.
+	PrefetchInfo bool
+	Logger       *slog.Logger
+	Metrics      *Metrics
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -123,6 +141,18 @@ func (c *Config) setDefaults() {
 	if c.ReverifyRetry <= 0 {
 		c.ReverifyRetry = 30 * time.Second
 	}
+	if c.PrefetchConcurrency <= 0 {
+		c.PrefetchConcurrency = defaultPrefetchConcurrency
+	}
+	if c.PrefetchPerRequest <= 0 {
+		c.PrefetchPerRequest = defaultPrefetchPerRequest
+	}
+	if c.PrefetchBytes <= 0 {
+		c.PrefetchBytes = defaultPrefetchBytes
+	}
+	if c.PrefetchWindow <= 0 {
+		c.PrefetchWindow = defaultPrefetchWindow
+	}
 }
 
 // Fetcher gets artifacts from the store or, on a miss, from the upstreams,
@@ -140,6 +170,11 @@ type Fetcher struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// workMu orders the start of background work (startWork) before
+	// Close's wait: a WaitGroup must not be added to while it is waited
+	// on at zero.
+	workMu sync.Mutex
+	closed bool
 
 	meta      singleflight.Group
 	neg       *negativeCache
@@ -149,6 +184,7 @@ type Fetcher struct {
 	zipFlights map[cache.Key]*zipFlight
 
 	reverify *reverifier // nil without a Verifier
+	pf       *prefetcher // nil with NoPrefetch or Offline
 }
 
 // NewFetcher returns a Fetcher; Close stops its background fetches.
@@ -178,6 +214,9 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		condemned:  condemnedCopies{now: cfg.Now},
 		zipFlights: make(map[cache.Key]*zipFlight),
 	}
+	if !cfg.NoPrefetch && !cfg.Offline {
+		f.pf = newPrefetcher(f)
+	}
 	if cfg.Verifier != nil {
 		f.reverify = newReverifier(f, cfg.ReverifyRetry)
 		f.wg.Add(1)
@@ -189,10 +228,32 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 	return f, nil
 }
 
-// Close cancels in-flight fetches and waits for them to stop.
+// Close cancels in-flight fetches and prefetches and waits for them to
+// stop.
 func (f *Fetcher) Close() {
+	f.workMu.Lock()
+	f.closed = true
+	f.workMu.Unlock()
 	f.cancel()
 	f.wg.Wait()
+	if f.pf != nil {
+		f.pf.sweep(true)
+	}
+}
+
+// errFetcherClosed is the error of work asked of a closed Fetcher.
+var errFetcherClosed = errors.New("fetcher is shutting down")
+
+// startWork counts one piece of background work into f.wg, unless the
+// Fetcher is closing; the caller calls f.wg.Done when it ends.
+func (f *Fetcher) startWork() bool {
+	f.workMu.Lock()
+	defer f.workMu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.wg.Add(1)
+	return true
 }
 
 // trialTimeout bounds a background half-open trial (the transport's
@@ -209,7 +270,9 @@ func (f *Fetcher) trial(u Upstream, mod string) {
 	if u.Off || (u.Direct && f.cfg.Direct == nil) {
 		return // nothing to ask
 	}
-	f.wg.Add(1)
+	if !f.startWork() {
+		return // closing
+	}
 	go func() {
 		defer f.wg.Done()
 		ctx, cancel := context.WithTimeout(netprobe.BackgroundTrial(f.ctx), trialTimeout)
@@ -310,7 +373,9 @@ type metaResult struct {
 // on the Fetcher's context, and returns when it is done or ctx is.
 func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch func(context.Context) (metaResult, error)) (metaResult, bool, error) {
 	ch := f.meta.DoChan(key, func() (any, error) {
-		f.wg.Add(1)
+		if !f.startWork() {
+			return metaResult{}, fmt.Errorf("fetch %s: %w", key, errFetcherClosed)
+		}
 		defer f.wg.Done()
 		fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
 		defer cancel()
@@ -332,6 +397,31 @@ func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch 
 
 // Small returns the .info or .mod file named by req (canonical version).
 func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
+	a, _, err := f.smallClaim(ctx, req)
+	return a, err
+}
+
+// smallClaim is Small that also reports whether the artifact had been
+// prefetched and this is the first request for it.
+func (f *Fetcher) smallClaim(ctx context.Context, req Request) (*Artifact, bool, error) {
+	claimed := false
+	if f.pf != nil && (req.Kind == KindMod || req.Kind == KindInfo && f.cfg.PrefetchInfo) {
+		claimed = f.pf.claim(req.key())
+	}
+	a, err := f.small(ctx, req)
+	return a, claimed, err
+}
+
+// small is Small without the prefetch accounting.
+func (f *Fetcher) small(ctx context.Context, req Request) (*Artifact, error) {
+	return f.fetchSmallShared(ctx, req, false)
+}
+
+// fetchSmallShared is small; prefetch is set for the prefetcher's own
+// fetches, whose failures other than not-found are not remembered in the
+// negative cache: a prefetch during an upstream's blip must not make the
+// go command's own request, moments later, fail from the cache.
+func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bool) (*Artifact, error) {
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
 	data, meta, err := f.store.Get(key)
 	if err == nil {
@@ -348,6 +438,9 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 	}
 	ups, private := f.upstreamsFor(req.Module)
 	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+		if req.Kind == KindMod {
+			f.lookupAhead(ctx, req, private)
+		}
 		got, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) (*gate.Ticket, error) {
 			return f.fetchSmall(ctx, u, req)
 		})
@@ -357,7 +450,9 @@ func (f *Fetcher) Small(ctx context.Context, req Request) (*Artifact, error) {
 			if len(ups) == 0 {
 				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 			}
-			f.neg.put(req.String()+"."+string(req.Kind), herr)
+			if !prefetch || herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+				f.neg.put(req.String()+"."+string(req.Kind), herr)
+			}
 			return metaResult{}, herr
 		}
 		stored, err := f.gate.Commit(got)

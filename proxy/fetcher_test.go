@@ -140,7 +140,9 @@ func (e *env) mustGet(path string, wantStatus int) response {
 
 func TestLazyArtifactsAndHits(t *testing.T) {
 	up := newUpstream(t)
-	e := newEnv(t, up.URL(), nil)
+	// Without prefetch, which fetches the .mod after an .info miss (see
+	// TestPrefetchModAfterInfoMiss); no setting ever fetches a zip unasked.
+	e := newEnv(t, up.URL(), func(c *Config) { c.NoPrefetch = true })
 
 	r := e.mustGet("/example.com/hello/@v/v1.0.0.info", 200)
 	if !strings.Contains(r.body, `"Version":"v1.0.0"`) || r.header.Get("Content-Type") != "application/json" {

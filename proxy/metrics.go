@@ -16,6 +16,8 @@ type Metrics struct {
 	storedUnverified *prometheus.CounterVec
 	// reverified counts background verifications of unverified artifacts.
 	reverified *prometheus.CounterVec
+	// prefetch counts prefetched .mod files by kind and result.
+	prefetch *prometheus.CounterVec
 }
 
 // NewMetrics creates the proxy's collectors and registers them with reg
@@ -50,6 +52,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "modproxy_reverified_total",
 			Help: "Background verifications of artifacts stored unverified (fail-open), by kind and result (ok, mismatch: quarantined, not_found, unavailable: retried later, error).",
 		}, []string{"kind", "result"}),
+		prefetch: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_prefetch_total",
+			Help: "Prefetched files by kind (mod: the .mod after an .info miss; require: .mod files required by a go.mod served; info: the .info after its .mod, with --prefetch-info) and result (used: a client asked for it, wasted: nobody did within the window, error, dropped: over budget).",
+		}, []string{"kind", "result"}),
 		fetchShared: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_fetch_shared_total",
 			Help: "Client requests that joined a fetch already in flight instead of starting one.",
@@ -70,8 +76,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.fetches.WithLabelValues(string(k), r)
 		}
 	}
+	for _, k := range []string{prefetchMod, prefetchRequire, prefetchInfo} {
+		for _, r := range []string{prefetchUsed, prefetchWasted, prefetchError, prefetchDropped} {
+			m.prefetch.WithLabelValues(k, r)
+		}
+	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified, m.reverified)
+		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified, m.reverified, m.prefetch)
 	}
 	return m
 }

@@ -194,7 +194,7 @@ func (s *Server) serveModule(w http.ResponseWriter, r *http.Request) {
 		a, err := s.f.Query(ctx, req)
 		s.serveSmall(w, r, req, a, err)
 	case req.Kind == KindInfo || req.Kind == KindMod:
-		a, err := s.f.Small(ctx, req)
+		a, err := s.f.ClientSmall(ctx, req)
 		s.serveSmall(w, r, req, a, err)
 	default:
 		a, err := s.f.Mutable(ctx, req)

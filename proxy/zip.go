@@ -147,7 +147,12 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 // runZip downloads, checks, verifies and stores one zip, trying upstreams
 // in turn, and publishes the outcome to fl.
 func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
-	ups, _ := f.upstreamsFor(req.Module)
+	ups, private := f.upstreamsFor(req.Module)
+	// The .mod's verification normally stored the record already; only
+	// without it is the lookup worth starting alongside the download.
+	if m, err := f.store.Stat(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod}); err != nil || m.State != cache.StateVerified {
+		f.lookupAhead(f.ctx, req, private)
+	}
 	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, req, func(ctx context.Context, u Upstream) (cache.Meta, error) {
 		return f.downloadZip(ctx, key, req, u, fl)
 	})

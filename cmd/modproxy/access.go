@@ -85,6 +85,8 @@ type accessLayer struct {
 	adminLn net.Listener
 	audit   io.Closer
 	logger  *slog.Logger
+	// policy is the module policy in force (nil without --policy-file).
+	policy *access.PolicyHolder
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -155,6 +157,7 @@ func newAccessLayer(ctx context.Context, c accessConfig, next http.Handler, isPr
 		}
 		cfg.Policy = &access.PolicyHolder{}
 		cfg.Policy.Store(p)
+		a.policy = cfg.Policy
 		rls = append(rls, reloader{"policy", []string{c.policyFile}, func() error {
 			p, err := policy.ReadFile(c.policyFile)
 			if err != nil {

@@ -65,6 +65,8 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		VerifyFailOpen:   c.sumdbFailOpen,
 		Health:           n.Health(),
 		Offline:          c.offline,
+		NoPrefetch:       !c.prefetch,
+		PrefetchInfo:     c.prefetchInfo,
 		ListTTL:          c.listTTL,
 		NegativeTTL:      c.negativeTTL,
 		SpoolDir:         c.spoolDir,

@@ -32,6 +32,8 @@ type serveConfig struct {
 	sumdb           string
 	offline         bool
 	sumdbFailOpen   bool
+	prefetch        bool
+	prefetchInfo    bool
 	listTTL         time.Duration
 	negativeTTL     time.Duration
 	logFormat       string
@@ -72,6 +74,8 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.StringVar(&c.sumdb, "sumdb", "", "checksum database in GOSUMDB syntax: name, name+key, name+key url, or off (default: go env GOSUMDB)")
 	f.BoolVar(&c.offline, "offline", false, "serve only what is stored; never contact an upstream")
 	f.BoolVar(&c.sumdbFailOpen, "sumdb-fail-open", false, "while the checksum database is unreachable, store and serve modules unverified instead of refusing them")
+	f.BoolVar(&c.prefetch, "prefetch", true, "after an .info miss fetch that version's .mod, after a .mod is first served fetch the .mod files it requires (never zips)")
+	f.BoolVar(&c.prefetchInfo, "prefetch-info", false, "also prefetch a version's .info after its .mod is first served (go mod download and go list -m ask for every .info, one at a time)")
 	f.DurationVar(&c.listTTL, "list-ttl", 5*time.Minute, "freshness of list and @latest answers")
 	f.DurationVar(&c.negativeTTL, "negative-ttl", time.Minute, "how long an upstream's not-found answer is remembered")
 	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
@@ -248,6 +252,12 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 		return err
 	}
 	defer acc.Close()
+	if acc.policy != nil {
+		// A version the policy denies is never prefetched either.
+		pl.fetcher.SetPrefetchFilter(func(path, version string) bool {
+			return acc.policy.Load().Check(path, version).Allowed
+		})
+	}
 	srv := &http.Server{
 		Handler:           acc.handler,
 		TLSConfig:         acc.tlsConfig(),

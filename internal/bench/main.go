@@ -33,17 +33,20 @@ import (
 
 // options are the command-line settings shared by every scenario.
 type options struct {
-	duration   time.Duration // measured window of one load step
-	warmup     time.Duration // unmeasured load before the first step
-	jsonOut    string
-	bin        string // prebuilt modproxy; empty builds one
-	only, skip string
-	keep       bool
-	timeout    time.Duration
-	bigZipMB   int
-	e2eMods    int
-	wanLatency time.Duration
-	serverLog  string
+	duration          time.Duration // measured window of one load step
+	warmup            time.Duration // unmeasured load before the first step
+	jsonOut           string
+	bin               string // prebuilt modproxy; empty builds one
+	only, skip        string
+	keep              bool
+	timeout           time.Duration
+	bigZipMB          int
+	e2eMods           int
+	wanLatency        time.Duration
+	sumdbLatencies    string
+	sumdbNoPrefetch   bool
+	sumdbPrefetchInfo bool
+	serverLog         string
 }
 
 func main() {
@@ -55,10 +58,13 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "comma-separated scenario names to run (default: all)")
 	flag.StringVar(&o.skip, "skip", "", "comma-separated scenario names to skip")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (stores, server logs) for inspection")
-	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "hard limit for the whole run")
+	flag.DurationVar(&o.timeout, "timeout", 12*time.Minute, "hard limit for the whole run")
 	flag.IntVar(&o.bigZipMB, "big-zip-mb", 100, "size of the zip in the RSS scenario, MB")
 	flag.IntVar(&o.e2eMods, "e2e-modules", 150, "modules required by the cold end-to-end project")
 	flag.DurationVar(&o.wanLatency, "wan-latency", 30*time.Millisecond, "upstream latency per request in the cold end-to-end scenario")
+	flag.StringVar(&o.sumdbLatencies, "sumdb-latencies", "30ms,100ms", "upstream and checksum-database latencies per request in the cold-sumdb scenario, comma-separated")
+	flag.BoolVar(&o.sumdbNoPrefetch, "sumdb-no-prefetch", false, "cold-sumdb: also run a fresh modproxy with --prefetch=false, to show what prefetch buys")
+	flag.BoolVar(&o.sumdbPrefetchInfo, "sumdb-prefetch-info", false, "cold-sumdb: also run a fresh modproxy with --prefetch-info")
 	flag.StringVar(&o.serverLog, "server-log-level", "info", "modproxy --log-level (info logs every request, as in production)")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	flag.Parse()

@@ -71,22 +71,35 @@ type DB struct {
 // t.Cleanup.
 func New(t testing.TB, name string) *DB {
 	t.Helper()
+	db, err := Start(name)
+	if err != nil {
+		t.Fatalf("testsumdb.New: %v", err)
+	}
+	db.t = t
+	t.Cleanup(db.Close)
+	return db
+}
+
+// Start is New for programs that have no testing.TB (the benchmark): the
+// caller closes the DB. Misuse that New reports with t.Fatalf (Add with
+// conflicting hashes, ForkHistory of an empty log) panics instead; records
+// are best added with SetLookup, whose errors are answers, not panics.
+func Start(name string) (*DB, error) {
 	if name == "" {
 		name = "sum.test"
 	}
 	if err := checkName(name); err != nil {
-		t.Fatalf("testsumdb.New: %v", err)
+		return nil, err
 	}
 	skey, vkey, err := note.GenerateKey(rand.Reader, name)
 	if err != nil {
-		t.Fatalf("testsumdb.New: generating key: %v", err)
+		return nil, fmt.Errorf("generating key: %w", err)
 	}
 	signer, err := note.NewSigner(skey)
 	if err != nil {
-		t.Fatalf("testsumdb.New: %v", err)
+		return nil, err
 	}
 	db := &DB{
-		t:        t,
 		name:     name,
 		signer:   signer,
 		vkey:     vkey,
@@ -106,8 +119,18 @@ func New(t testing.TB, name string) *DB {
 		srv.ServeHTTP(w, r)
 	}))
 	db.srv.Start()
-	t.Cleanup(db.Close)
-	return db
+	return db, nil
+}
+
+// fatalf reports misuse: a test failure under New, a panic under Start.
+func (db *DB) fatalf(format string, args ...any) {
+	if db.t == nil {
+		panic(fmt.Sprintf(format, args...))
+	}
+	if db.t != nil {
+		db.t.Helper()
+	}
+	db.fatalf(format, args...)
 }
 
 // checkName applies the go command's rule for database names: host[/path],
@@ -183,24 +206,35 @@ func (db *DB) SetLookup(f LookupFunc) {
 // with the same hashes does nothing; with different hashes it is a test
 // failure, because records are immutable.
 func (db *DB) Add(path, version, modHash, zipHash string) {
-	db.t.Helper()
-	if _, err := db.add(path, version, modHash, zipHash); err != nil {
-		db.t.Fatalf("testsumdb.Add: %v", err)
+	if db.t != nil {
+		db.t.Helper()
 	}
+	if _, err := db.add(path, version, modHash, zipHash); err != nil {
+		db.fatalf("testsumdb.Add: %v", err)
+	}
+}
+
+// Publish is Add returning its error instead of failing the test, for
+// programs started with Start.
+func (db *DB) Publish(path, version, modHash, zipHash string) error {
+	_, err := db.add(path, version, modHash, zipHash)
+	return err
 }
 
 // AddModule is Add with the hashes computed from the go.mod content and the
 // module zip file content (zipData may be nil to publish only go.mod).
 func (db *DB) AddModule(path, version string, gomod, zipData []byte) {
-	db.t.Helper()
+	if db.t != nil {
+		db.t.Helper()
+	}
 	modHash, err := HashMod(gomod)
 	if err != nil {
-		db.t.Fatalf("testsumdb.AddModule: %v", err)
+		db.fatalf("testsumdb.AddModule: %v", err)
 	}
 	zipHash := ""
 	if zipData != nil {
 		if zipHash, err = HashZip(zipData); err != nil {
-			db.t.Fatalf("testsumdb.AddModule %s@%s: %v", path, version, err)
+			db.fatalf("testsumdb.AddModule %s@%s: %v", path, version, err)
 		}
 	}
 	db.Add(path, version, modHash, zipHash)
@@ -256,11 +290,13 @@ func (db *DB) add(path, version, modHash, zipHash string) (int64, error) {
 // client that saw an earlier head must report a security error on its next
 // contact. The log must not be empty.
 func (db *DB) ForkHistory() {
-	db.t.Helper()
+	if db.t != nil {
+		db.t.Helper()
+	}
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if len(db.records) == 0 {
-		db.t.Fatalf("testsumdb.ForkHistory: the log is empty; add a record first")
+		db.fatalf("testsumdb.ForkHistory: the log is empty; add a record first")
 	}
 	db.forks++
 	records := append([][]byte(nil), db.records...)
@@ -279,7 +315,7 @@ func (db *DB) ForkHistory() {
 	for i, text := range records {
 		h, err := tlog.StoredHashes(int64(i), text, hashReader(hashes))
 		if err != nil {
-			db.t.Fatalf("testsumdb.ForkHistory: %v", err)
+			db.fatalf("testsumdb.ForkHistory: %v", err)
 		}
 		hashes = append(hashes, h...)
 	}
