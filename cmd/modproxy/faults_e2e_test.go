@@ -1,3 +1,5 @@
+//go:build unix
+
 package main
 
 import (
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,10 +126,24 @@ func hangListener(t *testing.T) string {
 	return "http://" + ln.Addr().String()
 }
 
-// refusedURL is an address nobody listens on.
+// refusedURL is an address that refuses connections: a TCP socket bound
+// to a port but never listening, so that no other process can take the
+// port while the test runs (a closed listener's port could be reused).
 func refusedURL(t *testing.T) string {
 	t.Helper()
-	return "http://" + freeAddr(t)
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 func writeFaultProject(t *testing.T) string {
