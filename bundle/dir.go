@@ -231,7 +231,7 @@ func exportSumDB(src *cache.Store, dir string) (int, error) {
 	}
 	names := map[string]bool{}
 	heads := map[string][]byte{}
-	err = src.WalkMeta(sumdbMetaPrefix, func(key string, e cache.Entry) error {
+	err = src.WalkEntries(sumdbMetaPrefix, func(key string, e cache.Entry) error {
 		rest := strings.TrimPrefix(key, sumdbMetaPrefix)
 		for _, suffix := range []string{"/served-latest", "/latest"} {
 			if name, ok := strings.CutSuffix(rest, suffix); ok && len(e.Value) > 0 {

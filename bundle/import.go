@@ -340,7 +340,7 @@ func authenticate(dst *cache.Store, s source, vkey string) (*authenticated, erro
 // head dst trusts for db are one history, from the tiles of whichever of
 // the two is larger.
 func consistentWithStore(dst *cache.Store, db string, nv note.Verifier, m *Mirror, tree tlog.Tree) error {
-	e, err := dst.GetMeta("sumdb/" + db + "/latest")
+	e, err := dst.GetEntry("sumdb/" + db + "/latest")
 	if errors.Is(err, cache.ErrNotFound) || err == nil && len(e.Value) == 0 {
 		return nil
 	}
@@ -396,8 +396,8 @@ func (a *authenticated) store(dst *cache.Store) (int, error) {
 	}
 	if a.head != nil {
 		key := "sumdb/" + a.db + "/served-latest"
-		if _, err := dst.GetMeta(key); errors.Is(err, cache.ErrNotFound) {
-			if err := dst.PutMeta(key, bytes.Clone(a.head)); err != nil {
+		if _, err := dst.GetEntry(key); errors.Is(err, cache.ErrNotFound) {
+			if err := dst.PutEntry(key, bytes.Clone(a.head)); err != nil {
 				return n, err
 			}
 			n++

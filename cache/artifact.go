@@ -124,8 +124,8 @@ func readChunks(tx *bbolt.Tx, rec *record, p []byte, off int64) (int, error) {
 // extra page faults would cost more than they save.
 const dropMappedSize = 32 << 20
 
-// Open returns a Reader for a published artifact of any kind.
-func (s *Store) Open(k Key) (*Reader, error) {
+// Open returns a *Reader for a published artifact of any kind.
+func (s *Store) Open(k Key) (ArtifactReader, error) {
 	rec, err := s.stat(k)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", k, err)

@@ -79,14 +79,14 @@ func (s *Store) CopyMetaTo(dst *Store, keep func(key string) bool, overwrite boo
 	if dst.readOnly {
 		return 0, fmt.Errorf("copy meta to %s: %w", dst.path, errReadOnly)
 	}
-	n, err := copyPairs(s, dst, bucketMeta, nil, overwrite,
+	n, err := copyPairs(s, dst, bucketEntries, nil, overwrite,
 		func(k, v []byte) (bool, error) {
 			if _, err := decodeEntry(v); err != nil {
 				return false, fmt.Errorf("meta %q: %w", k, err)
 			}
 			return keep == nil || keep(string(k)), nil
 		},
-		func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketMeta), nil })
+		func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketEntries), nil })
 	if err != nil {
 		return n, fmt.Errorf("copy meta from %s to %s: %w", s.path, dst.path, err)
 	}

@@ -8,11 +8,11 @@ import (
 func TestCopyMetaAndKV(t *testing.T) {
 	src, dst := openTest(t, Options{}), openTest(t, Options{})
 	for k, v := range map[string]string{"sumdb/a/latest": "new-a", "sumdb/b/latest": "new-b", "list/x": "v1.0.0\n"} {
-		if err := src.PutMeta(k, []byte(v)); err != nil {
+		if err := src.PutEntry(k, []byte(v)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := dst.PutMeta("sumdb/a/latest", []byte("old-a")); err != nil {
+	if err := dst.PutEntry("sumdb/a/latest", []byte("old-a")); err != nil {
 		t.Fatal(err)
 	}
 	for k, v := range map[string]string{"t1": "one", "t2": "two"} {
@@ -40,11 +40,11 @@ func TestCopyMetaAndKV(t *testing.T) {
 		if err != nil || n != tt.written {
 			t.Fatalf("CopyMetaTo(overwrite=%v) = %d, %v; want %d", tt.overwrite, n, err, tt.written)
 		}
-		if e, err := dst.GetMeta("sumdb/a/latest"); err != nil || string(e.Value) != tt.wantA {
+		if e, err := dst.GetEntry("sumdb/a/latest"); err != nil || string(e.Value) != tt.wantA {
 			t.Errorf("overwrite=%v: sumdb/a/latest = %q, %v; want %q", tt.overwrite, e.Value, err, tt.wantA)
 		}
 	}
-	if _, err := dst.GetMeta("list/x"); err == nil {
+	if _, err := dst.GetEntry("list/x"); err == nil {
 		t.Error("CopyMetaTo copied an entry keep refused")
 	}
 

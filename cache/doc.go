@@ -13,7 +13,7 @@
 //	                                               -> quarantine record
 //	chunks      blobID(8) chunkIndex(4)            -> content bytes
 //	pending     blobID(8)                          -> varint unix-nano time
-//	meta        caller's key ("list/<path>", ...)  -> entry record
+//	meta        caller's key ("list/<path>", ...)  -> entry record (mutable entries)
 //	kv          caller's bucket name (nested bucket)
 //	              caller's key                     -> caller's value
 //	sys         "schema"                           -> 0x01

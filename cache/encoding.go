@@ -14,11 +14,11 @@ var (
 	bucketQuarantine = []byte("quarantine")
 	bucketChunks     = []byte("chunks")
 	bucketPending    = []byte("pending")
-	bucketMeta       = []byte("meta")
+	bucketEntries    = []byte("meta") // mutable entries; the on-disk name predates the rename
 	bucketKV         = []byte("kv")
 	bucketSys        = []byte("sys")
 
-	allBuckets = [][]byte{bucketArtifacts, bucketQuarantine, bucketChunks, bucketPending, bucketMeta, bucketKV, bucketSys}
+	allBuckets = [][]byte{bucketArtifacts, bucketQuarantine, bucketChunks, bucketPending, bucketEntries, bucketKV, bucketSys}
 )
 
 // Keys in the sys bucket.

@@ -152,7 +152,7 @@ func TestKilledMidPut(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutMeta("list/example.com/other", []byte("v1.0.0\n")); err != nil {
+	if err := s.PutEntry("list/example.com/other", []byte("v1.0.0\n")); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -217,8 +217,8 @@ func TestKilledMidPut(t *testing.T) {
 			t.Errorf("Get(%s) after crash: %v", k, err)
 		}
 	}
-	if e, err := s.GetMeta("list/example.com/other"); err != nil || string(e.Value) != "v1.0.0\n" {
-		t.Errorf("GetMeta after crash: %q, %v", e.Value, err)
+	if e, err := s.GetEntry("list/example.com/other"); err != nil || string(e.Value) != "v1.0.0\n" {
+		t.Errorf("GetEntry after crash: %q, %v", e.Value, err)
 	}
 	// The key can be stored now (a smaller artifact keeps the test fast).
 	data := content(2*stageBytes+killChunkSize+1, 7)

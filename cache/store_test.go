@@ -353,8 +353,8 @@ func TestNotFound(t *testing.T) {
 	if err := s.Delete(keyZip); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Delete: %v", err)
 	}
-	if _, err := s.GetMeta("list/example.com/m"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("GetMeta: %v", err)
+	if _, err := s.GetEntry("list/example.com/m"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetEntry: %v", err)
 	}
 	if _, err := s.GetKV("tiles", "x"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetKV (no bucket): %v", err)
@@ -636,31 +636,31 @@ func TestMeta(t *testing.T) {
 	opts := testOptions()
 	opts.Now = clock.Now
 	s := openTest(t, opts)
-	if err := s.PutMeta("list/example.com/m", []byte("v1.0.0\n")); err != nil {
+	if err := s.PutEntry("list/example.com/m", []byte("v1.0.0\n")); err != nil {
 		t.Fatal(err)
 	}
 	t0 := clock.Now()
 	clock.Advance(time.Minute)
-	if err := s.PutMeta("latest/example.com/m", []byte(`{"Version":"v1.0.0"}`)); err != nil {
+	if err := s.PutEntry("latest/example.com/m", []byte(`{"Version":"v1.0.0"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutMeta("list/example.com/n", nil); err != nil {
+	if err := s.PutEntry("list/example.com/n", nil); err != nil {
 		t.Fatal(err)
 	}
-	e, err := s.GetMeta("list/example.com/m")
+	e, err := s.GetEntry("list/example.com/m")
 	if err != nil || string(e.Value) != "v1.0.0\n" || !e.Fetched.Equal(t0) {
-		t.Errorf("GetMeta = %q %v, %v", e.Value, e.Fetched, err)
+		t.Errorf("GetEntry = %q %v, %v", e.Value, e.Fetched, err)
 	}
 	clock.Advance(time.Minute)
-	if err := s.PutMeta("list/example.com/m", []byte("v1.0.0\nv1.1.0\n")); err != nil {
+	if err := s.PutEntry("list/example.com/m", []byte("v1.0.0\nv1.1.0\n")); err != nil {
 		t.Fatal(err)
 	}
-	e, err = s.GetMeta("list/example.com/m")
+	e, err = s.GetEntry("list/example.com/m")
 	if err != nil || string(e.Value) != "v1.0.0\nv1.1.0\n" || !e.Fetched.Equal(clock.Now()) {
-		t.Errorf("GetMeta after replace = %q %v, %v", e.Value, e.Fetched, err)
+		t.Errorf("GetEntry after replace = %q %v, %v", e.Value, e.Fetched, err)
 	}
 	var keys []string
-	err = s.WalkMeta("list/", func(k string, e Entry) error {
+	err = s.WalkEntries("list/", func(k string, e Entry) error {
 		keys = append(keys, k)
 		return nil
 	})
@@ -668,7 +668,7 @@ func TestMeta(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := []string{"list/example.com/m", "list/example.com/n"}; !slices.Equal(keys, want) {
-		t.Errorf("WalkMeta(list/) = %q, want %q", keys, want)
+		t.Errorf("WalkEntries(list/) = %q, want %q", keys, want)
 	}
 }
 
@@ -803,8 +803,8 @@ func TestReadOnly(t *testing.T) {
 	if _, err := ro.put(keyZip, strings.NewReader("x"), Meta{}); err == nil {
 		t.Error("Put on a read-only store succeeded")
 	}
-	if err := ro.PutMeta("k", nil); err == nil {
-		t.Error("PutMeta on a read-only store succeeded")
+	if err := ro.PutEntry("k", nil); err == nil {
+		t.Error("PutEntry on a read-only store succeeded")
 	}
 	if err := ro.Ping(); err == nil {
 		t.Error("Ping on a read-only store succeeded")

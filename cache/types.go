@@ -2,6 +2,7 @@ package cache
 
 import (
 	"errors"
+	"io"
 	"time"
 )
 
@@ -70,4 +71,19 @@ type Meta struct {
 type Entry struct {
 	Value   []byte
 	Fetched time.Time
+}
+
+// ArtifactReader reads the content of one stored artifact, whichever
+// backend holds it (*Reader for a bbolt store). ReadAt may be called
+// concurrently; Read, Seek and WriteTo share an offset. A reader never
+// returns another artifact's bytes: if its artifact is deleted while being
+// read, reads fail with an error wrapping ErrNotFound.
+type ArtifactReader interface {
+	io.Reader
+	io.Seeker
+	io.ReaderAt
+	io.WriterTo
+	io.Closer
+	Meta() Meta  // the artifact's Meta
+	Size() int64 // content length
 }

@@ -481,3 +481,142 @@ func TestKubernetesSecureOverlay(t *testing.T) {
 		run(t, kubectl, "kustomize", "k8s-secure")
 	}
 }
+
+// The multi-replica overlay: rolling updates gated by readiness, a
+// disruption budget, the bucket's ConfigMap and Secret reaching the
+// container, and the local tier on a size-limited emptyDir bounded below
+// that limit by --cache-size.
+func TestKubernetesReplicasOverlay(t *testing.T) {
+	kinds := map[string][]map[any]any{}
+	files, _ := filepath.Glob("k8s-replicas/*.yaml")
+	for _, f := range files {
+		for _, d := range docs(t, f) {
+			k, _ := d["kind"].(string)
+			kinds[k] = append(kinds[k], d)
+		}
+	}
+	k := kinds["Kustomization"][0]
+	if fmt.Sprint(get(k, "resources")) != "[../k8s s3.yaml pdb.yaml]" {
+		t.Errorf("overlay resources: %v", get(k, "resources"))
+	}
+	if !strings.Contains(fmt.Sprint(get(k, "patches")), "$patch: delete") {
+		t.Error("the overlay keeps the PersistentVolumeClaim: the local tier is an emptyDir")
+	}
+	dep := kinds["Deployment"][0]
+	if r, _ := get(dep, "spec", "replicas").(int); r < 2 {
+		t.Errorf("replicas %v, want at least 2", get(dep, "spec", "replicas"))
+	}
+	if get(dep, "spec", "strategy", "type") != "RollingUpdate" || get(dep, "spec", "strategy", "rollingUpdate", "maxUnavailable") != 0 {
+		t.Errorf("strategy %v: want RollingUpdate with maxUnavailable 0", get(dep, "spec", "strategy"))
+	}
+	pdb := kinds["PodDisruptionBudget"][0]
+	if get(pdb, "spec", "maxUnavailable") != 1 || get(pdb, "spec", "selector", "matchLabels", "app.kubernetes.io/name") != "modproxy" {
+		t.Errorf("PodDisruptionBudget: %v", get(pdb, "spec"))
+	}
+	var cm, secret map[any]any
+	for _, c := range kinds["ConfigMap"] {
+		if get(c, "metadata", "name") == "modproxy-s3" {
+			cm = c
+		}
+	}
+	for _, s := range kinds["Secret"] {
+		if get(s, "metadata", "name") == "modproxy-s3" {
+			secret = s
+		}
+	}
+	for _, key := range []string{"MODPROXY_S3_BUCKET", "MODPROXY_S3_PREFIX", "MODPROXY_S3_REGION", "MODPROXY_CACHE_SIZE"} {
+		if v, _ := get(cm, "data", key).(string); v == "" {
+			t.Errorf("ConfigMap modproxy-s3 lacks %s", key)
+		}
+	}
+	for _, key := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+		if get(secret, "stringData", key) == nil {
+			t.Errorf("Secret modproxy-s3 lacks %s", key)
+		}
+	}
+	c := get(dep, "spec", "template", "spec", "containers", 0)
+	refs := fmt.Sprint(get(c, "envFrom"))
+	for _, want := range []string{"configMapRef:map[name:modproxy]", "configMapRef:map[name:modproxy-s3]", "secretRef:map[name:modproxy-s3]"} {
+		if !strings.Contains(refs, want) {
+			t.Errorf("envFrom %s lacks %s (a strategic merge replaces the base's list)", refs, want)
+		}
+	}
+	if get(c, "lifecycle", "preStop") == nil {
+		t.Error("no preStop pause: requests would reach a draining pod")
+	}
+	vol := get(dep, "spec", "template", "spec", "volumes", 0)
+	if get(vol, "name") != "store" || get(vol, "emptyDir", "sizeLimit") == nil {
+		t.Fatalf("store volume %v: want an emptyDir with a sizeLimit", vol)
+	}
+	limit := parseQuantity(t, get(vol, "emptyDir", "sizeLimit").(string))
+	cacheSize := parseQuantity(t, strings.TrimSuffix(get(cm, "data", "MODPROXY_CACHE_SIZE").(string), "B"))
+	if cacheSize <= 0 || cacheSize >= limit {
+		t.Errorf("MODPROXY_CACHE_SIZE %d must be below the emptyDir sizeLimit %d (else the kubelet evicts the pod)", cacheSize, limit)
+	}
+	if kubectl, err := exec.LookPath("kubectl"); err == nil {
+		out := run(t, kubectl, "kustomize", "k8s-replicas")
+		if strings.Contains(out, "kind: PersistentVolumeClaim") || strings.Contains(out, "claimName") {
+			t.Errorf("rendered overlay still has the PersistentVolumeClaim:\n%s", out)
+		}
+		for _, want := range []string{"type: RollingUpdate", "kind: PodDisruptionBudget", "sizeLimit: 20Gi", "name: modproxy-s3", "path: /readyz"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("rendered overlay lacks %q", want)
+			}
+		}
+		if strings.Contains(out, "Recreate") {
+			t.Error("rendered overlay keeps the Recreate strategy")
+		}
+	}
+}
+
+// parseQuantity parses the Kubernetes quantities used here (Gi, Mi).
+func parseQuantity(t *testing.T, s string) int64 {
+	t.Helper()
+	for suffix, mult := range map[string]int64{"Gi": 1 << 30, "Mi": 1 << 20} {
+		if n, ok := strings.CutSuffix(s, suffix); ok {
+			var v int64
+			if _, err := fmt.Sscan(n, &v); err != nil {
+				t.Fatalf("quantity %q: %v", s, err)
+			}
+			return v * mult
+		}
+	}
+	t.Fatalf("quantity %q: unknown unit", s)
+	return 0
+}
+
+// The two-replica compose example: both replicas on one bucket of the
+// MinIO it runs, each with its own local tier, behind nginx.
+func TestComposeReplicas(t *testing.T) {
+	d := docs(t, "docker-compose-replicas.yml")[0]
+	var buckets []string
+	vols := map[string]bool{}
+	for _, name := range []string{"modproxy-a", "modproxy-b"} {
+		svc := get(d, "services", name)
+		if svc == nil {
+			t.Fatalf("no service %s", name)
+		}
+		env := get(svc, "environment")
+		buckets = append(buckets, fmt.Sprint(get(env, "MODPROXY_S3_BUCKET")))
+		if get(env, "MODPROXY_S3_ENDPOINT") != "http://minio:9000" || get(env, "MODPROXY_S3_PATH_STYLE") != "true" {
+			t.Errorf("%s: S3 endpoint %v, path style %v", name, get(env, "MODPROXY_S3_ENDPOINT"), get(env, "MODPROXY_S3_PATH_STYLE"))
+		}
+		if !strings.Contains(fmt.Sprint(get(env, "MODPROXY_UPSTREAM")), placeholderUpstream) {
+			t.Errorf("%s: MODPROXY_UPSTREAM = %v", name, get(env, "MODPROXY_UPSTREAM"))
+		}
+		v := fmt.Sprint(get(svc, "volumes", 0))
+		if vols[v] {
+			t.Errorf("%s shares its local tier volume %s with the other replica (bbolt locks its file)", name, v)
+		}
+		vols[v] = true
+	}
+	if buckets[0] != buckets[1] || !strings.Contains(fmt.Sprint(get(d, "services", "bucket", "entrypoint")), "local/"+buckets[0]) {
+		t.Errorf("replicas' buckets %v are not the one the bucket job creates", buckets)
+	}
+	conf := string(readFile(t, "replicas/nginx.conf"))
+	for _, want := range []string{"server modproxy-a:8080", "server modproxy-b:8080", "proxy_buffering off"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("nginx.conf lacks %q", want)
+		}
+	}
+}

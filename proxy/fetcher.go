@@ -31,7 +31,7 @@ const (
 
 // Config configures a Fetcher and the Server built on it.
 type Config struct {
-	Store *cache.Store
+	Store Store
 	// Client sends every upstream request. Its transport should bound
 	// connect, first-byte and idle-body time, not the whole request (large
 	// zips must not time out while still flowing).
@@ -161,7 +161,7 @@ func (c *Config) setDefaults() {
 // that a client going away does not waste a download others wait for.
 type Fetcher struct {
 	cfg    Config
-	store  *cache.Store // artifacts enter only through gate
+	store  Store // artifacts enter only through gate
 	gate   *gate.Gate
 	health Health
 	log    *slog.Logger
@@ -550,7 +550,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 // context, bounded by MetadataTimeout) and the next request sees its result.
 func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 	key := string(req.Kind) + "/" + req.Module
-	entry, err := f.store.GetMeta(key)
+	entry, err := f.store.GetEntry(key)
 	haveStored := err == nil
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return nil, fmt.Errorf("read %s from store: %w", req, err)
@@ -612,7 +612,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 			f.neg.put(key, herr) // errors only for a short backoff
 			return metaResult{}, herr
 		}
-		if err := f.store.PutMeta(key, data); err != nil {
+		if err := f.store.PutEntry(key, data); err != nil {
 			return metaResult{}, fmt.Errorf("store %s: %w", req, err)
 		}
 		return metaResult{data: data, route: rt}, nil

@@ -77,13 +77,13 @@ func TestFailOpenNeverStoresOverPoisonedState(t *testing.T) {
 			db.AddModule(path, version, up.GoMod(path, version), up.Zip(path, version))
 			e := newEnv(t, up.URL(), func(c *Config) {
 				if poisoned {
-					v := newTestVerifier(t, db, c.Store, nil)
+					v := newTestVerifier(t, db, c.Store.(*cache.Store), nil)
 					if _, err := v.VerifyMod(context.Background(), path, version, up.GoMod(path, version)); err != nil {
 						t.Fatal(err)
 					}
-					forgeStoredRecord(t, c.Store, db, path, version)
+					forgeStoredRecord(t, c.Store.(*cache.Store), db, path, version)
 				}
-				c.Verifier = newTestVerifier(t, db, c.Store, nil) // a restarted proxy
+				c.Verifier = newTestVerifier(t, db, c.Store.(*cache.Store), nil) // a restarted proxy
 				c.VerifyFailOpen = true
 			})
 			db.SetDown(true)
@@ -122,7 +122,7 @@ func TestPrivateCaseVariantStaysPrivate(t *testing.T) {
 	e := newEnv(t, public.URL(), func(c *Config) {
 		c.Private = patterns
 		c.PrivateUpstreams, _ = ParseUpstreams(private.URL())
-		v = newTestVerifier(t, db, c.Store, func(sc *sumdb.Config) { sc.Private = patterns })
+		v = newTestVerifier(t, db, c.Store.(*cache.Store), func(sc *sumdb.Config) { sc.Private = patterns })
 		c.Verifier = v
 	})
 	sumSrv := httptest.NewServer(v.Handler())
@@ -184,7 +184,7 @@ func TestFailOpenArtifactsAreVerifiedInTheBackground(t *testing.T) {
 	}
 	logs := &syncLog{}
 	e := newEnv(t, up.URL(), func(c *Config) {
-		c.Verifier = newTestVerifier(t, db, c.Store, nil)
+		c.Verifier = newTestVerifier(t, db, c.Store.(*cache.Store), nil)
 		c.VerifyFailOpen = true
 		c.ReverifyRetry = 20 * time.Millisecond
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/internal/testsumdb"
 	"github.com/modproxy/modproxy/internal/testupstream"
 	"github.com/modproxy/modproxy/sumdb"
@@ -141,7 +142,7 @@ func TestLookupOverlapsArtifactFetch(t *testing.T) {
 				log.waitFor(ctx, "db start /lookup/", 1)
 			})
 			e := newEnv(t, upFront.URL, func(c *Config) {
-				c.Verifier = newTestVerifier(t, db, c.Store, func(sc *sumdb.Config) { sc.URL = dbFront.URL })
+				c.Verifier = newTestVerifier(t, db, c.Store.(*cache.Store), func(sc *sumdb.Config) { sc.URL = dbFront.URL })
 				c.NoPrefetch = true
 			})
 			e.mustGet(artifact, 200)
@@ -171,7 +172,7 @@ func TestConcurrentLookupsShareTiles(t *testing.T) {
 		db.AddModule(m.Path, m.Version, up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version))
 	}
 	e := newEnv(t, up.URL(), func(c *Config) {
-		c.Verifier = newTestVerifier(t, db, c.Store, nil)
+		c.Verifier = newTestVerifier(t, db, c.Store.(*cache.Store), nil)
 		c.NoPrefetch = true
 	})
 	var wg sync.WaitGroup
@@ -219,7 +220,7 @@ func TestPrefetchModAfterInfoMiss(t *testing.T) {
 	up := newUpstream(t)
 	db := testsumdb.New(t, "sum.example.test")
 	db.AddModule(path, version, up.GoMod(path, version), up.Zip(path, version))
-	e, done := prefetchEnv(t, up.URL(), func(c *Config) { c.Verifier = newTestVerifier(t, db, c.Store, nil) })
+	e, done := prefetchEnv(t, up.URL(), func(c *Config) { c.Verifier = newTestVerifier(t, db, c.Store.(*cache.Store), nil) })
 	e.mustGet("/"+path+"/@v/"+version+".info", 200)
 	waitTrigger(t, done)
 	if n := up.Count("/" + path + "/@v/" + version + ".mod"); n != 1 {
@@ -377,7 +378,7 @@ func TestPrefetchRespectsPrivatePaths(t *testing.T) {
 	e, done := prefetchEnv(t, public.URL(), func(c *Config) {
 		c.Private = "corp.example"
 		c.PrivateUpstreams, _ = ParseUpstreams(private.URL())
-		c.Verifier = newTestVerifier(t, db, c.Store, func(sc *sumdb.Config) { sc.Private = "corp.example" })
+		c.Verifier = newTestVerifier(t, db, c.Store.(*cache.Store), func(sc *sumdb.Config) { sc.Private = "corp.example" })
 	})
 	e.mustGet("/example.com/root/@v/v1.0.0.mod", 200)
 	waitTrigger(t, done)

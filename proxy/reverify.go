@@ -31,7 +31,7 @@ import (
 // committed metadata); a mutable entry "reverified/<key>" records the hash
 // it matched, for the SHA-256 of the content it checked.
 type reverifier struct {
-	store    *cache.Store
+	store    Store
 	v        Verifier
 	health   Health
 	log      *slog.Logger
@@ -148,7 +148,7 @@ func checkedKey(k cache.Key) string {
 
 // checked reports whether this content of k was verified here before.
 func (r *reverifier) checked(k cache.Key, m cache.Meta) bool {
-	e, err := r.store.GetMeta(checkedKey(k))
+	e, err := r.store.GetEntry(checkedKey(k))
 	if err != nil {
 		return false
 	}
@@ -166,7 +166,7 @@ func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) b
 	switch {
 	case err == nil:
 		r.m.reverified.WithLabelValues(kind, "ok").Inc()
-		if perr := r.store.PutMeta(checkedKey(k), []byte(hex.EncodeToString(m.SHA256[:])+" "+hash)); perr != nil {
+		if perr := r.store.PutEntry(checkedKey(k), []byte(hex.EncodeToString(m.SHA256[:])+" "+hash)); perr != nil {
 			r.log.Warn("cannot record background verification", "module", k.Path, "version", k.Version, "kind", kind, "err", perr)
 		}
 		r.log.Debug("verified artifact stored unverified", "module", k.Path, "version", k.Version, "kind", kind, "hash", hash)

@@ -59,7 +59,7 @@ func (fl *zipFlight) update(fn func()) {
 // ZipResult is a zip ready to serve: either a reader of the stored zip, or a
 // stream that follows a download in progress.
 type ZipResult struct {
-	Reader *cache.Reader // non-nil when the zip is stored
+	Reader cache.ArtifactReader // non-nil when the zip is stored
 	Cache  string
 	Route  route
 	flight *zipFlight
@@ -147,6 +147,22 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 // runZip downloads, checks, verifies and stores one zip, trying upstreams
 // in turn, and publishes the outcome to fl.
 func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
+	if l, ok := f.store.(FetchLeaser); ok {
+		release, stored, err := l.AcquireFetch(f.ctx, key)
+		if err != nil || stored {
+			// stored: another replica fetched it; waiters read the store.
+			var herr error
+			if err != nil {
+				herr = &HTTPError{Status: http.StatusBadGateway, Err: err, Msg: fmt.Sprintf("%s.zip: cannot coordinate the fetch with the other replicas: %v", req, err)}
+				f.log.Warn("zip fetch lease failed", "module", req.Module, "version", req.Version, "err", err)
+			} else {
+				f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
+			}
+			fl.update(func() { fl.done, fl.err = true, herr })
+			return
+		}
+		defer release()
+	}
 	ups, private := f.upstreamsFor(req.Module)
 	// The .mod's verification normally stored the record already; only
 	// without it is the lookup worth starting alongside the download.

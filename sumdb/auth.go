@@ -47,7 +47,7 @@ func (v *Verifier) openTree(msg []byte) (tlog.Tree, error) {
 func (v *Verifier) storedTrees() []tlog.Tree {
 	var trees []tlog.Tree
 	for _, key := range []string{latestKey(v.name + "/latest"), v.servedLatestKey()} {
-		e, err := v.store.GetMeta(key)
+		e, err := v.store.GetEntry(key)
 		if err != nil || len(e.Value) == 0 {
 			continue
 		}

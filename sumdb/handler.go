@@ -264,7 +264,7 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 			return nil
 		})
 		if err == nil {
-			if err := v.store.PutMeta(v.servedLatestKey(), data); err != nil {
+			if err := v.store.PutEntry(v.servedLatestKey(), data); err != nil {
 				v.log.Warn("cannot store checksum database latest tree head", "err", err)
 			}
 			v.metrics.requests.WithLabelValues(ep, "miss").Inc()
@@ -293,7 +293,7 @@ func (v *Verifier) serveLatest(w http.ResponseWriter) {
 // storedHead returns the tree head stored at key if its signature checks;
 // one that does not is reported and treated as absent, never served.
 func (v *Verifier) storedHead(key string) (cache.Entry, bool) {
-	e, err := v.store.GetMeta(key)
+	e, err := v.store.GetEntry(key)
 	if err != nil {
 		if !errors.Is(err, cache.ErrNotFound) {
 			v.log.Warn("cannot read checksum database tree head from store", "key", key, "err", err)

@@ -1,7 +1,6 @@
 package sumdb
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,9 +19,10 @@ import (
 	"github.com/modproxy/modproxy/fallback"
 )
 
-// configMu serializes the compare-and-swap of WriteConfig. One process owns
-// a store (bbolt locks its file), so a process-wide lock is enough even
-// when several Verifiers share a store.
+// configMu serializes notePartialTile's read-modify-write within a
+// process. Across replicas sharing a store the index is only a hint (a
+// narrower width loses nothing but a cut), unlike the tree head, which
+// WriteConfig swaps atomically in the store.
 var configMu sync.Mutex
 
 // opsMode is how a clientOps reads: the Verifier's long-lived client uses
@@ -69,7 +69,7 @@ func (o *clientOps) ReadConfig(file string) ([]byte, error) {
 	case "key":
 		return []byte(v.cfg.VerifierKey), nil
 	case v.name + "/latest":
-		e, err := v.store.GetMeta(latestKey(file))
+		e, err := v.store.GetEntry(latestKey(file))
 		if errors.Is(err, cache.ErrNotFound) {
 			return []byte{}, nil // start from the empty tree
 		}
@@ -86,17 +86,16 @@ func (o *clientOps) WriteConfig(file string, old, new []byte) error {
 	if file != v.name+"/latest" {
 		return fmt.Errorf("cannot write checksum database config file %q", file)
 	}
-	configMu.Lock()
-	defer configMu.Unlock()
-	cur, err := o.ReadConfig(file)
+	// A compare-and-swap in the store, not a lock here: replicas sharing
+	// one store race for the tree head, and the x/mod client only moves it
+	// forward from what it read (old), so a lost swap is a write conflict
+	// it resolves by reading the newer head and checking consistency.
+	swapped, err := v.store.SwapEntry(latestKey(file), old, new)
 	if err != nil {
-		return err
-	}
-	if !bytes.Equal(cur, old) {
-		return xsumdb.ErrWriteConflict
-	}
-	if err := v.store.PutMeta(latestKey(file), new); err != nil {
 		return fmt.Errorf("writing %s to store: %w", file, err)
+	}
+	if !swapped {
+		return xsumdb.ErrWriteConflict
 	}
 	return nil
 }
@@ -123,12 +122,12 @@ func (v *Verifier) notePartialTile(t tlog.Tile) {
 	configMu.Lock()
 	defer configMu.Unlock()
 	key := v.partialKey(t)
-	if e, err := v.store.GetMeta(key); err == nil {
+	if e, err := v.store.GetEntry(key); err == nil {
 		if w, err := strconv.Atoi(string(e.Value)); err == nil && w >= t.W {
 			return
 		}
 	}
-	if err := v.store.PutMeta(key, []byte(strconv.Itoa(t.W))); err != nil {
+	if err := v.store.PutEntry(key, []byte(strconv.Itoa(t.W))); err != nil {
 		v.log.Warn("cannot store checksum database tile index", "tile", t.Path(), "err", err)
 	}
 }
@@ -136,7 +135,7 @@ func (v *Verifier) notePartialTile(t tlog.Tile) {
 // widestPartialTile returns the width of the widest verified partial tile
 // stored at t's position, or 0.
 func (v *Verifier) widestPartialTile(t tlog.Tile) int {
-	e, err := v.store.GetMeta(v.partialKey(t))
+	e, err := v.store.GetEntry(v.partialKey(t))
 	if err != nil {
 		return 0
 	}

@@ -471,11 +471,11 @@ func TestHandlerPrivateCaseVariant(t *testing.T) {
 func TestStoredTreeHeadWithBadSignature(t *testing.T) {
 	w := newPoisonWorld(t)
 	for _, key := range []string{latestKey(w.db.Name() + "/latest")} {
-		e, err := w.st.GetMeta(key)
+		e, err := w.st.GetEntry(key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.st.PutMeta(key, flipByte(e.Value))
+		w.st.PutEntry(key, flipByte(e.Value))
 	}
 	v, logs := w.verifier(t, nil)
 	w.db.SetDown(true)
@@ -521,8 +521,8 @@ func TestLatestFailingSignature(t *testing.T) {
 	}
 	// Poison the stored served head: it is not served, the database is
 	// asked again.
-	e, _ := st.GetMeta(v.servedLatestKey())
-	st.PutMeta(v.servedLatestKey(), flipByte(e.Value))
+	e, _ := st.GetEntry(v.servedLatestKey())
+	st.PutEntry(v.servedLatestKey(), flipByte(e.Value))
 	bad.SetFaults()
 	if code, body := get(t, srv.URL+"/sumdb/"+db.Name()+"/latest"); code != 200 || body != want {
 		t.Fatalf("latest over a poisoned stored head: %d %q", code, body)

@@ -165,8 +165,11 @@ type Store interface {
 	GetKV(bucket, key string) ([]byte, error)
 	PutKV(bucket, key string, value []byte) error
 	DeleteKV(bucket, key string) error
-	GetMeta(key string) (cache.Entry, error)
-	PutMeta(key string, value []byte) error
+	GetEntry(key string) (cache.Entry, error)
+	PutEntry(key string, value []byte) error
+	// SwapEntry replaces key's value with new only if it is old (empty
+	// old: only if absent), atomically, and reports whether it did.
+	SwapEntry(key string, old, new []byte) (bool, error)
 }
 
 // Store buckets. Only data authenticated by the x/mod client goes into

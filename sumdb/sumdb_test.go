@@ -65,7 +65,7 @@ func (s *memStore) DeleteKV(bucket, key string) error {
 	return nil
 }
 
-func (s *memStore) GetMeta(key string) (cache.Entry, error) {
+func (s *memStore) GetEntry(key string) (cache.Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.meta[key]
@@ -75,11 +75,22 @@ func (s *memStore) GetMeta(key string) (cache.Entry, error) {
 	return e, nil
 }
 
-func (s *memStore) PutMeta(key string, value []byte) error {
+func (s *memStore) PutEntry(key string, value []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.meta[key] = cache.Entry{Value: bytes.Clone(value), Fetched: time.Now()}
 	return nil
+}
+
+func (s *memStore) SwapEntry(key string, old, new []byte) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.meta[key]
+	if ok != (len(old) != 0) || ok && !bytes.Equal(e.Value, old) {
+		return false, nil
+	}
+	s.meta[key] = cache.Entry{Value: bytes.Clone(new), Fetched: time.Now()}
+	return true, nil
 }
 
 func (s *memStore) keys(bucket string) []string {
@@ -360,7 +371,7 @@ func TestRestartKeepsTreeHead(t *testing.T) {
 	if _, err := v1.VerifyZip(ctx, a.path, a.version, a.zipFile(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.GetMeta("sumdb/sum.example.test/latest"); err != nil {
+	if _, err := st.GetEntry("sumdb/sum.example.test/latest"); err != nil {
 		t.Fatalf("tree head not persisted: %v", err)
 	}
 

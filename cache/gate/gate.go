@@ -55,9 +55,18 @@ type Verifier interface {
 	VerifyHash(ctx context.Context, kind, path, version, hash string) (proof string, err error)
 }
 
+// Store is where a Gate commits artifacts: *cache.Store and the other
+// backends under cache/ (only they can name grant.Write). Put stores the
+// content read from r under k unless k is already stored, and returns the
+// stored Meta either way: the first writer wins, and a reader never sees a
+// partial artifact.
+type Store interface {
+	Put(k cache.Key, r io.Reader, m cache.Meta, w grant.Write) (cache.Meta, error)
+}
+
 // Config configures a Gate.
 type Config struct {
-	Store *cache.Store
+	Store Store
 	// Verifier checks .mod and .zip hashes; nil means verification is off
 	// (every artifact is exempt).
 	Verifier Verifier

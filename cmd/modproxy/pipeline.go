@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
@@ -22,7 +21,7 @@ type pipeline struct {
 	direct   *observedDirect // nil without a direct upstream
 }
 
-func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*pipeline, error) {
+func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store servingStore, reg prometheus.Registerer, logger *slog.Logger) (*pipeline, error) {
 	allURLs := append(proxy.URLs(set.upstreams), proxy.URLs(set.privateUpstreams)...)
 	var named []string
 	if !c.offline && usesDirect(set.upstreams, set.privateUpstreams) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/direct"
 	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
@@ -43,6 +43,7 @@ type serveConfig struct {
 	net             netConfig
 	direct          directConfig
 	access          accessConfig
+	storage         storageConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -52,7 +53,9 @@ func newServeCmd() *cobra.Command {
 		Short: "Serve the GOPROXY protocol from the store, fetching what it lacks",
 		Long: `Serve the go command's module proxy protocol (GOPROXY) from one bbolt
 store file, fetching what it lacks from the upstream proxies, verifying it
-against the checksum database and keeping it.
+against the checksum database and keeping it. With --s3-bucket, several
+replicas share one S3-compatible bucket and the bbolt file is this
+replica's local tier (bounded by --cache-size).
 
 Every flag can also be set with an environment variable MODPROXY_<FLAG>
 (upper case, dashes as underscores), e.g. MODPROXY_LIST_TTL=1m.`,
@@ -85,6 +88,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	addNetFlags(f, &c.net)
 	addDirectFlags(f, &c.direct)
 	addAccessFlags(f, &c.access)
+	addStorageFlags(f, &c.storage)
 	return cmd
 }
 
@@ -210,6 +214,9 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	if err := c.access.validate(changed); err != nil {
 		return err
 	}
+	if err := c.storage.validate(changed); err != nil {
+		return err
+	}
 	if len(set.privateUpstreams) > 0 && set.private == "" {
 		logger.Warn("--private-upstream is set but no private patterns are (--private or GOPRIVATE): it will never be used")
 	}
@@ -220,22 +227,52 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	defer ln.Close()
 
-	store, err := cache.Open(c.db, cache.Options{})
+	// Serve at once, before the store is open: /healthz answers 200 and
+	// /readyz 503 while the store (and bucket) open, so that an
+	// orchestrator neither kills a replica that is starting nor routes
+	// requests to it.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sw := &startSwitch{}
+	var fetcher atomic.Pointer[proxy.Fetcher]
+	isPrivate := func(path string) bool {
+		if f := fetcher.Load(); f != nil {
+			return f.IsPrivate(path)
+		}
+		return true // nothing is served before the fetcher exists
+	}
+	acc, err := newAccessLayer(ctx, c.access, sw, isPrivate, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer acc.Close()
+	srv := &http.Server{
+		Handler:           acc.handler,
+		TLSConfig:         acc.tlsConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- acc.serve(srv, ln) }()
+	// On an error below, stop serving before what it serves closes.
+	defer srv.Close()
+	logger.Info("modproxy starting: opening the store", "listen", acc.scheme()+"://"+ln.Addr().String(), "db", c.db)
+	start := time.Now()
+
+	st, err := openStorage(ctx, c.db, c.storage, c.spoolDir, logger)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer func() {
-		if err := store.Close(); err != nil {
+		if err := st.Close(); err != nil {
 			logger.Error("close store", "err", err)
 		}
 	}()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(newStoreCollector(store))
+	reg.MustRegister(newStoreCollector(st))
 	reg.MustRegister(sumdbEnabledGauge(set))
 
-	pl, err := newPipeline(ctx, c, set, store, reg, logger)
+	pl, err := newPipeline(ctx, c, set, st.serve, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -247,30 +284,18 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	for p, h := range pl.network.DebugHandlers() {
 		extra[p] = h
 	}
-	acc, err := newAccessLayer(ctx, c.access, proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}), pl.fetcher.IsPrivate, reg, logger)
-	if err != nil {
-		return err
-	}
-	defer acc.Close()
 	if acc.policy != nil {
 		// A version the policy denies is never prefetched either.
 		pl.fetcher.SetPrefetchFilter(func(path, version string) bool {
 			return acc.policy.Load().Check(path, version).Allowed
 		})
 	}
-	srv := &http.Server{
-		Handler:           acc.handler,
-		TLSConfig:         acc.tlsConfig(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	fetcher.Store(pl.fetcher)
+	sw.ready(proxy.NewServer(pl.fetcher, proxy.ServerOptions{SumDB: pl.sumdbHandler(), Extra: extra}))
 	logger.Info("modproxy serving",
 		"listen", acc.scheme()+"://"+ln.Addr().String(), "admin_listen", c.access.adminListen, "db", c.db, "upstream", proxy.FormatUpstreams(set.upstreams),
-		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString())
+		"offline", c.offline, "sumdb", sumdbDesc(set), "version", versionString(), "startup", time.Since(start).Round(time.Millisecond))
 
-	errc := make(chan error, 1)
-	go func() { errc <- acc.serve(srv, ln) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -296,7 +321,7 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 // or nil when verification is off. As the go command does, it reaches the
 // database through the public upstreams' /sumdb/ passthrough unless GOSUMDB
 // named an explicit URL.
-func newVerifier(set resolvedSettings, n *network, offline bool, store *cache.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
+func newVerifier(set resolvedSettings, n *network, offline bool, store sumdb.Store, reg prometheus.Registerer, logger *slog.Logger) (*sumdb.Verifier, error) {
 	if set.sumdbOff {
 		return nil, nil
 	}
@@ -345,42 +370,27 @@ func sumdbDesc(s resolvedSettings) string {
 	return s.sumdbName
 }
 
-// storeCollector exports the store's size at scrape time.
-type storeCollector struct {
-	store                      *cache.Store
-	bytes, artifacts, diskFree *prometheus.Desc
-	limit                      *prometheus.Desc
-}
+// startSwitch answers for a server that is still starting, then hands
+// every request to the real handler once it is ready.
+type startSwitch struct{ h atomic.Pointer[http.Handler] }
 
-func newStoreCollector(s *cache.Store) *storeCollector {
-	return &storeCollector{
-		store:     s,
-		bytes:     prometheus.NewDesc("modproxy_store_bytes", "Size of the store file in bytes.", nil, nil),
-		artifacts: prometheus.NewDesc("modproxy_store_artifacts", "Stored artifacts by kind.", []string{"kind"}, nil),
-		diskFree:  prometheus.NewDesc("modproxy_store_disk_free_bytes", "Free bytes on the file system that holds the store.", nil, nil),
-		limit:     prometheus.NewDesc("modproxy_store_limit_bytes", "Configured store size limit in bytes (0: unlimited).", nil, nil),
-	}
-}
+func (s *startSwitch) ready(h http.Handler) { s.h.Store(&h) }
 
-func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.bytes
-	ch <- c.artifacts
-	ch <- c.diskFree
-	ch <- c.limit
-}
-
-func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
-	st, err := c.store.Stats()
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.bytes, err)
+func (s *startSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := s.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(st.FileSize))
-	for kind, n := range st.Artifacts {
-		ch <- prometheus.MustNewConstMetric(c.artifacts, prometheus.GaugeValue, float64(n), string(kind))
-	}
-	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, 0)
-	if free, err := diskFree(c.store.Path()); err == nil {
-		ch <- prometheus.MustNewConstMetric(c.diskFree, prometheus.GaugeValue, float64(free))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	switch r.URL.Path {
+	case "/healthz":
+		fmt.Fprintln(w, "ok")
+	case "/readyz":
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "starting: opening the store")
+	default:
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "modproxy is starting (opening the store); retry shortly")
 	}
 }

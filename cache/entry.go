@@ -7,11 +7,11 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// GetMeta returns the mutable entry at key, wrapping ErrNotFound.
-func (s *Store) GetMeta(key string) (Entry, error) {
+// GetEntry returns the mutable entry at key, wrapping ErrNotFound.
+func (s *Store) GetEntry(key string) (Entry, error) {
 	var e Entry
 	err := s.db.View(func(tx *bbolt.Tx) (err error) {
-		v := tx.Bucket(bucketMeta).Get([]byte(key))
+		v := tx.Bucket(bucketEntries).Get([]byte(key))
 		if v == nil {
 			return ErrNotFound
 		}
@@ -19,41 +19,73 @@ func (s *Store) GetMeta(key string) (Entry, error) {
 		return err
 	})
 	if err != nil {
-		return Entry{}, fmt.Errorf("get meta %q: %w", key, err)
+		return Entry{}, fmt.Errorf("get entry %q: %w", key, err)
 	}
 	return e, nil
 }
 
-// PutMeta replaces the mutable entry at key, with Fetched set to now.
-func (s *Store) PutMeta(key string, value []byte) error {
+// PutEntry replaces the mutable entry at key, with Fetched set to now.
+func (s *Store) PutEntry(key string, value []byte) error {
 	v := appendEntry(make([]byte, 0, 16+len(value)), s.now(), value)
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put([]byte(key), v)
+		return tx.Bucket(bucketEntries).Put([]byte(key), v)
 	})
 	if err != nil {
-		return fmt.Errorf("put meta %q: %w", key, err)
+		return fmt.Errorf("put entry %q: %w", key, err)
 	}
 	return nil
 }
 
-// WalkMeta calls fn for every entry whose key starts with prefix, in key
+// SwapEntry replaces the entry at key with new if its value is old, in one
+// transaction (compare-and-swap), and reports whether it did. An empty old
+// means the key must be absent. It keeps a shared value such as the
+// checksum database's tree head from being overwritten with an older one by
+// a concurrent writer that read it before.
+func (s *Store) SwapEntry(key string, old, new []byte) (bool, error) {
+	v := appendEntry(make([]byte, 0, 16+len(new)), s.now(), new)
+	swapped := false
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		if cur := b.Get([]byte(key)); cur == nil {
+			if len(old) != 0 {
+				return nil
+			}
+		} else {
+			e, err := decodeEntry(cur)
+			if err != nil {
+				return err
+			}
+			if len(old) == 0 || !bytes.Equal(e.Value, old) {
+				return nil
+			}
+		}
+		swapped = true
+		return b.Put([]byte(key), v)
+	})
+	if err != nil {
+		return false, fmt.Errorf("swap entry %q: %w", key, err)
+	}
+	return swapped, nil
+}
+
+// WalkEntries calls fn for every entry whose key starts with prefix, in key
 // order, outside any transaction (see Walk).
-func (s *Store) WalkMeta(prefix string, fn func(key string, e Entry) error) error {
+func (s *Store) WalkEntries(prefix string, fn func(key string, e Entry) error) error {
 	type item struct {
 		k string
 		e Entry
 	}
-	err := walkBatched(s, bucketMeta, nil, []byte(prefix),
+	err := walkBatched(s, bucketEntries, nil, []byte(prefix),
 		func(k, v []byte) (item, error) {
 			e, err := decodeEntry(v)
 			if err != nil {
-				return item{}, fmt.Errorf("meta %q: %w", k, err)
+				return item{}, fmt.Errorf("entry %q: %w", k, err)
 			}
 			return item{string(k), e}, nil
 		},
 		func(it item) error { return fn(it.k, it.e) })
 	if err != nil {
-		return fmt.Errorf("walk meta %q: %w", prefix, err)
+		return fmt.Errorf("walk entries %q: %w", prefix, err)
 	}
 	return nil
 }
