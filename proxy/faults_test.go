@@ -128,7 +128,7 @@ func TestStaleListWithinBudget(t *testing.T) {
 	e := newEnv(t, up.URL(), func(c *Config) { c.StaleBudget = 50 * time.Millisecond })
 	const p = "/example.com/hello/@v/list"
 	e.mustGet(p, 200)
-	before, err := e.store.GetMeta("list/example.com/hello")
+	before, err := e.store.GetEntry("list/example.com/hello")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestStaleListWithinBudget(t *testing.T) {
 	// The background refresh lands in the store.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if after, err := e.store.GetMeta("list/example.com/hello"); err == nil && after.Fetched.After(before.Fetched) {
+		if after, err := e.store.GetEntry("list/example.com/hello"); err == nil && after.Fetched.After(before.Fetched) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
