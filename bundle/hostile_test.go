@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"os"
@@ -320,7 +321,8 @@ func (downDB) VerifyHash(context.Context, string, string, string, string) (strin
 
 // rewriteRecord rewrites the artifact record of k in the store file at
 // path as an attacker with a hex editor would: the recorded "h1:" hash and
-// state are replaced, everything else kept.
+// state are replaced, everything else kept. A format-2 record's CRC-32C
+// (of key and record) is recomputed: it detects damage, not forgery.
 func rewriteRecord(t *testing.T, path string, k cache.Key, hash, state string) {
 	t.Helper()
 	db, err := bbolt.Open(path, 0o600, nil)
@@ -336,6 +338,9 @@ func rewriteRecord(t *testing.T, path string, k cache.Key, hash, state string) {
 			return fmt.Errorf("no record of %s", k)
 		}
 		d := v[1:]
+		if v[0] == 2 {
+			d = v[1 : len(v)-4]
+		}
 		uv := func() []byte {
 			_, n := binary.Uvarint(d)
 			out := d[:n]
@@ -364,6 +369,10 @@ func rewriteRecord(t *testing.T, path string, k cache.Key, hash, state string) {
 		for _, s := range []string{hash, upstream, state, "forged proof"} {
 			out = binary.AppendUvarint(out, uint64(len(s)))
 			out = append(out, s...)
+		}
+		if v[0] == 2 {
+			castagnoli := crc32.MakeTable(crc32.Castagnoli)
+			out = binary.BigEndian.AppendUint32(out, crc32.Update(crc32.Checksum(key, castagnoli), castagnoli, out))
 		}
 		return b.Put(key, out)
 	})

@@ -105,7 +105,7 @@ func copyPairs(s, dst *Store, bucket, parent []byte, overwrite bool,
 		if len(batch) == 0 {
 			return nil
 		}
-		err := dst.db.Update(func(tx *bbolt.Tx) error {
+		err := dst.update(func(tx *bbolt.Tx) error {
 			b, err := dstBucket(tx)
 			if err != nil {
 				return err
@@ -151,7 +151,7 @@ func copyPairs(s, dst *Store, bucket, parent []byte, overwrite bool,
 // KVBuckets returns the names of the key/value buckets (see PutKV), sorted.
 func (s *Store) KVBuckets() ([]string, error) {
 	var names []string
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketKV).ForEachBucket(func(k []byte) error {
 			names = append(names, string(k))
 			return nil

@@ -11,12 +11,12 @@
 //	artifacts   path 0x00 version 0x00 kind        -> artifact record
 //	quarantine  path 0x00 version 0x00 kind 0x00 blobID(8)
 //	                                               -> quarantine record
-//	chunks      blobID(8) chunkIndex(4)            -> content bytes
+//	chunks      blobID(8) chunkIndex(4)            -> content bytes [crc32c(4)]
 //	pending     blobID(8)                          -> varint unix-nano time
 //	meta        caller's key ("list/<path>", ...)  -> entry record (mutable entries)
 //	kv          caller's bucket name (nested bucket)
 //	              caller's key                     -> caller's value
-//	sys         "schema"                           -> 0x01
+//	sys         "schema"                           -> 0x02 (0x01: before chunk checksums)
 //	            "heartbeat"                        -> varint unix-nano time (Ping)
 //	            "n:info" "b:info" ... "n:q" "b:q"  -> int64(8) artifact count / content bytes
 //
@@ -26,16 +26,28 @@
 //
 // # Records
 //
-// An artifact record (format version 1) is
+// An artifact record is
 //
-//	0x01 uvarint(size) varint(created unix-nano) sha256[32]
+//	format uvarint(size) varint(created unix-nano) sha256[32]
 //	uvarint(blobID) uvarint(chunkSize) uvarint(chunkCount)
 //	uvarint(len) hash  uvarint(len) upstream
 //	uvarint(len) state  uvarint(len) proof
+//	[crc32c(4)]
 //
 // The state and proof fields were added later; a record that ends after
 // upstream decodes as state "verified" when it has a hash and
 // "unverified" otherwise.
+//
+// Format 2 (what Put writes) adds checksums: the record ends with a CRC-32C
+// (Castagnoli) of its artifacts-bucket key and the record bytes before it,
+// and every chunk of its blob ends with a CRC-32C of the chunk's key and
+// content. The keys are covered so that a record or chunk found under a
+// damaged key fails its check instead of serving one artifact's bytes as
+// another's. Every read checks them (see Reader); a failure is an error
+// wrapping ErrCorrupt, counted in Corruptions and, with
+// Options.QuarantineCorrupt, quarantines the artifact. Format 1 records
+// (stores of schema 1, upgraded in place by a writable Open) have neither:
+// their chunks are read unchecked, and verify re-hashes their content.
 //
 // A quarantine record is 0x01 varint(quarantined unix-nano) uvarint(len)
 // reason, followed by the artifact record it replaced. An entry record is
@@ -72,6 +84,19 @@
 //     reading a caller's io.Reader. A long read transaction blocks bbolt's
 //     remap and so stalls every writer; a write transaction held across a
 //     slow upstream would serialize the whole server behind it.
+//
+// # Damaged files
+//
+// bbolt trusts its pages: a damaged page makes it panic or fault, and when
+// a file has no freelist written (stores of earlier builds) its writable
+// Open walks every page in a goroutine whose panics no caller can recover.
+// Open therefore checks the file first (checkFile: bounds-checked reads, at
+// least bbolt's own rules; the whole tree when bbolt would walk it, else the
+// freelist page it reads), refuses an empty, foreign or damaged file with an
+// error (ErrNotStore, ErrCorrupt) and never initializes or overwrites it;
+// every transaction recovers bbolt's panics and faults into ErrCorrupt, and
+// after one in a write transaction the store refuses further writes. Salvage reads a damaged file without
+// bbolt and copies whatever is intact into a new store.
 //
 // # Concurrency and processes
 //

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"strings"
 	"time"
 )
@@ -28,11 +29,32 @@ var (
 )
 
 const (
-	schemaVersion = 1
-	formatV1      = 1 // leading byte of every record this package writes
+	// schemaVersion 2 added chunk checksums (artifact records of format
+	// 2). A store of schema 1 is upgraded in place when opened for
+	// writing: its artifacts keep their format-1 records and unchecksummed
+	// chunks, which stay readable (see the package comment).
+	schemaVersion    = 2
+	minSchemaVersion = 1
+
+	formatV1 = 1 // leading byte of quarantine and entry records, and of artifact records without chunk checksums
+	// formatV2 is the leading byte of artifact records whose chunks carry
+	// a CRC-32C of their content (chunkCRCLen bytes after it).
+	formatV2 = 2
 )
 
-var errCorrupt = errors.New("corrupt store record")
+// chunkCRCLen is the length of the big-endian CRC-32C (Castagnoli) that
+// ends every chunk of a format-2 artifact.
+const chunkCRCLen = 4
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrCorrupt is returned (wrapped) when stored data fails a check on read:
+// a chunk whose checksum or length is wrong, an undecodable record, or a
+// damaged page of the store file. The error names what was damaged.
+var ErrCorrupt = errors.New("store data is damaged")
+
+// errCorrupt is the package's short name for ErrCorrupt.
+var errCorrupt = ErrCorrupt
 
 func validKind(k Kind) bool {
 	return k == KindInfo || k == KindMod || k == KindZip
@@ -139,6 +161,40 @@ type record struct {
 	blob      uint64
 	chunkSize int
 	chunks    uint32
+	// checksummed records (format 2) have a CRC-32C after every chunk.
+	checksummed bool
+}
+
+// storedLen is the length chunk i has in the chunks bucket.
+func (r *record) storedLen(i uint32) int {
+	if r.checksummed {
+		return r.chunkLen(i) + chunkCRCLen
+	}
+	return r.chunkLen(i)
+}
+
+// chunkCRC is the checksum of chunk idx of blob with content c. It covers
+// the chunk's key too, so that a chunk that turns up under another key (a
+// damaged key or page) fails its check.
+func chunkCRC(blob uint64, idx uint32, c []byte) uint32 {
+	key := chunkKey(blob, idx)
+	return crc32.Update(crc32.Checksum(key[:], castagnoli), castagnoli, c)
+}
+
+// checkChunk returns the content of stored chunk v of r, checking its
+// length and (format 2) its checksum.
+func (r *record) checkChunk(v []byte, i uint32) ([]byte, error) {
+	if len(v) != r.storedLen(i) {
+		return nil, fmt.Errorf("%w: chunk %d of blob %d has %d bytes, want %d", errCorrupt, i, r.blob, len(v), r.storedLen(i))
+	}
+	if !r.checksummed {
+		return v, nil
+	}
+	n := len(v) - chunkCRCLen
+	if got, want := chunkCRC(r.blob, i, v[:n]), binary.BigEndian.Uint32(v[n:]); got != want {
+		return nil, fmt.Errorf("%w: chunk %d of blob %d fails its checksum (crc32c %08x, stored %08x)", errCorrupt, i, r.blob, got, want)
+	}
+	return v[:n], nil
 }
 
 // chunkLen is the length chunk i must have.
@@ -153,8 +209,16 @@ func chunkCount(size int64, chunkSize int) uint32 {
 	return uint32((size + int64(chunkSize) - 1) / int64(chunkSize))
 }
 
-func appendRecord(dst []byte, r *record) []byte {
-	dst = append(dst, formatV1)
+// appendRecord appends the record of the artifact with artifacts-bucket
+// key key. A format-2 record ends with a CRC-32C of key and record, so that
+// a damaged record, or a record under a damaged key, fails to decode.
+func appendRecord(dst, key []byte, r *record) []byte {
+	start := len(dst)
+	format := byte(formatV1)
+	if r.checksummed {
+		format = formatV2
+	}
+	dst = append(dst, format)
 	dst = binary.AppendUvarint(dst, uint64(r.Size))
 	dst = binary.AppendVarint(dst, r.Created.UnixNano())
 	dst = append(dst, r.SHA256[:]...)
@@ -164,7 +228,15 @@ func appendRecord(dst []byte, r *record) []byte {
 	dst = appendString(dst, r.Hash)
 	dst = appendString(dst, r.Upstream)
 	dst = appendString(dst, string(r.State))
-	return appendString(dst, r.Proof)
+	dst = appendString(dst, r.Proof)
+	if r.checksummed {
+		dst = binary.BigEndian.AppendUint32(dst, recordCRC(key, dst[start:]))
+	}
+	return dst
+}
+
+func recordCRC(key, rec []byte) uint32 {
+	return crc32.Update(crc32.Checksum(key, castagnoli), castagnoli, rec)
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -217,14 +289,33 @@ func (d *decoder) string() string {
 	return string(d.bytes(n))
 }
 
-func decodeRecord(b []byte) (record, error) {
+// decodeRecord decodes the record b of the artifact with artifacts-bucket
+// key key.
+func decodeRecord(key, b []byte) (record, error) {
 	var r record
-	d, err := recordDecoder(b)
+	d, err := artifactDecoder(b)
 	if err != nil {
 		return r, err
 	}
+	if b[0] == formatV2 {
+		n := len(b) - chunkCRCLen
+		if n < 1 || recordCRC(key, b[:n]) != binary.BigEndian.Uint32(b[n:]) {
+			return r, fmt.Errorf("%w: artifact record fails its checksum", errCorrupt)
+		}
+		d.b = b[1:n]
+		r.checksummed = true
+	}
 	err = d.record(&r)
 	return r, err
+}
+
+// artifactDecoder is recordDecoder for artifact records, which have two
+// formats.
+func artifactDecoder(b []byte) (decoder, error) {
+	if len(b) == 0 || (b[0] != formatV1 && b[0] != formatV2) {
+		return decoder{}, fmt.Errorf("%w: unknown artifact record format", errCorrupt)
+	}
+	return decoder{b: b[1:]}, nil
 }
 
 func recordDecoder(b []byte) (decoder, error) {
@@ -266,7 +357,7 @@ func (d *decoder) record(r *record) error {
 
 // recordBlob decodes only the blob ID of an artifact record.
 func recordBlob(b []byte) (uint64, error) {
-	d, err := recordDecoder(b)
+	d, err := artifactDecoder(b)
 	if err != nil {
 		return 0, err
 	}

@@ -10,7 +10,7 @@ import (
 // GetEntry returns the mutable entry at key, wrapping ErrNotFound.
 func (s *Store) GetEntry(key string) (Entry, error) {
 	var e Entry
-	err := s.db.View(func(tx *bbolt.Tx) (err error) {
+	err := s.view(func(tx *bbolt.Tx) (err error) {
 		v := tx.Bucket(bucketEntries).Get([]byte(key))
 		if v == nil {
 			return ErrNotFound
@@ -27,7 +27,7 @@ func (s *Store) GetEntry(key string) (Entry, error) {
 // PutEntry replaces the mutable entry at key, with Fetched set to now.
 func (s *Store) PutEntry(key string, value []byte) error {
 	v := appendEntry(make([]byte, 0, 16+len(value)), s.now(), value)
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketEntries).Put([]byte(key), v)
 	})
 	if err != nil {
@@ -44,7 +44,7 @@ func (s *Store) PutEntry(key string, value []byte) error {
 func (s *Store) SwapEntry(key string, old, new []byte) (bool, error) {
 	v := appendEntry(make([]byte, 0, 16+len(new)), s.now(), new)
 	swapped := false
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketEntries)
 		if cur := b.Get([]byte(key)); cur == nil {
 			if len(old) != 0 {
@@ -94,7 +94,7 @@ func (s *Store) WalkEntries(prefix string, fn func(key string, e Entry) error) e
 // if either is missing.
 func (s *Store) GetKV(bucket, key string) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketKV).Bucket([]byte(bucket))
 		if b == nil {
 			return ErrNotFound
@@ -118,7 +118,7 @@ func (s *Store) PutKV(bucket, key string, value []byte) error {
 	if bucket == "" {
 		return fmt.Errorf("put %s/%s: empty bucket name", bucket, key)
 	}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		b, err := tx.Bucket(bucketKV).CreateBucketIfNotExists([]byte(bucket))
 		if err != nil {
 			return err
@@ -135,7 +135,7 @@ func (s *Store) PutKV(bucket, key string, value []byte) error {
 // It is for data found bad (a checksum-database tile or record that fails
 // authentication), which must not be served again.
 func (s *Store) DeleteKV(bucket, key string) error {
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketKV).Bucket([]byte(bucket))
 		if b == nil {
 			return nil

@@ -29,6 +29,8 @@ type Reader struct {
 	rec    record
 	off    int64
 	closed atomic.Bool
+	// checked is the index+1 of the last chunk whose checksum was checked.
+	checked atomic.Uint32
 }
 
 // Meta returns the artifact's Meta.
@@ -45,12 +47,12 @@ func (r *Reader) readAt(p []byte, off int64) (int, error) {
 		return 0, errClosed
 	}
 	var n int
-	err := r.s.db.View(func(tx *bbolt.Tx) (err error) {
-		n, err = readChunks(tx, &r.rec, p, off)
+	err := r.s.view(func(tx *bbolt.Tx) (err error) {
+		n, err = r.s.readChunks(tx, &r.rec, p, off, &r.checked)
 		return err
 	})
 	if err != nil {
-		return n, fmt.Errorf("read %s: %w", r.key, err)
+		return n, fmt.Errorf("read %s: %w", r.key, r.s.readFailed(r.key, &r.rec, err))
 	}
 	return n, nil
 }
@@ -112,7 +114,12 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	return abs, nil
 }
 
-// copyBufs holds chunk-sized buffers for WriteTo, keyed by size.
+// writeToChunks is the number of chunks WriteTo copies per transaction
+// and write. One (512 KiB) measured cheaper than four: the buffer stays in
+// the CPU's cache between the copy and the socket write.
+const writeToChunks = 1
+
+// copyBufs holds buffers for WriteTo, keyed by size.
 var copyBufs sync.Map // int -> *sync.Pool
 
 func copyBuf(size int) *[]byte {
@@ -126,16 +133,18 @@ func copyBuf(size int) *[]byte {
 	return p.(*sync.Pool).Get().(*[]byte)
 }
 
-// WriteTo implements io.WriterTo (used by io.Copy): it copies one chunk per
-// read transaction into a pooled buffer and writes it to w after the
-// transaction has ended.
+// WriteTo implements io.WriterTo (used by io.Copy): it copies up to
+// writeToChunks chunks per read transaction into a pooled buffer and writes
+// them to w in one call after the transaction has ended, so that a socket
+// gets large writes.
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 	if r.closed.Load() {
 		return 0, errClosed
 	}
-	bufp := copyBuf(r.rec.chunkSize)
+	size := r.rec.chunkSize * int(min(max(r.rec.chunks, 1), writeToChunks))
+	bufp := copyBuf(size)
 	defer func() {
-		v, _ := copyBufs.Load(r.rec.chunkSize)
+		v, _ := copyBufs.Load(size)
 		v.(*sync.Pool).Put(bufp)
 	}()
 	var total int64

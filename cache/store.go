@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -39,9 +41,17 @@ type Options struct {
 	ReadOnly    bool             // open with a shared lock; writes fail
 	Now         func() time.Time // clock for Created, Fetched and heartbeats; default time.Now
 
+	// QuarantineCorrupt quarantines an artifact when a read finds it
+	// damaged (a chunk failing its checksum, an undecodable record), so
+	// that the next request refetches it instead of failing again. Off,
+	// damage is only reported (modproxy verify without --quarantine).
+	QuarantineCorrupt bool
+
 	// Test hooks.
-	initialMmapSize int // 0 means defaultMmapSize, negative means bbolt's minimum
-	stageBytes      int // 0 means stageBytes
+	initialMmapSize int   // 0 means defaultMmapSize, negative means bbolt's minimum
+	stageBytes      int   // 0 means stageBytes
+	skipCheck       bool  // open without checkFile (salvage reads damaged files)
+	largeSize       int64 // 0 means dropMappedSize
 }
 
 // Store is a bbolt-backed module artifact store. See the package comment.
@@ -55,6 +65,15 @@ type Store struct {
 	// stagePool holds *[]byte buffers of stageLen bytes for Put.
 	stagePool sync.Pool
 	stageLen  int
+
+	// file is the store file opened for reading, for preadChunk.
+	file      *os.File
+	largeSize int64 // artifacts this large are read with pread (dropMappedSize)
+
+	quarantineCorrupt bool
+	corruptions       atomic.Int64
+	damagedBlobs      sync.Map              // blob ID -> struct{}: damage counted
+	writeBlocked      atomic.Pointer[error] // set after a write transaction failed on damage
 }
 
 // Open opens (creating if needed) the store in the file at path and
@@ -79,7 +98,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.initialMmapSize != 0 {
 		mmapSize = max(opts.initialMmapSize, 0)
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+	if err := checkExisting(path, opts); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	db, err := openBolt(path, &bbolt.Options{
 		Timeout:  opts.LockTimeout,
 		ReadOnly: opts.ReadOnly,
 		// The hashmap freelist allocates and frees runs of pages in O(1);
@@ -100,6 +122,9 @@ func Open(path string, opts Options) (*Store, error) {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: %w (e.g. a running `modproxy serve` holds its lock): stop it, or work through its HTTP API", path, ErrLocked)
 		}
+		if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrVersionMismatch) {
+			return nil, fmt.Errorf("open store %s: %w: not a bbolt database file (%v); refusing to use it", path, ErrNotStore, err)
+		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s := &Store{
@@ -108,13 +133,19 @@ func Open(path string, opts Options) (*Store, error) {
 		chunkSize: opts.ChunkSize,
 		now:       opts.Now,
 		readOnly:  opts.ReadOnly,
+
+		quarantineCorrupt: opts.QuarantineCorrupt,
+		largeSize:         dropMappedSize,
+	}
+	if opts.largeSize > 0 {
+		s.largeSize = opts.largeSize
 	}
 	// Whole chunks per staging transaction, at least one.
 	stage := stageBytes
 	if opts.stageBytes > 0 {
 		stage = opts.stageBytes
 	}
-	s.stageLen = max(stage/s.chunkSize, 1) * s.chunkSize
+	s.stageLen = max(stage/s.chunkSize, 1) * (s.chunkSize + chunkCRCLen)
 	s.stagePool.New = func() any {
 		b := make([]byte, s.stageLen)
 		return &b
@@ -122,32 +153,48 @@ func Open(path string, opts Options) (*Store, error) {
 	if err := s.init(); err != nil {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", path, err), db.Close())
 	}
+	// Without it, chunks are copied out of the mapping instead.
+	if f, err := os.Open(path); err == nil {
+		s.file = f
+	}
 	return s, nil
 }
 
-// init creates or checks the schema, then collects garbage.
+// init creates or checks the schema, then collects garbage. A bbolt file
+// that holds other buckets but no modproxy schema belongs to someone else
+// and is refused, never written to.
 func (s *Store) init() error {
 	if s.readOnly {
-		return s.db.View(func(tx *bbolt.Tx) error {
+		return s.view(func(tx *bbolt.Tx) error {
+			if err := checkOwned(tx); err != nil {
+				return err
+			}
 			for _, name := range allBuckets {
 				if tx.Bucket(name) == nil {
-					return fmt.Errorf("not a modproxy store (no %q bucket)", name)
+					return fmt.Errorf("%w (no %q bucket)", ErrNotStore, name)
 				}
 			}
 			return checkSchema(tx.Bucket(bucketSys))
 		})
 	}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
+		if err := checkOwned(tx); err != nil {
+			return err
+		}
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
 		sys := tx.Bucket(bucketSys)
-		if sys.Get(sysSchema) == nil {
-			return sys.Put(sysSchema, []byte{schemaVersion})
+		if sys.Get(sysSchema) != nil {
+			if err := checkSchema(sys); err != nil {
+				return err
+			}
 		}
-		return checkSchema(sys)
+		// New stores, and stores of schema 1 (upgraded in place: their
+		// records say which artifacts have chunk checksums).
+		return sys.Put(sysSchema, []byte{schemaVersion})
 	})
 	if err != nil {
 		return err
@@ -155,9 +202,28 @@ func (s *Store) init() error {
 	return s.collectGarbage()
 }
 
+// checkOwned refuses a bbolt file with buckets but no modproxy schema.
+func checkOwned(tx *bbolt.Tx) error {
+	if sys := tx.Bucket(bucketSys); sys != nil && sys.Get(sysSchema) != nil {
+		return nil
+	}
+	var names []string
+	err := tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
+		names = append(names, string(name))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("%w: a bbolt file with buckets %q but no modproxy schema; refusing to write to it", ErrNotStore, names)
+	}
+	return nil
+}
+
 func checkSchema(sys *bbolt.Bucket) error {
-	if v := sys.Get(sysSchema); !bytes.Equal(v, []byte{schemaVersion}) {
-		return fmt.Errorf("unsupported store schema %v (this build reads %d)", v, schemaVersion)
+	if v := sys.Get(sysSchema); len(v) != 1 || v[0] < minSchemaVersion || v[0] > schemaVersion {
+		return fmt.Errorf("unsupported store schema %v (this build reads %d to %d)", v, minSchemaVersion, schemaVersion)
 	}
 	return nil
 }
@@ -169,32 +235,27 @@ func checkSchema(sys *bbolt.Bucket) error {
 // in transactions of at most gcBatch chunks.
 func (s *Store) collectGarbage() error {
 	var orphans []uint64
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		if k, _ := tx.Bucket(bucketPending).Cursor().First(); k == nil {
 			return nil
 		}
 		referenced := make(map[uint64]struct{})
 		err := tx.Bucket(bucketArtifacts).ForEach(func(k, v []byte) error {
-			blob, err := recordBlob(v)
-			if err != nil {
-				return fmt.Errorf("artifact %q: %w", k, err)
+			// An undecodable record cannot be read anyway: its blob, if
+			// any, is collected rather than failing every Open.
+			if blob, err := recordBlob(v); err == nil {
+				referenced[blob] = struct{}{}
 			}
-			referenced[blob] = struct{}{}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
 		err = tx.Bucket(bucketQuarantine).ForEach(func(k, v []byte) error {
-			_, _, rec, err := splitQuarantine(v)
-			if err == nil {
-				var blob uint64
-				if blob, err = recordBlob(rec); err == nil {
+			if _, _, rec, err := splitQuarantine(v); err == nil {
+				if blob, err := recordBlob(rec); err == nil {
 					referenced[blob] = struct{}{}
 				}
-			}
-			if err != nil {
-				return fmt.Errorf("quarantined %q: %w", k, err)
 			}
 			return nil
 		})
@@ -203,7 +264,7 @@ func (s *Store) collectGarbage() error {
 		}
 		c := tx.Bucket(bucketChunks).Cursor()
 		for k, _ := c.First(); k != nil; {
-			if len(k) != 12 {
+			if len(k) < 8 {
 				return fmt.Errorf("%w: chunk key %x", errCorrupt, k)
 			}
 			blob := binary.BigEndian.Uint64(k)
@@ -225,7 +286,7 @@ func (s *Store) collectGarbage() error {
 	}
 	// What is left in pending had no chunks (killed before its first
 	// staging commit had any, or a finished discard); pending is small.
-	err = s.db.Update(func(tx *bbolt.Tx) error {
+	err = s.update(func(tx *bbolt.Tx) error {
 		p := tx.Bucket(bucketPending)
 		c := p.Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.First() {
@@ -247,7 +308,7 @@ func (s *Store) collectGarbage() error {
 func (s *Store) discard(blob uint64) error {
 	prefix := blobPrefix(blob)
 	for done := false; !done; {
-		err := s.db.Update(func(tx *bbolt.Tx) error {
+		err := s.update(func(tx *bbolt.Tx) error {
 			c := tx.Bucket(bucketChunks).Cursor()
 			// Seek afresh after each delete: a bbolt cursor's Next after
 			// Delete can skip a key.
@@ -272,6 +333,9 @@ func (s *Store) discard(blob uint64) error {
 
 // Close closes the store. Readers opened from it fail afterwards.
 func (s *Store) Close() error {
+	if s.file != nil {
+		s.file.Close()
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.path, err)
 	}
@@ -284,7 +348,7 @@ func (s *Store) Path() string { return s.path }
 // Ping commits a tiny write transaction (a heartbeat time), proving the
 // file is open, locked by us and writable, for /readyz.
 func (s *Store) Ping() error {
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketSys).Put(sysHeartbeat, appendTime(nil, s.now()))
 	})
 	if err != nil {
@@ -306,7 +370,7 @@ type Stats struct {
 // Stats returns counters maintained on every change, without a scan.
 func (s *Store) Stats() (Stats, error) {
 	st := Stats{Artifacts: make(map[Kind]int64, 3), Bytes: make(map[Kind]int64, 3)}
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		sys := tx.Bucket(bucketSys)
 		for _, k := range []Kind{KindInfo, KindMod, KindZip} {
 			n, b := counterKeys(k)

@@ -284,6 +284,11 @@ func TestPutDoesNotBlockOtherWriters(t *testing.T) {
 
 // A reader being read slowly must not stall writers, even when they grow
 // the file and bbolt has to remap (which waits for open read transactions).
+//
+// The reader is parked between two Reads — provably mid-artifact — until
+// every write has committed: if a Reader held a read transaction between
+// calls, the first remap would wait for it forever and the hang guard would
+// fire. No wall-clock window decides the outcome.
 func TestSlowReaderDoesNotBlockWriters(t *testing.T) {
 	opts := testOptions()
 	opts.initialMmapSize = -1 // bbolt's minimum, so the writes below remap
@@ -292,26 +297,33 @@ func TestSlowReaderDoesNotBlockWriters(t *testing.T) {
 	if _, err := s.put(keyZip, bytes.NewReader(data), Meta{}); err != nil {
 		t.Fatal(err)
 	}
+	sizeBefore := fileSize(t, s.path)
 	r, err := s.Open(keyZip)
 	if err != nil {
 		t.Fatal(err)
 	}
-	readerDone := make(chan []byte)
+	midRead := make(chan struct{}) // the reader has read part, not all
+	resume := make(chan struct{})  // the writer is done: read the rest
+	readerDone := make(chan []byte, 1)
 	go func() {
 		var got []byte
 		buf := make([]byte, 512)
-		for {
+		for i := 0; ; i++ {
 			n, err := r.Read(buf)
 			got = append(got, buf[:n]...)
 			if err != nil {
 				break
 			}
-			time.Sleep(20 * time.Millisecond) // a slow client: ~1 s in all
+			if i == 0 {
+				close(midRead)
+				<-resume
+			}
 		}
 		readerDone <- got
 	}()
-	time.Sleep(50 * time.Millisecond)
-	writerDone := make(chan error)
+	<-midRead
+
+	writerDone := make(chan error, 1)
 	go func() {
 		big := content(256<<10, 6)
 		for i := range 12 { // 3 MiB: several remaps from bbolt's 32 KiB minimum
@@ -328,11 +340,23 @@ func TestSlowReaderDoesNotBlockWriters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-readerDone:
-		t.Fatal("the slow reader finished before the writer: the writer was blocked")
+	case <-time.After(hangGuard):
+		close(resume) // let the test end either way
+		t.Fatalf("writer still blocked after %v while a reader was between two Reads", hangGuard)
 	}
-	if got := <-readerDone; !bytes.Equal(got, data) {
-		t.Error("slow reader read wrong content")
+	// The writes really grew the file past the old mapping, so bbolt did remap
+	// while the reader was parked.
+	if sizeAfter := fileSize(t, s.path); sizeAfter < sizeBefore+3<<20 {
+		t.Fatalf("file grew from %d to %d bytes only: the writes did not force a remap", sizeBefore, sizeAfter)
+	}
+	close(resume)
+	select {
+	case got := <-readerDone:
+		if !bytes.Equal(got, data) {
+			t.Error("slow reader read wrong content")
+		}
+	case <-time.After(hangGuard):
+		t.Fatalf("reader did not finish within %v after the writer was done", hangGuard)
 	}
 }
 

@@ -4,10 +4,26 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
+
+// startedCtx reports the first call of Done: Watch makes it once it has
+// taken its baseline fingerprint, so that a change made after started is
+// closed is a change Watch must see (a fixed sleep would not tell a loaded
+// machine's late start from a missed change).
+type startedCtx struct {
+	context.Context
+	once    sync.Once
+	started chan struct{}
+}
+
+func (c *startedCtx) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.started) })
+	return c.Context.Done()
+}
 
 func TestWatch(t *testing.T) {
 	dir := t.TempDir()
@@ -16,12 +32,14 @@ func TestWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	var n atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
+	const hangGuard = 2 * time.Minute
+	base, cancel := context.WithCancel(context.Background())
+	ctx := &startedCtx{Context: base, started: make(chan struct{})}
 	done := make(chan struct{})
 	go func() { Watch(ctx, 10*time.Millisecond, []string{f}, func() { n.Add(1) }); close(done) }()
 	wait := func(want int32) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(hangGuard)
 		for n.Load() < want {
 			if time.Now().After(deadline) {
 				t.Fatalf("%d change callbacks, want %d", n.Load(), want)
@@ -29,7 +47,12 @@ func TestWatch(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-ctx.started:
+	case <-time.After(hangGuard):
+		t.Fatal("Watch never started polling")
+	}
+	time.Sleep(50 * time.Millisecond) // a few unchanged polls
 	if n.Load() != 0 {
 		t.Fatal("callback without a change")
 	}
@@ -51,7 +74,7 @@ func TestWatch(t *testing.T) {
 	cancel()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(hangGuard):
 		t.Fatal("Watch did not return after cancel")
 	}
 }

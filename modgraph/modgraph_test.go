@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -596,10 +597,18 @@ func TestToolchainNeeds(t *testing.T) {
 	}
 }
 
-// slowSource delays every go.mod and records the peak concurrency.
+// slowSource delays every go.mod and records the peak concurrency. With
+// wave > 0 the first fetches wait until wave are in flight at once (then
+// none waits again), so that reaching it depends on how many fetches the
+// walk runs concurrently, not on how the scheduler overlaps them.
 type slowSource struct {
 	memSource
 	cur, peak atomic.Int32
+
+	wave     int32
+	full     chan struct{}
+	fullOnce sync.Once
+	starved  atomic.Bool // the hang guard opened the gate, not the wave
 }
 
 func (s *slowSource) GoMod(ctx context.Context, path, version string) ([]byte, error) {
@@ -609,6 +618,17 @@ func (s *slowSource) GoMod(ctx context.Context, path, version string) ([]byte, e
 		p := s.peak.Load()
 		if n <= p || s.peak.CompareAndSwap(p, n) {
 			break
+		}
+	}
+	if s.wave > 0 {
+		if n >= s.wave {
+			s.fullOnce.Do(func() { close(s.full) })
+		}
+		select {
+		case <-s.full:
+		case <-time.After(2 * time.Minute): // hang guard
+			s.starved.Store(true)
+			s.fullOnce.Do(func() { close(s.full) })
 		}
 	}
 	time.Sleep(5 * time.Millisecond)
@@ -628,6 +648,9 @@ func TestConcurrencyBound(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"go.mod": gomod("example.com/main", "1.21", reqs...)})
 	for _, c := range []int{1, 4} {
 		src := &slowSource{memSource: memSource{u: u}}
+		if c > 1 {
+			src.wave, src.full = 2, make(chan struct{})
+		}
 		plan, err := Resolve(context.Background(), []string{dir}, Options{Source: src, GoVersion: "1.26.8", Concurrency: c})
 		if err != nil {
 			t.Fatal(err)
@@ -635,8 +658,8 @@ func TestConcurrencyBound(t *testing.T) {
 		if len(plan.Needs) != 41 {
 			t.Errorf("concurrency %d: %d needs, want 41", c, len(plan.Needs))
 		}
-		if p := src.peak.Load(); p > int32(c) || c > 1 && p < 2 {
-			t.Errorf("concurrency %d: peak %d fetches in flight", c, p)
+		if p := src.peak.Load(); p > int32(c) || c > 1 && (p < 2 || src.starved.Load()) {
+			t.Errorf("concurrency %d: peak %d fetches in flight (never 2 at once: %v)", c, p, src.starved.Load())
 		}
 	}
 }

@@ -14,7 +14,11 @@
 // The [Resolver] speaks DNS itself (github.com/miekg/dns) so that lookups are
 // timed and cached in one place shared by all upstreams: TTLs clamped to a
 // configured range, negative answers cached from the SOA minimum (RFC 2308),
-// stale answers served when every server fails (RFC 8767), names in use
+// failures (SERVFAIL, timeouts) remembered for a few seconds, stale answers
+// served when every server fails (RFC 8767), only the records on the CNAME
+// chain from the queried name taken, A and AAAA asked in parallel with a
+// lookup returning a short resolution delay after the first family answered
+// (RFC 8305), names in use
 // refreshed shortly before they expire, one query in flight per name and
 // type, UDP with TCP fallback on truncation. /etc/hosts, "localhost" and IP
 // literals never touch DNS.

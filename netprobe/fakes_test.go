@@ -23,11 +23,16 @@ type fakeDNS struct {
 	a        map[string][]string // fqdn → IPv4
 	aaaa     map[string][]string // fqdn → IPv6
 	nx       map[string]bool     // fqdn → NXDOMAIN with SOA
+	cname    map[string]string   // fqdn → alias target (followed in answers)
+	partial  bool                // answers stop after the first CNAME
+	extra    []dns.RR            // appended to every NOERROR answer section
+	drop     map[uint16]bool     // query types never answered
 	ttl      uint32
 	soaMin   uint32
 	delay    time.Duration
 	rcode    int // non-zero: answer every query with this rcode
 	silent   bool
+	hold     chan struct{}  // non-nil: answers wait until it is closed
 	truncate bool           // UDP answers are empty and truncated
 	counts   map[string]int // "name TYPE proto" → queries
 
@@ -38,6 +43,7 @@ func newFakeDNS(t *testing.T) *fakeDNS {
 	t.Helper()
 	f := &fakeDNS{
 		a: map[string][]string{}, aaaa: map[string][]string{}, nx: map[string]bool{},
+		cname: map[string]string{}, drop: map[uint16]bool{},
 		ttl: 60, soaMin: 60, counts: map[string]int{},
 	}
 	var pc net.PacketConn
@@ -115,12 +121,29 @@ func (f *fakeDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	f.counts[q.Name+" "+dns.TypeToString[q.Qtype]+" "+proto]++
 	delay, silent, rcode, trunc := f.delay, f.silent, f.rcode, f.truncate
 	ttl, soaMin := f.ttl, f.soaMin
-	a, aaaa, nx := f.a[q.Name], f.aaaa[q.Name], f.nx[q.Name]
+	var chain []dns.RR
+	name := q.Name
+	for hops := 0; f.cname[name] != "" && hops < 16; hops++ {
+		chain = append(chain, &dns.CNAME{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: f.ttl}, Target: f.cname[name]})
+		name = f.cname[name]
+		if f.partial {
+			break
+		}
+	}
+	a, aaaa, nx := f.a[name], f.aaaa[name], f.nx[name]
+	extra, drop := f.extra, f.drop[q.Qtype]
+	if f.partial && len(chain) > 0 {
+		a, aaaa = nil, nil
+	}
+	hold := f.hold
 	f.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
 	}
-	if silent {
+	if hold != nil {
+		<-hold
+	}
+	if silent || drop {
 		return
 	}
 	m := new(dns.Msg)
@@ -136,8 +159,9 @@ func (f *fakeDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 		m.Rcode = dns.RcodeNameError
 		m.Ns = append(m.Ns, soa)
 	default:
+		m.Answer = append(m.Answer, chain...)
 		hdr := func(t uint16) dns.RR_Header {
-			return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
+			return dns.RR_Header{Name: name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
 		}
 		switch q.Qtype {
 		case dns.TypeA:
@@ -152,6 +176,7 @@ func (f *fakeDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 		if len(m.Answer) == 0 {
 			m.Ns = append(m.Ns, soa) // NODATA
 		}
+		m.Answer = append(m.Answer, extra...)
 	}
 	w.WriteMsg(m)
 }
@@ -183,10 +208,10 @@ func testConfig(t *testing.T, dnsAddr string) (Config, *prometheus.Registry) {
 	return Config{
 		DNSServers:     []string{dnsAddr},
 		HostsFile:      filepath.Join(t.TempDir(), "hosts"),
-		DNSTimeout:     300 * time.Millisecond,
+		DNSTimeout:     5 * time.Second, // answers come; tests of timeouts set their own
 		DNSAttempts:    1,
 		DNSMinTTL:      time.Second,
-		ConnectTimeout: 2 * time.Second,
+		ConnectTimeout: 10 * time.Second,
 		Registerer:     reg,
 	}, reg
 }

@@ -35,6 +35,8 @@ const (
 	DefaultDNSStaleAnswerTimeout = 1800 * time.Millisecond
 	DefaultDNSStaleRetry         = 30 * time.Second
 	DefaultDNSPrefetchIdle       = 5 * time.Minute
+	DefaultDNSFailureTTL         = 5 * time.Second
+	DefaultDNSResolutionDelay    = 50 * time.Millisecond
 
 	DefaultCircuitCooldown   = 30 * time.Second
 	DefaultCircuitMinSamples = 10
@@ -86,6 +88,16 @@ type Config struct {
 	DNSPrefetchIdle time.Duration
 	// DisableDNSPrefetch turns background refreshes off.
 	DisableDNSPrefetch bool
+	// DNSFailureTTL is how long a failed lookup (SERVFAIL, REFUSED,
+	// timeout, …) of a name with no usable cached answer is remembered, so
+	// that a failing server is not asked again by every new connection
+	// (RFC 9520; default 5s).
+	DNSFailureTTL time.Duration
+	// DNSResolutionDelay is how long a lookup waits for the other address
+	// family once the first family answered with addresses (RFC 8305
+	// section 3; default 50ms). An AAAA answer arriving first is returned
+	// at once.
+	DNSResolutionDelay time.Duration
 
 	// ConnectTimeout bounds resolving plus TCP connect (default 10s).
 	ConnectTimeout time.Duration
@@ -158,6 +170,8 @@ func (c *Config) setDefaults() {
 	dur(&c.DNSStaleAnswerTimeout, DefaultDNSStaleAnswerTimeout)
 	dur(&c.DNSStaleRetry, DefaultDNSStaleRetry)
 	dur(&c.DNSPrefetchIdle, DefaultDNSPrefetchIdle)
+	dur(&c.DNSFailureTTL, DefaultDNSFailureTTL)
+	dur(&c.DNSResolutionDelay, DefaultDNSResolutionDelay)
 	dur(&c.CircuitCooldown, DefaultCircuitCooldown)
 	dur(&c.HedgeFloor, DefaultHedgeFloor)
 	if c.DNSAttempts <= 0 {

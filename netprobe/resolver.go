@@ -19,6 +19,16 @@ import (
 //
 // Lookup order: IP literals, the hosts file, "localhost" (RFC 6761), then
 // DNS: A and AAAA are asked in parallel, each answer cached per (name, type).
+// A lookup returns once both families answered, or DNSResolutionDelay after
+// the first family answered with addresses (RFC 8305 section 3), so a server
+// that drops AAAA queries does not cost every new connection the full query
+// timeout; the slower query goes on and its answer is cached.
+//
+// Answers are taken only along the CNAME chain from the queried name:
+// address records of any other owner name in a response are ignored (a
+// server, or an attacker racing it, cannot slip in records for names that
+// were not asked). A chain that ends in an alias the response does not
+// resolve is followed with a new query, at most maxCNAMEHops aliases deep.
 //
 // Cache semantics:
 //   - positive answers live for the smallest TTL of the answer section,
@@ -34,6 +44,9 @@ import (
 //   - names looked up within DNSPrefetchIdle are refreshed in the
 //     background shortly before they expire, so lookups in steady use never
 //     wait for DNS;
+//   - a failed lookup (SERVFAIL, REFUSED, timeout, …) of a name with no
+//     usable answer is remembered for DNSFailureTTL, so new connections
+//     fail fast instead of each asking a failing server again;
 //   - at most one query per (name, type) is in flight; concurrent lookups
 //     join it. Queries run on the Resolver's own context, so a caller that
 //     gives up does not cancel the query for the others.
@@ -66,7 +79,8 @@ type qkey struct {
 // rrEntry is one cached answer. Its addrs slice is never modified.
 type rrEntry struct {
 	addrs      []netip.Addr
-	rcode      int // dns.RcodeSuccess (possibly NODATA) or dns.RcodeNameError
+	rcode      int   // dns.RcodeSuccess (possibly NODATA) or dns.RcodeNameError
+	err        error // a remembered failure (DNSFailureTTL); addrs and rcode unused
 	ttl        time.Duration
 	expires    time.Time
 	lastUsed   time.Time
@@ -81,7 +95,23 @@ type answer struct {
 	err   error // no usable answer: every server failed
 }
 
-func (e *rrEntry) answer() answer { return answer{addrs: e.addrs, rcode: e.rcode} }
+func (e *rrEntry) answer() answer {
+	if e.err != nil {
+		return answer{err: e.err}
+	}
+	return answer{addrs: e.addrs, rcode: e.rcode}
+}
+
+// label is the rcode label under which a cache hit on e is counted.
+func (e *rrEntry) label() string {
+	if e.err != nil {
+		return e.failRcode
+	}
+	return dns.RcodeToString[e.rcode]
+}
+
+// maxCNAMEHops bounds the aliases followed from one queried name.
+const maxCNAMEHops = 8
 
 type flight struct {
 	done  chan struct{}
@@ -192,11 +222,7 @@ func (r *Resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	start := time.Now()
 	defer func() { r.m.dnsSeconds.WithLabelValues(SourceUserspace).Observe(time.Since(start).Seconds()) }()
 
-	ch := make(chan answer, 1)
-	go func() { ch <- r.lookupType(ctx, fqdn, dns.TypeAAAA) }()
-	a4 := r.lookupType(ctx, fqdn, dns.TypeA)
-	a6 := <-ch
-
+	a6, a4 := r.lookupBoth(ctx, fqdn)
 	addrs := make([]netip.Addr, 0, len(a6.addrs)+len(a4.addrs))
 	addrs = append(append(addrs, a6.addrs...), a4.addrs...)
 	if len(addrs) > 0 {
@@ -218,6 +244,46 @@ func (r *Resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	}
 }
 
+// lookupBoth asks AAAA and A in parallel and returns when both answered,
+// or DNSResolutionDelay after one answered with addresses (the other then
+// counts as no answer). RFC 8305 starts connecting at once on a positive
+// AAAA; the dialer takes one address list and cannot add the IPv4 addresses
+// later, so the short delay applies to whichever family is first, sparing
+// IPv4-only networks a connection attempt with no fallback.
+func (r *Resolver) lookupBoth(ctx context.Context, fqdn string) (a6, a4 answer) {
+	type famAnswer struct {
+		qtype uint16
+		ans   answer
+	}
+	// Buffered: a lookup abandoned after the resolution delay finishes
+	// (bounded by the query timeouts) and caches its answer without a
+	// reader.
+	ch := make(chan famAnswer, 2)
+	for _, qt := range []uint16{dns.TypeAAAA, dns.TypeA} {
+		go func() { ch <- famAnswer{qt, r.lookupType(ctx, fqdn, qt)} }()
+	}
+	var delay <-chan time.Time
+	for got := 0; got < 2; {
+		select {
+		case fa := <-ch:
+			got++
+			if fa.qtype == dns.TypeAAAA {
+				a6 = fa.ans
+			} else {
+				a4 = fa.ans
+			}
+			if got == 1 && len(fa.ans.addrs) > 0 {
+				t := time.NewTimer(r.cfg.DNSResolutionDelay)
+				defer t.Stop()
+				delay = t.C
+			}
+		case <-delay:
+			return a6, a4
+		}
+	}
+	return a6, a4
+}
+
 // lookupType answers one question from the cache, a (shared) query, or
 // stale data.
 func (r *Resolver) lookupType(ctx context.Context, name string, qtype uint16) answer {
@@ -232,13 +298,13 @@ func (r *Resolver) lookupType(ctx context.Context, name string, qtype uint16) an
 	if e != nil {
 		e.lastUsed = now
 		if now.Before(e.expires) {
-			a := e.answer()
+			a, label := e.answer(), e.label()
 			r.mu.Unlock()
-			r.count(dns.RcodeToString[a.rcode], "hit")
+			r.count(label, "hit")
 			return a
 		}
-		if !now.Before(e.expires.Add(r.cfg.DNSStaleWindow)) {
-			e = nil
+		if e.err != nil || !now.Before(e.expires.Add(r.cfg.DNSStaleWindow)) {
+			e = nil // a remembered failure is never served stale
 		}
 	}
 	var stale answer
@@ -311,9 +377,13 @@ func (r *Resolver) runFlight(k qkey, f *flight, prefetch bool) {
 		r.cache[k] = e
 	case err == nil:
 		delete(r.cache, k) // authoritative but uncacheable (no SOA)
-	case old != nil:
+	case old != nil && old.err == nil && now.Before(old.expires.Add(r.cfg.DNSStaleWindow)):
+		// Keep serving the last good answer; ask again after DNSStaleRetry.
 		old.retryAfter = now.Add(r.cfg.DNSStaleRetry)
 		old.failRcode = label
+	case r.ctx.Err() == nil:
+		r.cache[k] = &rrEntry{err: err, failRcode: label, ttl: r.cfg.DNSFailureTTL,
+			expires: now.Add(r.cfg.DNSFailureTTL), lastUsed: now}
 	}
 	delete(r.flights, k)
 	r.mu.Unlock()
@@ -329,13 +399,47 @@ func (r *Resolver) runFlight(k qkey, f *flight, prefetch bool) {
 	}
 }
 
-// resolve asks the servers in turn, DNSAttempts rounds, until one gives an
-// authoritative result (NOERROR or NXDOMAIN). label is the rcode label of
-// the result or of the last failure ("timeout", "error", "SERVFAIL", …).
-func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (e *rrEntry, label string, err error) {
+// resolve answers one (name, type) question, following the CNAME chain
+// through further queries when a response leaves it unresolved. label is
+// the rcode label of the result or of the last failure ("timeout",
+// "error", "SERVFAIL", …).
+func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (*rrEntry, string, error) {
 	if len(r.servers) == 0 {
 		return nil, "error", errorf("resolve %s: no DNS servers configured", name)
 	}
+	qname := name
+	var chainTTL uint32 = 1<<32 - 1 // smallest TTL of the aliases followed so far
+	for hops := 0; ; {
+		in, label, err := r.query(ctx, qname, qtype)
+		if err != nil {
+			return nil, label, err
+		}
+		var e *rrEntry
+		next := ""
+		if in.Rcode == dns.RcodeNameError {
+			e = r.negative(in, dns.RcodeNameError)
+		} else {
+			var ttl uint32
+			e, next, ttl, hops = r.positive(in, qname, qtype, hops)
+			chainTTL = min(chainTTL, ttl)
+		}
+		if next == "" || hops >= maxCNAMEHops {
+			if chainTTL < 1<<32-1 && e.rcode == dns.RcodeSuccess && len(e.addrs) > 0 {
+				// An answer is only as fresh as the aliases leading to it.
+				ttl := clampDur(time.Duration(chainTTL)*time.Second, r.cfg.DNSMinTTL, r.cfg.DNSMaxTTL)
+				if ttl < e.ttl {
+					e.ttl, e.expires = ttl, r.now().Add(ttl)
+				}
+			}
+			return e, label, nil
+		}
+		qname = next
+	}
+}
+
+// query asks the servers in turn, DNSAttempts rounds, until one gives an
+// authoritative result (NOERROR or NXDOMAIN), and returns that response.
+func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (_ *dns.Msg, label string, err error) {
 	label = "error"
 	for attempt := 0; attempt < r.cfg.DNSAttempts; attempt++ {
 		for _, srv := range r.servers {
@@ -352,10 +456,8 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (e *r
 				continue
 			}
 			switch in.Rcode {
-			case dns.RcodeSuccess:
-				return r.positive(in, qtype), dns.RcodeToString[in.Rcode], nil
-			case dns.RcodeNameError:
-				return r.negative(in, dns.RcodeNameError), dns.RcodeToString[in.Rcode], nil
+			case dns.RcodeSuccess, dns.RcodeNameError:
+				return in, dns.RcodeToString[in.Rcode], nil
 			default:
 				label = dns.RcodeToString[in.Rcode]
 				if label == "" {
@@ -393,10 +495,38 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16, srv 
 	return in, nil
 }
 
-func (r *Resolver) positive(in *dns.Msg, qtype uint16) *rrEntry {
+// positive reads a NOERROR response to a qtype question for qname. It
+// follows the CNAME chain from qname through the answer section and takes
+// only the address records owned by the chain's last name; hops counts the
+// aliases followed, across queries. When the chain ends in an alias with no
+// address records in this response, next is that alias (to be asked) and
+// cnameTTL the smallest TTL of the aliases followed here.
+func (r *Resolver) positive(in *dns.Msg, qname string, qtype uint16, hops int) (e *rrEntry, next string, cnameTTL uint32, _ int) {
+	cnameTTL = 1<<32 - 1
+	owner := qname
+	seen := map[string]bool{strings.ToLower(owner): true}
+	for hops < maxCNAMEHops {
+		target := ""
+		for _, rr := range in.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && strings.EqualFold(c.Hdr.Name, owner) {
+				target = strings.ToLower(dns.Fqdn(c.Target))
+				cnameTTL = min(cnameTTL, c.Hdr.Ttl)
+				break
+			}
+		}
+		if target == "" || seen[target] {
+			break
+		}
+		seen[target] = true
+		owner = target
+		hops++
+	}
 	var addrs []netip.Addr
 	var minTTL uint32 = 1<<32 - 1
 	for _, rr := range in.Answer {
+		if !strings.EqualFold(rr.Header().Name, owner) {
+			continue // not on the chain from the queried name
+		}
 		var ip net.IP
 		switch v := rr.(type) {
 		case *dns.A:
@@ -407,23 +537,35 @@ func (r *Resolver) positive(in *dns.Msg, qtype uint16) *rrEntry {
 			if qtype == dns.TypeAAAA {
 				ip = v.AAAA
 			}
-		case *dns.CNAME:
-		default:
+		}
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
 			continue
 		}
 		minTTL = min(minTTL, rr.Header().Ttl)
-		if a, ok := netip.AddrFromSlice(ip); ok {
-			a = a.Unmap()
-			if !containsAddr(addrs, a) {
-				addrs = append(addrs, a)
-			}
+		if a = a.Unmap(); !containsAddr(addrs, a) {
+			addrs = append(addrs, a)
 		}
 	}
 	if len(addrs) == 0 {
-		return r.negative(in, dns.RcodeSuccess) // NODATA
+		if !strings.EqualFold(owner, qname) && !hasSOA(in) {
+			// The response stops at an alias it does not resolve; a
+			// response that says so (NODATA with an SOA) is believed.
+			next = owner
+		}
+		return r.negative(in, dns.RcodeSuccess), next, cnameTTL, hops // NODATA
 	}
-	ttl := clampDur(time.Duration(minTTL)*time.Second, r.cfg.DNSMinTTL, r.cfg.DNSMaxTTL)
-	return &rrEntry{addrs: addrs, rcode: dns.RcodeSuccess, ttl: ttl, expires: r.now().Add(ttl)}
+	ttl := clampDur(time.Duration(min(minTTL, cnameTTL))*time.Second, r.cfg.DNSMinTTL, r.cfg.DNSMaxTTL)
+	return &rrEntry{addrs: addrs, rcode: dns.RcodeSuccess, ttl: ttl, expires: r.now().Add(ttl)}, "", cnameTTL, hops
+}
+
+func hasSOA(in *dns.Msg) bool {
+	for _, rr := range in.Ns {
+		if _, ok := rr.(*dns.SOA); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // negative builds the entry for NXDOMAIN or NODATA: cached for the SOA
@@ -472,6 +614,12 @@ func (r *Resolver) maintain() {
 	}
 	for k, e := range r.cache {
 		if r.flights[k] != nil {
+			continue
+		}
+		if e.err != nil {
+			if !now.Before(e.expires) {
+				delete(r.cache, k) // a remembered failure is never refreshed
+			}
 			continue
 		}
 		if !now.Before(e.expires) {

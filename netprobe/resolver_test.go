@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -82,7 +83,9 @@ func TestResolverServeStale(t *testing.T) {
 			clock := newFakeClock()
 			cfg.Clock = clock.Now
 			cfg.DisableDNSPrefetch = true
-			cfg.DNSTimeout = 100 * time.Millisecond
+			// Long enough for the answers that do come on a loaded
+			// machine; the silent case waits it out once or twice.
+			cfg.DNSTimeout = time.Second
 			p := newTestProbe(t, cfg)
 			r := p.Resolver()
 			if _, err := r.LookupNetIP(context.Background(), "upstream.test"); err != nil {
@@ -135,22 +138,43 @@ func TestResolverStaleAnswerTimeout(t *testing.T) {
 	clock := newFakeClock()
 	cfg.Clock = clock.Now
 	cfg.DisableDNSPrefetch = true
-	cfg.DNSTimeout = 2 * time.Second
+	// A refresh that failed by timing out would be served stale too: the
+	// query timeout lies beyond the hang guard, so that only the stale
+	// answer timeout can end the lookup below.
+	cfg.DNSTimeout = 2 * hangGuard
 	cfg.DNSStaleAnswerTimeout = 100 * time.Millisecond
 	p := newTestProbe(t, cfg)
 	if _, err := p.Resolver().LookupNetIP(context.Background(), "upstream.test"); err != nil {
 		t.Fatal(err)
 	}
-	f.set(func(f *fakeDNS) { f.delay = 500 * time.Millisecond })
+	// The refresh gets no answer until the lookup has returned, and the
+	// answer it would get differs: the lookup can only return, and return
+	// 127.0.0.1, by giving up on the refresh and serving the stale answer.
+	hold := make(chan struct{})
+	defer close(hold)
+	f.set(func(f *fakeDNS) { f.hold = hold; f.a["upstream.test."] = []string{"127.0.0.2"} })
 	clock.Advance(2 * time.Minute)
-	start := time.Now()
-	addrs, err := p.Resolver().LookupNetIP(context.Background(), "upstream.test")
-	if err != nil {
-		t.Fatal(err)
+	type result struct {
+		addrs []netip.Addr
+		err   error
 	}
-	mustAddrs(t, addrs, "127.0.0.1")
-	if el := time.Since(start); el > 400*time.Millisecond {
-		t.Errorf("stale answer took %v, want about the stale answer timeout", el)
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		addrs, err := p.Resolver().LookupNetIP(context.Background(), "upstream.test")
+		done <- result{addrs, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		mustAddrs(t, r.addrs, "127.0.0.1")
+	case <-time.After(hangGuard):
+		t.Fatal("lookup waited for the unanswered refresh instead of serving the stale answer")
+	}
+	if el := time.Since(start); el < cfg.DNSStaleAnswerTimeout {
+		t.Errorf("stale answer after %v, before the %v stale answer timeout", el, cfg.DNSStaleAnswerTimeout)
 	}
 }
 
@@ -225,15 +249,21 @@ func TestResolverPrefetch(t *testing.T) {
 	f := newFakeDNS(t)
 	f.set(func(f *fakeDNS) { f.a["hot.test."] = []string{"127.0.0.1"}; f.ttl = 1 })
 	cfg, reg := testConfig(t, f.Addr)
+	// The resolver's clock moves only when the test says: the entry is
+	// brought within the prefetch lead and never expires, so the second
+	// lookup below is a hit however late the prefetch runs.
+	clock := newFakeClock()
+	cfg.Clock = clock.Now
 	p := newTestProbe(t, cfg)
 	r := p.Resolver()
 	if _, err := r.LookupNetIP(context.Background(), "hot.test"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for f.count("hot.test", dns.TypeA) < 2 {
+	clock.Advance(600 * time.Millisecond) // 400 ms left of the 1 s TTL: within the lead
+	deadline := time.Now().Add(hangGuard)
+	for f.count("hot.test", dns.TypeA) < 2 || counter(t, reg, "modproxy_dns_lookups_total", map[string]string{"cache": "prefetch"}) < 1 {
 		if time.Now().After(deadline) {
-			t.Fatal("no prefetch query before expiry")
+			t.Fatal("no prefetch before expiry")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -270,7 +300,7 @@ func TestResolverRetriesNextServer(t *testing.T) {
 	good.set(func(f *fakeDNS) { f.a["upstream.test."] = []string{"127.0.0.1"} })
 	cfg, _ := testConfig(t, dead.Addr)
 	cfg.DNSServers = []string{dead.Addr, good.Addr}
-	cfg.DNSTimeout = 100 * time.Millisecond
+	cfg.DNSTimeout = time.Second // the good server's answer must fit in it
 	p := newTestProbe(t, cfg)
 	addrs, err := p.Resolver().LookupNetIP(context.Background(), "upstream.test")
 	if err != nil {

@@ -76,8 +76,9 @@ func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) 
 	var m cache.Meta
 	switch k.Kind {
 	case cache.KindZip:
-		// Without streaming, Zip returns only once the zip is stored.
-		z, err := b.f.Zip(ctx, req, false)
+		// In prewarm mode, Zip returns only once the zip is stored, and
+		// the download goes on even if ctx ends.
+		z, err := b.f.Zip(ctx, req, proxy.ZipPrewarm)
 		if err != nil {
 			return Artifact{}, err
 		}

@@ -386,7 +386,7 @@ func TestPrewarmHonoursJobs(t *testing.T) {
 	for _, jobs := range []int{1, 3} {
 		t.Run(fmt.Sprint(jobs), func(t *testing.T) {
 			e := newPWEnv(t, mods...)
-			e.up.SetFaults(testupstream.Fault{Delay: 30 * time.Millisecond})
+			e.flight.holdUntil(jobs)
 			opts := e.options(e.fetcherBackend())
 			opts.Jobs = jobs
 			rep, err := Run(context.Background(), e.goSumNeeds(t, func(testupstream.Module) bool { return true }), opts)
@@ -395,6 +395,9 @@ func TestPrewarmHonoursJobs(t *testing.T) {
 			}
 			if rep.Added != 6 || rep.Failed != 0 {
 				t.Fatalf("report: %+v", rep)
+			}
+			if e.flight.starved.Load() {
+				t.Errorf("%d upstream requests were never in flight at once", jobs)
 			}
 			if got := e.flight.max.Load(); got != int64(jobs) {
 				t.Errorf("at most %d upstream requests in flight, want %d", got, jobs)
@@ -410,26 +413,51 @@ func TestPrewarmCancelStopsPromptly(t *testing.T) {
 	}
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
+			const hangGuard = 2 * time.Minute
 			e := newPWEnv(t, mods...)
-			e.up.SetFaults(testupstream.Fault{Delay: 100 * time.Millisecond})
+			// The first module asked for is served; every other one hangs
+			// until its request is abandoned. So one module completes, and
+			// Prewarm can only return after the cancellation that follows
+			// by abandoning the fetches in flight, not by waiting for them.
+			var free atomic.Pointer[string]
+			e.up.SetFaults(testupstream.Fault{Delay: 10 * hangGuard, Match: func(p string) bool {
+				mod, _, ok := strings.Cut(p, "/@v/")
+				if !ok {
+					return false
+				}
+				free.CompareAndSwap(nil, &mod)
+				return *free.Load() != mod
+			}})
 			errStop := errors.New("stop requested")
 			ctx, cancel := context.WithCancelCause(context.Background())
 			defer cancel(nil)
-			var cancelled atomic.Pointer[time.Time]
 			opts := e.options(b.new(t, e))
 			opts.Jobs = 2
 			opts.Progress = func(p Progress) {
-				if now := time.Now(); p.Done == 1 && cancelled.CompareAndSwap(nil, &now) {
+				if p.Done == 1 {
 					cancel(errStop)
 				}
 			}
 			needs := e.goSumNeeds(t, func(testupstream.Module) bool { return true })
-			rep, err := Run(ctx, needs, opts)
-			if !errors.Is(err, errStop) {
-				t.Fatalf("err = %v, want the cancellation cause", err)
+			type result struct {
+				rep *Report
+				err error
 			}
-			if d := time.Since(*cancelled.Load()); d > time.Second {
-				t.Errorf("Prewarm returned %s after cancellation", d)
+			done := make(chan result, 1)
+			go func() {
+				rep, err := Run(ctx, needs, opts)
+				done <- result{rep, err}
+			}()
+			var rep *Report
+			select {
+			case r := <-done:
+				rep = r.rep
+				if !errors.Is(r.err, errStop) {
+					t.Fatalf("err = %v, want the cancellation cause", r.err)
+				}
+			case <-time.After(hangGuard):
+				cancel(errStop)
+				t.Fatalf("Prewarm still running %v after it was cancelled with fetches hanging", hangGuard)
 			}
 			if rep == nil || rep.Modules != 20 || rep.Added+rep.Stored+rep.Failed != 20 || rep.Added < 1 || rep.Failed < 10 {
 				t.Fatalf("report: %+v", rep)
@@ -503,9 +531,23 @@ func checkStoreWhole(t *testing.T, e *pwEnv) {
 
 // inFlight is a RoundTripper that records the most requests it had in
 // flight at once: from the request until its response body is closed.
+//
+// With holdUntil(n), the first requests wait until n are in flight at once
+// (then none waits again), so that reaching n depends on how many the
+// caller runs concurrently, not on how the scheduler overlaps them.
 type inFlight struct {
 	next     http.RoundTripper
 	now, max atomic.Int64
+
+	wave     int64         // holdUntil's n; 0: no holding
+	full     chan struct{} // closed once wave requests were in flight
+	fullOnce sync.Once
+	starved  atomic.Bool // the hang guard opened the gate, not the wave
+}
+
+// holdUntil makes the first requests wait until n are in flight at once.
+func (c *inFlight) holdUntil(n int) {
+	c.wave, c.full = int64(n), make(chan struct{})
 }
 
 func (c *inFlight) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -514,6 +556,18 @@ func (c *inFlight) RoundTrip(req *http.Request) (*http.Response, error) {
 		m := c.max.Load()
 		if n <= m || c.max.CompareAndSwap(m, n) {
 			break
+		}
+	}
+	if c.wave > 0 {
+		if n >= c.wave {
+			c.fullOnce.Do(func() { close(c.full) })
+		}
+		select {
+		case <-c.full:
+		case <-req.Context().Done():
+		case <-time.After(2 * time.Minute): // hang guard
+			c.starved.Store(true)
+			c.fullOnce.Do(func() { close(c.full) })
 		}
 	}
 	resp, err := c.next.RoundTrip(req)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/modproxy/modproxy/cache/gate"
 	"github.com/modproxy/modproxy/internal/oneline"
@@ -52,6 +53,9 @@ type HTTPError struct {
 	Status int
 	Msg    string
 	Err    error
+	// RetryAfter, when set, is sent as Retry-After (the proxy is busy, not
+	// broken).
+	RetryAfter time.Duration
 }
 
 func (e *HTTPError) Error() string { return e.Msg }

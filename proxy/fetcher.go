@@ -3,11 +3,13 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -105,6 +107,26 @@ type Config struct {
 	Metrics      *Metrics
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+
+	// MaxZipDownloads bounds concurrent upstream zip downloads; more wait
+	// in a queue of ZipQueue for at most ZipQueueWait, then get 503 with
+	// Retry-After. Defaults DefaultMaxZipDownloads, DefaultZipQueue,
+	// DefaultZipQueueWait.
+	MaxZipDownloads int
+	ZipQueue        int
+	ZipQueueWait    time.Duration
+	// SpoolQuota bounds the bytes of all spool files together (0:
+	// unbounded). A download that would exceed it gets 503 with
+	// Retry-After, or 507 when it is larger than the whole quota.
+	SpoolQuota int64
+	// MinFreeSpace is kept free on the store's and the spool's file
+	// systems: a zip that would eat into it is not staged (it is passed
+	// through unstored), and /readyz reports the disk as full until it is
+	// free again. Default DefaultMinFreeSpace; negative means 0.
+	MinFreeSpace int64
+	// DiskFree returns the free bytes of the file system holding a
+	// directory (default statfs; a test seam).
+	DiskFree func(dir string) (uint64, error)
 }
 
 func (c *Config) setDefaults() {
@@ -128,6 +150,31 @@ func (c *Config) setDefaults() {
 	}
 	if c.HoldBackTime <= 0 {
 		c.HoldBackTime = 300 * time.Millisecond
+	}
+	if c.MaxZipDownloads <= 0 {
+		c.MaxZipDownloads = DefaultMaxZipDownloads
+	}
+	if c.ZipQueue < 0 {
+		c.ZipQueue = 0
+	} else if c.ZipQueue == 0 {
+		c.ZipQueue = DefaultZipQueue
+	}
+	if c.ZipQueueWait <= 0 {
+		c.ZipQueueWait = DefaultZipQueueWait
+	}
+	if c.SpoolQuota < 0 {
+		c.SpoolQuota = 0
+	}
+	if c.SpoolDir == "" {
+		c.SpoolDir = os.TempDir()
+	}
+	if c.MinFreeSpace == 0 {
+		c.MinFreeSpace = DefaultMinFreeSpace
+	} else if c.MinFreeSpace < 0 {
+		c.MinFreeSpace = 0
+	}
+	if c.DiskFree == nil {
+		c.DiskFree = diskFree
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -182,6 +229,9 @@ type Fetcher struct {
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
+	slots      *downloadSlots
+	quota      *spoolQuota
+	disk       *diskState
 
 	reverify *reverifier // nil without a Verifier
 	pf       *prefetcher // nil with NoPrefetch or Offline
@@ -201,6 +251,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	cleanSpool(cfg.SpoolDir, cfg.Logger)
 	f := &Fetcher{
 		cfg:        cfg,
 		store:      cfg.Store,
@@ -213,6 +264,9 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
 		condemned:  condemnedCopies{now: cfg.Now},
 		zipFlights: make(map[cache.Key]*zipFlight),
+		slots:      newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
+		quota:      &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
+		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), localDirs(cfg.Store, cfg.SpoolDir)...),
 	}
 	if !cfg.NoPrefetch && !cfg.Offline {
 		f.pf = newPrefetcher(f)
@@ -360,13 +414,16 @@ type Artifact struct {
 	Cache    string // hit, miss, stale, bypass
 	Route    route
 	Modified time.Time
+	// Unstored: passed through because the store's disk had no room.
+	Unstored bool
 }
 
 // result of a shared metadata fetch.
 type metaResult struct {
-	data  []byte
-	meta  cache.Meta
-	route route
+	data     []byte
+	meta     cache.Meta
+	route    route
+	unstored bool
 }
 
 // fetchShared runs fetch once for all concurrent callers with the same key,
@@ -456,16 +513,21 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 			return metaResult{}, herr
 		}
 		stored, err := f.gate.Commit(got)
+		unstored := false
 		if err != nil {
-			return metaResult{}, fmt.Errorf("store %s: %w", req, err)
+			if !isNoSpace(err) {
+				return metaResult{}, fmt.Errorf("store %s: %w", req, err)
+			}
+			f.noRoom(req, err)
+			stored, unstored = cache.Meta{Upstream: rt.upstream, Hash: got.Hash(), State: got.State(), Size: int64(len(got.Data())), SHA256: sha256.Sum256(got.Data())}, true
 		}
 		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
-		return metaResult{data: got.Data(), meta: stored, route: rt}, nil
+		return metaResult{data: got.Data(), meta: stored, route: rt, unstored: unstored}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &Artifact{Data: res.data, Meta: res.meta, Cache: "miss", Route: res.route, Modified: res.meta.Created}, nil
+	return &Artifact{Data: res.data, Meta: res.meta, Cache: "miss", Route: res.route, Modified: res.meta.Created, Unstored: res.unstored}, nil
 }
 
 // fetchSmall fetches one .info or .mod file from u and passes it through
@@ -612,13 +674,18 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 			f.neg.put(key, herr) // errors only for a short backoff
 			return metaResult{}, herr
 		}
+		unstored := false
 		if err := f.store.PutEntry(key, data); err != nil {
-			return metaResult{}, fmt.Errorf("store %s: %w", req, err)
+			if !isNoSpace(err) {
+				return metaResult{}, fmt.Errorf("store %s: %w", req, err)
+			}
+			f.noRoom(req, err)
+			unstored = true
 		}
-		return metaResult{data: data, route: rt}, nil
+		return metaResult{data: data, route: rt, unstored: unstored}, nil
 	})
 	if err == nil {
-		return &Artifact{Data: res.data, Cache: "miss", Route: res.route, Modified: now}, nil
+		return &Artifact{Data: res.data, Cache: "miss", Route: res.route, Modified: now, Unstored: res.unstored}, nil
 	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err() // the client left

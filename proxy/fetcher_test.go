@@ -8,7 +8,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -556,44 +559,94 @@ func TestChecksumDatabaseDownFailsClosedUnlessFailOpen(t *testing.T) {
 	}
 }
 
+// The client gets the first bytes of a large zip while the upstream is
+// still sending it. The upstream sends the first half (far more than the
+// hold-back), then holds the rest until the client has its first byte: a
+// proxy that waited for the whole download would never answer, and the
+// hang guard would fail the test. Ordering decides, not timing.
 func TestLargeZipStreamsBeforeDownloadEnds(t *testing.T) {
+	const hangGuard = 2 * time.Minute
 	big := make([]byte, 0, 600<<10)
 	for i := 0; len(big) < 600<<10; i++ {
 		big = fmt.Appendf(big, "// line %d %x\n", i, sha256.Sum256([]byte{byte(i), byte(i >> 8)}))
 	}
 	mod := testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + string(big)}}
 	up := newUpstream(t, mod)
-	zipLen := len(up.Zip(mod.Path, mod.Version))
-	up.SetFaults(testupstream.Fault{SlowBody: 30 * time.Millisecond, Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
-	e := newEnv(t, up.URL(), func(c *Config) { c.HoldBackBytes = 64 << 10 })
+	zip := up.Zip(mod.Path, mod.Version)
+	const holdBack = 64 << 10
+	half := len(zip) / 2
+	if half < 2*holdBack {
+		t.Fatalf("zip of %d bytes: its first half does not get past the %d-byte hold-back", len(zip), holdBack)
+	}
+	clientHasByte := make(chan struct{})
+	testDone := make(chan struct{})
+	rest := httputil.NewSingleHostReverseProxy(mustParseURL(t, up.URL()))
+	gated := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, ".zip") {
+			rest.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(zip)))
+		w.Write(zip[:half])
+		w.(http.Flusher).Flush()
+		select {
+		case <-clientHasByte:
+		case <-testDone:
+			return
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(zip[half:])
+	}))
+	t.Cleanup(gated.Close)
+	t.Cleanup(func() { close(testDone) }) // before gated.Close: a held handler returns
+	e := newEnv(t, gated.URL, func(c *Config) { c.HoldBackBytes = holdBack })
 
-	start := time.Now()
-	resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
+	type first struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan first, 1)
+	go func() {
+		resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
+		if err == nil {
+			_, err = io.ReadFull(resp.Body, make([]byte, 1))
+		}
+		got <- first{resp, err}
+	}()
+	var resp *http.Response
+	select {
+	case f := <-got:
+		if f.resp != nil {
+			defer f.resp.Body.Close()
+		}
+		if f.err != nil {
+			t.Fatal(f.err)
+		}
+		resp = f.resp
+	case <-time.After(hangGuard):
+		t.Fatalf("no first byte in %v while the upstream held back the second half: the client waited for the whole download", hangGuard)
+	}
+	close(clientHasByte)
+	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	buf := make([]byte, 1)
-	if _, err := io.ReadFull(resp.Body, buf); err != nil {
-		t.Fatal(err)
-	}
-	firstByte := time.Since(start)
-	rest, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := time.Since(start)
-	if len(rest)+1 != zipLen {
-		t.Fatalf("got %d bytes, want %d", len(rest)+1, zipLen)
-	}
-	// The body arrives in ~zipLen/32KiB slow pieces; the first byte must
-	// come well before the last (ordering, not a timing threshold).
-	if firstByte >= total/2 {
-		t.Errorf("first byte after %v of %v: the client waited for the whole download", firstByte, total)
+	if len(body)+1 != len(zip) {
+		t.Fatalf("got %d bytes, want %d", len(body)+1, len(zip))
 	}
 	if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); err != nil {
 		t.Errorf("streamed zip not stored: %v", err)
 	}
+}
+
+func mustParseURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
 
 func TestStreamedBadZipAbortsClient(t *testing.T) {

@@ -29,7 +29,7 @@ func newTestVerifier(t *testing.T, db *testsumdb.DB, st *cache.Store, edit func(
 	cfg := sumdb.Config{
 		VerifierKey: db.VerifierKey(),
 		URL:         db.URL(),
-		Timeout:     5 * time.Second,
+		Timeout:     time.Minute, // a hang guard: no test waits it out
 		Client:      &http.Client{Transport: &http.Transport{}},
 		Logger:      slog.New(slog.DiscardHandler),
 	}
@@ -195,28 +195,26 @@ func TestFailOpenArtifactsAreVerifiedInTheBackground(t *testing.T) {
 		e.mustGet("/"+path+"/@v/"+p, 200) // fail-open
 	}
 	up.SetFaults()
-	// While the database stays down, nothing is quarantined.
-	time.Sleep(100 * time.Millisecond)
-	if _, err := e.store.Stat(cache.Key{Path: path, Version: "v1.1.0", Kind: cache.KindMod}); err != nil {
+	// While the database stays down, nothing is quarantined: wait for a
+	// pass that saw all three artifacts and paused on the database.
+	waitLog(t, logs, "background verification paused\" done=0 left=3")
+	tampered := cache.Key{Path: path, Version: "v1.1.0", Kind: cache.KindMod}
+	if _, err := e.store.Stat(tampered); err != nil {
 		t.Fatalf("quarantined while the database was down: %v", err)
 	}
 	db.SetDown(false)
 
-	tampered := cache.Key{Path: path, Version: "v1.1.0", Kind: cache.KindMod}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		_, err := e.store.Stat(tampered)
-		okMod := counterValue(t, e.f.m.reverified.WithLabelValues("mod", "ok"))
-		okZip := counterValue(t, e.f.m.reverified.WithLabelValues("zip", "ok"))
-		// The Error log follows the quarantine: wait for it too.
-		logged := strings.Contains(logs.String(), "quarantined")
-		if errors.Is(err, cache.ErrNotFound) && okMod == 1 && okZip == 1 && logged {
-			break
+	// The pass is over only once it says so: the quarantine, its counter
+	// and its Error line come one after another, and the test must not look
+	// in between.
+	waitLog(t, logs, "background verification pass done")
+	if _, err := e.store.Stat(tampered); !errors.Is(err, cache.ErrNotFound) {
+		t.Errorf("tampered go.mod after the pass: %v, want it quarantined", err)
+	}
+	for _, kind := range []string{"mod", "zip"} {
+		if got := counterValue(t, e.f.m.reverified.WithLabelValues(kind, "ok")); got != 1 {
+			t.Errorf("reverified{%s,ok} = %v, want 1", kind, got)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("background verification did not finish: stat %v, ok mod %v zip %v\n%s", err, okMod, okZip, logs)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	if got := counterValue(t, e.f.m.reverified.WithLabelValues("mod", "mismatch")); got != 1 {
 		t.Errorf("reverified{mod,mismatch} = %v, want 1", got)
@@ -254,6 +252,18 @@ func TestFailOpenArtifactsAreVerifiedInTheBackground(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if n := db.RequestCount("/lookup/"); n != lookups {
 		t.Errorf("a later pass asked the database %d more times", n-lookups)
+	}
+}
+
+// waitLog waits until logs contain want. The bound is only a hang guard.
+func waitLog(t *testing.T, logs *syncLog, want string) {
+	t.Helper()
+	const hangGuard = 2 * time.Minute
+	for deadline := time.Now().Add(hangGuard); !strings.Contains(logs.String(), want); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q logged in %v:\n%s", want, hangGuard, logs)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

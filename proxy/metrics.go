@@ -18,6 +18,16 @@ type Metrics struct {
 	reverified *prometheus.CounterVec
 	// prefetch counts prefetched .mod files by kind and result.
 	prefetch *prometheus.CounterVec
+
+	// The zip download budget (zipbudget.go).
+	zipInFlight prometheus.Gauge
+	zipQueued   prometheus.Gauge
+	spoolBytes  prometheus.Gauge
+	zipRejected *prometheus.CounterVec
+	zipCanceled prometheus.Counter
+	// servedUnstored counts misses passed through to the client because
+	// the store had no room for them.
+	servedUnstored *prometheus.CounterVec
 }
 
 // NewMetrics creates the proxy's collectors and registers them with reg
@@ -60,6 +70,33 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "modproxy_fetch_shared_total",
 			Help: "Client requests that joined a fetch already in flight instead of starting one.",
 		}, []string{"kind"}),
+		zipInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modproxy_zip_downloads_in_flight",
+			Help: "Upstream zip downloads holding a download slot (--max-zip-downloads).",
+		}),
+		zipQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modproxy_zip_downloads_queued",
+			Help: "Zip downloads waiting for a download slot.",
+		}),
+		spoolBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modproxy_spool_bytes",
+			Help: "Bytes of the spool quota held by zip spool files: the whole size of a download of known size, else what arrived (--spool-quota bounds them).",
+		}),
+		zipRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_zip_downloads_rejected_total",
+			Help: "Zip downloads refused with 503 by reason (queue_full, queue_timeout, spool_quota).",
+		}, []string{"reason"}),
+		zipCanceled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "modproxy_zip_downloads_canceled_total",
+			Help: "Zip downloads cancelled because every client waiting for them left.",
+		}),
+		servedUnstored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modproxy_served_unstored_total",
+			Help: "Misses passed through to the client without being stored, because the store's disk had no room.",
+		}, []string{"kind"}),
+	}
+	for _, r := range []string{"queue_full", "queue_timeout", "spool_quota"} {
+		m.zipRejected.WithLabelValues(r)
 	}
 	// Export zeros for the known label values, so that rate() and
 	// increase() in rules and dashboards see the series from the start.
@@ -71,6 +108,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.reverified.WithLabelValues(string(k), "mismatch")
 	}
 	for _, k := range []Kind{KindInfo, KindMod, KindZip, KindList, KindLatest} {
+		m.servedUnstored.WithLabelValues(string(k))
 		m.fetchShared.WithLabelValues(string(k))
 		for _, r := range []string{"ok", "error"} {
 			m.fetches.WithLabelValues(string(k), r)
@@ -82,7 +120,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified, m.reverified, m.prefetch)
+		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified, m.reverified, m.prefetch,
+			m.zipInFlight, m.zipQueued, m.spoolBytes, m.zipRejected, m.zipCanceled, m.servedUnstored)
 	}
 	return m
 }

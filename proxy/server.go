@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -49,9 +50,21 @@ func NewServer(f *Fetcher, opts ServerOptions) *Server {
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if err := s.f.store.Ping(); err != nil {
+	pingErr := s.f.store.Ping()
+	if pingErr != nil && !isNoSpace(pingErr) {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "store not writable: %s\n", oneLine(err.Error()))
+		fmt.Fprintf(w, "store not writable: %s\n", oneLine(pingErr.Error()))
+		return
+	}
+	// A full disk is rechecked on every probe, so readiness comes back
+	// when space is freed, without a restart.
+	why := s.f.disk.problem()
+	if pingErr != nil && why == "" {
+		why = "the store's heartbeat write failed: " + oneLine(pingErr.Error())
+	}
+	if why != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "disk full: %s\n", why)
 		return
 	}
 	fmt.Fprintln(w, "ready")
@@ -151,6 +164,10 @@ const (
 	staleCache = "public, max-age=5"
 )
 
+// warnUnstored marks an answer passed through without being stored
+// (RFC 9111 §5.5: 199 is a miscellaneous warning).
+const warnUnstored = `199 modproxy "not stored: the store's disk is full"`
+
 func (s *Server) serveModule(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/sumdb/") {
 		if s.sumdb == nil {
@@ -233,6 +250,9 @@ func (s *Server) serveSmall(w http.ResponseWriter, r *http.Request, req Request,
 	h.Set("Content-Type", contentType(req.Kind))
 	h.Set(headerCache, a.Cache)
 	setRoute(h, a.Route)
+	if a.Unstored {
+		h.Set("Warning", warnUnstored)
+	}
 	switch {
 	case req.Query:
 		h.Set("Cache-Control", "no-cache")
@@ -271,21 +291,49 @@ func conditional(r *http.Request) bool {
 }
 
 func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
-	z, err := s.f.Zip(r.Context(), req, r.Method == http.MethodGet)
+	s.serveZipAttempt(w, r, req, true)
+}
+
+// serveZipAttempt serves the zip; mayRefetch allows one more attempt when
+// the stored copy turns out damaged before a byte of it was sent (the store
+// has quarantined it by then, so the second attempt fetches it afresh).
+func (s *Server) serveZipAttempt(w http.ResponseWriter, r *http.Request, req Request, mayRefetch bool) {
+	mode := ZipWait
+	if r.Method == http.MethodGet {
+		mode = ZipStream
+		if !r.ProtoAtLeast(1, 1) {
+			// No chunked encoding: an answer of unknown length ends with
+			// a close, which an aborted stream cannot be told from.
+			mode = ZipStreamSized
+		}
+	}
+	z, err := s.f.Zip(r.Context(), req, mode)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	defer z.Close()
 	h := w.Header()
 	h.Set("Content-Type", contentType(KindZip))
 	h.Set(headerCache, z.Cache)
 	setRoute(h, z.Route)
 	if z.Reader != nil {
-		m := z.Reader.Meta()
+		damaged := s.serveStoredZip(w, r, req, z.Reader)
+		z.Close()
+		switch {
+		case damaged == nil:
+		case mayRefetch:
+			s.serveZipAttempt(w, r, req, false)
+		default:
+			s.fail(w, &HTTPError{Status: http.StatusInternalServerError, Err: damaged,
+				Msg: fmt.Sprintf("the stored copy of %s.zip is damaged and was quarantined; retry", req)})
+		}
+		return
+	}
+	defer z.Close()
+	if z.Unstored {
 		h.Set("Cache-Control", immutableCache)
-		h.Set("ETag", etag(m.SHA256))
-		http.ServeContent(w, r, "", m.Created, z.Reader)
+		h.Set("Warning", warnUnstored)
+		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(z.spool, 0, z.Size))
 		return
 	}
 	headerSent, err := z.serveStream(r.Context(), w)
@@ -301,6 +349,95 @@ func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
 	}
 }
 
+// serveStoredZip sends a stored zip. A plain GET (every go command request)
+// goes out through the Reader's WriteTo: a chunk (512 KiB) per write, no
+// 32 KiB copy loop and no range machinery. Ranges and preconditions go
+// through http.ServeContent.
+//
+// A read error after the first byte aborts the connection: a client must
+// never see a clean end of a truncated or damaged zip. If the stored copy is
+// found damaged before anything was sent, the headers are withdrawn and the
+// error returned, so that the caller can refetch.
+func (s *Server) serveStoredZip(w http.ResponseWriter, r *http.Request, req Request, zr cache.ArtifactReader) (damaged error) {
+	m := zr.Meta()
+	h := w.Header()
+	h.Set("Cache-Control", immutableCache)
+	h.Set("ETag", etag(m.SHA256))
+	if r.Header.Get("Range") != "" || conditional(r) {
+		rr := &readRecorder{r: zr}
+		cw := &countingWriter{w: w}
+		http.ServeContent(cw, r, "", m.Created, rr)
+		if rr.err != nil && r.Context().Err() == nil {
+			s.abortStored(req, rr.err, cw.n)
+		}
+		return nil
+	}
+	h.Set("Last-Modified", m.Created.UTC().Format(http.TimeFormat))
+	h.Set("Content-Length", strconv.FormatInt(m.Size, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	cw := &countingWriter{w: w}
+	_, err := zr.WriteTo(cw)
+	switch {
+	case err == nil:
+		return nil
+	case cw.writes == 0 && errors.Is(err, cache.ErrCorrupt):
+		for _, k := range []string{"Content-Length", "ETag", "Last-Modified", "Cache-Control"} {
+			h.Del(k)
+		}
+		s.log.Error("stored zip is damaged; quarantined, refetching", "module", req.Module, "version", req.Version, "err", err)
+		return err
+	case r.Context().Err() != nil:
+		return nil // the client went away
+	}
+	s.abortStored(req, err, cw.n)
+	return nil
+}
+
+func (s *Server) abortStored(req Request, err error, sent int64) {
+	level := slog.LevelWarn
+	if errors.Is(err, cache.ErrCorrupt) {
+		level = slog.LevelError
+	}
+	s.log.Log(context.Background(), level, "aborting stored zip", "module", req.Module, "version", req.Version, "sent", sent, "err", err)
+	panic(http.ErrAbortHandler)
+}
+
+// countingWriter counts what reached the response.
+type countingWriter struct {
+	w      http.ResponseWriter
+	n      int64
+	writes int
+}
+
+func (c *countingWriter) Header() http.Header  { return c.w.Header() }
+func (c *countingWriter) WriteHeader(code int) { c.w.WriteHeader(code) }
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.writes++
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// readRecorder keeps the first read error of a stored zip served through
+// http.ServeContent, which drops it.
+type readRecorder struct {
+	r   cache.ArtifactReader
+	err error
+}
+
+func (rr *readRecorder) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	if err != nil && err != io.EOF && rr.err == nil {
+		rr.err = err
+	}
+	return n, err
+}
+
+func (rr *readRecorder) Seek(off int64, whence int) (int64, error) { return rr.r.Seek(off, whence) }
+
 // fail writes err as a status and a one-line text body.
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	if errors.Is(err, context.Canceled) {
@@ -309,10 +446,16 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	var herr *HTTPError
 	if !errors.As(err, &herr) {
 		herr = &HTTPError{Status: http.StatusInternalServerError, Msg: "internal error", Err: err}
-		if errors.Is(err, cache.ErrNotFound) {
+		switch {
+		case errors.Is(err, cache.ErrNotFound):
 			herr.Status, herr.Msg = http.StatusNotFound, "not found: "+oneLine(err.Error())
+		case isNoSpace(err):
+			herr.Status, herr.Msg = http.StatusInsufficientStorage, "insufficient storage: "+oneLine(err.Error())
 		}
 		s.log.Error("request failed", "err", err)
+	}
+	if herr.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((herr.RetryAfter+time.Second-1)/time.Second)))
 	}
 	if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
 		w.Header().Set(headerCache, "negative")

@@ -31,20 +31,42 @@ var errStreamFailed = errors.New("download failed after streaming to clients beg
 // the spool as it arrives; its last byte is withheld until it is verified
 // and committed, and the clients' connections are aborted if it fails, so no
 // client ever sees a clean end of a bad zip.
+//
+// A flight runs on its own context: when every client waiting for it (or
+// following its stream) has left, it is cancelled and forgotten, unless a
+// prewarm asked for it. It holds one of the Fetcher's download slots while
+// it talks to upstreams, and its spool file's bytes count against the spool
+// quota until the file is removed.
 type zipFlight struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every state change
 	streaming bool          // clients may read the spool
-	spool     string        // the spool file of the streaming attempt
+	spool     string        // the spool file clients read (streaming or pass-through)
 	written   int64         // bytes in the spool
 	size      int64         // Content-Length of the streaming attempt, or -1
 	done      bool
 	err       error
 	rt        route
+	// unstored: the zip was verified but the store had no room; clients
+	// are served the spool file, which stays until the last of them opened
+	// it.
+	unstored bool
+
+	// Guarded by Fetcher.zipMu.
+	waiting   int         // clients inside Fetcher.Zip
+	following int         // clients reading the spool (streaming or unstored)
+	keep      bool        // a prewarm asked: never cancelled for want of clients
+	finished  bool        // runZip returned
+	owned     *os.File    // the spool file clients read, held open (and locked) until removed
+	lease     *spoolLease // its share of the spool quota
 }
 
-func newZipFlight() *zipFlight {
-	return &zipFlight{changed: make(chan struct{}), size: -1}
+func newZipFlight(parent context.Context) *zipFlight {
+	ctx, cancel := context.WithCancel(parent)
+	return &zipFlight{ctx: ctx, cancel: cancel, changed: make(chan struct{}), size: -1}
 }
 
 // update changes the flight's state under its lock and wakes waiters.
@@ -56,14 +78,40 @@ func (fl *zipFlight) update(fn func()) {
 	fl.mu.Unlock()
 }
 
+// ZipMode says what a caller of Fetcher.Zip may receive while the zip is
+// still downloading.
+type ZipMode int
+
+const (
+	// ZipWait returns only a complete zip (HEAD requests).
+	ZipWait ZipMode = iota
+	// ZipStream follows a download in progress: for clients that see an
+	// aborted connection as an error (HTTP/1.1 chunked, HTTP/2).
+	ZipStream
+	// ZipStreamSized follows a download only when its size is known, so
+	// that a withheld last byte marks a failure; otherwise it waits for
+	// the committed zip. For HTTP/1.0 clients, whose answer of unknown
+	// length ends with a close that looks complete.
+	ZipStreamSized
+	// ZipPrewarm waits for the complete zip, and the download goes on
+	// even if the caller leaves.
+	ZipPrewarm
+)
+
 // ZipResult is a zip ready to serve: either a reader of the stored zip, or a
-// stream that follows a download in progress.
+// stream that follows a download in progress, or a complete zip the store
+// had no room for (Unstored).
 type ZipResult struct {
 	Reader cache.ArtifactReader // non-nil when the zip is stored
 	Cache  string
 	Route  route
-	flight *zipFlight
-	spool  *os.File
+	// Unstored: a verified zip served from the spool because the store's
+	// disk was full; Size is its length.
+	Unstored bool
+	Size     int64
+	flight   *zipFlight
+	spool    *os.File
+	release  func()
 }
 
 // Close releases the reader or spool file.
@@ -71,16 +119,21 @@ func (z *ZipResult) Close() error {
 	if z.Reader != nil {
 		return z.Reader.Close()
 	}
+	var err error
 	if z.spool != nil {
-		return z.spool.Close()
+		err = z.spool.Close()
 	}
-	return nil
+	if z.release != nil {
+		z.release()
+		z.release = nil
+	}
+	return err
 }
 
 // Zip returns the zip named by req: from the store, or from a download
-// shared with concurrent requests. stream is false for a client that must
-// not be streamed to (HEAD), which waits for the committed zip instead.
-func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult, error) {
+// shared with concurrent requests; mode says whether the caller may follow
+// a download in progress.
+func (f *Fetcher) Zip(ctx context.Context, req Request, mode ZipMode) (*ZipResult, error) {
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindZip}
 	r, err := f.store.Open(key)
 	if err == nil {
@@ -100,35 +153,51 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 	f.zipMu.Lock()
 	fl, joined := f.zipFlights[key]
 	if !joined {
-		fl = newZipFlight()
+		fl = newZipFlight(f.ctx)
 		f.zipFlights[key] = fl
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
 			f.runZip(key, req, fl)
-			f.retireZip(key, fl)
 		}()
 	} else {
 		f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
 	}
+	fl.waiting++
+	fl.keep = fl.keep || mode == ZipPrewarm
 	f.zipMu.Unlock()
 
+	follows := false
+	defer func() { f.leaveZip(key, fl, follows) }()
 	for {
 		fl.mu.Lock()
-		done, streaming, ch := fl.done, fl.streaming, fl.changed
-		if streaming && stream && !done {
+		done, streaming, ch, size := fl.done, fl.streaming, fl.changed, fl.size
+		if streaming && !done && (mode == ZipStream || mode == ZipStreamSized && size >= 0) {
 			spool, err := os.Open(fl.spool)
 			fl.mu.Unlock()
 			if err != nil {
 				return nil, fmt.Errorf("follow download of %s: %w", req, err)
 			}
-			return &ZipResult{Cache: "miss", flight: fl, spool: spool}, nil
+			follows = true
+			return &ZipResult{Cache: "miss", flight: fl, spool: spool, release: f.unfollow(key, fl)}, nil
 		}
-		ferr, rt := fl.err, fl.rt
+		ferr, rt, unstored, spoolName, written := fl.err, fl.rt, fl.unstored, fl.spool, fl.written
 		fl.mu.Unlock()
 		if done {
 			if ferr != nil {
 				return nil, ferr
+			}
+			if unstored && mode == ZipPrewarm {
+				// Prewarm is there to store: a zip it cannot keep failed.
+				return nil, insufficientStorage("%s.zip was verified but not stored: the store's disk is full", req)
+			}
+			if unstored {
+				spool, err := os.Open(spoolName)
+				if err != nil {
+					return nil, fmt.Errorf("read unstored download of %s: %w", req, err)
+				}
+				follows = true
+				return &ZipResult{Cache: "miss", Route: rt, Unstored: true, Size: written, spool: spool, release: f.unfollow(key, fl)}, nil
 			}
 			r, err := f.store.Open(key)
 			if err != nil {
@@ -144,69 +213,150 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, stream bool) (*ZipResult
 	}
 }
 
-// runZip downloads, checks, verifies and stores one zip, trying upstreams
-// in turn, and publishes the outcome to fl.
-func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
-	if l, ok := f.store.(FetchLeaser); ok {
-		release, stored, err := l.AcquireFetch(f.ctx, key)
-		if err != nil || stored {
-			// stored: another replica fetched it; waiters read the store.
-			var herr error
-			if err != nil {
-				herr = &HTTPError{Status: http.StatusBadGateway, Err: err, Msg: fmt.Sprintf("%s.zip: cannot coordinate the fetch with the other replicas: %v", req, err)}
-				f.log.Warn("zip fetch lease failed", "module", req.Module, "version", req.Version, "err", err)
-			} else {
-				f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
-			}
-			fl.update(func() { fl.done, fl.err = true, herr })
-			return
-		}
-		defer release()
+// leaveZip is a client leaving Fetcher.Zip, either with its own descriptor
+// of the spool (follows) or done with the flight.
+func (f *Fetcher) leaveZip(key cache.Key, fl *zipFlight, follows bool) {
+	f.zipMu.Lock()
+	defer f.zipMu.Unlock()
+	fl.waiting--
+	if follows {
+		fl.following++
 	}
-	ups, private := f.upstreamsFor(req.Module)
-	// The .mod's verification normally stored the record already; only
-	// without it is the lookup worth starting alongside the download.
-	if m, err := f.store.Stat(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod}); err != nil || m.State != cache.StateVerified {
-		f.lookupAhead(f.ctx, req, private)
-	}
-	_, rt, errs := tryUpstreams(f.ctx, f, ups, false, req, func(ctx context.Context, u Upstream) (cache.Meta, error) {
-		return f.downloadZip(ctx, key, req, u, fl)
-	})
-	var ferr error
-	if rt.upstream == "" {
-		herr := upstreamFailure(req, errs)
-		if len(ups) == 0 {
-			herr = notFoundf("%s is private and no private upstream is configured", req.Module)
-		}
-		f.neg.put(req.String()+".zip", herr) // errors only for a short backoff
-		ferr = herr
-		f.m.fetches.WithLabelValues(string(KindZip), "error").Inc()
-		f.log.Warn("zip fetch failed", "module", req.Module, "version", req.Version, "err", herr.Msg)
-	} else {
-		f.m.fetches.WithLabelValues(string(KindZip), "ok").Inc()
-	}
-	// Retired before its outcome is published: a client that hears of a
-	// failure and asks again must start a new download, not join this one.
-	f.retireZip(key, fl)
-	var spool string
-	fl.update(func() {
-		fl.done, fl.err, fl.rt = true, ferr, rt
-		spool = fl.spool
-	})
-	if spool != "" {
-		// Followers hold open descriptors; unlinking is safe.
-		os.Remove(spool)
+	f.settleLocked(key, fl)
+}
+
+// unfollow returns the release of a client reading the spool.
+func (f *Fetcher) unfollow(key cache.Key, fl *zipFlight) func() {
+	return func() {
+		f.zipMu.Lock()
+		defer f.zipMu.Unlock()
+		fl.following--
+		f.settleLocked(key, fl)
 	}
 }
 
-// retireZip removes fl from the in-flight zips, unless a newer flight for
-// key has replaced it.
-func (f *Fetcher) retireZip(key cache.Key, fl *zipFlight) {
+// settleLocked cancels a flight nobody wants any more and removes the spool
+// of a finished one once no client is about to open it. f.zipMu is held.
+func (f *Fetcher) settleLocked(key cache.Key, fl *zipFlight) {
+	if fl.finished {
+		if fl.waiting == 0 {
+			f.dropSpoolLocked(fl)
+		}
+		return
+	}
+	if fl.waiting+fl.following > 0 || fl.keep || fl.ctx.Err() != nil {
+		return
+	}
+	// Every client left: stop the download, and let the next request for
+	// this zip start afresh rather than join a dying flight.
+	if f.zipFlights[key] == fl {
+		delete(f.zipFlights, key)
+	}
+	fl.cancel()
+	f.m.zipCanceled.Inc()
+}
+
+// dropSpoolLocked removes the flight's spool file; followers keep reading
+// through their own descriptors. f.zipMu is held.
+func (f *Fetcher) dropSpoolLocked(fl *zipFlight) {
+	if fl.owned == nil {
+		return
+	}
+	if err := os.Remove(fl.owned.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		f.log.Warn("cannot remove spool file", "file", fl.owned.Name(), "err", err)
+	}
+	fl.owned.Close()
+	fl.owned = nil
+	fl.lease.release()
+}
+
+// runZip downloads, checks, verifies and stores one zip, trying upstreams
+// in turn, and publishes the outcome to fl.
+func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
+	defer fl.cancel()
+	var ferr error
+	var rt route
+	storedElsewhere := false
+	if l, ok := f.store.(FetchLeaser); ok {
+		// Before a download slot: waiting for another replica's fetch
+		// must not hold one.
+		release, stored, err := l.AcquireFetch(fl.ctx, key)
+		switch {
+		case err != nil && fl.ctx.Err() != nil:
+			ferr = fl.ctx.Err()
+		case err != nil:
+			ferr = &HTTPError{Status: http.StatusBadGateway, Err: err, Msg: fmt.Sprintf("%s.zip: cannot coordinate the fetch with the other replicas: %v", req, err)}
+		case stored:
+			// Another replica fetched it; waiters read the store.
+			storedElsewhere = true
+			f.m.fetchShared.WithLabelValues(string(KindZip)).Inc()
+		default:
+			defer release()
+		}
+	}
+	if ferr != nil || storedElsewhere {
+		// Nothing to download.
+	} else if release, err := f.slots.acquire(fl.ctx); err != nil {
+		ferr = err
+	} else {
+		ups, private := f.upstreamsFor(req.Module)
+		// The .mod's verification normally stored the record already; only
+		// without it is the lookup worth starting alongside the download.
+		if m, err := f.store.Stat(cache.Key{Path: req.Module, Version: req.Version, Kind: cache.KindMod}); err != nil || m.State != cache.StateVerified {
+			f.lookupAhead(f.ctx, req, private)
+		}
+		var errs []error
+		_, rt, errs = tryUpstreams(fl.ctx, f, ups, false, req, func(ctx context.Context, u Upstream) (cache.Meta, error) {
+			return f.downloadZip(ctx, key, req, u, fl)
+		})
+		release()
+		if rt.upstream == "" {
+			ferr = f.zipFailure(req, ups, errs, fl.ctx.Err() != nil)
+		}
+	}
+	switch {
+	case storedElsewhere:
+	case ferr == nil:
+		f.m.fetches.WithLabelValues(string(KindZip), "ok").Inc()
+	case fl.ctx.Err() != nil && f.ctx.Err() == nil:
+		f.log.Debug("zip download cancelled: every client left", "module", req.Module, "version", req.Version)
+	default:
+		f.m.fetches.WithLabelValues(string(KindZip), "error").Inc()
+		f.log.Warn("zip fetch failed", "module", req.Module, "version", req.Version, "err", oneLine(ferr.Error()))
+	}
+	// Finished before done: a client that sees done and leaves must not
+	// take the flight for one still running and cancel it.
 	f.zipMu.Lock()
+	fl.finished = true
 	if f.zipFlights[key] == fl {
 		delete(f.zipFlights, key)
 	}
 	f.zipMu.Unlock()
+	fl.update(func() { fl.done, fl.err, fl.rt = true, ferr, rt })
+	f.zipMu.Lock()
+	f.settleLocked(key, fl)
+	f.zipMu.Unlock()
+}
+
+// zipFailure sums up a failed zip flight for its clients. A refusal of the
+// proxy's own (busy, no space) is answered as such, not as an upstream
+// failure. The upstreams' answer is remembered by the negative cache's rule
+// (not found for the negative TTL, errors for a short backoff), unless the
+// flight was cancelled because every client left.
+func (f *Fetcher) zipFailure(req Request, ups []Upstream, errs []error, cancelled bool) error {
+	for _, err := range errs {
+		if herr, ok := err.(*HTTPError); ok {
+			return herr
+		}
+	}
+	herr := upstreamFailure(req, errs)
+	if len(ups) == 0 {
+		herr = notFoundf("%s is private and no private upstream is configured", req.Module)
+	}
+	if !cancelled {
+		f.neg.put(req.String()+".zip", herr)
+	}
+	return herr
 }
 
 // downloadZip is one upstream attempt of runZip.
@@ -225,21 +375,49 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 	if resp.ContentLength > gate.MaxZip {
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s is %d bytes, over the %d-byte limit", errBadContent, req, resp.ContentLength, gate.MaxZip)}
 	}
-	spool, err := os.CreateTemp(f.cfg.SpoolDir, "modproxy-zip-*")
+	lease := f.quota.lease()
+	if resp.ContentLength > 0 {
+		// Reserve a known size up front: refusing now is cheaper than
+		// refusing at 90%.
+		if !lease.grow(resp.ContentLength) {
+			return cache.Meta{}, f.quota.full(resp.ContentLength)
+		}
+		if err := f.disk.room(f.cfg.SpoolDir, resp.ContentLength); err != nil {
+			lease.release()
+			return cache.Meta{}, insufficientStorage("cannot spool zip of %s: %v", req, err)
+		}
+	}
+	spool, err := os.CreateTemp(f.cfg.SpoolDir, spoolPrefix+"*")
 	if err != nil {
+		lease.release()
+		if isNoSpace(err) {
+			f.disk.markFull(f.cfg.SpoolDir, oneLine(err.Error()))
+			return cache.Meta{}, insufficientStorage("cannot spool zip of %s: %v", req, err)
+		}
 		return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
 	}
-	streamed := false
+	if _, err := lockSpool(spool); err != nil {
+		f.log.Warn("cannot lock spool file; a restart may remove it while in use", "file", spool.Name(), "err", err)
+	}
+	owned := false // the flight holds the spool (clients read it)
 	defer func() {
-		spool.Close()
-		if !streamed {
-			os.Remove(spool.Name())
-		} else if err != nil {
-			// Clients already have bytes of this copy: the flight ends
-			// with it (see errStreamFailed) and their connections abort.
-			f.log.Warn("zip failed after streaming began; aborting its clients", "module", req.Module, "version", req.Version, "err", err)
+		if owned {
+			if err != nil {
+				// Clients already have bytes of this copy: the flight ends
+				// with it (see errStreamFailed) and their connections abort.
+				f.log.Warn("zip failed after streaming began; aborting its clients", "module", req.Module, "version", req.Version, "err", err)
+			}
+			return
 		}
+		os.Remove(spool.Name())
+		spool.Close()
+		lease.release()
 	}()
+	own := func() {
+		f.zipMu.Lock()
+		fl.owned, fl.lease, owned = spool, lease, true
+		f.zipMu.Unlock()
+	}
 
 	start := time.Now()
 	buf := make([]byte, 256<<10)
@@ -250,16 +428,23 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 			if written+int64(n) > gate.MaxZip {
 				return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%w: zip of %s exceeds the %d-byte limit", errBadContent, req, gate.MaxZip)}
 			}
+			if more := written + int64(n) - lease.n.Load(); more > 0 && !lease.grow(more) {
+				return cache.Meta{}, f.quota.full(written + int64(n))
+			}
 			if _, err := spool.Write(buf[:n]); err != nil {
+				if isNoSpace(err) {
+					f.disk.markFull(f.cfg.SpoolDir, oneLine(err.Error()))
+					return cache.Meta{}, insufficientStorage("cannot spool zip of %s: %v", req, err)
+				}
 				return cache.Meta{}, fmt.Errorf("spool zip of %s: %w", req, err)
 			}
 			written += int64(n)
-			if !streamed && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
-				streamed = true
+			if !owned && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
+				own()
 				fl.update(func() {
 					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), resp.ContentLength, written
 				})
-			} else if streamed {
+			} else if owned {
 				fl.update(func() { fl.written = written })
 			}
 		}
@@ -278,9 +463,26 @@ func (f *Fetcher) downloadZip(ctx context.Context, key cache.Key, req Request, u
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
 	f.noteUnverified(req, t)
-	stored, err := f.gate.Commit(t)
+	// Staging a zip the store's disk cannot hold would grow the store file
+	// until the disk is full, and leave it that large: check first.
+	if dir := storeDir(f.store); dir != "" {
+		err = f.disk.room(dir, written+written/16)
+	}
+	var stored cache.Meta
+	if err == nil {
+		stored, err = f.gate.Commit(t)
+	}
 	if err != nil {
-		return cache.Meta{}, fmt.Errorf("store %s: %w", req, err)
+		if !isNoSpace(err) {
+			return cache.Meta{}, fmt.Errorf("store %s: %w", req, err)
+		}
+		// Verified but no room: pass it through unstored.
+		f.noRoom(req, err)
+		if !owned {
+			own()
+		}
+		fl.update(func() { fl.unstored, fl.spool, fl.written = true, spool.Name(), written })
+		return cache.Meta{Upstream: u.Name(), Size: written, Hash: t.Hash(), State: t.State()}, nil
 	}
 	return stored, nil
 }

@@ -155,7 +155,7 @@ func testConfig(db *testsumdb.DB) Config {
 	return Config{
 		VerifierKey: db.VerifierKey(),
 		URL:         db.URL(),
-		Timeout:     5 * time.Second,
+		Timeout:     time.Minute, // a hang guard: no test waits it out
 		Logger:      slog.New(slog.DiscardHandler),
 	}
 }
@@ -720,10 +720,21 @@ func TestCanceledContext(t *testing.T) {
 	v := newVerifier(t, cfg, newMemStore())
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	start := time.Now()
-	_, err := v.VerifyMod(ctx, "example.com/m", "v1.0.0", []byte("module example.com/m\n"))
-	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
-		t.Fatalf("err = %v after %v, want deadline exceeded promptly", err, time.Since(start))
+	// The database never answers before the test ends: only the context
+	// can end VerifyMod. The bound is a hang guard.
+	const hangGuard = 2 * time.Minute
+	errc := make(chan error, 1)
+	go func() {
+		_, err := v.VerifyMod(ctx, "example.com/m", "v1.0.0", []byte("module example.com/m\n"))
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v, want deadline exceeded", err)
+		}
+	case <-time.After(hangGuard):
+		t.Fatalf("VerifyMod still waiting for the database %v after its context expired", hangGuard)
 	}
 }
 
@@ -753,11 +764,8 @@ func TestHedgeSlowPassthrough(t *testing.T) {
 	slowInner := newPassthrough(t, db, true)
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasSuffix(r.URL.Path, "/supported") {
-			select {
-			case <-time.After(5 * time.Second):
-			case <-r.Context().Done():
-				return
-			}
+			<-r.Context().Done() // until the verifier abandons it
+			return
 		}
 		resp, err := http.Get(slowInner.URL + r.URL.Path)
 		if err != nil {
@@ -776,12 +784,11 @@ func TestHedgeSlowPassthrough(t *testing.T) {
 	cfg.URL = "http://127.0.0.1:1" // never used
 	cfg.Health = h
 	v := newVerifier(t, cfg, newMemStore())
-	start := time.Now()
-	if _, err := v.VerifyMod(context.Background(), m.path, m.version, m.gomod); err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took >= 5*time.Second {
-		t.Fatalf("verification took %v: it waited for the stalled upstream", took)
+	// Only the hedge can answer; the bound is a hang guard.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := v.VerifyMod(ctx, m.path, m.version, m.gomod); err != nil {
+		t.Fatalf("%v (it waited for the stalled upstream)", err)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()

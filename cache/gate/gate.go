@@ -281,3 +281,9 @@ func (g *Gate) Commit(t *Ticket) (cache.Meta, error) {
 func Copy(src, dst *cache.Store, keep func(cache.Key, cache.Meta) bool) (cache.CopyStats, error) {
 	return src.CopyTo(dst, keep, grant.Write{})
 }
+
+// Salvage copies every intact artifact of the damaged store file src into
+// dst, with its state (see cache.Salvage), for `modproxy verify --salvage`.
+func Salvage(src string, dst *cache.Store) (*cache.SalvageReport, error) {
+	return cache.Salvage(src, dst, grant.Write{})
+}

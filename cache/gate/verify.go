@@ -164,6 +164,10 @@ func verifyOne(ctx context.Context, st *cache.Store, k cache.Key, m cache.Meta, 
 	case errors.Is(err, ErrContent):
 		p.Outcome, p.Reason = OutcomeMismatch, "stored content fails its checks: "+oneline.Of(err)
 		return p
+	case errors.Is(err, cache.ErrCorrupt):
+		// A chunk failing its checksum: the bytes on disk are damaged.
+		p.Outcome, p.Reason = OutcomeMismatch, "stored content is damaged: "+oneline.Of(err)
+		return p
 	case err != nil:
 		p.Outcome, p.Reason = OutcomeError, oneline.Of(err)
 		return p

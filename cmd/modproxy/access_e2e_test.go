@@ -34,7 +34,7 @@ func startModproxyTLS(t *testing.T, caPEM []byte, args ...string) (p *proc, admi
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() { p.stop(t) })
 	adminURL = "http://" + admin
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(time.Minute) // a hang guard: a loaded machine starts slowly
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-p.done:
@@ -420,7 +420,7 @@ func prewarmWith(t *testing.T, env []string, args ...string) (string, error) {
 
 func waitFor(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute) // a hang guard
 	for !ok() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

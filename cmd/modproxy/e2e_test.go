@@ -118,7 +118,7 @@ func startModproxyEnv(t *testing.T, env []string, args ...string) *proc {
 	}
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() { p.stop(t) })
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(time.Minute) // a hang guard: a loaded machine starts slowly
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-p.done:
@@ -151,7 +151,7 @@ func (p *proc) stop(t *testing.T) {
 		if err != nil {
 			t.Errorf("modproxy exited with %v\n%s", err, p.logs)
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(time.Minute): // a hang guard
 		p.cmd.Process.Kill()
 		t.Errorf("modproxy did not stop on SIGINT\n%s", p.logs)
 	}

@@ -69,6 +69,11 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		ListTTL:          c.listTTL,
 		NegativeTTL:      c.negativeTTL,
 		SpoolDir:         c.spoolDir,
+		MaxZipDownloads:  c.maxZipDownloads,
+		ZipQueue:         c.zipQueue,
+		ZipQueueWait:     c.zipQueueWait,
+		SpoolQuota:       int64(c.spoolQuota),
+		MinFreeSpace:     int64(c.minFreeSpace),
 		Logger:           logger,
 		Metrics:          proxy.NewMetrics(reg),
 	})

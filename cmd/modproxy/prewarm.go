@@ -19,6 +19,7 @@ import (
 	"github.com/modproxy/modproxy/modgraph"
 	"github.com/modproxy/modproxy/policy"
 	"github.com/modproxy/modproxy/prewarm"
+	"github.com/modproxy/modproxy/proxy"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -99,6 +100,13 @@ The exit status is 1 if any module failed.`,
 			return runPrewarm(cmd.Context(), c, cmd.Flags().Changed, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
+	// The zip budget of the in-process pipeline: --jobs bounds the work,
+	// and nobody is there to retry a refusal, so jobs beyond the download
+	// slots wait for one as long as it takes.
+	c.serve.maxZipDownloads = proxy.DefaultMaxZipDownloads
+	c.serve.zipQueue = 1 << 20
+	c.serve.zipQueueWait = 24 * time.Hour
+	c.serve.minFreeSpace = proxy.DefaultMinFreeSpace
 	f := cmd.Flags()
 	f.StringVar(&c.serve.db, "db", "", "store file to fill in this process (no server may hold it)")
 	f.StringVar(&c.server, "server", "", "base URL of a running modproxy to fill through HTTP")

@@ -39,6 +39,11 @@ type serveConfig struct {
 	logFormat       string
 	logLevel        string
 	spoolDir        string
+	maxZipDownloads int
+	zipQueue        int
+	zipQueueWait    time.Duration
+	spoolQuota      byteSize
+	minFreeSpace    byteSize
 	shutdownTimeout time.Duration
 	net             netConfig
 	direct          directConfig
@@ -84,6 +89,13 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being downloaded (default: the system temp dir)")
+	f.IntVar(&c.maxZipDownloads, "max-zip-downloads", proxy.DefaultMaxZipDownloads, "concurrent upstream zip downloads; more wait in the zip queue")
+	f.IntVar(&c.zipQueue, "zip-queue", proxy.DefaultZipQueue, "zip downloads that may wait for a download slot; beyond it, 503 with Retry-After")
+	f.DurationVar(&c.zipQueueWait, "zip-queue-wait", proxy.DefaultZipQueueWait, "how long a zip download waits for a slot before 503 with Retry-After")
+	c.spoolQuota = 4 << 30
+	f.Var(&c.spoolQuota, "spool-quota", "bytes all spool files together may hold (e.g. 4GiB; 0: unbounded)")
+	c.minFreeSpace = proxy.DefaultMinFreeSpace
+	f.Var(&c.minFreeSpace, "min-free-space", "free space kept on the store's and the spool's file systems; below it zips are served unstored and /readyz answers 503")
 	f.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long to drain in-flight requests on SIGINT/SIGTERM")
 	addNetFlags(f, &c.net)
 	addDirectFlags(f, &c.direct)
@@ -210,6 +222,16 @@ func runServe(ctx context.Context, c serveConfig, changed func(string) bool) err
 	}
 	if err := c.net.validate(); err != nil {
 		return err
+	}
+	if err := c.validateZipBudget(); err != nil {
+		return err
+	}
+	// On the command line 0 means none; in proxy.Config, the default.
+	if c.zipQueue == 0 {
+		c.zipQueue = -1
+	}
+	if c.minFreeSpace == 0 {
+		c.minFreeSpace = -1
 	}
 	if err := c.access.validate(changed); err != nil {
 		return err
@@ -393,4 +415,17 @@ func (s *startSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "modproxy is starting (opening the store); retry shortly")
 	}
+}
+
+// validateZipBudget checks serve's zip download budget flags.
+func (c serveConfig) validateZipBudget() error {
+	switch {
+	case c.maxZipDownloads <= 0:
+		return usagef("invalid --max-zip-downloads %d: must be positive", c.maxZipDownloads)
+	case c.zipQueue < 0:
+		return usagef("invalid --zip-queue %d: must not be negative", c.zipQueue)
+	case c.zipQueueWait <= 0:
+		return usagef("invalid --zip-queue-wait %s: must be positive", c.zipQueueWait)
+	}
+	return nil
 }

@@ -129,7 +129,9 @@ func openStorage(ctx context.Context, db string, sc storageConfig, spoolDir stri
 		}
 		st.remote = r
 	}
-	st.bolt, err = cache.Open(db, cache.Options{})
+	// A damaged artifact found while serving is quarantined, so that the
+	// next request refetches it.
+	st.bolt, err = cache.Open(db, cache.Options{QuarantineCorrupt: true})
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +168,7 @@ type storeCollector struct {
 	evictions, evictedBytes    *prometheus.Desc
 	tierReads                  *prometheus.Desc
 	leaseWaits, takeovers      *prometheus.Desc
+	corruptions                *prometheus.Desc
 }
 
 func newStoreCollector(st *storage) *storeCollector {
@@ -181,11 +184,13 @@ func newStoreCollector(st *storage) *storeCollector {
 		tierReads:    prometheus.NewDesc("modproxy_store_tier_reads_total", "Artifact reads in tiered mode by where they were answered: local, s3, miss.", []string{"tier"}, nil),
 		leaseWaits:   prometheus.NewDesc("modproxy_fetch_lease_waits_total", "Polls while another replica held the fetch lease of an artifact.", nil, nil),
 		takeovers:    prometheus.NewDesc("modproxy_fetch_lease_takeovers_total", "Expired fetch leases of other replicas taken over.", nil, nil),
+		corruptions: prometheus.NewDesc("modproxy_store_corruptions_total",
+			"Damage found in the store while serving: chunks failing their checksum, undecodable records, damaged pages.", nil, nil),
 	}
 }
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.bytes, c.artifacts, c.diskFree, c.limit, c.used, c.evictions, c.evictedBytes, c.tierReads, c.leaseWaits, c.takeovers} {
+	for _, d := range []*prometheus.Desc{c.bytes, c.artifacts, c.diskFree, c.limit, c.used, c.evictions, c.evictedBytes, c.tierReads, c.leaseWaits, c.takeovers, c.corruptions} {
 		ch <- d
 	}
 }
@@ -197,6 +202,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
+	counter(c.corruptions, float64(c.st.bolt.Corruptions()))
 	st, err := c.st.bolt.Stats()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.bytes, err)

@@ -22,6 +22,7 @@ func newVerifyCmd() *cobra.Command {
 		c          serveConfig
 		asJSON     bool
 		quarantine bool
+		salvageTo  string
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -35,10 +36,19 @@ its version), the "h1:" hash recorded when it was stored, and for every
 Prints counts by outcome (verified, exempt, unverified, mismatch, missing
 record) and exits 1 on any mismatch or error. With --quarantine, mismatching
 artifacts are moved aside so they are no longer served. The store must not
-be open in a running server.`,
+be open in a running server.
+
+With --salvage NEW.db, a store that cannot be opened (damaged pages) is
+read page by page instead, and every artifact whose chunks pass their
+checksums and whose content matches its recorded SHA-256 is copied into the
+new store NEW.db, with the list/@latest entries and checksum-database data
+that can be read. The exit status is 1 if anything was lost.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, args []string) error { return bindEnv(cmd) },
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if salvageTo != "" {
+				return runSalvage(cmd.OutOrStdout(), c.db, salvageTo, asJSON)
+			}
 			ctx := cmd.Context()
 			c.listTTL, c.negativeTTL = time.Minute, time.Minute
 			set, err := resolveSettings(ctx, c, cmd.Flags().Changed)
@@ -101,6 +111,7 @@ be open in a running server.`,
 	f.StringVar(&c.spoolDir, "spool-dir", "", "directory for zips being checked (default: the system temp dir)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.BoolVar(&quarantine, "quarantine", false, "move artifacts that fail verification aside")
+	f.StringVar(&salvageTo, "salvage", "", "copy every intact artifact of a damaged --db into this new store file (it must not exist)")
 	addNetFlags(f, &c.net)
 	return cmd
 }

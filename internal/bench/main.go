@@ -47,9 +47,11 @@ type options struct {
 	sumdbNoPrefetch   bool
 	sumdbPrefetchInfo bool
 	serverLog         string
+	zipSizes          string
 }
 
 func main() {
+	maybeServeStatic()
 	var o options
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured duration of one load step")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before the measured steps of a scenario")
@@ -66,6 +68,7 @@ func main() {
 	flag.BoolVar(&o.sumdbNoPrefetch, "sumdb-no-prefetch", false, "cold-sumdb: also run a fresh modproxy with --prefetch=false, to show what prefetch buys")
 	flag.BoolVar(&o.sumdbPrefetchInfo, "sumdb-prefetch-info", false, "cold-sumdb: also run a fresh modproxy with --prefetch-info")
 	flag.StringVar(&o.serverLog, "server-log-level", "info", "modproxy --log-level (info logs every request, as in production)")
+	flag.StringVar(&o.zipSizes, "zip-sizes", "1,8,40,100", "zip sizes of the zip-sizes scenario, MB")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	flag.Parse()
 	if *list {

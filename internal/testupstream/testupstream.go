@@ -69,6 +69,10 @@ type Fault struct {
 	SlowBody time.Duration
 	// Garbage answers 200 with bytes that are not the file.
 	Garbage bool
+	// Synthetic answers 200 with this many bytes (Content-Length set),
+	// generated as they are sent: load for many large downloads without
+	// holding them in memory. The body is not a valid zip.
+	Synthetic int64
 }
 
 // Server is a running fake upstream.
@@ -316,6 +320,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte("<html>this is not a module file</html>"))
 			return
 		}
+		if fault.Synthetic > 0 {
+			serveSynthetic(w, r, fault.Synthetic, fault.SlowBody)
+			return
+		}
 	}
 	s.mu.Lock()
 	sumName, sumURL := s.sumName, s.sumURL
@@ -354,6 +362,35 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	default:
 		w.Write(body)
+	}
+}
+
+// syntheticBlock is the repeated content of Synthetic answers.
+var syntheticBlock = func() []byte {
+	b := make([]byte, 256<<10)
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+	return b
+}()
+
+func serveSynthetic(w http.ResponseWriter, r *http.Request, n int64, pause time.Duration) {
+	w.Header().Set("Content-Type", "application/zip")
+	w.Header().Set("Content-Length", fmt.Sprint(n))
+	for n > 0 && r.Context().Err() == nil {
+		m := min(n, int64(len(syntheticBlock)))
+		if _, err := w.Write(syntheticBlock[:m]); err != nil {
+			return
+		}
+		n -= m
+		if pause > 0 {
+			w.(http.Flusher).Flush()
+			sleep(r, pause)
+		}
 	}
 }
 
