@@ -253,7 +253,7 @@ func TestKernelEvidenceAbsentKeepsUserspaceScore(t *testing.T) {
 	}
 	h.mu.Lock()
 	u := h.getLocked("u")
-	user := h.userScoreLocked(u, h.now())
+	user, _ := h.userScoreLocked(u, h.now())
 	h.mu.Unlock()
 	if s := h.Score("u"); s != user {
 		t.Errorf("score %v, userspace score %v: want equal without kernel evidence", s, user)

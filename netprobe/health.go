@@ -1,9 +1,11 @@
 package netprobe
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,19 +38,40 @@ import (
 //	score    = (1 - wk)·base + wk·(1 - min(1, 10k))
 //
 // A 10 % checksum-failure rate halves the score at best; 20 % leaves at most
-// 0.1. With the eBPF probes attached, the score is further multiplied by the
-// kernel evidence factor (SYN retransmits, refused connects, loss, SRTT
-// against the upstream's own baseline, stalls, TLS alerts; weights and
-// thresholds in evidence.go); without them it is exactly the above.
-// States: healthy ≥ 0.8, degraded ≥ 0.5, unhealthy below.
+// 0.1. With the eBPF probes attached, the score and the transport score are
+// further multiplied by the kernel evidence factor (SYN retransmits,
+// refused connects, loss, SRTT against the upstream's own baseline, stalls,
+// TLS alerts; weights and thresholds in evidence.go); without them they are
+// exactly the above. States: healthy ≥ 0.8, degraded ≥ 0.5, unhealthy below. Checksum
+// failures only order upstreams: they never open a circuit (the proxy
+// condemns the one bad copy, not the upstream).
+//
+// # Scoped faults
+//
+// Failures concentrated on one module path count against that path, not
+// the upstream: after pathScopeAfter consecutive failures of one path (no
+// answer for it in between), its further failures count as requests but
+// not as failures, so one broken module cannot open the circuit for all.
+//
+// # Hangs
+//
+// hangTimeouts consecutive timeouts (no first byte from the upstream in
+// between, for any request) on at least two
+// module paths mark the upstream hung: the circuit opens at once and every
+// request still waiting for its first byte from it is released together
+// (its error wraps ErrUpstreamHung). A request is counted as a timeout
+// sooner, once it has waited 10× the upstream's recent p95 time to first
+// byte (at least hangFloor), when there is such a baseline. While the
+// circuit is open after a hang, a request sent anyway (a trial, a last
+// resort) gets at most hungFirstByte (or the suspicion delay, if shorter)
+// for its first byte.
 //
 // # Circuit breaker
 //
-// With at least CircuitMinSamples requests (or checksum failures) in the
-// window and state unhealthy, the circuit opens: Allow returns false,
+// With at least CircuitMinSamples requests in the window and a transport
+// score (base) below degraded, the circuit opens: Allow returns false,
 // "circuit_open" (or the kernel reason, e.g. "kernel_loss", when the
-// kernel evidence alone made it unhealthy). After CircuitCooldown exactly
-// one caller gets true,
+// kernel evidence alone made it unhealthy). After CircuitCooldown exactly one caller gets true,
 // "half_open_trial"; the outcome of the next request to that upstream
 // observed by the transport closes the circuit (and clears the window's
 // failure counts: a fresh start) or re-opens it. A trial with no outcome
@@ -70,6 +93,12 @@ const (
 	ewmaAlpha     = 0.1
 	ttfbRingSize  = 1024
 	maxErrors     = 5
+
+	pathScopeAfter = 2    // consecutive failures of one path that still count against the upstream
+	maxPathStreaks = 4096 // bound on the per-path streak map
+	hangTimeouts   = 3    // consecutive timeouts that mark an upstream hung
+	hangFloor      = 2 * time.Second
+	hungFirstByte  = 2 * time.Second
 
 	scoreHealthy  = 0.8
 	scoreDegraded = 0.5
@@ -102,6 +131,7 @@ type event struct {
 	reused  bool
 	ttfb    time.Duration // 0 without a response
 	err     error
+	path    string // module path of the request ("" when not a module request)
 }
 
 type bucket struct {
@@ -143,16 +173,22 @@ type upHealth struct {
 
 	circuit  circuitState
 	openedAt time.Time
-	// openedByChecksum: the circuit opened while checksum mismatches
-	// outnumbered transport failures. The proxy lets a request fall
-	// through such an upstream even after ',', as it would a mismatch.
-	openedByChecksum bool
+	trialAt  time.Time
+	trialOut bool
 	// openedByKernel is the kernel reason (kernel_loss, …) when the
 	// kernel evidence, not the userspace score, made the upstream
 	// unhealthy (see evidence.go).
 	openedByKernel string
-	trialAt        time.Time
-	trialOut       bool
+
+	// pathStreak counts consecutive failures per module path.
+	pathStreak map[string]int
+	// Hang detection: consecutive timeouts, the paths they were on, and
+	// whether the circuit is open because of a hang.
+	timeoutStreak int
+	timeoutPaths  map[string]bool
+	hung          bool
+	// waiting are the requests still waiting for their first byte.
+	waiting map[uint64]context.CancelCauseFunc
 
 	state string
 
@@ -180,10 +216,13 @@ func (h *Health) getLocked(upstream string) *upHealth {
 	u := h.ups[upstream]
 	if u == nil {
 		u = &upHealth{
-			name:      upstream,
-			latency:   1,
-			outcomes:  make(map[string]int64),
-			decisions: make(map[[2]string]int64),
+			name:         upstream,
+			latency:      1,
+			outcomes:     make(map[string]int64),
+			decisions:    make(map[[2]string]int64),
+			pathStreak:   make(map[string]int),
+			timeoutPaths: make(map[string]bool),
+			waiting:      make(map[uint64]context.CancelCauseFunc),
 		}
 		h.ups[upstream] = u
 		// Export the zero, so that alerts on increase() see the series
@@ -254,6 +293,20 @@ func (h *Health) record(upstream string, ev event) {
 		return
 	}
 	failed := isFailure(ev.outcome)
+	h.trackHangLocked(u, ev.outcome == OutcomeTimeout, ev.path, now)
+	if ev.path != "" {
+		if failed {
+			if u.pathStreak[ev.path] >= pathScopeAfter {
+				failed = false // this path's fault, not the upstream's
+			}
+			if len(u.pathStreak) >= maxPathStreaks {
+				clear(u.pathStreak)
+			}
+			u.pathStreak[ev.path]++
+		} else {
+			delete(u.pathStreak, ev.path)
+		}
+	}
 	b := u.bucket(now)
 	b.requests++
 	if failed {
@@ -298,35 +351,136 @@ func (h *Health) record(upstream string, ev event) {
 }
 
 func (h *Health) openLocked(u *upHealth, now time.Time) {
-	w := u.window(now)
 	u.circuit, u.openedAt, u.trialOut = circuitOpen, now, false
-	u.openedByChecksum = w.checksum > w.failures
 	u.openedByKernel = ""
-	if f, reason := h.kernelFactorLocked(u, now); f < 1 && h.userScoreLocked(u, now) >= scoreDegraded {
-		u.openedByKernel = reason
+	if f, reason := h.kernelFactorLocked(u, now); f < 1 && !u.hung {
+		if _, base := h.userScoreLocked(u, now); stateOf(base) != StateUnhealthy {
+			u.openedByKernel = reason
+		}
 	}
-	h.cfg.Logger.Warn("netprobe: upstream circuit open", "upstream", u.name)
+	h.cfg.Logger.Warn("netprobe: upstream circuit open", "upstream", u.name, "hung", u.hung)
+}
+
+// ErrUpstreamHung is wrapped by the error of a request released because
+// its upstream was recognised as hanging. It reports Timeout() == true.
+var ErrUpstreamHung error = hungError{}
+
+type hungError struct{}
+
+func (hungError) Error() string {
+	return "upstream hangs: released without waiting for the first-byte timeout"
+}
+func (hungError) Timeout() bool   { return true }
+func (hungError) Temporary() bool { return true }
+
+// trackHangLocked follows the streak of timeouts of u; see the type's doc
+// comment. An answer of any kind ends the streak.
+func (h *Health) trackHangLocked(u *upHealth, timeout bool, path string, now time.Time) {
+	if !timeout {
+		u.timeoutStreak = 0
+		clear(u.timeoutPaths)
+		return
+	}
+	u.timeoutStreak++
+	if path != "" && len(u.timeoutPaths) < 16 {
+		u.timeoutPaths[path] = true
+	}
+	if u.timeoutStreak < hangTimeouts || len(u.timeoutPaths) < 2 || u.circuit != circuitClosed {
+		return
+	}
+	u.hung = true
+	h.openLocked(u, now)
+	h.cfg.Logger.Warn("netprobe: upstream hangs; releasing the requests waiting on it", "upstream", u.name, "waiting", len(u.waiting))
+	if n := len(u.waiting); n > 0 {
+		h.m.decisions.WithLabelValues(u.name, "released", "hang").Add(float64(n))
+		u.decisions[[2]string{"released", "hang"}] += int64(n)
+	}
+	for id, cancel := range u.waiting {
+		cancel(ErrUpstreamHung)
+		delete(u.waiting, id)
+	}
+	h.evaluateLocked(u, now)
+}
+
+var waitSeq atomic.Uint64
+
+// waitFirstByte registers a request waiting for its first byte from
+// upstream: cancel is called with ErrUpstreamHung if the upstream is
+// recognised as hanging meanwhile. It returns the registration's id, a
+// delay after which the request counts as a suspected timeout (0: no
+// baseline yet), and a first-byte budget shorter than the configured
+// timeout while the circuit is open after a hang (0: none).
+func (h *Health) waitFirstByte(upstream string, cancel context.CancelCauseFunc) (id uint64, suspectAfter, budget time.Duration) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	id = waitSeq.Add(1)
+	u.waiting[id] = cancel
+	h.latencyStatsLocked(u, now)
+	if u.recentN >= h.cfg.HedgeMinSamples {
+		suspectAfter = max(hangFloor, 10*u.p95)
+		if suspectAfter >= h.cfg.FirstByteTimeout {
+			suspectAfter = 0
+		}
+	}
+	if u.hung && u.circuit != circuitClosed {
+		budget = hungFirstByte
+		if suspectAfter > 0 {
+			budget = min(budget, suspectAfter)
+		}
+	}
+	return id, suspectAfter, budget
+}
+
+// gotFirstByte ends a waitFirstByte registration; answered says the
+// upstream sent response headers, which proves it alive and ends a streak
+// of (suspected) timeouts.
+func (h *Health) gotFirstByte(upstream string, id uint64, answered bool) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u := h.getLocked(upstream)
+	delete(u.waiting, id)
+	if answered {
+		h.trackHangLocked(u, false, "", now)
+	}
+}
+
+// suspect counts a request that has waited suspiciously long for its
+// first byte as a timeout of the hang detector (the request goes on).
+func (h *Health) suspect(upstream, path string) {
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.trackHangLocked(h.getLocked(upstream), true, path, now)
 }
 
 // closeLocked closes the circuit after a successful trial and clears the
 // window's failure history so that the old failures do not re-open it.
 func (h *Health) closeLocked(u *upHealth) {
-	u.circuit, u.trialOut = circuitClosed, false
+	u.circuit, u.trialOut, u.hung = circuitClosed, false, false
 	u.buckets = [windowBuckets]bucket{}
 	u.ewma = 0
+	clear(u.pathStreak)
 	u.kev.freshStart()
 	h.cfg.Logger.Info("netprobe: upstream circuit closed after a successful trial", "upstream", u.name)
 }
 
-// scoreLocked computes the score: the userspace score times the kernel
-// evidence factor (evidence.go; 1 without eBPF).
-func (h *Health) scoreLocked(u *upHealth, now time.Time) float64 {
+// scoreLocked computes the score (see the type's doc comment) and the
+// transport-only base score, which alone may open the circuit.
+// scoreLocked is userScoreLocked times the kernel evidence factor
+// (evidence.go; 1 without eBPF), for both the score and the transport
+// score that opens circuits.
+func (h *Health) scoreLocked(u *upHealth, now time.Time) (score, base float64) {
 	f, _ := h.kernelFactorLocked(u, now)
-	return h.userScoreLocked(u, now) * f
+	score, base = h.userScoreLocked(u, now)
+	return score * f, base * f
 }
 
-// userScoreLocked computes the userspace score (see the type's doc comment).
-func (h *Health) userScoreLocked(u *upHealth, now time.Time) float64 {
+// userScoreLocked computes the userspace score and transport score (see
+// the type's doc comment).
+func (h *Health) userScoreLocked(u *upHealth, now time.Time) (score, base float64) {
 	w := u.window(now)
 	fail := u.ewma
 	if w.requests > 0 {
@@ -337,14 +491,14 @@ func (h *Health) userScoreLocked(u *upHealth, now time.Time) float64 {
 		connect = 1 - float64(w.connectFails)/float64(w.connects)
 	}
 	h.latencyStatsLocked(u, now)
-	base := (1 - fail) * (1 - fail) * (0.6*connect + 0.4*u.latency)
-	score := base
+	base = (1 - fail) * (1 - fail) * (0.6*connect + 0.4*u.latency)
+	score = base
 	if w.checksum > 0 {
 		k := float64(w.checksum) / float64(max(w.artifacts, w.checksum))
 		wk := min(0.9, 5*k)
 		score = (1-wk)*base + wk*(1-min(1, 10*k))
 	}
-	return min(1, max(0, score))
+	return min(1, max(0, score)), min(1, max(0, base))
 }
 
 // latencyStatsLocked refreshes the cached TTFB statistics: at most once a
@@ -402,11 +556,11 @@ func stateOf(score float64) string {
 // evaluateLocked recomputes the score, opens the circuit when warranted and
 // updates the gauges. It returns the score.
 func (h *Health) evaluateLocked(u *upHealth, now time.Time) float64 {
-	score := h.scoreLocked(u, now)
+	score, base := h.scoreLocked(u, now)
 	state := stateOf(score)
-	if u.circuit == circuitClosed && state == StateUnhealthy {
+	if u.circuit == circuitClosed && stateOf(base) == StateUnhealthy {
 		w := u.window(now)
-		if w.requests+w.checksum >= h.cfg.CircuitMinSamples {
+		if w.requests >= h.cfg.CircuitMinSamples {
 			h.openLocked(u, now)
 		}
 	}
@@ -433,18 +587,15 @@ func (h *Health) setStateLocked(u *upHealth, state string) {
 }
 
 // Allow reports whether a request may be sent to upstream now; see the
-// type's doc comment. reason is "circuit_open" ("circuit_open_checksum"
-// when checksum mismatches opened it), "half_open_trial" or the upstream's
-// state ("healthy", "degraded", "unhealthy").
+// type's doc comment. reason is "circuit_open", "half_open_trial" or the
+// upstream's state ("healthy", "degraded", "unhealthy").
 func (h *Health) Allow(upstream string) (ok bool, reason string) {
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	u := h.getLocked(upstream)
 	closed := "circuit_open"
-	if u.openedByChecksum {
-		closed = "circuit_open_checksum"
-	} else if u.openedByKernel != "" {
+	if u.openedByKernel != "" {
 		closed = u.openedByKernel
 	}
 	switch u.circuit {
@@ -620,7 +771,7 @@ func (h *Health) snapshot(upstream string) healthSnapshot {
 		return 0
 	})
 	w := u.window(now)
-	s.Window = WindowCounts{w.requests, w.failures, w.connects, w.connectFails, w.artifacts, w.checksum}
 	s.Kernel = h.kernelSnapshotLocked(u, now)
+	s.Window = WindowCounts{w.requests, w.failures, w.connects, w.connectFails, w.artifacts, w.checksum}
 	return s
 }

@@ -1,8 +1,11 @@
 package netprobe
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -65,8 +68,9 @@ func TestHealthChecksumFailuresDropScore(t *testing.T) {
 	if !(three < one && three < 0.3) {
 		t.Errorf("score after 1 and 3 of 20 checksum failures: %.2f, %.2f; want a sharp drop below 0.3", one, three)
 	}
-	if ok, reason := h.Allow("u"); ok || reason != "circuit_open_checksum" {
-		t.Errorf("Allow after checksum failures = %v %q, want circuit_open_checksum", ok, reason)
+	// A mismatch condemns one copy (the proxy's job), never the upstream.
+	if ok, reason := h.Allow("u"); !ok || reason == "circuit_open" {
+		t.Errorf("Allow after checksum failures = %v %q, want allowed", ok, reason)
 	}
 }
 
@@ -121,7 +125,7 @@ func TestCircuitBreaker(t *testing.T) {
 		if ok, _ := h.Allow(e.base); !ok {
 			t.Fatalf("circuit open after %d failures, want ≥ 10 (CircuitMinSamples)", i)
 		}
-		e.get(t, "/m/@v/list")
+		e.get(t, fmt.Sprintf("/m%d/@v/list", i)) // failures on many modules
 	}
 	if ok, reason := h.Allow(e.base); ok || reason != "circuit_open" {
 		t.Fatalf("Allow after 10 failures = %v %q, want circuit_open", ok, reason)
@@ -158,7 +162,7 @@ func TestCircuitBreaker(t *testing.T) {
 	}
 	// The trial fails: the circuit re-opens.
 	trial()
-	e.get(t, "/m/@v/list")
+	e.get(t, "/trial1/@v/list")
 	if ok, reason := h.Allow(e.base); ok || reason != "circuit_open" {
 		t.Fatalf("after a failed trial Allow = %v %q", ok, reason)
 	}
@@ -166,7 +170,7 @@ func TestCircuitBreaker(t *testing.T) {
 	e.clock.Advance(31 * time.Second)
 	fail.Store(false)
 	trial()
-	e.get(t, "/m/@v/list")
+	e.get(t, "/trial2/@v/list")
 	if ok, reason := h.Allow(e.base); !ok || reason == "half_open_trial" {
 		t.Fatalf("after a successful trial Allow = %v %q", ok, reason)
 	}
@@ -176,6 +180,62 @@ func TestCircuitBreaker(t *testing.T) {
 	h.RecordDecision(e.base, "skipped", "circuit_open")
 	if got := counter(t, e.reg, "modproxy_upstream_decisions_total", map[string]string{"upstream": e.base, "decision": "skipped", "reason": "circuit_open"}); got != 1 {
 		t.Errorf("decisions = %v", got)
+	}
+}
+
+func TestFaultsOnOnePathAreScoped(t *testing.T) {
+	h, _ := newTestHealth(t)
+	// Ten 500s for versions of one broken module: the module's fault.
+	for range 10 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeServerError, path: "/broken/mod", err: errors.New("HTTP 500")})
+	}
+	if ok, reason := h.Allow("u"); !ok {
+		t.Fatalf("one module's failures opened the circuit: %q", reason)
+	}
+	// The same failures spread over many modules are the upstream's.
+	for i := range 10 {
+		h.record("v", event{kind: KindInfo, outcome: OutcomeServerError, path: fmt.Sprintf("/m%d", i), err: errors.New("HTTP 500")})
+	}
+	if ok, reason := h.Allow("v"); ok || reason != "circuit_open" {
+		t.Fatalf("failures on ten modules: Allow = %v %q, want circuit_open", ok, reason)
+	}
+}
+
+func TestHangReleasesWaitingRequests(t *testing.T) {
+	h, _ := newTestHealth(t)
+	released := make([]error, 0, 2)
+	var mu sync.Mutex
+	for range 2 {
+		h.waitFirstByte("u", func(cause error) {
+			mu.Lock()
+			released = append(released, cause)
+			mu.Unlock()
+		})
+	}
+	// Timeouts on one module only: not a hang.
+	for range 3 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeTimeout, path: "/one", err: errors.New("timeout")})
+	}
+	if len(released) != 0 {
+		t.Fatal("timeouts on one module released the waiters")
+	}
+	h.record("u", event{kind: KindInfo, outcome: OutcomeOK, path: "/one"})
+	for i := range 3 {
+		h.record("u", event{kind: KindInfo, outcome: OutcomeTimeout, path: fmt.Sprintf("/m%d", i), err: errors.New("timeout")})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(released) != 2 || !errors.Is(released[0], ErrUpstreamHung) {
+		t.Fatalf("released %v, want both waiters with ErrUpstreamHung", released)
+	}
+	if ok, _ := h.Allow("u"); ok {
+		t.Error("circuit not open after a hang")
+	}
+	if got := h.snapshot("u").Decisions; !slices.Contains(got, DecisionCount{Decision: "released", Reason: "hang", Count: 2}) {
+		t.Errorf("decisions %v, want 2 released", got)
+	}
+	if _, _, budget := h.waitFirstByte("u", func(error) {}); budget != hungFirstByte {
+		t.Errorf("first-byte budget after a hang = %v, want %v", budget, hungFirstByte)
 	}
 }
 
@@ -214,6 +274,81 @@ type proxyHealth interface {
 }
 
 var _ proxyHealth = (*Health)(nil)
+
+// Requests waiting on an upstream that stops answering are released
+// together once the hang is recognised (sooner than the first-byte timeout,
+// from the latency baseline); afterwards a request gets only a short
+// first-byte budget, except a background trial, which may be slow.
+func TestHangReleaseEndToEnd(t *testing.T) {
+	var mode atomic.Int32 // 0 answer, 1 hang, 2 answer after 3 s
+	e := newEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch mode.Load() {
+		case 1:
+			<-r.Context().Done()
+			return
+		case 2:
+			select {
+			case <-time.After(3 * time.Second):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Write([]byte("v1.0.0\n"))
+	}), "", func(c *Config) { c.FirstByteTimeout = 20 * time.Second })
+	for i := range 25 { // the baseline
+		if _, _, err := e.get(t, fmt.Sprintf("/w%d/@v/list", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mode.Store(1)
+	errs := make(chan error, 3)
+	for i := range 3 {
+		go func() {
+			_, _, err := e.get(t, fmt.Sprintf("/h%d/@v/list", i))
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; !errors.Is(err, ErrUpstreamHung) {
+			t.Errorf("waiting request ended with %v, want ErrUpstreamHung", err)
+		}
+	}
+	if ok, _ := e.p.Health().Allow(e.base); ok {
+		t.Fatal("circuit not open after the hang")
+	}
+	mode.Store(2) // slow, not hung
+	if _, _, err := e.get(t, "/late/@v/list"); !errors.Is(err, ErrUpstreamHung) {
+		t.Errorf("request after the hang: %v, want the short budget's ErrUpstreamHung", err)
+	}
+	req, _ := http.NewRequestWithContext(BackgroundTrial(context.Background()), http.MethodGet, e.base+"/trial/@v/list", nil)
+	resp, err := e.p.Client().Do(req)
+	if err != nil {
+		t.Fatalf("background trial of a slow upstream: %v, want its answer", err)
+	}
+	resp.Body.Close()
+}
+
+func TestAnswersEndASuspectedHang(t *testing.T) {
+	h, _ := newTestHealth(t)
+	h.suspect("u", "/a")
+	h.suspect("u", "/b")
+	h.record("u", event{kind: KindInfo, outcome: OutcomeOK, path: "/c"}) // alive
+	h.suspect("u", "/a")
+	h.suspect("u", "/b")
+	if ok, _ := h.Allow("u"); !ok {
+		t.Error("an upstream that answered between slow requests was held for hung")
+	}
+	// A first byte (a zip still streaming, say) proves it alive too.
+	id, _, _ := h.waitFirstByte("v", func(error) {})
+	h.suspect("v", "/a")
+	h.suspect("v", "/b")
+	h.gotFirstByte("v", id, true)
+	h.suspect("v", "/a")
+	h.suspect("v", "/b")
+	if ok, _ := h.Allow("v"); !ok {
+		t.Error("an upstream that sent a first byte between slow requests was held for hung")
+	}
+}
 
 // TestRecordRequest: requests made outside the transport (the direct
 // upstream's git processes) are counted and open the circuit like any

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,7 @@ type reqState struct {
 	p        *Probe
 	upstream string
 	kind     string
+	path     string // moduleKey of the request path
 	start    time.Time
 	rec      *recorder           // set by RunProbe
 	alarm    func(reason string) // WithKernelAlarm of the request, or nil
@@ -167,7 +169,7 @@ func (st *reqState) trace() *httptrace.ClientTrace {
 // the request.
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	upstream, kind := classify(t.p.upstreams, req.URL)
-	st := &reqState{p: t.p, upstream: upstream, kind: kind, start: time.Now()}
+	st := &reqState{p: t.p, upstream: upstream, kind: kind, path: moduleKey(req.URL.Path), start: time.Now()}
 	if rec, ok := req.Context().Value(recorderKey{}).(*recorder); ok {
 		st.rec = rec
 	}
@@ -178,8 +180,30 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx = httptrace.WithClientTrace(ctx, st.trace())
 	ctx = context.WithValue(ctx, reqStateKey{}, st)
 
+	// Until its first byte, the request can be released by the hang
+	// detector, is watched against the upstream's latency baseline and,
+	// after a hang, gets only a short first-byte budget.
+	h := t.p.health
+	id, suspectAfter, budget := h.waitFirstByte(upstream, cancel)
+	if req.Context().Value(trialKey{}) != nil {
+		budget = 0 // nobody waits on a background trial: let it tell a slow upstream from a hung one
+	}
+	var timers []*time.Timer
+	if suspectAfter > 0 {
+		timers = append(timers, time.AfterFunc(suspectAfter, func() { h.suspect(upstream, st.path) }))
+	}
+	if budget > 0 {
+		timers = append(timers, time.AfterFunc(budget, func() { cancel(ErrUpstreamHung) }))
+	}
 	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	for _, tm := range timers {
+		tm.Stop()
+	}
+	h.gotFirstByte(upstream, id, err == nil)
 	if err != nil {
+		if errors.Is(context.Cause(ctx), ErrUpstreamHung) && req.Context().Err() == nil {
+			err = fmt.Errorf("netprobe: %s %s: %w (%v)", upstream, kind, ErrUpstreamHung, err)
+		}
 		cancel(nil)
 		st.complete(time.Now(), st.outcomeOf(req.Context(), err), err, false, 0)
 		return nil, err
@@ -194,6 +218,29 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+type trialKey struct{}
+
+// BackgroundTrial marks the requests sent with the returned context as a
+// background half-open trial of an upstream's circuit: no client waits on
+// them, so they keep the full first-byte timeout even while the upstream is
+// held for hung (a slow upstream can then close its circuit again).
+func BackgroundTrial(ctx context.Context) context.Context {
+	return context.WithValue(ctx, trialKey{}, true)
+}
+
+// moduleKey names the module a GOPROXY request path is about (the path up
+// to "/@v/" or "/@latest", with any upstream base path still in front,
+// which keeps it unique per module), or "" for other requests.
+func moduleKey(p string) string {
+	if i := strings.Index(p, "/@v/"); i > 0 {
+		return p[:i]
+	}
+	if i := strings.Index(p, "/@latest"); i > 0 {
+		return p[:i]
+	}
+	return ""
+}
+
 // CloseIdleConnections closes the shared transport's idle connections.
 func (t *transport) CloseIdleConnections() { t.base.CloseIdleConnections() }
 
@@ -203,7 +250,7 @@ func (st *reqState) outcomeOf(callerCtx context.Context, err error) string {
 	gotConn := st.t.gotConn
 	st.mu.Unlock()
 	switch {
-	case errors.Is(err, ErrBodyIdle), errors.Is(err, ErrKernelStall):
+	case errors.Is(err, ErrBodyIdle), errors.Is(err, ErrKernelStall), errors.Is(err, ErrUpstreamHung):
 		return OutcomeTimeout
 	case callerCtx.Err() != nil:
 		if errors.Is(callerCtx.Err(), context.DeadlineExceeded) {
@@ -295,6 +342,7 @@ func (st *reqState) complete(end time.Time, outcome string, err error, headers b
 		reused:  s.gotConn && s.reused,
 		ttfb:    ttfb,
 		err:     err,
+		path:    st.path,
 	})
 	if st.rec != nil {
 		st.rec.finish(s.status, s.proto, outcome, s.gotConn && s.reused, n, err)

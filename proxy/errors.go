@@ -31,13 +31,17 @@ func (e *StatusError) Error() string {
 // notFound reports whether the upstream says it does not have the
 // artifact. 403 counts: mirrors and artifact managers answer it for
 // modules they do not carry (and the public mirror for modules it refuses),
-// and the go command would otherwise stop at the first such upstream.
+// and the go command would otherwise stop at the first such upstream. So
+// does 400: the proxy only forwards paths it has validated, so an upstream
+// 400 ("module host not permitted", say) is a refusal of this module, not
+// a malformed request.
 func (e *StatusError) notFound() bool {
-	return e.Status == http.StatusNotFound || e.Status == http.StatusGone || e.Status == http.StatusForbidden
+	switch e.Status {
+	case http.StatusNotFound, http.StatusGone, http.StatusForbidden, http.StatusBadRequest:
+		return true
+	}
+	return false
 }
-
-// errCircuitOpen is returned for an upstream skipped by its circuit breaker.
-var errCircuitOpen = errors.New("circuit open after repeated failures")
 
 // errBadContent marks an upstream answer that failed validation (garbage);
 // it is the gate's content-check error, so both count alike.
@@ -66,9 +70,8 @@ func upstreamFailure(req Request, errs []error) *HTTPError {
 	if len(errs) == 0 {
 		return &HTTPError{Status: http.StatusBadGateway, Msg: fmt.Sprintf("%s: no upstream configured for this module", req)}
 	}
-	allNotFound, gone := true, false
+	allNotFound, gone, mismatch := true, false, false
 	status := http.StatusBadGateway
-	var mm *sumdb.MismatchError
 	var parts []string
 	for _, err := range errs {
 		parts = append(parts, oneLine(err.Error()))
@@ -81,8 +84,8 @@ func upstreamFailure(req Request, errs []error) *HTTPError {
 		if isTimeout(err) {
 			status = http.StatusGatewayTimeout
 		}
-		if errors.As(err, &mm) {
-			status = http.StatusBadGateway
+		if errors.Is(err, sumdb.ErrMismatch) || errors.Is(err, errCondemned) {
+			mismatch = true
 		}
 	}
 	if allNotFound {
@@ -92,7 +95,7 @@ func upstreamFailure(req Request, errs []error) *HTTPError {
 		}
 		return &HTTPError{Status: st, Msg: fmt.Sprintf("not found: %s: %s", req, strings.Join(parts, "; ")), Err: errors.Join(errs...)}
 	}
-	if mm != nil {
+	if mismatch {
 		return &HTTPError{Status: http.StatusBadGateway, Msg: fmt.Sprintf("checksum mismatch: %s", strings.Join(parts, "; ")), Err: errors.Join(errs...)}
 	}
 	return &HTTPError{Status: status, Msg: fmt.Sprintf("%s: upstreams failed: %s", req, strings.Join(parts, "; ")), Err: errors.Join(errs...)}

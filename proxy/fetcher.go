@@ -20,6 +20,7 @@ import (
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
+	"github.com/modproxy/modproxy/netprobe"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -73,6 +74,10 @@ type Config struct {
 	SpoolDir string
 	// MetadataTimeout bounds one metadata fetch across all upstreams.
 	MetadataTimeout time.Duration
+	// StaleBudget is how long a list or @latest request with a stored
+	// (expired) answer waits for the upstreams before it is answered
+	// stale; default 2s.
+	StaleBudget time.Duration
 	// HoldBack is how much of a zip is buffered, and for how long, before
 	// it is streamed to waiting clients. A zip that completes within the
 	// hold-back is verified before its first byte is sent, so a bad copy
@@ -136,6 +141,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MetadataTimeout <= 0 {
 		c.MetadataTimeout = 2 * time.Minute
+	}
+	if c.StaleBudget <= 0 {
+		c.StaleBudget = 2 * time.Second
 	}
 	if c.HoldBackBytes <= 0 {
 		c.HoldBackBytes = 8 << 20
@@ -215,8 +223,9 @@ type Fetcher struct {
 	workMu sync.Mutex
 	closed bool
 
-	meta singleflight.Group
-	neg  *negativeCache
+	meta      singleflight.Group
+	neg       *negativeCache
+	condemned condemnedCopies
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
@@ -253,6 +262,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		ctx:        ctx,
 		cancel:     cancel,
 		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
+		condemned:  condemnedCopies{now: cfg.Now},
 		zipFlights: make(map[cache.Key]*zipFlight),
 		slots:      newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
 		quota:      &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
@@ -298,6 +308,43 @@ func (f *Fetcher) startWork() bool {
 	}
 	f.wg.Add(1)
 	return true
+}
+
+// trialTimeout bounds a background half-open trial (the transport's
+// first-byte timeout applies too).
+const trialTimeout = 30 * time.Second
+
+// trial runs the half-open trial of an upstream's open circuit in the
+// background, so that no client request waits on it: one small request,
+// the list of module mod, whose outcome is reported to the health tracker
+// (by the transport, or by the Direct wrapper for a direct entry): any
+// answer, even not found, closes the circuit; a failure re-opens it. It is
+// owned by the Fetcher: Close cancels and waits for it.
+func (f *Fetcher) trial(u Upstream, mod string) {
+	if u.Off || (u.Direct && f.cfg.Direct == nil) {
+		return // nothing to ask
+	}
+	if !f.startWork() {
+		return // closing
+	}
+	go func() {
+		defer f.wg.Done()
+		ctx, cancel := context.WithTimeout(netprobe.BackgroundTrial(f.ctx), trialTimeout)
+		defer cancel()
+		p := Request{Module: mod, Kind: KindList}.URLPath()
+		resp, err := f.get(ctx, u, p)
+		var se *StatusError
+		switch {
+		case errors.As(err, &se):
+			f.log.Info("half-open trial answered", "upstream", u.Name(), "status", se.Status)
+		case err != nil:
+			f.log.Info("half-open trial failed", "upstream", u.Name(), "err", err)
+		default:
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			f.log.Info("half-open trial answered", "upstream", u.Name(), "status", resp.StatusCode)
+		}
+	}()
 }
 
 // upstreamsFor returns the upstreams that may serve module path, and
@@ -451,7 +498,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		if req.Kind == KindMod {
 			f.lookupAhead(ctx, req, private)
 		}
-		got, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) (*gate.Ticket, error) {
+		got, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) (*gate.Ticket, error) {
 			return f.fetchSmall(ctx, u, req)
 		})
 		if rt.upstream == "" {
@@ -536,7 +583,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 		return nil, notFoundf("%s is private and no private upstream is configured", req.Module)
 	}
 	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
-		data, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) ([]byte, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxInfoSize)
 			if err != nil {
 				return nil, err
@@ -559,7 +606,10 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 
 // Mutable returns a list or @latest answer: fresh from the store within
 // ListTTL, else from the upstreams, else stale from the store (Cache
-// "stale") when every upstream fails.
+// "stale") when every upstream fails, or at once when a stored answer
+// exists and the upstreams have not answered within StaleBudget: the
+// refresh then goes on in the background (one per key, on the Fetcher's
+// context, bounded by MetadataTimeout) and the next request sees its result.
 func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 	key := string(req.Kind) + "/" + req.Module
 	entry, err := f.store.GetEntry(key)
@@ -577,12 +627,32 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 		}
 		return f.synthesize(req, "offline mode")
 	}
+	stale := func(why error) (*Artifact, error) {
+		if haveStored {
+			f.log.Warn("serving stale metadata", "request", req.String(), "fetched", entry.Fetched, "err", why)
+			return &Artifact{Data: entry.Value, Cache: "stale", Modified: entry.Fetched}, nil
+		}
+		if a, serr := f.synthesize(req, "upstreams failed"); serr == nil {
+			f.log.Warn("serving metadata synthesized from the store", "request", req.String(), "err", why)
+			return a, nil
+		}
+		return nil, why
+	}
 	if herr := f.neg.get(key); herr != nil {
-		return nil, herr
+		if herr.isNotFound() {
+			return nil, herr
+		}
+		return stale(herr) // an upstream error, within its backoff
 	}
 	ups, private := f.upstreamsFor(req.Module)
-	res, _, err := f.fetchShared(ctx, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
-		data, rt, errs := tryUpstreams(ctx, f, ups, !private, func(ctx context.Context, u Upstream) ([]byte, error) {
+	wait := ctx
+	if haveStored {
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(ctx, f.cfg.StaleBudget)
+		defer cancel()
+	}
+	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
+		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxListSize)
 			if err != nil {
 				return nil, err
@@ -601,9 +671,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 			if len(ups) == 0 {
 				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 			}
-			if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
-				f.neg.put(key, herr)
-			}
+			f.neg.put(key, herr) // errors only for a short backoff
 			return metaResult{}, herr
 		}
 		unstored := false
@@ -619,20 +687,17 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 	if err == nil {
 		return &Artifact{Data: res.data, Cache: "miss", Route: res.route, Modified: now, Unstored: res.unstored}, nil
 	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err() // the client left
+	}
+	if errors.Is(err, context.DeadlineExceeded) && wait.Err() != nil {
+		return stale(fmt.Errorf("upstreams did not answer within %v; refreshing in the background", f.cfg.StaleBudget))
+	}
 	var herr *HTTPError
-	if errors.As(err, &herr) && (herr.Status == http.StatusNotFound || herr.Status == http.StatusGone) {
+	if errors.As(err, &herr) && herr.isNotFound() {
 		return nil, err
 	}
-	// Every upstream failed: serve what we have, and say it is stale.
-	if haveStored {
-		f.log.Warn("serving stale metadata", "request", req.String(), "fetched", entry.Fetched, "err", err)
-		return &Artifact{Data: entry.Value, Cache: "stale", Modified: entry.Fetched}, nil
-	}
-	if a, serr := f.synthesize(req, "upstreams failed"); serr == nil {
-		f.log.Warn("serving metadata synthesized from the store", "request", req.String(), "err", err)
-		return a, nil
-	}
-	return nil, err
+	return stale(err)
 }
 
 // synthesize answers list or @latest from the versions in the store, for

@@ -450,6 +450,8 @@ func TestBadZipsCommitNothing(t *testing.T) {
 				t.Fatalf("bad zip stored: %v", err)
 			}
 			up.SetFaults()
+			// An error is remembered only for a short backoff.
+			e.advance(errorBackoff + errorBackoffJitter)
 			if r := e.get(p); r.status != 200 || r.body != string(up.Zip("example.com/hello", "v1.0.0")) {
 				t.Fatalf("after the fault cleared: %d", r.status)
 			}

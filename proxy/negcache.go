@@ -1,14 +1,28 @@
 package proxy
 
 import (
+	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 )
 
-// negativeCache remembers upstream not-found answers for a short time, so
-// that the go command's probing of module path prefixes (it asks for
-// a/b/c, a/b and a in turn) does not hit the upstreams on every build.
-// It is in memory: after a restart the upstreams are asked again.
+// Error backoff: an upstream error (5xx, timeout, checksum database
+// unavailable, a mismatch) is remembered for errorBackoff plus up to
+// errorBackoffJitter, so that a burst of identical misses against a failing
+// upstream costs one round trip, while a recovered upstream is asked again
+// within seconds. Only not-found answers are kept for the negative TTL.
+const (
+	errorBackoff       = 2 * time.Second
+	errorBackoffJitter = 2 * time.Second
+)
+
+// negativeCache remembers upstream not-found answers for the negative TTL,
+// so that the go command's probing of module path prefixes (it asks for
+// a/b/c, a/b and a in turn) does not hit the upstreams on every build, and
+// other upstream errors for a short jittered backoff only. The same rule
+// holds for every request kind. It is in memory: after a restart the
+// upstreams are asked again.
 type negativeCache struct {
 	ttl time.Duration
 	max int
@@ -27,6 +41,11 @@ func newNegativeCache(ttl time.Duration, max int, now func() time.Time) *negativ
 	return &negativeCache{ttl: ttl, max: max, now: now, entries: make(map[string]negEntry)}
 }
 
+// isNotFound reports whether a client-facing error says "not found".
+func (e *HTTPError) isNotFound() bool {
+	return e.Status == http.StatusNotFound || e.Status == http.StatusGone
+}
+
 // get returns the remembered error for key, or nil.
 func (c *negativeCache) get(key string) *HTTPError {
 	c.mu.Lock()
@@ -42,8 +61,18 @@ func (c *negativeCache) get(key string) *HTTPError {
 	return e.err
 }
 
-// put remembers err for key. When full, expired entries are dropped first,
-// then arbitrary ones: the cache only saves upstream round trips.
+// lifetime is how long err is remembered: the negative TTL for not found,
+// a short jittered backoff (never longer than the TTL) for anything else.
+func (c *negativeCache) lifetime(err *HTTPError) time.Duration {
+	if err.isNotFound() {
+		return c.ttl
+	}
+	return min(c.ttl, errorBackoff+rand.N(errorBackoffJitter))
+}
+
+// put remembers err for key (see lifetime). When full, expired entries are
+// dropped first, then arbitrary ones: the cache only saves upstream round
+// trips.
 func (c *negativeCache) put(key string, err *HTTPError) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -61,5 +90,5 @@ func (c *negativeCache) put(key string, err *HTTPError) {
 			delete(c.entries, k)
 		}
 	}
-	c.entries[key] = negEntry{err: err, expires: now.Add(c.ttl)}
+	c.entries[key] = negEntry{err: err, expires: now.Add(c.lifetime(err))}
 }

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"sync"
 	"time"
 
+	"github.com/modproxy/modproxy/fallback"
 	"github.com/modproxy/modproxy/sumdb"
 )
 
@@ -17,10 +18,6 @@ const (
 	headerCache    = "X-Modproxy-Cache"
 )
 
-// reasonCircuitOpenChecksum is the Health.Allow reason for a circuit opened
-// by checksum mismatches rather than by transport failures.
-const reasonCircuitOpenChecksum = "circuit_open_checksum"
-
 // route is the outcome of trying upstreams for one request.
 type route struct {
 	upstream string // the upstream that answered
@@ -30,269 +27,131 @@ type route struct {
 // attemptFunc fetches from one upstream. A nil error means success.
 type attemptFunc[T any] func(ctx context.Context, u Upstream) (T, error)
 
-// candidates returns ups in the order to try them. Within a run of entries
-// joined by '|' (where the go command's syntax already allows any of them
-// to be tried after any failure) upstreams are ordered by health score; the
-// separators stay in place, so the list's fall-through rules are kept.
-func (f *Fetcher) candidates(ups []Upstream) (out []Upstream, reordered bool) {
-	out = append([]Upstream(nil), ups...)
-	if f.health == nil {
-		return out, false
+// entries maps an upstream list onto the fallback engine's entries.
+func entries(ups []Upstream) []fallback.Entry {
+	out := make([]fallback.Entry, len(ups))
+	for i, u := range ups {
+		out[i] = fallback.Entry{Name: u.Name(), Off: u.Off, Direct: u.Direct, AnyError: u.AnyError}
 	}
-	for start := 0; start < len(out); {
-		end := start
-		for end < len(out)-1 && out[end].AnyError {
-			end++
-		}
-		group := out[start : end+1]
-		if len(group) > 1 {
-			seps := make([]bool, len(group))
-			for i, u := range group {
-				seps[i] = u.AnyError
-			}
-			before := group[0].URL
-			sort.SliceStable(group, func(i, j int) bool {
-				return f.health.Score(group[i].Name()) > f.health.Score(group[j].Name())
-			})
-			for i := range group {
-				group[i].AnyError = seps[i]
-			}
-			if group[0].URL != before {
-				reordered = true
-				f.noteDemotions(group)
-			}
-		}
-		start = end + 1
-	}
-	return out, reordered
+	return out
 }
 
-// noteDemotions records a "demoted" decision for each member of a
-// reordered '|' group that the kernel evidence put behind a healthier one.
-func (f *Fetcher) noteDemotions(group []Upstream) {
-	ke, ok := f.health.(KernelEvidence)
-	if !ok {
-		return
+// classify is the proxy's reading of an attempt error for the fallback
+// engine: not found (404, 410, and 403 or a 400 for a path we validated)
+// and a copy that failed verification go on to the next entry anywhere in
+// the list; everything else only after '|'.
+func classify(err error) fallback.Class {
+	var se *StatusError
+	switch {
+	case errors.Is(err, errDirectDisabled):
+		return fallback.Final // as the go command's list ends at a direct it cannot use
+	case errors.As(err, &se) && se.notFound():
+		return fallback.Absent
+	case errors.Is(err, sumdb.ErrMismatch), errors.Is(err, errCondemned):
+		return fallback.Absent
 	}
-	for _, u := range group[1:] {
-		if r := ke.KernelReason(u.Name()); r != "" {
-			f.health.RecordDecision(u.Name(), "demoted", r)
+	return fallback.Failed
+}
+
+// tryUpstreams runs fn for req against ups with the fallback engine
+// (GOPROXY list semantics, health order, breaker, hedging within '|'
+// groups; see package fallback). For an immutable artifact (.info, .mod,
+// .zip of a canonical version), a copy that failed verification from one
+// upstream is condemned and not fetched from that upstream again for a
+// while; the mismatch is reported against that copy only, never opening the
+// upstream's circuit. A due half-open trial is the module's list, fetched
+// in the background.
+func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge bool, req Request, fn attemptFunc[T]) (T, route, []error) {
+	byName := make(map[string]Upstream, len(ups))
+	for _, u := range ups {
+		byName[u.Name()] = u
+	}
+	mv := ""
+	if !req.Query && (req.Kind == KindInfo || req.Kind == KindMod || req.Kind == KindZip) {
+		mv = req.Module + "@" + req.Version + "." + string(req.Kind)
+	}
+	trial := func(e fallback.Entry) { f.trial(byName[e.Name], req.Module) }
+	cfg := fallback.Config{Hedge: hedge, Classify: classify, Reason: fallthroughReason, Trial: trial}
+	if f.health != nil {
+		cfg.Health = f.health
+		// Kernel evidence (eBPF): alarms hedge or abandon an attempt whose
+		// connect shows a SYN retransmit; demotions are named.
+		if ke, ok := f.health.(KernelEvidence); ok {
+			cfg.Alarm, cfg.DemotedBy = ke.WithKernelAlarm, ke.KernelReason
 		}
 	}
-}
-
-// kernelOrderReason is the route reason of an answer from a reordered
-// group: the kernel reason of the member the list put first, when that is
-// why it was moved back, else "health_order".
-func (f *Fetcher) kernelOrderReason(ups []Upstream) string {
-	if ke, ok := f.health.(KernelEvidence); ok && len(ups) > 0 {
-		if r := ke.KernelReason(ups[0].Name()); r != "" {
-			return r
+	v, res, errs := fallback.Run(ctx, cfg, entries(ups), func(ctx context.Context, e fallback.Entry) (T, error) {
+		var zero T
+		u := byName[e.Name]
+		switch {
+		case u.Off:
+			return zero, &StatusError{Upstream: "off", Status: 404, Msg: "module lookup disabled by upstream list (off)"}
+		case u.Direct && f.cfg.Direct == nil:
+			return zero, errDirectDisabled
 		}
-	}
-	return "health_order"
-}
-
-// kernelAlarm is an alarm from the kernel about attempt idx.
-type kernelAlarm struct {
-	idx    int
-	reason string
-}
-
-type attemptResult[T any] struct {
-	idx int
-	val T
-	err error
-}
-
-// tryUpstreams runs fn against the upstreams in ups following GOPROXY list
-// semantics: a not-found answer falls through to the next entry; any other
-// error falls through only after a '|'; a checksum mismatch always falls
-// through (the next copy may be good). When hedge is set, a request that
-// has not answered within the upstream's hedge delay is raced against the
-// next upstream of a '|' group; the first good answer wins and the other is
-// cancelled.
-func tryUpstreams[T any](ctx context.Context, f *Fetcher, ups []Upstream, hedge bool, fn attemptFunc[T]) (T, route, []error) {
-	var zero T
-	cands, reordered := f.candidates(ups)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	results := make(chan attemptResult[T], len(cands))
-	next, inflight := 0, 0
-	var errs []error
-	var hedgeTimer *time.Timer
-	var hedgeC <-chan time.Time
-	defer func() {
-		if hedgeTimer != nil {
-			hedgeTimer.Stop()
-		}
-	}()
-	hedged := map[int]bool{}
-	// Kernel alarms: a SYN retransmit on the connection an attempt dialed
-	// hedges it at once (within '|'); the reason names the decision.
-	ke, _ := f.health.(KernelEvidence)
-	alarms := make(chan kernelAlarm, 2*len(cands))
-	kernelWhy := map[int]string{}
-	cancels := make([]context.CancelFunc, len(cands))
-
-	// launch starts the next allowed candidate. It reports false when the
-	// list is exhausted or stops at an entry whose circuit is open.
-	launch := func() bool {
-		for next < len(cands) {
-			i := next
-			u := cands[i]
-			next++
-			if u.Off {
-				errs = append(errs, &StatusError{Upstream: "off", Status: 404, Msg: "module lookup disabled by upstream list (off)"})
-				return false
+		// A configured direct entry is attempted like an upstream: f.get
+		// answers it from version control (proxy/direct.go).
+		if mv != "" {
+			if until, ok := f.condemned.get(u.Name(), mv); ok {
+				return zero, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("%s: %w (until %s)", mv, errCondemned, until.UTC().Format(time.RFC3339))}
 			}
-			if u.Direct && f.cfg.Direct == nil {
-				errs = append(errs, errDirectDisabled)
-				return false
-			}
+		}
+		val, err := fn(ctx, u)
+		if errors.Is(err, sumdb.ErrMismatch) && mv != "" {
+			f.condemned.put(u.Name(), mv)
 			if f.health != nil {
-				ok, why := f.health.Allow(u.Name())
-				if !ok {
-					f.health.RecordDecision(u.Name(), "skipped", why)
-					errs = append(errs, &UpstreamError{Upstream: u.Name(), Err: errCircuitOpen})
-					// An open circuit predicts the upstream's failure. That
-					// falls through after '|'; after ',' only when the
-					// failures were checksum mismatches, which always fall
-					// through (the next copy may be good).
-					if u.AnyError || why == reasonCircuitOpenChecksum {
-						continue
-					}
-					return false
-				}
-				if why == "half_open_trial" {
-					f.health.RecordDecision(u.Name(), "half_open_trial", why)
-				}
+				f.health.ReportChecksumFailure(u.Name())
 			}
-			inflight++
-			actx := ctx
-			if ke != nil {
-				actx = ke.WithKernelAlarm(ctx, func(reason string) {
-					select {
-					case alarms <- kernelAlarm{idx: i, reason: reason}:
-					default: // one alarm per attempt is enough
-					}
-				})
-			}
-			actx, cancels[i] = context.WithCancel(actx)
-			go func() {
-				v, err := fn(actx, u)
-				results <- attemptResult[T]{idx: i, val: v, err: err}
-			}()
-			if hedge && f.health != nil && u.AnyError && next < len(cands) {
-				if d, ok := f.health.HedgeAfter(u.Name()); ok {
-					if hedgeTimer != nil {
-						hedgeTimer.Stop()
-					}
-					hedgeTimer = time.NewTimer(d)
-					hedgeC = hedgeTimer.C
-				}
-			}
-			return true
 		}
-		return false
-	}
+		return val, err
+	})
+	return v, route{upstream: res.Upstream, reason: res.Reason}, errs
+}
 
-	if !launch() {
-		return zero, route{}, errs
+// errCondemned is the error of an upstream whose copy of an artifact
+// recently failed verification.
+var errCondemned = errors.New("this upstream's copy failed checksum verification recently; not fetched from it again yet")
+
+// condemnTTL is how long a copy that failed verification is remembered.
+const condemnTTL = 10 * time.Minute
+
+// condemnedCopies remembers (upstream, module@version) copies that failed
+// verification. A tampered module then costs one download per upstream per
+// condemnTTL, and condemns nothing else of that upstream.
+type condemnedCopies struct {
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[[2]string]time.Time
+}
+
+const maxCondemned = 10_000
+
+func (c *condemnedCopies) get(upstream, mv string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.m[[2]string{upstream, mv}]
+	if ok && !c.now().Before(until) {
+		delete(c.m, [2]string{upstream, mv})
+		return time.Time{}, false
 	}
-	for inflight > 0 {
-		select {
-		case a := <-alarms:
-			if _, done := kernelWhy[a.idx]; done {
-				break
-			}
-			kernelWhy[a.idx] = a.reason
-			// Act only on the newest attempt, within its '|' group.
-			if a.reason != "kernel_syn_retrans" || a.idx != next-1 || !cands[a.idx].AnyError || next >= len(cands) {
-				break
-			}
-			if !hedge {
-				// Not hedgeable (a zip: two downloads must not share its
-				// stream): abandon the connect and fall through now.
-				f.health.RecordDecision(cands[a.idx].Name(), "abandoned", a.reason)
-				cancels[a.idx]()
-				break
-			}
-			if launch() {
-				hedged[next-1] = true
-				f.health.RecordDecision(cands[a.idx].Name(), "hedged", a.reason)
-			}
-		case <-hedgeC:
-			hedgeC = nil
-			prev := cands[next-1]
-			if launch() {
-				hedged[next-1] = true
-				f.health.RecordDecision(prev.Name(), "hedged", "no_first_byte_by_p95")
-			}
-		case r := <-results:
-			inflight--
-			u := cands[r.idx]
-			if r.err == nil {
-				reason := "list_order"
-				switch {
-				case hedged[r.idx]:
-					reason = "hedge_won"
-					if why := kernelWhy[r.idx-1]; why != "" {
-						reason = why // the kernel alarm that started the hedge
-					}
-					f.health.RecordDecision(u.Name(), "hedge_won", reason)
-				case r.idx > 0:
-					reason = "fallback"
-					if why := kernelWhy[r.idx-1]; why != "" {
-						reason = why
-					}
-				case reordered:
-					reason = f.kernelOrderReason(ups)
-				}
-				if f.health != nil && !hedged[r.idx] {
-					f.health.RecordDecision(u.Name(), "chosen", reason)
-				}
-				return r.val, route{upstream: u.Name(), reason: reason}, nil
-			}
-			if ctx.Err() != nil && errors.Is(r.err, context.Canceled) {
-				continue // a cancelled hedge loser
-			}
-			if why := kernelWhy[r.idx]; why != "" && errors.Is(r.err, context.Canceled) {
-				// Abandoned on a kernel alarm: say why, not "context canceled".
-				r.err = &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("abandoned (%s): %w", why, r.err)}
-			}
-			errs = append(errs, r.err)
-			fallThrough := u.AnyError
-			var se *StatusError
-			var mm *sumdb.MismatchError
-			switch {
-			case errors.As(r.err, &se) && se.notFound():
-				fallThrough = true
-			case errors.As(r.err, &mm):
-				fallThrough = true
-				if f.health != nil {
-					f.health.ReportChecksumFailure(u.Name())
-				}
-			}
-			if f.health != nil && fallThrough && r.idx == next-1 && next < len(cands) {
-				why := fallthroughReason(r.err)
-				if k := kernelWhy[r.idx]; k != "" {
-					why = k
-				}
-				f.health.RecordDecision(u.Name(), "fallthrough", why)
-			}
-			if inflight == 0 && fallThrough {
-				if !launch() {
-					return zero, route{}, errs
-				}
-			}
-			if !fallThrough && inflight == 0 {
-				return zero, route{}, errs
+	return until, ok
+}
+
+func (c *condemnedCopies) put(upstream, mv string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[[2]string]time.Time)
+	}
+	now := c.now()
+	if len(c.m) >= maxCondemned {
+		for k, until := range c.m {
+			if !now.Before(until) || len(c.m) >= maxCondemned {
+				delete(c.m, k)
 			}
 		}
 	}
-	return zero, route{}, errs
+	c.m[[2]string{upstream, mv}] = now.Add(condemnTTL)
 }
 
 // decisionReasoner is an error that names the decision it causes.
@@ -300,15 +159,16 @@ type decisionReasoner interface{ DecisionReason() string }
 
 func fallthroughReason(err error) string {
 	var se *StatusError
-	var mm *sumdb.MismatchError
 	var dr decisionReasoner
 	switch {
 	case errors.As(err, &se) && se.notFound():
 		return "not_found"
 	case errors.As(err, &se):
 		return "status_" + statusClass(se.Status)
-	case errors.As(err, &mm):
+	case errors.Is(err, sumdb.ErrMismatch):
 		return "checksum_mismatch"
+	case errors.Is(err, errCondemned):
+		return "condemned_copy"
 	case errors.Is(err, errBadContent):
 		return "bad_content"
 	case errors.As(err, &dr):

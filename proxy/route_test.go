@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,18 +16,23 @@ type fakeHealth struct {
 	mu        sync.Mutex
 	scores    map[string]float64
 	closed    map[string]string // upstream -> Allow reason when not allowed
+	trial     map[string]bool   // upstream -> a half-open trial is due
 	hedge     map[string]time.Duration
 	decisions []string // "upstream decision reason"
 	checksums map[string]int
 }
 
 func newFakeHealth() *fakeHealth {
-	return &fakeHealth{scores: map[string]float64{}, closed: map[string]string{}, hedge: map[string]time.Duration{}, checksums: map[string]int{}}
+	return &fakeHealth{scores: map[string]float64{}, closed: map[string]string{}, trial: map[string]bool{}, hedge: map[string]time.Duration{}, checksums: map[string]int{}}
 }
 
 func (h *fakeHealth) Allow(u string) (bool, string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.trial[u] {
+		delete(h.trial, u) // granted once
+		return true, "half_open_trial"
+	}
 	if why, ok := h.closed[u]; ok {
 		return false, why
 	}
@@ -139,35 +143,51 @@ func TestNoHedge(t *testing.T) {
 
 func TestCircuitOpenSkipsWithinSyntax(t *testing.T) {
 	tests := []struct {
-		name, sep, reason string
-		status            int
-		otherAsked        bool
+		name, sep      string
+		bothOpen       bool
+		deadAsked      bool
+		otherAsked     bool
+		wantDecision   string
+		wantSkipped    bool
+		wantLastResort bool
 	}{
-		{"pipe skips", "|", "circuit_open", 200, true},
-		{"comma stops", ",", "circuit_open", 502, false},
-		{"comma falls through a checksum circuit", ",", reasonCircuitOpenChecksum, 200, true},
+		// '|' lets the request go on past an open circuit.
+		{name: "pipe skips", sep: "|", otherAsked: true, wantDecision: "fallback", wantSkipped: true},
+		// After ',' the open circuit would end the request: rather than
+		// strand it, the upstream is tried anyway.
+		{name: "comma tries the last resort", sep: ",", deadAsked: true, wantDecision: "last_resort", wantSkipped: true, wantLastResort: true},
+		// Every circuit open: the healthiest is tried.
+		{name: "pipe all open", sep: "|", bothOpen: true, otherAsked: true, wantDecision: "last_resort", wantSkipped: true, wantLastResort: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dead, other := newUpstream(t), newUpstream(t)
 			h := newFakeHealth()
-			h.closed[dead.URL()] = tt.reason
+			h.closed[dead.URL()] = "circuit_open"
+			if tt.bothOpen {
+				h.closed[other.URL()] = "circuit_open"
+				h.scores[dead.URL()], h.scores[other.URL()] = 0.1, 0.3
+			}
 			e := newEnv(t, dead.URL()+tt.sep+other.URL(), func(c *Config) { c.Health = h })
 			r := e.get("/example.com/hello/@v/v1.0.0.mod")
-			if r.status != tt.status {
-				t.Fatalf("status %d %q, want %d", r.status, r.body, tt.status)
+			if r.status != 200 {
+				t.Fatalf("status %d %q, want 200", r.status, r.body)
 			}
-			if dead.Count("example.com") != 0 {
-				t.Error("request sent to an upstream with an open circuit")
+			if got := r.header.Get(headerDecision); got != tt.wantDecision {
+				t.Errorf("decision %q, want %q", got, tt.wantDecision)
+			}
+			if (dead.Count("example.com") > 0) != tt.deadAsked {
+				t.Errorf("open upstream asked = %v, want %v", !tt.deadAsked, tt.deadAsked)
 			}
 			if (other.Count("example.com") > 0) != tt.otherAsked {
 				t.Errorf("other upstream asked = %v, want %v", !tt.otherAsked, tt.otherAsked)
 			}
-			if !h.has(dead.URL(), "skipped", tt.reason) {
+			if h.has(dead.URL(), "skipped", "circuit_open") != tt.wantSkipped {
 				t.Errorf("decisions: %v", h.decisions)
 			}
-			if tt.status == 502 && !strings.Contains(r.body, "circuit open") {
-				t.Errorf("body %q", r.body)
+			lastResort := h.has(dead.URL(), "last_resort", "all_circuits_open") || h.has(other.URL(), "last_resort", "all_circuits_open")
+			if lastResort != tt.wantLastResort {
+				t.Errorf("last_resort decision = %v, want %v: %v", lastResort, tt.wantLastResort, h.decisions)
 			}
 		})
 	}
@@ -193,5 +213,59 @@ func TestHealthOrdersPipeGroups(t *testing.T) {
 	r = e.mustGet("/example.com/hello/@v/v1.1.0.info", 200)
 	if r.header.Get(headerUpstream) != a.URL() {
 		t.Errorf("after b failed answered by %q, want %q", r.header.Get(headerUpstream), a.URL())
+	}
+}
+
+// The case: "A|B,C" with A slow, hedged to B. B answers 500 (where
+// the go command would stop); A then fails too. C must not be asked: the
+// answer is the one a sequential walk of the list gives.
+func TestHedgeNeverStepsOverComma(t *testing.T) {
+	a, b, c := newUpstream(t), newUpstream(t), newUpstream(t)
+	a.SetFaults(testupstream.Fault{Delay: 300 * time.Millisecond, Status: 503})
+	b.SetFaults(testupstream.Fault{Status: 500})
+	h := newFakeHealth()
+	h.hedge[a.URL()] = 10 * time.Millisecond
+	e := newEnv(t, a.URL()+"|"+b.URL()+","+c.URL(), func(cfg *Config) { cfg.Health = h })
+	r := e.get("/example.com/hello/@v/v1.0.0.info")
+	if r.status != 502 {
+		t.Errorf("status %d %q, want 502", r.status, r.body)
+	}
+	if b.Count("example.com/hello") != 1 || a.Count("example.com/hello") != 1 {
+		t.Errorf("a asked %d, b asked %d; want one each (b as the hedge)", a.Count("example.com/hello"), b.Count("example.com/hello"))
+	}
+	if n := c.Count("example.com/hello"); n != 0 {
+		t.Errorf("c asked %d times past the ','", n)
+	}
+	if !h.has(a.URL(), "hedged", "no_first_byte_by_p95") {
+		t.Errorf("no hedge: %v", h.decisions)
+	}
+}
+
+// A due half-open trial runs in the background: the client's request is
+// answered by the next upstream without waiting on the trial, which asks
+// the failing upstream for the module's list.
+func TestHalfOpenTrialInBackground(t *testing.T) {
+	sick, other := newUpstream(t), newUpstream(t)
+	sick.SetFaults(testupstream.Fault{Delay: time.Second})
+	h := newFakeHealth()
+	h.closed[sick.URL()] = "circuit_open"
+	h.trial[sick.URL()] = true
+	e := newEnv(t, sick.URL()+"|"+other.URL(), func(c *Config) { c.Health = h })
+	r := e.mustGet("/example.com/hello/@v/v1.0.0.info", 200)
+	if r.header.Get(headerUpstream) != other.URL() {
+		t.Errorf("answered by %q, want %q", r.header.Get(headerUpstream), other.URL())
+	}
+	if sick.Count("/example.com/hello/@v/v1.0.0.info") != 0 {
+		t.Error("the client's request was sent to the upstream under trial")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for sick.Count("/example.com/hello/@v/list") == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if sick.Count("/example.com/hello/@v/list") != 1 {
+		t.Errorf("trial requests: %v", sick.Requests())
+	}
+	if !h.has(sick.URL(), "half_open_trial", "background") {
+		t.Errorf("decisions %v", h.decisions)
 	}
 }

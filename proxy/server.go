@@ -90,8 +90,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(rec, r)
 }
 
+// StatusClientClosed is the status logged and counted for a request whose
+// client went away before its answer was complete (nginx's 499); it is
+// never sent.
+const StatusClientClosed = 499
+
 func (s *Server) logRequest(r *http.Request, rec *recorder, start time.Time, note string) {
 	d := time.Since(start)
+	if r.Context().Err() != nil {
+		// Still inside the handler, a cancelled request context means the
+		// client's connection is gone: whatever status was begun, the
+		// client did not get a whole answer.
+		rec.status = StatusClientClosed
+		if note == "" {
+			note = "client went away"
+		}
+	}
 	h := rec.Header()
 	c := h.Get(headerCache)
 	attrs := make([]slog.Attr, 0, 9)
@@ -145,6 +159,9 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 // Cache-Control values: artifacts never change; list and @latest do.
 const (
 	immutableCache = "public, max-age=31536000, immutable"
+	// staleCache is for a stale list or @latest: a client or cache in
+	// front of the proxy asks again soon, and sees the refreshed answer.
+	staleCache = "public, max-age=5"
 )
 
 // warnUnstored marks an answer passed through without being stored
@@ -242,6 +259,7 @@ func (s *Server) serveSmall(w http.ResponseWriter, r *http.Request, req Request,
 	case req.Kind == KindList || req.Kind == KindLatest:
 		h.Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(s.f.cfg.ListTTL.Seconds())))
 		if a.Cache == "stale" {
+			h.Set("Cache-Control", staleCache)
 			h.Set("Warning", `110 modproxy "Response is Stale"`)
 			h.Set("X-Modproxy-Stale", a.Modified.UTC().Format(time.RFC3339))
 		}

@@ -309,12 +309,12 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 			f.lookupAhead(f.ctx, req, private)
 		}
 		var errs []error
-		_, rt, errs = tryUpstreams(fl.ctx, f, ups, false, func(ctx context.Context, u Upstream) (cache.Meta, error) {
+		_, rt, errs = tryUpstreams(fl.ctx, f, ups, false, req, func(ctx context.Context, u Upstream) (cache.Meta, error) {
 			return f.downloadZip(ctx, key, req, u, fl)
 		})
 		release()
 		if rt.upstream == "" {
-			ferr = f.zipFailure(req, ups, errs)
+			ferr = f.zipFailure(req, ups, errs, fl.ctx.Err() != nil)
 		}
 	}
 	switch {
@@ -343,8 +343,10 @@ func (f *Fetcher) runZip(key cache.Key, req Request, fl *zipFlight) {
 
 // zipFailure sums up a failed zip flight for its clients. A refusal of the
 // proxy's own (busy, no space) is answered as such, not as an upstream
-// failure; not-found answers are remembered.
-func (f *Fetcher) zipFailure(req Request, ups []Upstream, errs []error) error {
+// failure. The upstreams' answer is remembered by the negative cache's rule
+// (not found for the negative TTL, errors for a short backoff), unless the
+// flight was cancelled because every client left.
+func (f *Fetcher) zipFailure(req Request, ups []Upstream, errs []error, cancelled bool) error {
 	for _, err := range errs {
 		if herr, ok := err.(*HTTPError); ok {
 			return herr
@@ -354,7 +356,7 @@ func (f *Fetcher) zipFailure(req Request, ups []Upstream, errs []error) error {
 	if len(ups) == 0 {
 		herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 	}
-	if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+	if !cancelled {
 		f.neg.put(req.String()+".zip", herr)
 	}
 	return herr

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/fallback"
 )
 
 // configMu serializes notePartialTile's read-modify-write within a
@@ -255,11 +256,12 @@ func isNotFound(err error) bool {
 }
 
 // readRemote fetches path ("/lookup/…", "/tile/…", "/latest") from the
-// database, through the upstreams that pass it through or else directly.
-// A 404 or 410 is final; other failures fall through to the next upstream.
-// With Config.Health, a request that has not answered within the
-// upstream's hedge delay is raced against the next upstream; the first
-// answer wins and the other is cancelled.
+// database, through the upstreams that pass it through or else directly,
+// with the same fallback engine as module requests (package fallback): the
+// passthrough bases are one '|' group (they serve the same database, so
+// any failure of one goes on to the next), a 404 or 410 is final, an open
+// circuit is skipped unless every base is open (then the healthiest is
+// tried anyway), and with Config.Health a slow base is hedged to the next.
 func (v *Verifier) readRemote(path string) ([]byte, error) {
 	return v.readRemoteChecked(path, nil)
 }
@@ -276,79 +278,81 @@ func (v *Verifier) readRemoteChecked(path string, accept func(ctx context.Contex
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	type result struct {
-		i    int
-		data []byte
-		err  error
+	entries := make([]fallback.Entry, len(bases))
+	byName := make(map[string]string, len(bases))
+	for i, b := range bases {
+		name := v.upstreamOf(b)
+		byName[name] = b
+		entries[i] = fallback.Entry{Name: name, AnyError: i < len(bases)-1}
 	}
-	results := make(chan result, len(bases))
-	next, inflight := 0, 0
-	hedged := make([]bool, len(bases))
-	var timer *time.Timer
-	var hedgeC <-chan time.Time
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	launch := func() {
-		i := next
-		next++
-		inflight++
-		go func() {
-			data, err := v.get(ctx, bases[i]+path)
-			if err == nil && accept != nil {
-				err = accept(ctx, bases[i], data)
+	cfg := fallback.Config{
+		Hedge: true,
+		Classify: func(err error) fallback.Class {
+			if isNotFound(err) {
+				return fallback.Final
 			}
-			results <- result{i, data, err}
-		}()
-		hedgeC = nil
-		if h := v.cfg.Health; h != nil && next < len(bases) {
-			if d, ok := h.HedgeAfter(v.upstreamOf(bases[i])); ok {
-				if timer != nil {
-					timer.Stop()
+			return fallback.Failed
+		},
+	}
+	if h := v.cfg.Health; h != nil {
+		cfg.Health = engineHealth(h)
+		// A half-open trial is a /latest read of its own, in the
+		// background (bounded by Config.Timeout): no verification waits
+		// on an upstream that was failing.
+		cfg.Trial = func(e fallback.Entry) {
+			go func() {
+				if _, err := v.get(context.Background(), byName[e.Name]+"/latest"); err != nil {
+					v.log.Info("checksum database half-open trial failed", "upstream", e.Name, "err", err)
 				}
-				timer = time.NewTimer(d)
-				hedgeC = timer.C
-			}
+			}()
 		}
 	}
-	launch()
-	var errs []error
-	for inflight > 0 {
-		select {
-		case <-hedgeC:
-			v.cfg.Health.RecordDecision(v.upstreamOf(bases[next-1]), "hedged", "no_first_byte_by_p95")
-			hedged[next] = true
-			launch()
-		case r := <-results:
-			inflight--
-			if r.err == nil {
-				if hedged[r.i] {
-					v.cfg.Health.RecordDecision(v.upstreamOf(bases[r.i]), "hedge_won", "hedge_won")
-				}
-				return r.data, nil
-			}
-			if isNotFound(r.err) {
-				return nil, r.err
-			}
-			errs = append(errs, r.err)
-			if inflight == 0 && next < len(bases) {
-				launch()
-			}
+	data, res, errs := fallback.Run(context.Background(), cfg, entries, func(ctx context.Context, e fallback.Entry) ([]byte, error) {
+		data, err := v.get(ctx, byName[e.Name]+path)
+		if err == nil && accept != nil {
+			err = accept(ctx, byName[e.Name], data)
 		}
+		return data, err
+	})
+	if res.Upstream != "" {
+		return data, nil
 	}
-	allBad := len(errs) > 0
 	for _, err := range errs {
+		if isNotFound(err) {
+			return nil, err
+		}
+	}
+	// A source skipped by its open circuit said nothing: it neither makes
+	// bad data "unavailable" (which fail-open would act on) nor excuses it.
+	allBad, answered := true, 0
+	for _, err := range errs {
+		if errors.Is(err, fallback.ErrCircuitOpen) {
+			continue
+		}
+		answered++
 		allBad = allBad && errors.Is(err, errBadData)
 	}
+	allBad = allBad && answered > 0
 	if allBad {
 		return nil, fmt.Errorf("checksum database %s%s: no source answered with data that authenticates: %w", v.name, path, errors.Join(errs...))
 	}
 	return nil, fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
 }
+
+// engineHealth gives the fallback engine the whole health interface: a
+// Health that also implements the breaker (netprobe's does) is used as it
+// is; a hedging-only one allows every request.
+func engineHealth(h Health) fallback.Health {
+	if fh, ok := h.(fallback.Health); ok {
+		return fh
+	}
+	return hedgeOnly{h}
+}
+
+type hedgeOnly struct{ Health }
+
+func (hedgeOnly) Allow(string) (bool, string) { return true, "healthy" }
+func (hedgeOnly) Score(string) float64        { return 1 }
 
 // upstreamOf names the upstream (or the direct URL) behind a base URL.
 func (v *Verifier) upstreamOf(base string) string {
@@ -389,20 +393,52 @@ type probe struct {
 	supported bool      // <upstream>/sumdb/<name>/supported answered 200
 	failedAt  time.Time // last probe failed (neither 200 nor 404/410)
 	err       error
+	running   chan struct{} // non-nil while a probe is in flight; closed when it ends
 }
 
 // probeRetry is how long a failed probe is remembered before the upstream
 // is asked again.
-const probeRetry = 30 * time.Second
+var probeRetry = 30 * time.Second
 
 // remoteBases returns the base URLs to read the database from: the
 // passthrough URLs of the upstreams that support it, or else the direct URL
 // when every upstream declined (404/410) or there are none. An upstream
 // that could not answer the probe makes the database unavailable unless
 // another upstream supports it, as with the go command's "," lists.
+//
+// Probes run outside probeMu. A verification waits only for the first
+// probe of an upstream (nothing is known about it yet); a retry after a
+// failed probe runs in the background, so no verification queues behind a
+// failing upstream's network round trip.
 func (v *Verifier) remoteBases() ([]string, error) {
 	if len(v.cfg.Upstreams) == 0 {
 		return []string{v.cfg.URL}, nil
+	}
+	var wait []chan struct{}
+	v.probeMu.Lock()
+	for _, up := range v.cfg.Upstreams {
+		p := v.probes[up]
+		if p == nil {
+			p = &probe{}
+			v.probes[up] = p
+		}
+		first := p.failedAt.IsZero() // nothing is known yet
+		switch {
+		case p.running != nil && first:
+			wait = append(wait, p.running)
+		case p.running == nil && !p.known && (first || time.Since(p.failedAt) >= probeRetry):
+			p.running = make(chan struct{})
+			if first {
+				wait = append(wait, p.running)
+			}
+			// A retry after a failure runs in the background: callers go
+			// on with what is known rather than wait on a failing upstream.
+			go v.probeUpstream(up, p)
+		}
+	}
+	v.probeMu.Unlock()
+	for _, ch := range wait {
+		<-ch // each probe is bounded by Config.Timeout
 	}
 	v.probeMu.Lock()
 	defer v.probeMu.Unlock()
@@ -410,17 +446,10 @@ func (v *Verifier) remoteBases() ([]string, error) {
 	var errs []error
 	for _, up := range v.cfg.Upstreams {
 		p := v.probes[up]
-		if p == nil {
-			p = &probe{}
-			v.probes[up] = p
-		}
-		if !p.known && (p.failedAt.IsZero() || time.Since(p.failedAt) >= probeRetry) {
-			v.probeUpstream(up, p)
-		}
 		switch {
 		case p.known && p.supported:
 			bases = append(bases, up+"/sumdb/"+v.name)
-		case !p.known:
+		case !p.known && p.err != nil:
 			errs = append(errs, p.err)
 		}
 	}
@@ -433,9 +462,13 @@ func (v *Verifier) remoteBases() ([]string, error) {
 	return []string{v.cfg.URL}, nil
 }
 
-// probeUpstream asks up whether it passes the database through.
+// probeUpstream asks up whether it passes the database through and
+// records the answer in p (under probeMu), ending p's run.
 func (v *Verifier) probeUpstream(up string, p *probe) {
 	_, err := v.get(context.Background(), up+"/sumdb/"+v.name+"/supported")
+	v.probeMu.Lock()
+	defer v.probeMu.Unlock()
+	defer func() { close(p.running); p.running = nil }()
 	switch {
 	case err == nil:
 		p.known, p.supported = true, true

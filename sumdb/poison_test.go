@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/tlog"
@@ -609,5 +610,53 @@ func TestPassthroughRecordFailingAuthentication(t *testing.T) {
 				t.Errorf("a record was stored from the tampering source:\n%s", rec)
 			}
 		})
+	}
+}
+
+// openHealth is a Health with the breaker: every upstream in open has its
+// circuit open.
+type openHealth struct{ open map[string]bool }
+
+func (h openHealth) Allow(u string) (bool, string) {
+	if h.open[u] {
+		return false, "circuit_open"
+	}
+	return true, "healthy"
+}
+func (openHealth) Score(string) float64                    { return 1 }
+func (openHealth) HedgeAfter(string) (time.Duration, bool) { return 0, false }
+func (openHealth) RecordDecision(string, string, string)   {}
+
+// A source skipped by its open circuit says nothing. With the good
+// source's circuit open and the other source tampering, the good one is
+// tried as the last resort rather than the verification failing on a
+// prediction; and when every source was open, the one tried answering bad
+// data stays a security error, never "unavailable" (which fail-open would
+// act on).
+func TestSkippedSourceNeverExcusesBadData(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	m := makeMod(t, "example.com/m", "v1.0.0", "0")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	bad, good := passthroughUpstreams(t, db)
+	cfg := testConfig(db)
+	cfg.URL = "http://127.0.0.1:1" // never asked directly
+	cfg.Upstreams = []string{bad.URL(), good.URL()}
+	cfg.Registerer = prometheus.NewRegistry()
+	cfg.Health = openHealth{open: map[string]bool{good.URL(): true}}
+	v := newVerifier(t, cfg, newMemStore())
+	if _, err := v.VerifyMod(context.Background(), m.path, m.version, m.gomod); err != nil {
+		t.Fatalf("VerifyMod with the good source's circuit open: %v; want it verified through the last resort", err)
+	}
+	if bad.Count("/tile/") == 0 || good.Count("/tile/") == 0 {
+		t.Errorf("tiles asked: bad %d, good %d; want both (the good one as the last resort)", bad.Count("/tile/"), good.Count("/tile/"))
+	}
+
+	cfg.Health = openHealth{open: map[string]bool{bad.URL(): true, good.URL(): true}}
+	cfg.Registerer = prometheus.NewRegistry()
+	v = newVerifier(t, cfg, newMemStore())
+	reject := func(context.Context, string, []byte) error { return fmt.Errorf("tile: %w", errBadData) }
+	_, err := v.readRemoteChecked("/"+tlog.Tile{H: 8, L: 0, N: 0, W: 1}.Path(), reject)
+	if !errors.Is(err, errBadData) || errors.Is(err, ErrUnavailable) {
+		t.Errorf("read with every circuit open: %v; want bad data, not ErrUnavailable", err)
 	}
 }

@@ -797,3 +797,50 @@ func TestHedgeSlowPassthrough(t *testing.T) {
 		t.Errorf("decisions: %s", got)
 	}
 }
+
+// A retry of a failed passthrough probe must not make verifications queue
+// behind it: they go on with the upstreams already known to pass through.
+func TestProbeRetryRunsInTheBackground(t *testing.T) {
+	old := probeRetry
+	probeRetry = 0
+	t.Cleanup(func() { probeRetry = old })
+	db := testsumdb.New(t, "sum.example.test")
+	good := newPassthrough(t, db, true)
+	var probes atomic.Int64
+	hanging := make(chan struct{})
+	var hangOnce sync.Once
+	release := func() { hangOnce.Do(func() { close(hanging) }) }
+	t.Cleanup(release)
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if probes.Add(1) == 1 {
+			http.Error(w, "boom", http.StatusInternalServerError)
+			return
+		}
+		select { // later probes hang until the test is done
+		case <-hanging:
+		case <-r.Context().Done():
+		}
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(flaky.Close)
+	cfg := testConfig(db)
+	cfg.Upstreams = []string{flaky.URL, good.URL}
+	v := newVerifier(t, cfg, newMemStore())
+	ctx := context.Background()
+	for i := range 3 {
+		m := makeMod(t, "example.com/m", fmt.Sprintf("v1.%d.0", i), "m")
+		db.AddModule(m.path, m.version, m.gomod, m.zip)
+		if _, err := v.VerifyMod(ctx, m.path, m.version, m.gomod); err != nil {
+			t.Fatalf("verification %d: %v", i, err)
+		}
+	}
+	if n := probes.Load(); n < 2 {
+		t.Fatalf("flaky upstream probed %d times, want the failed probe and a retry", n)
+	}
+	select {
+	case <-hanging:
+		t.Fatal("released early")
+	default: // the retry is still hanging, and the verifications are done
+	}
+	release()
+}
