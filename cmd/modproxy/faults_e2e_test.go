@@ -346,6 +346,26 @@ func TestHangFigures(t *testing.T) {
 		status int
 		at     time.Duration // since the run began
 	}
+	// gatewayErrors checks that every request of a run at a hanging
+	// upstream failed with 502/504, and returns when the first failed and
+	// the latencies of those after the first eight.
+	gatewayErrors := func(t *testing.T, rs []res) (firstErr time.Duration, late []time.Duration) {
+		t.Helper()
+		firstErr = -1
+		for i, r := range rs {
+			if r.status != 502 && r.status != 504 {
+				t.Errorf("request %d: status %d, want 502/504", i, r.status)
+				continue
+			}
+			if firstErr < 0 || r.at < firstErr {
+				firstErr = r.at
+			}
+			if i >= 8 {
+				late = append(late, r.d)
+			}
+		}
+		return firstErr, late
+	}
 	run := func(base string, first, n, conc int) []res {
 		out := make([]res, n)
 		var wg sync.WaitGroup
@@ -445,20 +465,7 @@ func TestHangFigures(t *testing.T) {
 		}
 		a.SetFaults(testupstream.Fault{Delay: time.Minute})
 		rs := run(mp.URL, 30, 24, 4)
-		firstErr := time.Duration(-1)
-		var late []time.Duration
-		for i, r := range rs {
-			if r.status != 502 && r.status != 504 {
-				t.Errorf("request %d: status %d, want 502/504", i, r.status)
-				continue
-			}
-			if firstErr < 0 || r.at < firstErr {
-				firstErr = r.at
-			}
-			if i >= 8 {
-				late = append(late, r.d)
-			}
-		}
+		firstErr, late := gatewayErrors(t, rs)
 		l50, l99 := quantiles(late)
 		t.Logf("FIGURE only upstream hangs after 30 requests of baseline: first 502/504 after %v; later cold misses p50 %v p99 %v (n=%d)",
 			firstErr.Round(time.Millisecond), l50.Round(time.Millisecond), l99.Round(time.Millisecond), len(late))
@@ -468,20 +475,7 @@ func TestHangFigures(t *testing.T) {
 		mp := startModproxy(t, "--db", filepath.Join(t.TempDir(), "m.db"), "--upstream", a,
 			"--sumdb", "off", "--private", "", "--nosumdb", "", "--first-byte-timeout", fbt.String())
 		rs := run(mp.URL, 0, 24, 4)
-		firstErr := time.Duration(-1)
-		var late []time.Duration
-		for i, r := range rs {
-			if r.status != 502 && r.status != 504 {
-				t.Errorf("request %d: status %d, want 502/504", i, r.status)
-				continue
-			}
-			if firstErr < 0 || r.at < firstErr {
-				firstErr = r.at
-			}
-			if i >= 8 {
-				late = append(late, r.d)
-			}
-		}
+		firstErr, late := gatewayErrors(t, rs)
 		l50, l99 := quantiles(late)
 		t.Logf("FIGURE only upstream hangs (first-byte timeout %v): first 502/504 after %v; later cold misses p50 %v p99 %v (n=%d)",
 			fbt, firstErr.Round(time.Millisecond), l50.Round(time.Millisecond), l99.Round(time.Millisecond), len(late))
