@@ -132,6 +132,8 @@ type event struct {
 	ttfb    time.Duration // 0 without a response
 	err     error
 	path    string // module path of the request ("" when not a module request)
+	// suspected: Health.suspect already counted the request as a timeout.
+	suspected bool
 }
 
 type bucket struct {
@@ -293,7 +295,9 @@ func (h *Health) record(upstream string, ev event) {
 		return
 	}
 	failed := isFailure(ev.outcome)
-	h.trackHangLocked(u, ev.outcome == OutcomeTimeout, ev.path, now)
+	if !ev.suspected || ev.outcome != OutcomeTimeout {
+		h.trackHangLocked(u, ev.outcome == OutcomeTimeout, ev.path, now) // a suspected timeout is already counted
+	}
 	if ev.path != "" {
 		if failed {
 			if u.pathStreak[ev.path] >= pathScopeAfter {

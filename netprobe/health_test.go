@@ -366,3 +366,21 @@ func TestRecordRequest(t *testing.T) {
 		t.Errorf("requests_total = %v", got)
 	}
 }
+
+// TestHangCountsASuspectedRequestOnce: a request the hang detector already
+// counted as a timeout while it waited does not count again when it then
+// times out, so two slow requests are not taken for the three of a hang.
+func TestHangCountsASuspectedRequestOnce(t *testing.T) {
+	h, _ := newTestHealth(t)
+	for _, path := range []string{"/a", "/b"} {
+		h.suspect("u", path)
+		h.record("u", event{kind: KindInfo, outcome: OutcomeTimeout, path: path, err: errors.New("timeout"), suspected: true})
+	}
+	if ok, _ := h.Allow("u"); !ok {
+		t.Fatal("two suspected requests that then timed out were counted as a hang")
+	}
+	h.record("u", event{kind: KindInfo, outcome: OutcomeTimeout, path: "/c", err: errors.New("timeout")})
+	if ok, _ := h.Allow("u"); ok {
+		t.Error("a third timeout did not mark the upstream hung")
+	}
+}

@@ -87,6 +87,10 @@ type reqState struct {
 	start    time.Time
 	rec      *recorder           // set by RunProbe
 	alarm    func(reason string) // WithKernelAlarm of the request, or nil
+	// suspected: the hang detector already counted this request as a
+	// timeout while it waited (Health.suspect); its final timeout must not
+	// count a second time.
+	suspected atomic.Bool
 
 	mu sync.Mutex
 	t  timings // guarded by mu
@@ -190,7 +194,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	var timers []*time.Timer
 	if suspectAfter > 0 {
-		timers = append(timers, time.AfterFunc(suspectAfter, func() { h.suspect(upstream, st.path) }))
+		timers = append(timers, time.AfterFunc(suspectAfter, func() {
+			st.suspected.Store(true)
+			h.suspect(upstream, st.path)
+		}))
 	}
 	if budget > 0 {
 		timers = append(timers, time.AfterFunc(budget, func() { cancel(ErrUpstreamHung) }))
@@ -343,6 +350,8 @@ func (st *reqState) complete(end time.Time, outcome string, err error, headers b
 		ttfb:    ttfb,
 		err:     err,
 		path:    st.path,
+
+		suspected: st.suspected.Load(),
 	})
 	if st.rec != nil {
 		st.rec.finish(s.status, s.proto, outcome, s.gotConn && s.reused, n, err)
