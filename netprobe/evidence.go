@@ -189,8 +189,8 @@ func (e *kernelEvidence) computeSRTT() (ratio float64, recent, base time.Duratio
 	for i := range e.srttN {
 		ordered = append(ordered, e.srtt[(e.srttPos-e.srttN+i+srttRingSize)%srttRingSize])
 	}
-	old := slices.Clone(ordered[:len(ordered)-srttRecentN])
-	rec := slices.Clone(ordered[len(ordered)-srttRecentN:])
+	// ordered is this call's own copy: its two halves sort in place.
+	old, rec := ordered[:len(ordered)-srttRecentN], ordered[len(ordered)-srttRecentN:]
 	slices.Sort(old)
 	slices.Sort(rec)
 	base, recent = quantile(old, 0.5), quantile(rec, 0.5)
