@@ -217,9 +217,6 @@ type cell struct {
 	Fill       string
 	Count      uint32
 	Title      string
-	// Kernel: some of these decisions were made on kernel (eBPF)
-	// evidence (a kernel_* reason); the bar is outlined.
-	Kernel bool
 }
 
 type decisionChart struct {

@@ -77,7 +77,7 @@ footer{margin-top:28px;color:#8c959f;font-size:12px}
 <rect x="{{.PlotX}}" y="{{.PlotY}}" width="{{.PlotW}}" height="{{.PlotH}}" fill="#f6f8fa" stroke="#d0d7de"/>
 {{range .YTicks}}<line x1="{{$.PlotX}}" x2="{{$.PlotRight}}" y1="{{.Y}}" y2="{{.Y}}" stroke="#e1e4e8"/>{{end}}
 {{range .XTicks}}<line x1="{{.X}}" x2="{{.X}}" y1="{{$.PlotY}}" y2="{{$.PlotBottom}}" stroke="#e1e4e8"/>{{end}}
-<g shape-rendering="crispEdges">{{range .Cells}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}" data-count="{{.Count}}" data-phase="{{$.Phase}}" data-source="{{$.Source}}" data-upstream="{{$.Upstream}}"{{if .Kernel}} data-kernel="1" stroke="#b3261e" stroke-width="1.5"{{end}}><title>{{.Title}}</title></rect>{{end}}</g>
+<g shape-rendering="crispEdges">{{range .Cells}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{.Fill}}" data-count="{{.Count}}" data-phase="{{$.Phase}}" data-source="{{$.Source}}" data-upstream="{{$.Upstream}}"><title>{{.Title}}</title></rect>{{end}}</g>
 {{range .YTicks}}<text x="{{.X}}" y="{{.Y}}" dy="4" text-anchor="{{.Anchor}}">{{.Label}}</text>{{end}}
 <text class="axis" x="{{.LatLabelX}}" y="{{.LatLabelY}}" text-anchor="middle" transform="rotate(-90 {{.LatLabelX}} {{.LatLabelY}})">latency</text>
 {{range .XTicks}}<text x="{{.X}}" y="{{.Y}}" text-anchor="{{.Anchor}}">{{.Label}}</text>{{end}}
