@@ -102,9 +102,8 @@ func (s kernelSignal) severity(x float64, n int) float64 {
 	return (x - s.lo) / (s.hi - s.lo)
 }
 
-// kbucket counts one bucketWidth of kernel events.
-type kbucket struct {
-	slot       int64
+// kcounts counts the kernel events of one health bucket (or of a window).
+type kcounts struct {
 	attempts   int // connect attempts seen by the kernel (established or failed)
 	synRetrans int // connects with at least one SYN retransmit
 	refused    int // RST in SYN_SENT, or SYN retries exhausted
@@ -113,9 +112,18 @@ type kbucket struct {
 	stalls     int // body reads aborted by ErrKernelStall
 }
 
-// kernelEvidence is one upstream's kernel evidence.
+func (s *kcounts) add(b *kcounts) {
+	s.attempts += b.attempts
+	s.synRetrans += b.synRetrans
+	s.refused += b.refused
+	s.estRetrans += b.estRetrans
+	s.alerts += b.alerts
+	s.stalls += b.stalls
+}
+
+// kernelEvidence is one upstream's kernel evidence beside the counts it
+// keeps in the upstream's health buckets.
 type kernelEvidence struct {
-	buckets [windowBuckets]kbucket
 	srtt    [srttRingSize]time.Duration
 	srttN   int
 	srttPos int
@@ -126,31 +134,6 @@ type kernelEvidence struct {
 	// synSeen: connections (by cookie) already counted for a SYN
 	// retransmit, so that a connect with 3 retransmitted SYNs counts once.
 	synSeen map[uint64]struct{}
-}
-
-func (e *kernelEvidence) bucket(now time.Time) *kbucket {
-	slot := now.UnixNano() / int64(bucketWidth)
-	b := &e.buckets[slot%windowBuckets]
-	if b.slot != slot {
-		*b = kbucket{slot: slot}
-	}
-	return b
-}
-
-func (e *kernelEvidence) window(now time.Time) kbucket {
-	slot := now.UnixNano() / int64(bucketWidth)
-	var s kbucket
-	for _, b := range e.buckets {
-		if b.slot > slot-windowBuckets && b.slot <= slot {
-			s.attempts += b.attempts
-			s.synRetrans += b.synRetrans
-			s.refused += b.refused
-			s.estRetrans += b.estRetrans
-			s.alerts += b.alerts
-			s.stalls += b.stalls
-		}
-	}
-	return s
 }
 
 type srttStat struct {
@@ -224,12 +207,12 @@ type KernelEvidence struct {
 	Signals             []KernelSignal `json:"signals"`
 }
 
-// assess computes the kernel factor and its dominant reason; requests is the
-// userspace request count of the same window (the loss denominator).
-// With detail, Signals lists every signal (the debug page); without, only
-// Factor and Reason are set (every Score call: no allocation).
-func (e *kernelEvidence) assess(now time.Time, requests int, detail bool) KernelEvidence {
-	w := e.window(now)
+// assess computes the kernel factor and its dominant reason from the
+// health window's kernel counts w; requests is the userspace request count
+// of the same window (the loss denominator). With detail, Signals lists
+// every signal (the debug page); without, only Factor and Reason are set
+// (every Score call: no allocation).
+func (e *kernelEvidence) assess(w kcounts, requests int, detail bool) KernelEvidence {
 	out := KernelEvidence{Factor: 1}
 	best := 0.0
 	add := func(s kernelSignal, x float64, n int) {
@@ -279,7 +262,7 @@ func (h *Health) kernelEvent(upstream string, ev bpf.Event) {
 	u := h.getLocked(upstream)
 	e := &u.kev
 	e.seen = true
-	b := e.bucket(now)
+	b := &u.bucket(now).k
 	switch ev.Kind {
 	case bpf.EventConnect:
 		e.attempt(b, ev.Cookie)
@@ -323,7 +306,7 @@ func (h *Health) kernelEvent(upstream string, ev bpf.Event) {
 
 // attempt counts a connect attempt that ended (established or failed),
 // unless its first SYN retransmit already counted it.
-func (e *kernelEvidence) attempt(b *kbucket, cookie uint64) {
+func (e *kernelEvidence) attempt(b *kcounts, cookie uint64) {
 	if _, counted := e.synSeen[cookie]; counted {
 		delete(e.synSeen, cookie)
 		return
@@ -344,7 +327,7 @@ func (h *Health) kernelStall(upstream string) {
 	defer h.mu.Unlock()
 	u := h.getLocked(upstream)
 	u.kev.seen = true
-	u.kev.bucket(now).stalls++
+	u.bucket(now).k.stalls++
 	h.evaluateLocked(u, now)
 }
 
@@ -354,7 +337,8 @@ func (h *Health) kernelFactorLocked(u *upHealth, now time.Time) (float64, string
 	if !u.kev.seen {
 		return 1, ""
 	}
-	a := u.kev.assess(now, u.window(now).requests, false)
+	w := u.window(now)
+	a := u.kev.assess(w.k, w.requests, false)
 	return a.Factor, a.Reason
 }
 
@@ -379,15 +363,15 @@ func (h *Health) kernelSnapshotLocked(u *upHealth, now time.Time) *KernelEvidenc
 	if !u.kev.seen {
 		return nil
 	}
-	a := u.kev.assess(now, u.window(now).requests, true)
+	w := u.window(now)
+	a := u.kev.assess(w.k, w.requests, true)
 	return &a
 }
 
-// freshStart forgets the window's counts and the SRTT samples of the bad
-// spell after a successful half-open trial, keeping the older baseline, so
-// that old evidence does not re-open the circuit at once.
+// freshStart forgets the SRTT samples of the bad spell after a successful
+// half-open trial, keeping the older baseline, so that old evidence does
+// not re-open the circuit at once (closeLocked clears the window's counts).
 func (e *kernelEvidence) freshStart() {
-	e.buckets = [windowBuckets]kbucket{}
 	drop := min(e.srttN, srttRecentN)
 	e.srttN -= drop
 	e.srttPos = (e.srttPos - drop + srttRingSize) % srttRingSize

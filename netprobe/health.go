@@ -141,6 +141,7 @@ type bucket struct {
 	requests, failures     int
 	connects, connectFails int
 	artifacts, checksum    int
+	k                      kcounts // kernel evidence (evidence.go)
 }
 
 type sample struct {
@@ -265,6 +266,7 @@ func (u *upHealth) window(now time.Time) bucket {
 			s.connectFails += b.connectFails
 			s.artifacts += b.artifacts
 			s.checksum += b.checksum
+			s.k.add(&b.k)
 		}
 	}
 	return s
