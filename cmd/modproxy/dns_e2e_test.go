@@ -27,12 +27,7 @@ type faultyNameServer struct {
 func startFaultyNameServer(t *testing.T, name string) *faultyNameServer {
 	t.Helper()
 	ns := &faultyNameServer{}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.addr = pc.LocalAddr().String()
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+	ns.addr = serveDNS(t, func(w dns.ResponseWriter, req *dns.Msg) {
 		q := req.Question[0]
 		m := new(dns.Msg)
 		m.SetReply(req)
@@ -51,13 +46,25 @@ func startFaultyNameServer(t *testing.T, name string) *faultyNameServer {
 			})
 		}
 		w.WriteMsg(m)
-	})}
+	})
+	return ns
+}
+
+// serveDNS serves handler over UDP on 127.0.0.1 until the test ends and
+// returns its address.
+func serveDNS(t *testing.T, handler dns.HandlerFunc) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: handler}
 	started := make(chan struct{})
 	srv.NotifyStartedFunc = func() { close(started) }
 	go srv.ActivateAndServe()
 	<-started
 	t.Cleanup(func() { srv.Shutdown() })
-	return ns
+	return pc.LocalAddr().String()
 }
 
 // metricSum sums the samples of the series whose line starts with
