@@ -212,6 +212,21 @@ func editRecord(t *testing.T, file string, edit func(text, sig string) (string, 
 	os.WriteFile(file, []byte(text+sig), 0o644)
 }
 
+// forkAndAdd forks f's database and adds a module to the forked history,
+// served by the returned upstream (closed at the end of the test).
+func forkAndAdd(t *testing.T, f *fixture) (testupstream.Module, *testupstream.Server) {
+	t.Helper()
+	f.db.ForkHistory()
+	m := testupstream.Module{Path: "example.com/after", Version: "v1.0.0", Files: map[string]string{"a.go": "package a\n"}}
+	up, err := testupstream.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	f.db.AddModule(m.Path, m.Version, up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version))
+	return m, up
+}
+
 func TestImportRefusesForkedTreeHead(t *testing.T) {
 	f := newLiveFixture(t, 2)
 	out := filepath.Join(t.TempDir(), "bundle.db")
@@ -220,14 +235,7 @@ func TestImportRefusesForkedTreeHead(t *testing.T) {
 	}
 	// The database forks; the importing store has since trusted the
 	// forked history.
-	f.db.ForkHistory()
-	m := testupstream.Module{Path: "example.com/after", Version: "v1.0.0", Files: map[string]string{"a.go": "package a\n"}}
-	up, err := testupstream.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	f.db.AddModule(m.Path, m.Version, up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version))
+	m, up := forkAndAdd(t, f)
 	dst := openNew(t, "dst.db")
 	v, err := sumdb.New(sumdb.Config{VerifierKey: f.db.VerifierKey(), URL: f.db.URL()}, dst)
 	if err != nil {
@@ -432,14 +440,7 @@ func TestImportDirRefusesForkInsideBundle(t *testing.T) {
 	if _, err := ExportDir(f.store, dir, nil, false); err != nil {
 		t.Fatal(err)
 	}
-	f.db.ForkHistory()
-	m := testupstream.Module{Path: "example.com/after", Version: "v1.0.0", Files: map[string]string{"a.go": "package a\n"}}
-	up, err := testupstream.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	f.db.AddModule(m.Path, m.Version, up.GoMod(m.Path, m.Version), up.Zip(m.Path, m.Version))
+	m, up := forkAndAdd(t, f)
 	// Add the forked record and its tiles to the directory, as a mirror
 	// that followed the fork would.
 	base := filepath.Join(dir, "sumdb", f.db.Name())

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/modproxy/modproxy/cache/internal/seek"
 )
 
 // Reader reads the content of one artifact. It implements io.Reader,
@@ -96,19 +98,9 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	if r.closed.Load() {
 		return 0, errClosed
 	}
-	var abs int64
-	switch whence {
-	case io.SeekStart:
-		abs = offset
-	case io.SeekCurrent:
-		abs = r.off + offset
-	case io.SeekEnd:
-		abs = r.rec.Size + offset
-	default:
-		return 0, fmt.Errorf("seek %s: invalid whence %d", r.key, whence)
-	}
-	if abs < 0 {
-		return 0, fmt.Errorf("seek %s: negative position %d", r.key, abs)
+	abs, err := seek.Abs(r.off, r.rec.Size, offset, whence)
+	if err != nil {
+		return 0, fmt.Errorf("seek %s: %w", r.key, err)
 	}
 	r.off = abs
 	return abs, nil

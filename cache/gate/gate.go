@@ -155,39 +155,54 @@ func (g *Gate) CheckZipFile(ctx context.Context, k cache.Key, file string, o Ori
 	if err := checkKey(k); err != nil {
 		return nil, err
 	}
-	t := &Ticket{g: g, key: k, open: func() (io.ReadCloser, error) { return os.Open(file) }}
-	t.meta = cache.Meta{Upstream: o.Upstream, Created: o.Created}
-	if err := fileDigest(file, &t.meta); err != nil {
+	m := cache.Meta{Upstream: o.Upstream, Created: o.Created}
+	if err := fileDigest(file, &m); err != nil {
 		return nil, fmt.Errorf("read zip of %s@%s: %w", k.Path, k.Version, err)
 	}
+	return g.checkZip(ctx, k, file, m, func() (io.ReadCloser, error) { return os.Open(file) })
+}
+
+// checkZip checks the zip at file, whose Size and SHA256 are in m, and
+// makes the ticket that commits what open reads.
+func (g *Gate) checkZip(ctx context.Context, k cache.Key, file string, m cache.Meta, open func() (io.ReadCloser, error)) (*Ticket, error) {
 	h, err := CheckZipFile(k.Path, k.Version, file)
 	if err != nil {
 		return nil, err
 	}
-	t.meta.Hash = h
+	m.Hash = h
+	t := &Ticket{g: g, key: k, meta: m, open: open}
 	return t, g.verify(ctx, t)
 }
 
 // CheckZip checks the zip that open reads, spooling it to check it. open
 // is called again by Commit, which fails unless it reads the same bytes.
 func (g *Gate) CheckZip(ctx context.Context, k cache.Key, open func() (io.ReadCloser, error), o Origin) (*Ticket, error) {
-	file, err := Spool(k, open, g.cfg.TempDir)
+	if k.Kind != cache.KindZip {
+		return nil, fmt.Errorf("gate: %s: not a zip", k)
+	}
+	m := cache.Meta{Upstream: o.Upstream, Created: o.Created}
+	// The digest is taken while spooling, not by reading the spool again.
+	file, err := spool(k, open, g.cfg.TempDir, &m)
 	if err != nil {
 		return nil, err
 	}
 	defer os.Remove(file)
-	t, err := g.CheckZipFile(ctx, k, file, o)
-	if err != nil {
+	if err := checkKey(k); err != nil {
 		return nil, err
 	}
-	t.open = open
-	return t, nil
+	return g.checkZip(ctx, k, file, m, open)
 }
 
 // Spool copies the zip open reads to a new temporary file in dir ("": the
 // system's) and returns its name, refusing more than MaxZip bytes. The
 // caller removes the file.
 func Spool(k cache.Key, open func() (io.ReadCloser, error), dir string) (string, error) {
+	return spool(k, open, dir, nil)
+}
+
+// spool is Spool that also sets m's Size and SHA256 (m not nil) from the
+// bytes it copies.
+func spool(k cache.Key, open func() (io.ReadCloser, error), dir string, m *cache.Meta) (string, error) {
 	r, err := open()
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", k, err)
@@ -197,7 +212,12 @@ func Spool(k cache.Key, open func() (io.ReadCloser, error), dir string) (string,
 	if err != nil {
 		return "", fmt.Errorf("spool %s: %w", k, err)
 	}
-	n, err := io.Copy(f, io.LimitReader(r, MaxZip+1))
+	var w io.Writer = f
+	h := sha256.New()
+	if m != nil {
+		w = io.MultiWriter(f, h)
+	}
+	n, err := io.Copy(w, io.LimitReader(r, MaxZip+1))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -207,6 +227,10 @@ func Spool(k cache.Key, open func() (io.ReadCloser, error), dir string) (string,
 	if err != nil {
 		os.Remove(f.Name())
 		return "", fmt.Errorf("spool %s: %w", k, err)
+	}
+	if m != nil {
+		m.Size = n
+		h.Sum(m.SHA256[:0])
 	}
 	return f.Name(), nil
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -290,5 +291,35 @@ func TestCommitRefusesContentChangedSinceCheck(t *testing.T) {
 	}
 	if _, err := st.Stat(k); !errors.Is(err, cache.ErrNotFound) {
 		t.Fatalf("changed content stored: %v", err)
+	}
+}
+
+// CheckZip takes the digest while spooling, CheckZipFile by reading the
+// file: both record the content's size and SHA-256, which Commit checks.
+func TestCheckZipDigestMatchesContent(t *testing.T) {
+	content := goodZip(t, map[string]string{"m.go": "package m\n"})
+	want := sha256.Sum256(content)
+	k := cache.Key{Path: modPath, Version: modVersion, Kind: cache.KindZip}
+	open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(content)), nil }
+	for name, check := range map[string]func(*Gate) (*Ticket, error){
+		"CheckZip": func(g *Gate) (*Ticket, error) { return g.CheckZip(context.Background(), k, open, Origin{}) },
+		"CheckZipFile": func(g *Gate) (*Ticket, error) {
+			return g.CheckZipFile(context.Background(), k, writeTemp(t, content), Origin{})
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g, _ := New(Config{Store: openStore(t), TempDir: t.TempDir()})
+			tk, err := check(g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := g.Commit(tk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Size != int64(len(content)) || m.SHA256 != want {
+				t.Fatalf("stored size %d sha256 %x, want %d %x", m.Size, m.SHA256, len(content), want)
+			}
+		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/internal/seek"
 )
 
 // reader reads one artifact object. Sequential reads share one streaming
@@ -138,19 +139,9 @@ func (r *reader) Seek(offset int64, whence int) (int64, error) {
 	if r.closed {
 		return 0, errClosed
 	}
-	var abs int64
-	switch whence {
-	case io.SeekStart:
-		abs = offset
-	case io.SeekCurrent:
-		abs = r.off + offset
-	case io.SeekEnd:
-		abs = r.oi.meta.Size + offset
-	default:
-		return 0, fmt.Errorf("seek %s: invalid whence %d", r.name, whence)
-	}
-	if abs < 0 {
-		return 0, fmt.Errorf("seek %s: negative position %d", r.name, abs)
+	abs, err := seek.Abs(r.off, r.oi.meta.Size, offset, whence)
+	if err != nil {
+		return 0, fmt.Errorf("seek %s: %w", r.name, err)
 	}
 	if abs != r.off {
 		r.dropBody()

@@ -45,9 +45,6 @@ func New(local *lru.Store, remote *s3store.Store) *Store {
 // Local is the local tier.
 func (s *Store) Local() *lru.Store { return s.local }
 
-// Remote is the shared tier.
-func (s *Store) Remote() *s3store.Store { return s.remote }
-
 // TierStats counts where artifact reads were answered from.
 type TierStats struct {
 	LocalHits, RemoteHits, Misses int64
