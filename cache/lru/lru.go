@@ -53,6 +53,9 @@ type item struct {
 	key     cache.Key
 	size    int64
 	readers int // open readers; an item with readers is not evicted
+	// evicting is set while the item is deleted outside the lock; Open
+	// treats it as gone, so no reader starts on a zip being deleted.
+	evicting bool
 }
 
 // New wraps s with a limit of limit content bytes (0: none). It learns
@@ -179,7 +182,7 @@ func (b *Store) evict(keep cache.Key) {
 		var victim *item
 		for e := b.order.Back(); e != nil && b.used > b.limit; e = e.Prev() {
 			it := e.Value.(*item)
-			if it.key.Kind == cache.KindZip && it.key != keep && it.readers == 0 {
+			if it.key.Kind == cache.KindZip && it.key != keep && it.readers == 0 && !it.evicting {
 				victim = it
 				break
 			}
@@ -188,17 +191,24 @@ func (b *Store) evict(keep cache.Key) {
 			b.mu.Unlock()
 			return
 		}
-		// Delete under the lock: an Open of the victim between choosing
-		// it and deleting it would otherwise read a zip being deleted.
+		// Delete outside the lock (a write transaction with an fsync must
+		// not stall every warm read that records its use); Open refuses
+		// the victim meanwhile, so no reader starts on a zip being deleted.
+		victim.evicting = true
+		b.mu.Unlock()
 		err := b.Store.Delete(victim.key)
+		b.mu.Lock()
+		victim.evicting = false
 		if err != nil && !errors.Is(err, cache.ErrNotFound) {
 			b.mu.Unlock()
 			b.evictFailures.Add(1)
 			return // try again on the next put
 		}
-		b.order.Remove(b.items[victim.key])
-		delete(b.items, victim.key)
-		b.used -= victim.size
+		if e := b.items[victim.key]; e != nil && e.Value.(*item) == victim {
+			b.order.Remove(e)
+			delete(b.items, victim.key)
+			b.used -= victim.size
+		}
 		b.mu.Unlock()
 		b.evictions.Add(1)
 		b.evictedBytes.Add(victim.size)
@@ -228,6 +238,9 @@ func (b *Store) Get(k cache.Key) ([]byte, cache.Meta, error) {
 func (b *Store) Open(k cache.Key) (cache.ArtifactReader, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if e := b.items[k]; e != nil && e.Value.(*item).evicting {
+		return nil, fmt.Errorf("open %s: being evicted: %w", k, cache.ErrNotFound)
+	}
 	r, err := b.Store.Open(k)
 	if err != nil {
 		return nil, err
