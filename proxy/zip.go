@@ -156,9 +156,12 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, mode ZipMode) (*ZipResul
 	f.zipMu.Lock()
 	fl, joined := f.zipFlights[key]
 	if !joined {
+		if !f.startWork() {
+			f.zipMu.Unlock()
+			return nil, fmt.Errorf("fetch %s.zip: %w", req, errFetcherClosed)
+		}
 		fl = newZipFlight(f.ctx)
 		f.zipFlights[key] = fl
-		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
 			f.runZip(key, req, fl)
