@@ -507,7 +507,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 			if len(ups) == 0 {
 				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 			}
-			if !prefetch || herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+			if !prefetch || herr.isNotFound() {
 				f.neg.put(req.String()+"."+string(req.Kind), herr)
 			}
 			return metaResult{}, herr
