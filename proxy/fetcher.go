@@ -490,7 +490,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 	if f.cfg.Offline {
 		return nil, notFoundf("%s is not in the store (offline mode)", req)
 	}
-	if herr := f.neg.get(req.String() + "." + string(req.Kind)); herr != nil {
+	if herr := f.neg.get(req.negKey()); herr != nil {
 		return nil, herr
 	}
 	ups, private := f.upstreamsFor(req.Module)
@@ -508,7 +508,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
 			}
 			if !prefetch || herr.isNotFound() {
-				f.neg.put(req.String()+"."+string(req.Kind), herr)
+				f.neg.put(req.negKey(), herr)
 			}
 			return metaResult{}, herr
 		}
