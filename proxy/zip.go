@@ -355,10 +355,7 @@ func (f *Fetcher) zipFailure(req Request, ups []Upstream, errs []error, cancelle
 			return herr
 		}
 	}
-	herr := upstreamFailure(req, errs)
-	if len(ups) == 0 {
-		herr = notFoundf("%s is private and no private upstream is configured", req.Module)
-	}
+	herr := fetchFailure(req, ups, errs)
 	if !cancelled {
 		f.neg.put(req.String()+".zip", herr)
 	}
