@@ -65,6 +65,20 @@ func notFoundf(format string, args ...any) *HTTPError {
 	return &HTTPError{Status: http.StatusNotFound, Msg: "not found: " + fmt.Sprintf(format, args...)}
 }
 
+// fetchFailure is upstreamFailure for a fetch over ups, the module's
+// upstream list, which is empty for a private module without private
+// upstreams.
+func fetchFailure(req Request, ups []Upstream, errs []error) *HTTPError {
+	if len(ups) == 0 {
+		return noPrivateUpstream(req)
+	}
+	return upstreamFailure(req, errs)
+}
+
+func noPrivateUpstream(req Request) *HTTPError {
+	return notFoundf("%s is private and no private upstream is configured", req.Module)
+}
+
 // upstreamFailure sums up why no upstream could serve req.
 func upstreamFailure(req Request, errs []error) *HTTPError {
 	if len(errs) == 0 {

@@ -490,7 +490,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 	if f.cfg.Offline {
 		return nil, notFoundf("%s is not in the store (offline mode)", req)
 	}
-	if herr := f.neg.get(req.String() + "." + string(req.Kind)); herr != nil {
+	if herr := f.neg.get(req.negKey()); herr != nil {
 		return nil, herr
 	}
 	ups, private := f.upstreamsFor(req.Module)
@@ -503,12 +503,9 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		})
 		if rt.upstream == "" {
 			f.m.fetches.WithLabelValues(string(req.Kind), "error").Inc()
-			herr := upstreamFailure(req, errs)
-			if len(ups) == 0 {
-				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
-			}
-			if !prefetch || herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
-				f.neg.put(req.String()+"."+string(req.Kind), herr)
+			herr := fetchFailure(req, ups, errs)
+			if !prefetch || herr.isNotFound() {
+				f.neg.put(req.negKey(), herr)
 			}
 			return metaResult{}, herr
 		}
@@ -580,7 +577,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 	}
 	ups, private := f.upstreamsFor(req.Module)
 	if len(ups) == 0 {
-		return nil, notFoundf("%s is private and no private upstream is configured", req.Module)
+		return nil, noPrivateUpstream(req)
 	}
 	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
 		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
@@ -667,10 +664,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 			return data, nil
 		})
 		if rt.upstream == "" {
-			herr := upstreamFailure(req, errs)
-			if len(ups) == 0 {
-				herr = notFoundf("%s is private and no private upstream is configured", req.Module)
-			}
+			herr := fetchFailure(req, ups, errs)
 			f.neg.put(key, herr) // errors only for a short backoff
 			return metaResult{}, herr
 		}

@@ -87,3 +87,21 @@ func TestZipFetchLease(t *testing.T) {
 		})
 	}
 }
+
+// A zip asked of a closed Fetcher starts no flight: its work would be
+// counted into a WaitGroup that Close has already waited on.
+func TestZipAfterCloseStartsNoFlight(t *testing.T) {
+	up := newUpstream(t)
+	e := newEnv(t, up.URL(), nil)
+	e.f.Close()
+	_, err := e.f.Zip(context.Background(), Request{Module: "example.com/hello", Version: "v1.0.0", Kind: KindZip}, ZipStream)
+	if !errors.Is(err, errFetcherClosed) {
+		t.Fatalf("Zip after Close: err = %v, want %v", err, errFetcherClosed)
+	}
+	e.f.zipMu.Lock()
+	n := len(e.f.zipFlights)
+	e.f.zipMu.Unlock()
+	if n != 0 {
+		t.Errorf("%d zip flights left after Close", n)
+	}
+}

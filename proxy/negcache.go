@@ -46,6 +46,10 @@ func (e *HTTPError) isNotFound() bool {
 	return e.Status == http.StatusNotFound || e.Status == http.StatusGone
 }
 
+// negKey is the negative cache's key of the artifact req names, the same
+// for a client's fetch and the prefetcher's check of it.
+func (r Request) negKey() string { return r.String() + "." + string(r.Kind) }
+
 // get returns the remembered error for key, or nil.
 func (c *negativeCache) get(key string) *HTTPError {
 	c.mu.Lock()

@@ -151,7 +151,7 @@ func (p *prefetcher) register(kind string, key cache.Key, req Request) (ok, drop
 	if _, err := p.f.store.Stat(key); err == nil {
 		return false, false
 	}
-	if p.f.neg.get(req.String()+"."+string(req.Kind)) != nil {
+	if p.f.neg.get(req.negKey()) != nil {
 		return false, false
 	}
 	p.mu.Lock()

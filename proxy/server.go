@@ -457,7 +457,7 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	if herr.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((herr.RetryAfter+time.Second-1)/time.Second)))
 	}
-	if herr.Status == http.StatusNotFound || herr.Status == http.StatusGone {
+	if herr.isNotFound() {
 		w.Header().Set(headerCache, "negative")
 		w.Header().Set("Cache-Control", "no-cache")
 	}

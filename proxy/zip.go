@@ -156,9 +156,12 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, mode ZipMode) (*ZipResul
 	f.zipMu.Lock()
 	fl, joined := f.zipFlights[key]
 	if !joined {
+		if !f.startWork() {
+			f.zipMu.Unlock()
+			return nil, fmt.Errorf("fetch %s.zip: %w", req, errFetcherClosed)
+		}
 		fl = newZipFlight(f.ctx)
 		f.zipFlights[key] = fl
-		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
 			f.runZip(key, req, fl)
@@ -352,10 +355,7 @@ func (f *Fetcher) zipFailure(req Request, ups []Upstream, errs []error, cancelle
 			return herr
 		}
 	}
-	herr := upstreamFailure(req, errs)
-	if len(ups) == 0 {
-		herr = notFoundf("%s is private and no private upstream is configured", req.Module)
-	}
+	herr := fetchFailure(req, ups, errs)
 	if !cancelled {
 		f.neg.put(req.String()+".zip", herr)
 	}
