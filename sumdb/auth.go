@@ -262,6 +262,7 @@ func (v *Verifier) storeVerified(file string, data []byte) {
 		return
 	}
 	if rest, ok := cutName(file, v.name); ok {
+		v.authed.add(file, data)
 		if t, err := tlog.ParseTilePath(rest); err == nil && t.L >= 0 && t.W < 1<<uint(t.H) {
 			v.notePartialTile(t)
 		}

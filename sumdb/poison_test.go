@@ -660,3 +660,41 @@ func TestSkippedSourceNeverExcusesBadData(t *testing.T) {
 		t.Errorf("read with every circuit open: %v; want bad data, not ErrUnavailable", err)
 	}
 }
+
+// A stored tile is authenticated once per process: serving it again reads
+// the tile alone from the store. Changed bytes in the store miss that
+// memory and are authenticated (and dropped) again.
+func TestServedTileAuthenticatedOnce(t *testing.T) {
+	w := newPoisonWorld(t)
+	keys := w.storedTileKeys(bucketVerified)
+	if len(keys) == 0 {
+		t.Fatal("no stored tiles")
+	}
+	key := keys[0]
+	v, _ := w.verifier(t, nil)
+	srv := httptest.NewServer(v.Handler())
+	defer srv.Close()
+	url := srv.URL + "/sumdb/" + key
+	genuine := string(w.genuineTile(t, key))
+	if code, body := get(t, url); code != 200 || body != genuine {
+		t.Fatalf("first serve: %d, genuine=%v", code, body == genuine)
+	}
+	before := w.st.gets.Load()
+	if code, body := get(t, url); code != 200 || body != genuine {
+		t.Fatalf("second serve: %d, genuine=%v", code, body == genuine)
+	}
+	if n := w.st.gets.Load() - before; n > 1 {
+		t.Errorf("second serve of an authenticated tile read the store %d times, want 1 (the tile)", n)
+	}
+
+	w.st.PutKV(bucketVerified, key, flipByte([]byte(genuine)))
+	if code, body := get(t, url); code != 200 || body != genuine {
+		t.Fatalf("serve after the stored tile changed: %d, genuine=%v", code, body == genuine)
+	}
+	if got, _ := w.st.GetKV(bucketVerified, key); string(got) != genuine {
+		t.Error("the changed stored tile was not replaced by the genuine one")
+	}
+	if got := counterValue(t, v.metrics.security.WithLabelValues(w.db.Name())); got < 1 {
+		t.Errorf("security errors = %v after a changed stored tile", got)
+	}
+}

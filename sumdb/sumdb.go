@@ -282,6 +282,8 @@ type Verifier struct {
 
 	security atomic.Pointer[string] // first security error message
 
+	authed authMemo // tiles authenticated in this process
+
 	probeMu sync.Mutex
 	probes  map[string]*probe // upstream → passthrough support
 }
