@@ -676,8 +676,12 @@ func TestServedTileAuthenticatedOnce(t *testing.T) {
 	defer srv.Close()
 	url := srv.URL + "/sumdb/" + key
 	genuine := string(w.genuineTile(t, key))
+	puts := w.st.puts.Load()
 	if code, body := get(t, url); code != 200 || body != genuine {
 		t.Fatalf("first serve: %d, genuine=%v", code, body == genuine)
+	}
+	if n := w.st.puts.Load() - puts; n != 0 {
+		t.Errorf("authenticating a stored tile wrote the store %d times; everything it read was stored already", n)
 	}
 	before := w.st.gets.Load()
 	if code, body := get(t, url); code != 200 || body != genuine {
