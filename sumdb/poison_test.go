@@ -702,3 +702,42 @@ func TestServedTileAuthenticatedOnce(t *testing.T) {
 		t.Errorf("security errors = %v after a changed stored tile", got)
 	}
 }
+
+// The fresh client of a recovery does not fetch again a tile it already
+// authenticated in this run (as the proof of another tile): with the
+// stored level-0 tiles damaged, the tile at the new tree's edge is
+// fetched once.
+func TestRecoveryFetchesEachAuthenticatedTileOnce(t *testing.T) {
+	ctx := context.Background()
+	db := testsumdb.New(t, "sum.example.test")
+	for i := range 600 {
+		db.Add(fmt.Sprintf("example.com/f%d", i), "v1.0.0", "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "")
+	}
+	m := makeMod(t, "example.com/m", "v1.0.0", "x")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	st := newMemStore()
+	if _, err := newVerifier(t, testConfig(db), st).VerifyMod(ctx, m.path, m.version, m.gomod); err != nil {
+		t.Fatal(err)
+	}
+	m2 := makeMod(t, "example.com/m2", "v1.0.0", "y")
+	db.AddModule(m2.path, m2.version, m2.gomod, m2.zip)
+	damaged := 0
+	for _, k := range st.keys(bucketVerified) {
+		if strings.Contains(k, "/tile/8/0/") {
+			d, _ := st.GetKV(bucketVerified, k)
+			st.PutKV(bucketVerified, k, flipByte(d))
+			damaged++
+		}
+	}
+	if damaged == 0 {
+		t.Fatal("no level-0 tiles stored")
+	}
+	db.ResetRequests()
+	if _, err := newVerifier(t, testConfig(db), st).VerifyMod(ctx, m2.path, m2.version, m2.gomod); err != nil {
+		t.Fatalf("VerifyMod over a damaged store: %v", err)
+	}
+	edge := tlog.Tile{H: 8, L: 0, N: 2, W: db.Size() - 512}
+	if n := db.Requests()["/"+edge.Path()]; n != 1 {
+		t.Errorf("tile %s fetched %d times, want 1 (requests: %v)", edge.Path(), n, db.Requests())
+	}
+}
