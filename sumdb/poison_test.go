@@ -336,12 +336,7 @@ func TestPassthroughTileFailingAuthenticationIsNeverStored(t *testing.T) {
 			cfg0.Registerer = prometheus.NewRegistry()
 			v0 := newVerifier(t, cfg0, st0)
 			_, err := v0.VerifyMod(ctx, mods[0].path, mods[0].version, mods[0].gomod)
-			switch {
-			case withGood && err != nil:
-				t.Fatalf("first VerifyMod with a good source: %v", err)
-			case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
-				t.Fatalf("first VerifyMod from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", err)
-			}
+			checkTamperedVerify(t, "first VerifyMod", withGood, err)
 			if got := counterValue(t, v0.metrics.security.WithLabelValues(db.Name())); got < 1 {
 				t.Errorf("first verifier: security errors = %v", got)
 			}
@@ -378,12 +373,7 @@ func TestPassthroughTileFailingAuthenticationIsNeverStored(t *testing.T) {
 
 			// Verification goes through the same sources.
 			_, err = v.VerifyMod(ctx, mods[1].path, mods[1].version, mods[1].gomod)
-			switch {
-			case withGood && err != nil:
-				t.Fatalf("VerifyMod with a good source: %v", err)
-			case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
-				t.Fatalf("VerifyMod from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", err)
-			}
+			checkTamperedVerify(t, "VerifyMod", withGood, err)
 			if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got < 1 {
 				t.Errorf("security errors = %v", got)
 			}
@@ -589,12 +579,7 @@ func TestPassthroughRecordFailingAuthentication(t *testing.T) {
 			cfg.Registerer = prometheus.NewRegistry()
 			v := newVerifier(t, cfg, st)
 			_, err := v.VerifyMod(ctx, m.path, m.version, m.gomod)
-			switch {
-			case withGood && err != nil:
-				t.Fatalf("VerifyMod with a good source: %v", err)
-			case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
-				t.Fatalf("VerifyMod from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", err)
-			}
+			checkTamperedVerify(t, "VerifyMod", withGood, err)
 			if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got < 1 {
 				t.Errorf("security errors = %v", got)
 			}
@@ -739,5 +724,19 @@ func TestRecoveryFetchesEachAuthenticatedTileOnce(t *testing.T) {
 	edge := tlog.Tile{H: 8, L: 0, N: 2, W: db.Size() - 512}
 	if n := db.Requests()["/"+edge.Path()]; n != 1 {
 		t.Errorf("tile %s fetched %d times, want 1 (requests: %v)", edge.Path(), n, db.Requests())
+	}
+}
+
+// checkTamperedVerify checks the outcome of a verification through a
+// tampering source, with (withGood) or without a faithful one beside it:
+// success with one, else a security error, never "unavailable" (which
+// --sumdb-fail-open would act on).
+func checkTamperedVerify(t *testing.T, what string, withGood bool, err error) {
+	t.Helper()
+	switch {
+	case withGood && err != nil:
+		t.Fatalf("%s with a good source: %v", what, err)
+	case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
+		t.Fatalf("%s from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", what, err)
 	}
 }
