@@ -740,3 +740,63 @@ func checkTamperedVerify(t *testing.T, what string, withGood bool, err error) {
 		t.Fatalf("%s from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", what, err)
 	}
 }
+
+// noLookupStore cannot store lookup records (a full disk, say).
+type noLookupStore struct{ *memStore }
+
+func (s noLookupStore) PutKV(bucket, key string, value []byte) error {
+	if strings.Contains(key, "/lookup/") {
+		return errors.New("disk full")
+	}
+	return s.memStore.PutKV(bucket, key, value)
+}
+
+// A record the store could not keep is fetched again to be served, and
+// that second answer is authenticated too: a source lying only the second
+// time is not passed through.
+func TestLookupNotStoredIsAuthenticatedAgain(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	m := makeMod(t, "example.com/m", "v1.0.0", "x")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	up, err := testupstream.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	up.PassThroughSumDB(db.Name(), db.URL())
+	var mu sync.Mutex
+	lookups := 0
+	up.SetFaults(testupstream.Fault{Tamper: true, Match: func(p string) bool {
+		if !strings.Contains(p, "/lookup/") {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		lookups++
+		return lookups > 1 // faithful the first time only
+	}})
+	cfg := testConfig(db)
+	cfg.URL = "http://127.0.0.1:1" // never asked directly
+	cfg.Upstreams = []string{up.URL()}
+	cfg.Registerer = prometheus.NewRegistry()
+	v := newVerifier(t, cfg, noLookupStore{newMemStore()})
+	srv := httptest.NewServer(v.Handler())
+	defer srv.Close()
+	code, body := get(t, srv.URL+"/sumdb/"+db.Name()+"/lookup/"+m.path+"@"+m.version)
+	mu.Lock()
+	asked := lookups
+	mu.Unlock()
+	if asked < 2 {
+		t.Fatalf("the upstream was asked for the record %d times; the test needs the handler's second read", asked)
+	}
+	genuine := string(get2(t, db.URL()+"/lookup/"+m.path+"@"+m.version))
+	if code == 200 && body != genuine {
+		t.Fatalf("served a record that differs from the database's:\n%s", body)
+	}
+	if code != 502 {
+		t.Errorf("lookup whose second answer is forged: %d %q, want 502", code, body)
+	}
+	if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got < 1 {
+		t.Errorf("security errors = %v", got)
+	}
+}
