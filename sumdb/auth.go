@@ -254,14 +254,22 @@ func (r *proofReader) SaveTiles(tiles []tlog.Tile, data [][]byte) {
 // fixed, so a different value stored there before was never the
 // database's: it is replaced and reported as a security event.
 func (v *Verifier) storeVerified(file string, data []byte) {
-	if old, err := v.store.GetKV(bucketVerified, file); err == nil && !sameContent(file, old, data) {
+	old, err := v.store.GetKV(bucketVerified, file)
+	switch {
+	case err == nil && bytes.Equal(old, data):
+		// Already stored: a proof reads the same tiles again, and a
+		// write is a store transaction.
+	case err == nil && !sameContent(file, old, data):
 		v.reportBadData(fmt.Sprintf("stored %s differs from the authenticated copy; replaced it", file))
-	}
-	if err := v.store.PutKV(bucketVerified, file, data); err != nil {
-		v.log.Warn("cannot store checksum database data", "file", file, "err", err)
-		return
+		fallthrough
+	default:
+		if err := v.store.PutKV(bucketVerified, file, data); err != nil {
+			v.log.Warn("cannot store checksum database data", "file", file, "err", err)
+			return
+		}
 	}
 	if rest, ok := cutName(file, v.name); ok {
+		v.authed.add(file, data)
 		if t, err := tlog.ParseTilePath(rest); err == nil && t.L >= 0 && t.W < 1<<uint(t.H) {
 			v.notePartialTile(t)
 		}

@@ -115,9 +115,17 @@ func (v *Verifier) serveLookup(w http.ResponseWriter, r *http.Request, mod strin
 	}
 	data, err := v.store.GetKV(bucketVerified, file)
 	if err != nil {
-		// The record was authenticated but could not be stored; pass
-		// the database's answer through (the go command checks it too).
-		if data, err = v.readRemote("/lookup/" + mod); err != nil {
+		// The record was authenticated but could not be stored: fetch
+		// it again, and serve it only once it authenticates again (the
+		// source may answer differently this time).
+		data, err = v.readRemoteChecked("/lookup/"+mod, func(ctx context.Context, base string, d []byte) error {
+			aerr := v.authenticateRecord(ctx, base, d)
+			if errors.Is(aerr, errBadData) {
+				v.reportBadData(fmt.Sprintf("%s served lookup %s, which fails authentication: %v", v.upstreamOf(base), mod, aerr))
+			}
+			return aerr
+		})
+		if err != nil {
 			v.fail(w, ep, http.StatusBadGateway, oneLine(err))
 			return
 		}
@@ -154,7 +162,12 @@ func (v *Verifier) serveTile(w http.ResponseWriter, r *http.Request, rest string
 		if !ok {
 			break
 		}
-		err := v.authenticateTile(ctx, t, data, "")
+		// A tile authenticated before with these bytes is not proven
+		// again: this is the hot path of serving tiles.
+		var err error
+		if !v.authed.known(file, data) {
+			err = v.authenticateTile(ctx, t, data, "")
+		}
 		if err == nil {
 			if src.bucket != bucketVerified || src.key != file {
 				v.storeVerified(file, data)

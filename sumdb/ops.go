@@ -33,7 +33,8 @@ type opsMode int
 const (
 	// modeShared reads the store, then the network.
 	modeShared opsMode = iota
-	// modeFresh reads nothing from the store (but the trusted tree head),
+	// modeFresh reads nothing from the store but the trusted tree head and
+	// the tiles this process authenticated (see authMemo),
 	// accepts a remote tile or record only once it is authenticated
 	// (falling through to the next source otherwise) and replaces stored
 	// data that differs from what it authenticated.
@@ -101,10 +102,14 @@ func (o *clientOps) WriteConfig(file string, old, new []byte) error {
 }
 
 func (o *clientOps) ReadCache(file string) ([]byte, error) {
-	if o.mode == modeFresh {
-		return nil, fmt.Errorf("%s: not read from the store: %w", file, cache.ErrNotFound)
+	data, err := o.v.store.GetKV(bucketVerified, file)
+	// A fresh client trusts only what this process authenticated, such as
+	// the proof tiles it just fetched to authenticate a remote tile;
+	// everything else it reads from the network.
+	if o.mode == modeFresh && err == nil && !o.v.authed.known(file, data) {
+		return nil, fmt.Errorf("%s: not authenticated in this process, not read from the store: %w", file, cache.ErrNotFound)
 	}
-	return o.v.store.GetKV(bucketVerified, file)
+	return data, err
 }
 
 // WriteCache stores what the x/mod client authenticated.

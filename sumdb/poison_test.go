@@ -336,12 +336,7 @@ func TestPassthroughTileFailingAuthenticationIsNeverStored(t *testing.T) {
 			cfg0.Registerer = prometheus.NewRegistry()
 			v0 := newVerifier(t, cfg0, st0)
 			_, err := v0.VerifyMod(ctx, mods[0].path, mods[0].version, mods[0].gomod)
-			switch {
-			case withGood && err != nil:
-				t.Fatalf("first VerifyMod with a good source: %v", err)
-			case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
-				t.Fatalf("first VerifyMod from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", err)
-			}
+			checkTamperedVerify(t, "first VerifyMod", withGood, err)
 			if got := counterValue(t, v0.metrics.security.WithLabelValues(db.Name())); got < 1 {
 				t.Errorf("first verifier: security errors = %v", got)
 			}
@@ -378,12 +373,7 @@ func TestPassthroughTileFailingAuthenticationIsNeverStored(t *testing.T) {
 
 			// Verification goes through the same sources.
 			_, err = v.VerifyMod(ctx, mods[1].path, mods[1].version, mods[1].gomod)
-			switch {
-			case withGood && err != nil:
-				t.Fatalf("VerifyMod with a good source: %v", err)
-			case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
-				t.Fatalf("VerifyMod from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", err)
-			}
+			checkTamperedVerify(t, "VerifyMod", withGood, err)
 			if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got < 1 {
 				t.Errorf("security errors = %v", got)
 			}
@@ -589,12 +579,7 @@ func TestPassthroughRecordFailingAuthentication(t *testing.T) {
 			cfg.Registerer = prometheus.NewRegistry()
 			v := newVerifier(t, cfg, st)
 			_, err := v.VerifyMod(ctx, m.path, m.version, m.gomod)
-			switch {
-			case withGood && err != nil:
-				t.Fatalf("VerifyMod with a good source: %v", err)
-			case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
-				t.Fatalf("VerifyMod from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", err)
-			}
+			checkTamperedVerify(t, "VerifyMod", withGood, err)
 			if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got < 1 {
 				t.Errorf("security errors = %v", got)
 			}
@@ -658,5 +643,160 @@ func TestSkippedSourceNeverExcusesBadData(t *testing.T) {
 	_, err := v.readRemoteChecked("/"+tlog.Tile{H: 8, L: 0, N: 0, W: 1}.Path(), reject)
 	if !errors.Is(err, errBadData) || errors.Is(err, ErrUnavailable) {
 		t.Errorf("read with every circuit open: %v; want bad data, not ErrUnavailable", err)
+	}
+}
+
+// A stored tile is authenticated once per process: serving it again reads
+// the tile alone from the store. Changed bytes in the store miss that
+// memory and are authenticated (and dropped) again.
+func TestServedTileAuthenticatedOnce(t *testing.T) {
+	w := newPoisonWorld(t)
+	keys := w.storedTileKeys(bucketVerified)
+	if len(keys) == 0 {
+		t.Fatal("no stored tiles")
+	}
+	key := keys[0]
+	v, _ := w.verifier(t, nil)
+	srv := httptest.NewServer(v.Handler())
+	defer srv.Close()
+	url := srv.URL + "/sumdb/" + key
+	genuine := string(w.genuineTile(t, key))
+	puts := w.st.puts.Load()
+	if code, body := get(t, url); code != 200 || body != genuine {
+		t.Fatalf("first serve: %d, genuine=%v", code, body == genuine)
+	}
+	if n := w.st.puts.Load() - puts; n != 0 {
+		t.Errorf("authenticating a stored tile wrote the store %d times; everything it read was stored already", n)
+	}
+	before := w.st.gets.Load()
+	if code, body := get(t, url); code != 200 || body != genuine {
+		t.Fatalf("second serve: %d, genuine=%v", code, body == genuine)
+	}
+	if n := w.st.gets.Load() - before; n > 1 {
+		t.Errorf("second serve of an authenticated tile read the store %d times, want 1 (the tile)", n)
+	}
+
+	w.st.PutKV(bucketVerified, key, flipByte([]byte(genuine)))
+	if code, body := get(t, url); code != 200 || body != genuine {
+		t.Fatalf("serve after the stored tile changed: %d, genuine=%v", code, body == genuine)
+	}
+	if got, _ := w.st.GetKV(bucketVerified, key); string(got) != genuine {
+		t.Error("the changed stored tile was not replaced by the genuine one")
+	}
+	if got := counterValue(t, v.metrics.security.WithLabelValues(w.db.Name())); got < 1 {
+		t.Errorf("security errors = %v after a changed stored tile", got)
+	}
+}
+
+// The fresh client of a recovery does not fetch again a tile it already
+// authenticated in this run (as the proof of another tile): with the
+// stored level-0 tiles damaged, the tile at the new tree's edge is
+// fetched once.
+func TestRecoveryFetchesEachAuthenticatedTileOnce(t *testing.T) {
+	ctx := context.Background()
+	db := testsumdb.New(t, "sum.example.test")
+	for i := range 600 {
+		db.Add(fmt.Sprintf("example.com/f%d", i), "v1.0.0", "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "")
+	}
+	m := makeMod(t, "example.com/m", "v1.0.0", "x")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	st := newMemStore()
+	if _, err := newVerifier(t, testConfig(db), st).VerifyMod(ctx, m.path, m.version, m.gomod); err != nil {
+		t.Fatal(err)
+	}
+	m2 := makeMod(t, "example.com/m2", "v1.0.0", "y")
+	db.AddModule(m2.path, m2.version, m2.gomod, m2.zip)
+	damaged := 0
+	for _, k := range st.keys(bucketVerified) {
+		if strings.Contains(k, "/tile/8/0/") {
+			d, _ := st.GetKV(bucketVerified, k)
+			st.PutKV(bucketVerified, k, flipByte(d))
+			damaged++
+		}
+	}
+	if damaged == 0 {
+		t.Fatal("no level-0 tiles stored")
+	}
+	db.ResetRequests()
+	if _, err := newVerifier(t, testConfig(db), st).VerifyMod(ctx, m2.path, m2.version, m2.gomod); err != nil {
+		t.Fatalf("VerifyMod over a damaged store: %v", err)
+	}
+	edge := tlog.Tile{H: 8, L: 0, N: 2, W: db.Size() - 512}
+	if n := db.Requests()["/"+edge.Path()]; n != 1 {
+		t.Errorf("tile %s fetched %d times, want 1 (requests: %v)", edge.Path(), n, db.Requests())
+	}
+}
+
+// checkTamperedVerify checks the outcome of a verification through a
+// tampering source, with (withGood) or without a faithful one beside it:
+// success with one, else a security error, never "unavailable" (which
+// --sumdb-fail-open would act on).
+func checkTamperedVerify(t *testing.T, what string, withGood bool, err error) {
+	t.Helper()
+	switch {
+	case withGood && err != nil:
+		t.Fatalf("%s with a good source: %v", what, err)
+	case !withGood && (!errors.Is(err, ErrSecurity) || errors.Is(err, ErrUnavailable)):
+		t.Fatalf("%s from a tampering source only: %v; want ErrSecurity, not ErrUnavailable", what, err)
+	}
+}
+
+// noLookupStore cannot store lookup records (a full disk, say).
+type noLookupStore struct{ *memStore }
+
+func (s noLookupStore) PutKV(bucket, key string, value []byte) error {
+	if strings.Contains(key, "/lookup/") {
+		return errors.New("disk full")
+	}
+	return s.memStore.PutKV(bucket, key, value)
+}
+
+// A record the store could not keep is fetched again to be served, and
+// that second answer is authenticated too: a source lying only the second
+// time is not passed through.
+func TestLookupNotStoredIsAuthenticatedAgain(t *testing.T) {
+	db := testsumdb.New(t, "sum.example.test")
+	m := makeMod(t, "example.com/m", "v1.0.0", "x")
+	db.AddModule(m.path, m.version, m.gomod, m.zip)
+	up, err := testupstream.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	up.PassThroughSumDB(db.Name(), db.URL())
+	var mu sync.Mutex
+	lookups := 0
+	up.SetFaults(testupstream.Fault{Tamper: true, Match: func(p string) bool {
+		if !strings.Contains(p, "/lookup/") {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		lookups++
+		return lookups > 1 // faithful the first time only
+	}})
+	cfg := testConfig(db)
+	cfg.URL = "http://127.0.0.1:1" // never asked directly
+	cfg.Upstreams = []string{up.URL()}
+	cfg.Registerer = prometheus.NewRegistry()
+	v := newVerifier(t, cfg, noLookupStore{newMemStore()})
+	srv := httptest.NewServer(v.Handler())
+	defer srv.Close()
+	code, body := get(t, srv.URL+"/sumdb/"+db.Name()+"/lookup/"+m.path+"@"+m.version)
+	mu.Lock()
+	asked := lookups
+	mu.Unlock()
+	if asked < 2 {
+		t.Fatalf("the upstream was asked for the record %d times; the test needs the handler's second read", asked)
+	}
+	genuine := string(get2(t, db.URL()+"/lookup/"+m.path+"@"+m.version))
+	if code == 200 && body != genuine {
+		t.Fatalf("served a record that differs from the database's:\n%s", body)
+	}
+	if code != 502 {
+		t.Errorf("lookup whose second answer is forged: %d %q, want 502", code, body)
+	}
+	if got := counterValue(t, v.metrics.security.WithLabelValues(db.Name())); got < 1 {
+		t.Errorf("security errors = %v", got)
 	}
 }

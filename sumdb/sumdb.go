@@ -282,6 +282,8 @@ type Verifier struct {
 
 	security atomic.Pointer[string] // first security error message
 
+	authed authMemo // tiles authenticated in this process
+
 	probeMu sync.Mutex
 	probes  map[string]*probe // upstream → passthrough support
 }
@@ -566,7 +568,8 @@ func (v *Verifier) clientLookup(ctx context.Context, path, vers string) ([]strin
 // can:
 //
 //  1. Unless the network already failed, a fresh client reads everything
-//     from the network, authenticating each remote tile and record
+//     it has not authenticated in this process from the network,
+//     authenticating each remote tile and record
 //     (falling through to the next source when one fails), and replaces
 //     stored data that differs from what it authenticated. Success is the
 //     answer. A failure without any network failure is data that fails

@@ -34,6 +34,7 @@ type memStore struct {
 	kv   map[string][]byte
 	meta map[string]cache.Entry
 	gets atomic.Int64
+	puts atomic.Int64
 }
 
 func newMemStore() *memStore {
@@ -52,6 +53,7 @@ func (s *memStore) GetKV(bucket, key string) ([]byte, error) {
 }
 
 func (s *memStore) PutKV(bucket, key string, value []byte) error {
+	s.puts.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.kv[bucket+"\x00"+key] = bytes.Clone(value)

@@ -127,10 +127,8 @@ func (db *DB) fatalf(format string, args ...any) {
 	if db.t == nil {
 		panic(fmt.Sprintf(format, args...))
 	}
-	if db.t != nil {
-		db.t.Helper()
-	}
-	db.fatalf(format, args...)
+	db.t.Helper()
+	db.t.Fatalf(format, args...)
 }
 
 // checkName applies the go command's rule for database names: host[/path],

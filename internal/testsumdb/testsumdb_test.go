@@ -2,6 +2,7 @@ package testsumdb
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -173,4 +174,38 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// fatalTB records Fatalf instead of ending the test, so that a test can
+// check the misuse New reports.
+type fatalTB struct {
+	testing.TB
+	msg string
+}
+
+type fatalCalled struct{}
+
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	panic(fatalCalled{})
+}
+
+// Misuse under New is the test's failure (Fatalf), not a panic or a crash.
+func TestMisuseFailsTheTest(t *testing.T) {
+	tb := &fatalTB{TB: t}
+	db := New(tb, "sum.example.test")
+	db.Add("example.com/m", "v1.0.0", "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "")
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				if _, ok := r.(fatalCalled); !ok {
+					panic(r)
+				}
+			}
+		}()
+		db.Add("example.com/m", "v1.0.0", "h1:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=", "")
+	}()
+	if !strings.Contains(tb.msg, "testsumdb.Add") {
+		t.Errorf("re-adding a record with other hashes: Fatalf(%q), want it reported", tb.msg)
+	}
 }
