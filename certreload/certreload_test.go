@@ -169,6 +169,10 @@ func TestClientCertificates(t *testing.T) {
 	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
 		t.Fatalf("empty bundle: %v", err)
 	}
+	// The failed reload left the bundle in force.
+	if _, body, err := get(t, client(serverCA, &foreign), url); err != nil || body != "CN=intruder" {
+		t.Fatalf("after a failed CA reload: %q, %v", body, err)
+	}
 
 	// Required client certificates: a client without one is refused.
 	req, err := New(Files{Cert: certFile, Key: keyFile, ClientCA: caFile, RequireClientCert: true})

@@ -11,12 +11,14 @@ package filewatch
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"io"
 	"os"
 	"time"
 )
 
-// maxRead bounds how much of each file is hashed.
+// maxRead bounds how much of each file is hashed; the size is hashed too,
+// so that a larger file that grows or shrinks past the bound is a change.
 const maxRead = 4 << 20
 
 // Fingerprint hashes the contents of paths; a missing or unreadable file
@@ -31,6 +33,9 @@ func Fingerprint(paths []string) [sha256.Size]byte {
 			continue
 		}
 		h.Write([]byte{1})
+		if fi, err := f.Stat(); err == nil {
+			h.Write(binary.BigEndian.AppendUint64(nil, uint64(fi.Size())))
+		}
 		io.Copy(h, io.LimitReader(f, maxRead))
 		f.Close()
 	}

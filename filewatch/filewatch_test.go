@@ -78,3 +78,20 @@ func TestWatch(t *testing.T) {
 		t.Fatal("Watch did not return after cancel")
 	}
 }
+
+// A file larger than what is hashed still changes its fingerprint when it
+// grows past the hashed prefix.
+func TestFingerprintSeesChangesPastTheHashedPrefix(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "policy.yaml")
+	data := make([]byte, maxRead+10)
+	if err := os.WriteFile(f, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := Fingerprint([]string{f})
+	if err := os.WriteFile(f, append(data, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if Fingerprint([]string{f}) == before {
+		t.Error("appending past the hashed prefix left the fingerprint unchanged")
+	}
+}

@@ -58,7 +58,7 @@ func (c accessConfig) validate(changed func(string) bool) error {
 			"tls-cert": c.tlsCert, "tls-key": c.tlsKey, "tls-client-ca": c.tlsClientCA,
 			"auth-file": c.authFile, "policy-file": c.policyFile, "audit-log": c.auditLog,
 		} {
-			env := "MODPROXY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+			env := envName(flag)
 			ev, inEnv := os.LookupEnv(env)
 			if strings.TrimSpace(v) == "" && (changed(flag) || inEnv && strings.TrimSpace(ev) == "") {
 				return usagef("--%s (or %s) is set but empty: unset it to run without it", flag, env)

@@ -31,8 +31,10 @@ func (b *byteSize) Set(s string) error {
 			break
 		}
 	}
+	// Digits and a point only (and a sign, refused below): no exponent,
+	// hex, NaN or Inf, which ParseFloat would take.
 	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || t == "" || math.IsNaN(v) || math.IsInf(v, 0) {
+	if err != nil || strings.Trim(strings.TrimPrefix(t, "-"), "0123456789.") != "" {
 		return fmt.Errorf("%q is not a size (want e.g. 500MB, 2GiB or a number of bytes)", s)
 	}
 	if v < 0 {

@@ -27,6 +27,8 @@ func TestByteSize(t *testing.T) {
 		{"1e30TiB", 0, false},
 		{"12 parsecs", 0, false},
 		{"0x10", 0, false},
+		{"1e3", 0, false},
+		{"+5MiB", 0, false},
 	}
 	for _, tt := range tests {
 		var b byteSize

@@ -73,8 +73,9 @@ func prewarmToken(tokenFile string) (string, error) {
 	return strings.TrimSpace(os.Getenv("MODPROXY_TOKEN")), nil
 }
 
-// bearerTransport adds a token to the requests for one host only, so that
-// it never reaches another server (a redirect elsewhere, say).
+// bearerTransport adds a token to the https requests for one host only, so
+// that it never reaches another server nor crosses the network in clear (a
+// redirect elsewhere or to http, say).
 type bearerTransport struct {
 	base  http.RoundTripper
 	host  string
@@ -82,7 +83,7 @@ type bearerTransport struct {
 }
 
 func (t *bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Host != t.host || r.Header.Get("Authorization") != "" {
+	if r.URL.Scheme != "https" || r.URL.Host != t.host || r.Header.Get("Authorization") != "" {
 		return t.base.RoundTrip(r)
 	}
 	r = r.Clone(r.Context())

@@ -99,7 +99,7 @@ func bindEnv(cmd *cobra.Command) error {
 		if err != nil || f.Changed {
 			return
 		}
-		name := "MODPROXY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := envName(f.Name)
 		v := os.Getenv(name)
 		if strings.TrimSpace(v) == "" {
 			return
@@ -109,6 +109,11 @@ func bindEnv(cmd *cobra.Command) error {
 		}
 	})
 	return err
+}
+
+// envName is the environment variable that sets flag: MODPROXY_<FLAG>.
+func envName(flag string) string {
+	return "MODPROXY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
 // goEnv reads settings from "go env", which applies the user's go env -w

@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"time"
 
@@ -63,31 +60,13 @@ func (c storageConfig) validate(changed func(string) bool) error {
 	return nil
 }
 
-// parseSize parses a byte count: a number with an optional unit B, KB, MB,
-// GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024).
+// parseSize parses a byte count as a byteSize flag does.
 func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
-	num, unit := s, ""
-	if i >= 0 {
-		num, unit = s[:i], strings.TrimSpace(s[i:])
+	var b byteSize
+	if err := b.Set(s); err != nil {
+		return 0, err
 	}
-	mult := map[string]float64{"": 1, "b": 1,
-		"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-		"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
-	}[strings.ToLower(unit)]
-	if mult == 0 {
-		return 0, fmt.Errorf("unknown unit %q (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)", unit)
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 {
-		return 0, errors.New("want a non-negative size such as 20GiB")
-	}
-	if f*mult > 1<<62 {
-		return 0, errors.New("too large")
-	}
-	return int64(f * mult), nil
+	return int64(b), nil
 }
 
 // servingStore is what a pipeline needs: the proxy's artifacts and

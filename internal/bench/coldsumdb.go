@@ -193,7 +193,7 @@ func runColdSumDB(ctx context.Context, env *Env) ([]Result, error) {
 			Result{Metric: fmt.Sprintf("+%s: cold through modproxy / direct", lat), Value: via.took.Seconds() / direct.took.Seconds(), Unit: "x", Target: atMost(targetColdSumDBRatio)},
 			Result{Metric: fmt.Sprintf("+%s: upstream round trips per module, direct", lat), Value: directRT, Unit: "req", Note: fmt.Sprintf("%d to the checksum database", directSum)},
 			Result{Metric: fmt.Sprintf("+%s: upstream round trips per module, through modproxy", lat), Value: viaRT, Unit: "req", Note: fmt.Sprintf("%d to the checksum database (lookups, tiles, latest)", viaSum)},
-			Result{Metric: fmt.Sprintf("+%s: server peak RSS during the cold download", lat), Value: float64(peak.HWM) / (1 << 20), Unit: "MB", Target: atMost(targetColdPeakRSSMB), Note: "VmHWM"},
+			Result{Metric: fmt.Sprintf("+%s: server peak RSS during the cold download", lat), Value: float64(peak.HWM) / 1e6, Unit: "MB", Target: atMost(targetColdPeakRSSMB), Note: "VmHWM"},
 		)
 
 		variants := []struct {
