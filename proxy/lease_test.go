@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -103,5 +104,10 @@ func TestZipAfterCloseStartsNoFlight(t *testing.T) {
 	e.f.zipMu.Unlock()
 	if n != 0 {
 		t.Errorf("%d zip flights left after Close", n)
+	}
+	// A client asking a closing server gets a clear, retryable status.
+	r := e.mustGet("/example.com/hello/@v/v1.0.0.zip", http.StatusServiceUnavailable)
+	if !strings.Contains(r.body, "shutting down") || r.header.Get("Retry-After") == "" {
+		t.Errorf("after Close: %q, Retry-After %q", r.body, r.header.Get("Retry-After"))
 	}
 }

@@ -451,6 +451,8 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 			herr.Status, herr.Msg = http.StatusNotFound, "not found: "+oneLine(err.Error())
 		case isNoSpace(err):
 			herr.Status, herr.Msg = http.StatusInsufficientStorage, "insufficient storage: "+oneLine(err.Error())
+		case errors.Is(err, errFetcherClosed):
+			herr.Status, herr.Msg, herr.RetryAfter = http.StatusServiceUnavailable, "modproxy is shutting down; retry", time.Second
 		}
 		s.log.Error("request failed", "err", err)
 	}
