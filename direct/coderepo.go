@@ -148,10 +148,6 @@ func newCodeRepo(code codeHost, codeRoot, subdir, path string) (*codeRepo, error
 	return r, nil
 }
 
-func (r *codeRepo) ModulePath() string {
-	return r.modPath
-}
-
 func (r *codeRepo) Versions(ctx context.Context, prefix string) (*Versions, error) {
 	// Special case: gopkg.in/macaroon-bakery.v2-unstable
 	// does not use the v2 tags (those are for macaroon-bakery.v2).
