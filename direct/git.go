@@ -541,12 +541,9 @@ func newView(m *mirror, s *snapshot) *view {
 	return &view{m: m, snap: s, statCache: map[string]statResult{}}
 }
 
-func (v *view) git(ctx context.Context, phase string, args ...string) ([]byte, error) {
-	c := gitCall{dir: v.m.dir, allow: v.m.allow, args: args, phase: phase}
-	if phase == PhaseArchive {
-		c.timeout = v.m.r.timeouts.Archive
-	}
-	return v.m.r.run(ctx, c)
+// git runs a local (untimed) git command in the mirror.
+func (v *view) git(ctx context.Context, args ...string) ([]byte, error) {
+	return v.m.r.run(ctx, gitCall{dir: v.m.dir, allow: v.m.allow, args: args})
 }
 
 func (v *view) hexHashLen() int {
@@ -693,7 +690,7 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 		}
 	}()
 	if hash == "" {
-		out, err := v.git(ctx, "", "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
+		out, err := v.git(ctx, "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
 		if err != nil {
 			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 		}
@@ -703,7 +700,7 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 		// A hash no branch or tag names: it exists only if a branch or
 		// tag reaches it. The mirror may still hold commits the remote
 		// dropped, which the go command's fresh clone would not have.
-		out, err := v.git(ctx, "", "for-each-ref", "--count=1", "--format=%(refname)", "--contains="+hash, "refs/heads/", "refs/tags/")
+		out, err := v.git(ctx, "for-each-ref", "--count=1", "--format=%(refname)", "--contains="+hash, "refs/heads/", "refs/tags/")
 		if err != nil || strings.TrimSpace(string(out)) == "" {
 			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 		}
@@ -714,7 +711,7 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 // statLocal describes rev in the mirror; version becomes info.Version
 // when it is one of the commit's tags.
 func (v *view) statLocal(ctx context.Context, version, rev string) (*hostRev, error) {
-	out, err := v.git(ctx, "", "-c", "log.showsignature=false", "log", "--no-decorate", "-n1", "--format=format:%H %ct %D", "--end-of-options", rev, "--")
+	out, err := v.git(ctx, "-c", "log.showsignature=false", "log", "--no-decorate", "-n1", "--format=format:%H %ct %D", "--end-of-options", rev, "--")
 	if err != nil {
 		return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 	}
@@ -782,7 +779,7 @@ func (v *view) RecentTag(ctx context.Context, rev, prefix string, allowed func(t
 	if err != nil {
 		return "", err
 	}
-	out, err := v.git(ctx, "", "for-each-ref", "--format=%(refname)", "--merged="+info.Name)
+	out, err := v.git(ctx, "for-each-ref", "--format=%(refname)", "--merged="+info.Name)
 	if err != nil {
 		return "", err
 	}
@@ -813,7 +810,7 @@ func (v *view) DescendsFrom(ctx context.Context, rev, tag string) (bool, error) 
 	if v.snap.refs["refs/tags/"+tag] == "" {
 		return false, nil
 	}
-	_, err := v.git(ctx, "", "merge-base", "--is-ancestor", "--", "refs/tags/"+tag, rev)
+	_, err := v.git(ctx, "merge-base", "--is-ancestor", "--", "refs/tags/"+tag, rev)
 	if err == nil {
 		return true, nil
 	}
