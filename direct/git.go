@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -396,7 +397,7 @@ func (m *mirror) fetchLocked(ctx context.Context, raw map[string]string, sha256 
 		if err := m.init(ctx, sha256); err != nil {
 			return err
 		}
-	} else if local, err := m.localRefs(ctx); err == nil && mapsEqual(local, raw) {
+	} else if local, err := m.localRefs(ctx); err == nil && maps.Equal(local, raw) {
 		return nil
 	}
 	// This process owns the directory (Fetcher's lock) and fetchMu
@@ -474,18 +475,6 @@ func (m *mirror) localRefs(ctx context.Context) (map[string]string, error) {
 		}
 	}
 	return refs, nil
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // remoteError classifies a failure to reach the remote: a repository that
