@@ -585,3 +585,62 @@ func TestGitHardening(t *testing.T) {
 		}
 	}
 }
+
+// TestCredentialsInDiscoveredURL: a go-import page's userinfo opens a
+// private repository, is never written to the mirror, and a wrong one is
+// an authentication error that does not show it.
+func TestCredentialsInDiscoveredURL(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	p := s.NewRepo("private/q")
+	p.Commit("q", map[string]string{"go.mod": "module " + host + "/private/q\n", "q.go": "package q\n"})
+	p.Tag("v0.1.0", "")
+	p.Push()
+	s.RequireAuth("private/", "alice", "pw-in-page")
+	imp(s, "private/q", "git", "https://alice:pw-in-page@"+host+"/repo/private/q.git", "")
+	imp(s, "private/bad", "git", "https://alice:wrong-pw@"+host+"/repo/private/q.git", "")
+	dir := t.TempDir()
+	f := newTestFetcher(t, fx, func(c *Config) { c.Dir = dir })
+	data, err := readAll(t, f, host+"/private/q", KindInfo, "v0.1.0")
+	if err != nil {
+		t.Fatalf("with the page's credentials: %v", err)
+	}
+	if strings.Contains(string(data), "pw-in-page") {
+		t.Errorf(".info carries the password: %s", data)
+	}
+	// A fresh Fetcher: a mirror keeps the credentials it was made with.
+	f = newTestFetcher(t, fx, func(c *Config) { c.Dir = t.TempDir() })
+	err = openErr(t, f, host+"/private/bad", KindInfo, "v0.1.0")
+	var ae *AuthError
+	if !errors.As(err, &ae) || strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("wrong credentials in the page: %v", err)
+	}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, []byte("pw-in-page")) || bytes.Contains(b, []byte("wrong-pw")) {
+			t.Errorf("password stored in %s", p)
+		}
+		return nil
+	})
+}
+
+// TestOptionLikeRepoURL: a go-import page cannot smuggle an ssh option
+// in as the host name of an ssh repository. (git, whose working
+// directory is $TMPDIR here, refuses the host; the marker would show a
+// git that did not.)
+func TestOptionLikeRepoURL(t *testing.T) {
+	fx, _ := smallFixture(t)
+	tmp := t.TempDir()
+	imp(fx.srv, "sshopt", "git", "ssh://-oProxyCommand=touch$IFS"+"pwned/repo/x.git", "")
+	f := newTestFetcher(t, fx, func(c *Config) { c.Timeouts.LsRemote = 10 * time.Second })
+	t.Setenv("TMPDIR", tmp)
+	if err := openErr(t, f, host+"/sshopt", KindList, ""); err == nil || IsNotExist(err) {
+		t.Errorf("option-like ssh host: %v, want a failure", err)
+	}
+	if _, err := os.Stat(filepath.Join(tmp, "pwned")); err == nil {
+		t.Fatal("an option-like ssh host ran a command")
+	}
+}
