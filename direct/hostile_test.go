@@ -644,3 +644,32 @@ func TestOptionLikeRepoURL(t *testing.T) {
 		t.Fatal("an option-like ssh host ran a command")
 	}
 }
+
+// TestHangingDiscovery: a ?go-get=1 page that never answers is cut off by
+// the discovery timeout, and a request that leaves does not wait for it.
+func TestHangingDiscovery(t *testing.T) {
+	fx, _ := smallFixture(t)
+	f := newTestFetcher(t, fx, func(c *Config) { c.Timeouts.Discovery = 2 * time.Second })
+	done := make(chan error, 1)
+	go func() { done <- openErr(t, f, testgit.HangHost+"/mod", KindList, "") }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
+			t.Errorf("hanging discovery: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("hanging discovery not cut off")
+	}
+
+	f = newTestFetcher(t, fx, nil) // discovery timeout: 30s
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, _, err := f.Open(ctx, testgit.HangHost+"/mod", KindList, "")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("request that left: %v", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("a request that left waited %v for discovery", d)
+	}
+}
