@@ -85,8 +85,8 @@ func CheckGOAUTH(s string) error {
 	return err
 }
 
-// NetrcPath is the go command's netrc file: $NETRC, else ~/.netrc.
-func NetrcPath() string {
+// defaultNetrc is the go command's netrc file: $NETRC, else ~/.netrc.
+func defaultNetrc() string {
 	if env := os.Getenv("NETRC"); env != "" {
 		return env
 	}

@@ -140,7 +140,7 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	netrc := cfg.Netrc
 	if netrc == "" {
-		netrc = NetrcPath()
+		netrc = defaultNetrc()
 	}
 	auth, err := parseGOAUTH(cfg.GOAUTH, netrc)
 	if err != nil {
