@@ -517,8 +517,16 @@ type view struct {
 	m    *mirror
 	snap *snapshot
 
-	statMu    sync.Mutex
+	statMu    sync.Mutex // guards statCache and files
 	statCache map[string]statResult
+	// files caches ReadFile by commit, file and limit: one request
+	// reads a version's go.mod more than once.
+	files map[string]fileResult
+}
+
+type fileResult struct {
+	data []byte
+	err  error
 }
 
 type statResult struct {
@@ -527,7 +535,7 @@ type statResult struct {
 }
 
 func newView(m *mirror, s *snapshot) *view {
-	return &view{m: m, snap: s, statCache: map[string]statResult{}}
+	return &view{m: m, snap: s, statCache: map[string]statResult{}, files: map[string]fileResult{}}
 }
 
 // git runs a local (untimed) git command in the mirror.
@@ -751,10 +759,27 @@ func (v *view) ReadFile(ctx context.Context, rev, file string, maxSize int64) ([
 	if err != nil {
 		return nil, err
 	}
-	out, err := v.m.r.run(ctx, gitCall{dir: v.m.dir, allow: v.m.allow, args: []string{"cat-file", "--end-of-options", "blob", info.Name + ":" + file}, limit: maxSize})
+	key := info.Name + ":" + file + "\x00" + strconv.FormatInt(maxSize, 10)
+	v.statMu.Lock()
+	r, ok := v.files[key]
+	v.statMu.Unlock()
+	if !ok {
+		r.data, r.err = v.readFile(ctx, info.Name, file, maxSize)
+		if ctx.Err() != nil {
+			return r.data, r.err // a canceled read says nothing of the file
+		}
+		v.statMu.Lock()
+		v.files[key] = r
+		v.statMu.Unlock()
+	}
+	return bytes.Clone(r.data), r.err
+}
+
+func (v *view) readFile(ctx context.Context, hash, file string, maxSize int64) ([]byte, error) {
+	out, err := v.m.r.run(ctx, gitCall{dir: v.m.dir, allow: v.m.allow, args: []string{"cat-file", "--end-of-options", "blob", hash + ":" + file}, limit: maxSize})
 	if err != nil {
 		if errors.Is(err, errOutputTooLarge) {
-			return nil, fmt.Errorf("%s at %s is larger than %d bytes", file, info.Name, maxSize)
+			return nil, fmt.Errorf("%s at %s is larger than %d bytes", file, hash, maxSize)
 		}
 		return nil, fs.ErrNotExist
 	}
