@@ -688,6 +688,9 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 	}()
 	if hash == "" {
 		out, err := v.git(ctx, "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
+		if err != nil && ctx.Err() != nil {
+			return nil, err // canceled: no word on rev
+		}
 		if err != nil {
 			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 		}
@@ -698,6 +701,9 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 		// tag reaches it. The mirror may still hold commits the remote
 		// dropped, which the go command's fresh clone would not have.
 		out, err := v.git(ctx, "for-each-ref", "--count=1", "--format=%(refname)", "--contains="+hash, "refs/heads/", "refs/tags/")
+		if err != nil && ctx.Err() != nil {
+			return nil, err
+		}
 		if err != nil || strings.TrimSpace(string(out)) == "" {
 			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 		}
@@ -709,6 +715,9 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 // when it is one of the commit's tags.
 func (v *view) statLocal(ctx context.Context, version, rev string) (*hostRev, error) {
 	out, err := v.git(ctx, "-c", "log.showsignature=false", "log", "--no-decorate", "-n1", "--format=format:%H %ct %D", "--end-of-options", rev, "--")
+	if err != nil && ctx.Err() != nil {
+		return nil, err
+	}
 	if err != nil {
 		return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 	}
@@ -780,6 +789,9 @@ func (v *view) readFile(ctx context.Context, hash, file string, maxSize int64) (
 	if err != nil {
 		if errors.Is(err, errOutputTooLarge) {
 			return nil, fmt.Errorf("%s at %s is larger than %d bytes", file, hash, maxSize)
+		}
+		if ctx.Err() != nil {
+			return nil, err // canceled: no word on the file
 		}
 		return nil, fs.ErrNotExist
 	}

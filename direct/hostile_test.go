@@ -673,3 +673,38 @@ func TestHangingDiscovery(t *testing.T) {
 		t.Errorf("a request that left waited %v for discovery", d)
 	}
 }
+
+// TestCanceledGitIsNotMissing: a git command cut off by its request's
+// cancellation or deadline says nothing about the revision or file: not
+// "not found" (which would be a 404, or a made-up go.mod).
+func TestCanceledGitIsNotMissing(t *testing.T) {
+	fx, _ := smallFixture(t)
+	imp(fx.srv, "lib", "git", fx.srv.RepoURL("https", "lib"), "")
+	f := newTestFetcher(t, fx, nil)
+	ctx := context.Background()
+	rr, err := f.lookup(ctx, host+"/lib")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := f.mirrorFor(ctx, rr.Repo)
+	snap, _, err := m.sync(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := newView(m, snap).Stat(ctx, "v1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	for _, rev := range []string{"v1.0.0", info.Name[:12], info.Name} {
+		if _, err := newView(m, snap).Stat(canceled, rev); err == nil || IsNotExist(err) {
+			t.Errorf("Stat(%s) canceled: %v, want a failure that is not \"not found\"", rev, err)
+		}
+	}
+	v := newView(m, snap)
+	v.statCache[info.Name] = statResult{info: info} // the Stat is done; the read is canceled
+	if _, err := v.ReadFile(canceled, info.Name, "go.mod", 1<<20); err == nil || IsNotExist(err) {
+		t.Errorf("ReadFile canceled: %v, want a failure that is not \"not found\"", err)
+	}
+}
