@@ -133,6 +133,9 @@ func (c *credentials) headerFor(ctx context.Context, rawURL string) http.Header 
 				}
 			}
 		}
+		if ctx.Err() != nil {
+			delete(c.ran, key) // cut off: ask again next time
+		}
 	}
 	for p := key; ; {
 		if h, ok := c.cache[p]; ok {

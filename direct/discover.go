@@ -503,7 +503,10 @@ func matchGoImport(imports []metaImport, importPath string) (metaImport, error) 
 
 // ping checks that git can list repo.
 func (f *Fetcher) ping(ctx context.Context, repo string) error {
-	m := f.mirrorFor(ctx, repo)
-	_, err := f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: m.config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
+	m, err := f.mirrorFor(ctx, repo)
+	if err != nil {
+		return err
+	}
+	_, err = f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: m.config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
 	return err
 }

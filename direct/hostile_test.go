@@ -686,7 +686,10 @@ func TestCanceledGitIsNotMissing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := f.mirrorFor(ctx, rr.Repo)
+	m, err := f.mirrorFor(ctx, rr.Repo)
+	if err != nil {
+		t.Fatal(err)
+	}
 	snap, _, err := m.sync(ctx, false)
 	if err != nil {
 		t.Fatal(err)
@@ -706,5 +709,30 @@ func TestCanceledGitIsNotMissing(t *testing.T) {
 	v.statCache[info.Name] = statResult{info: info} // the Stat is done; the read is canceled
 	if _, err := v.ReadFile(canceled, info.Name, "go.mod", 1<<20); err == nil || IsNotExist(err) {
 		t.Errorf("ReadFile canceled: %v, want a failure that is not \"not found\"", err)
+	}
+}
+
+// TestCanceledCredentialLookup: a request that leaves while a GOAUTH
+// command runs does not leave its repository without credentials.
+func TestCanceledCredentialLookup(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	p := s.NewRepo("private/slow")
+	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/slow\n"})
+	p.Tag("v0.1.0", "")
+	p.Push()
+	s.RequireAuth("private/", "bob", "hunter2")
+	imp(s, "private/slow", "git", s.RepoURL("https", "private/slow"), "")
+	script := filepath.Join(t.TempDir(), "auth.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\ncase \"$1\" in */repo/*) sleep 1;; esac\nprintf '%s\\n\\nAuthorization: Basic "+base64.StdEncoding.EncodeToString([]byte("bob:hunter2"))+"\\n\\n' \"$1\"\n"), 0o700)
+	f := newTestFetcher(t, fx, func(c *Config) { c.GOAUTH = "sh " + script })
+	// Discovery is quick; the repository's lookup (slow) is cut off.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, _, err := f.Open(ctx, host+"/private/slow", KindInfo, "v0.1.0"); err == nil {
+		t.Fatal("a request cut off during the credential lookup answered")
+	}
+	if err := openErr(t, f, host+"/private/slow", KindInfo, "v0.1.0"); err != nil {
+		t.Errorf("after a cut-off credential lookup: %v", err)
 	}
 }
