@@ -85,8 +85,8 @@ func CheckGOAUTH(s string) error {
 	return err
 }
 
-// NetrcPath is the go command's netrc file: $NETRC, else ~/.netrc.
-func NetrcPath() string {
+// defaultNetrc is the go command's netrc file: $NETRC, else ~/.netrc.
+func defaultNetrc() string {
 	if env := os.Getenv("NETRC"); env != "" {
 		return env
 	}
@@ -132,6 +132,9 @@ func (c *credentials) headerFor(ctx context.Context, rawURL string) http.Header 
 					}
 				}
 			}
+		}
+		if ctx.Err() != nil {
+			delete(c.ran, key) // cut off: ask again next time
 		}
 	}
 	for p := key; ; {

@@ -148,10 +148,6 @@ func newCodeRepo(code codeHost, codeRoot, subdir, path string) (*codeRepo, error
 	return r, nil
 }
 
-func (r *codeRepo) ModulePath() string {
-	return r.modPath
-}
-
 func (r *codeRepo) Versions(ctx context.Context, prefix string) (*Versions, error) {
 	// Special case: gopkg.in/macaroon-bakery.v2-unstable
 	// does not use the v2 tags (those are for macaroon-bakery.v2).
@@ -991,14 +987,14 @@ func (r *codeRepo) GoMod(ctx context.Context, version string) (data []byte, err 
 	data, err = r.code.ReadFile(ctx, rev, path.Join(dir, "go.mod"), maxGoMod)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return LegacyGoMod(r.modPath), nil
+			return legacyGoMod(r.modPath), nil
 		}
 		return nil, err
 	}
 	return data, nil
 }
 
-// LegacyGoMod generates a fake go.mod file for a module that doesn't have one.
+// legacyGoMod generates a fake go.mod file for a module that doesn't have one.
 // The go.mod file contains a module directive and nothing else: no go version,
 // no requirements.
 //
@@ -1008,7 +1004,7 @@ func (r *codeRepo) GoMod(ctx context.Context, version string) (data []byte, err 
 // exactly the same semantics as go.mod) and, when done
 // for dependencies in the middle of a build, impossible to
 // correct. So we stopped.
-func LegacyGoMod(modPath string) []byte {
+func legacyGoMod(modPath string) []byte {
 	return fmt.Appendf(nil, "module %s\n", modfile.AutoQuote(modPath))
 }
 

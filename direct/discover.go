@@ -242,7 +242,9 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 		return e.rr, nil
 	}
 	f.rootsMu.Unlock()
-	v, err, _ := f.rootFlight.Do(path, func() (any, error) {
+	// Detached from the first caller (others wait for the same
+	// discovery): a caller that leaves does not wait for it.
+	ch := f.rootFlight.DoChan(path, func() (any, error) {
 		start := time.Now()
 		if err := f.run.track(); err != nil {
 			return nil, err
@@ -264,10 +266,15 @@ func (f *Fetcher) lookup(ctx context.Context, path string) (*repoRoot, error) {
 		}
 		return rr, err
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*repoRoot), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return v.(*repoRoot), nil
 }
 
 type rootEntry struct {
@@ -496,7 +503,10 @@ func matchGoImport(imports []metaImport, importPath string) (metaImport, error) 
 
 // ping checks that git can list repo.
 func (f *Fetcher) ping(ctx context.Context, repo string) error {
-	m := f.mirrorFor(ctx, repo)
-	_, err := f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: m.config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
+	m, err := f.mirrorFor(ctx, repo)
+	if err != nil {
+		return err
+	}
+	_, err = f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: m.config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
 	return err
 }

@@ -140,7 +140,7 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	netrc := cfg.Netrc
 	if netrc == "" {
-		netrc = NetrcPath()
+		netrc = defaultNetrc()
 	}
 	auth, err := parseGOAUTH(cfg.GOAUTH, netrc)
 	if err != nil {
@@ -204,13 +204,13 @@ func (f *Fetcher) observe(ctx context.Context, phase string, d time.Duration) {
 // HTTP is allowed only for an http:// repository, which discovery
 // accepts only for --insecure paths; redirects to it are refused
 // otherwise.
-func (f *Fetcher) mirrorFor(ctx context.Context, repo string) *mirror {
+func (f *Fetcher) mirrorFor(ctx context.Context, repo string) (*mirror, error) {
 	clean := redactURL(repo)
 	f.mirrorsMu.Lock()
 	m := f.mirrors[clean]
 	f.mirrorsMu.Unlock()
 	if m != nil {
-		return m
+		return m, nil
 	}
 	allow := "https:ssh"
 	if strings.HasPrefix(clean, "http://") {
@@ -218,17 +218,20 @@ func (f *Fetcher) mirrorFor(ctx context.Context, repo string) *mirror {
 	}
 	// Credentials may take a GOAUTH command to find: not under the lock.
 	config := f.auth.gitAuthConfig(ctx, repo)
+	if err := ctx.Err(); err != nil {
+		return nil, err // the lookup was cut off: the mirror would keep no credentials
+	}
 	f.mirrorsMu.Lock()
 	defer f.mirrorsMu.Unlock()
 	if m := f.mirrors[clean]; m != nil {
-		return m
+		return m, nil
 	}
 	m = &mirror{
 		r: f.run, remote: clean, dir: mirrorDir(f.cfg.Dir, clean), allow: allow,
 		config: config, ttl: f.cfg.RefsTTL,
 	}
 	f.mirrors[clean] = m
-	return m
+	return m, nil
 }
 
 // Request kinds, as the GOPROXY protocol names them.
@@ -257,7 +260,10 @@ func (f *Fetcher) Open(ctx context.Context, path, kind, version string) (io.Read
 	if rr.VCS == "mod" {
 		return f.openProxy(ctx, rr.Repo, path, kind, version)
 	}
-	m := f.mirrorFor(ctx, rr.Repo)
+	m, err := f.mirrorFor(ctx, rr.Repo)
+	if err != nil {
+		return nil, 0, err
+	}
 	rc, n, err := f.openGit(ctx, m, rr, path, kind, version, false)
 	if IsNotExist(err) && errors.Is(err, errStaleRefs) {
 		// A reused ls-remote may predate the version asked for (a tag

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -396,7 +397,7 @@ func (m *mirror) fetchLocked(ctx context.Context, raw map[string]string, sha256 
 		if err := m.init(ctx, sha256); err != nil {
 			return err
 		}
-	} else if local, err := m.localRefs(ctx); err == nil && mapsEqual(local, raw) {
+	} else if local, err := m.localRefs(ctx); err == nil && maps.Equal(local, raw) {
 		return nil
 	}
 	// This process owns the directory (Fetcher's lock) and fetchMu
@@ -476,18 +477,6 @@ func (m *mirror) localRefs(ctx context.Context) (map[string]string, error) {
 	return refs, nil
 }
 
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
 // remoteError classifies a failure to reach the remote: a repository that
 // does not exist or refuses us is "not found" (the go command's
 // notExistError), with a clear word about credentials.
@@ -528,8 +517,16 @@ type view struct {
 	m    *mirror
 	snap *snapshot
 
-	statMu    sync.Mutex
+	statMu    sync.Mutex // guards statCache and files
 	statCache map[string]statResult
+	// files caches ReadFile by commit, file and limit: one request
+	// reads a version's go.mod more than once.
+	files map[string]fileResult
+}
+
+type fileResult struct {
+	data []byte
+	err  error
 }
 
 type statResult struct {
@@ -538,15 +535,12 @@ type statResult struct {
 }
 
 func newView(m *mirror, s *snapshot) *view {
-	return &view{m: m, snap: s, statCache: map[string]statResult{}}
+	return &view{m: m, snap: s, statCache: map[string]statResult{}, files: map[string]fileResult{}}
 }
 
-func (v *view) git(ctx context.Context, phase string, args ...string) ([]byte, error) {
-	c := gitCall{dir: v.m.dir, allow: v.m.allow, args: args, phase: phase}
-	if phase == PhaseArchive {
-		c.timeout = v.m.r.timeouts.Archive
-	}
-	return v.m.r.run(ctx, c)
+// git runs a local (untimed) git command in the mirror.
+func (v *view) git(ctx context.Context, args ...string) ([]byte, error) {
+	return v.m.r.run(ctx, gitCall{dir: v.m.dir, allow: v.m.allow, args: args})
 }
 
 func (v *view) hexHashLen() int {
@@ -693,7 +687,10 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 		}
 	}()
 	if hash == "" {
-		out, err := v.git(ctx, "", "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
+		out, err := v.git(ctx, "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
+		if err != nil && ctx.Err() != nil {
+			return nil, err // canceled: no word on rev
+		}
 		if err != nil {
 			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 		}
@@ -703,7 +700,10 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 		// A hash no branch or tag names: it exists only if a branch or
 		// tag reaches it. The mirror may still hold commits the remote
 		// dropped, which the go command's fresh clone would not have.
-		out, err := v.git(ctx, "", "for-each-ref", "--count=1", "--format=%(refname)", "--contains="+hash, "refs/heads/", "refs/tags/")
+		out, err := v.git(ctx, "for-each-ref", "--count=1", "--format=%(refname)", "--contains="+hash, "refs/heads/", "refs/tags/")
+		if err != nil && ctx.Err() != nil {
+			return nil, err
+		}
 		if err != nil || strings.TrimSpace(string(out)) == "" {
 			return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 		}
@@ -714,7 +714,10 @@ func (v *view) stat(ctx context.Context, rev string) (info *hostRev, err error) 
 // statLocal describes rev in the mirror; version becomes info.Version
 // when it is one of the commit's tags.
 func (v *view) statLocal(ctx context.Context, version, rev string) (*hostRev, error) {
-	out, err := v.git(ctx, "", "-c", "log.showsignature=false", "log", "--no-decorate", "-n1", "--format=format:%H %ct %D", "--end-of-options", rev, "--")
+	out, err := v.git(ctx, "-c", "log.showsignature=false", "log", "--no-decorate", "-n1", "--format=format:%H %ct %D", "--end-of-options", rev, "--")
+	if err != nil && ctx.Err() != nil {
+		return nil, err
+	}
 	if err != nil {
 		return v.unknownRevisionInfo(), &UnknownRevisionError{Rev: rev}
 	}
@@ -765,10 +768,30 @@ func (v *view) ReadFile(ctx context.Context, rev, file string, maxSize int64) ([
 	if err != nil {
 		return nil, err
 	}
-	out, err := v.m.r.run(ctx, gitCall{dir: v.m.dir, allow: v.m.allow, args: []string{"cat-file", "--end-of-options", "blob", info.Name + ":" + file}, limit: maxSize})
+	key := info.Name + ":" + file + "\x00" + strconv.FormatInt(maxSize, 10)
+	v.statMu.Lock()
+	r, ok := v.files[key]
+	v.statMu.Unlock()
+	if !ok {
+		r.data, r.err = v.readFile(ctx, info.Name, file, maxSize)
+		if ctx.Err() != nil {
+			return r.data, r.err // a canceled read says nothing of the file
+		}
+		v.statMu.Lock()
+		v.files[key] = r
+		v.statMu.Unlock()
+	}
+	return bytes.Clone(r.data), r.err
+}
+
+func (v *view) readFile(ctx context.Context, hash, file string, maxSize int64) ([]byte, error) {
+	out, err := v.m.r.run(ctx, gitCall{dir: v.m.dir, allow: v.m.allow, args: []string{"cat-file", "--end-of-options", "blob", hash + ":" + file}, limit: maxSize})
 	if err != nil {
 		if errors.Is(err, errOutputTooLarge) {
-			return nil, fmt.Errorf("%s at %s is larger than %d bytes", file, info.Name, maxSize)
+			return nil, fmt.Errorf("%s at %s is larger than %d bytes", file, hash, maxSize)
+		}
+		if ctx.Err() != nil {
+			return nil, err // canceled: no word on the file
 		}
 		return nil, fs.ErrNotExist
 	}
@@ -782,7 +805,7 @@ func (v *view) RecentTag(ctx context.Context, rev, prefix string, allowed func(t
 	if err != nil {
 		return "", err
 	}
-	out, err := v.git(ctx, "", "for-each-ref", "--format=%(refname)", "--merged="+info.Name)
+	out, err := v.git(ctx, "for-each-ref", "--format=%(refname)", "--merged="+info.Name)
 	if err != nil {
 		return "", err
 	}
@@ -813,7 +836,7 @@ func (v *view) DescendsFrom(ctx context.Context, rev, tag string) (bool, error) 
 	if v.snap.refs["refs/tags/"+tag] == "" {
 		return false, nil
 	}
-	_, err := v.git(ctx, "", "merge-base", "--is-ancestor", "--", "refs/tags/"+tag, rev)
+	_, err := v.git(ctx, "merge-base", "--is-ancestor", "--", "refs/tags/"+tag, rev)
 	if err == nil {
 		return true, nil
 	}

@@ -585,3 +585,154 @@ func TestGitHardening(t *testing.T) {
 		}
 	}
 }
+
+// TestCredentialsInDiscoveredURL: a go-import page's userinfo opens a
+// private repository, is never written to the mirror, and a wrong one is
+// an authentication error that does not show it.
+func TestCredentialsInDiscoveredURL(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	p := s.NewRepo("private/q")
+	p.Commit("q", map[string]string{"go.mod": "module " + host + "/private/q\n", "q.go": "package q\n"})
+	p.Tag("v0.1.0", "")
+	p.Push()
+	s.RequireAuth("private/", "alice", "pw-in-page")
+	imp(s, "private/q", "git", "https://alice:pw-in-page@"+host+"/repo/private/q.git", "")
+	imp(s, "private/bad", "git", "https://alice:wrong-pw@"+host+"/repo/private/q.git", "")
+	dir := t.TempDir()
+	f := newTestFetcher(t, fx, func(c *Config) { c.Dir = dir })
+	data, err := readAll(t, f, host+"/private/q", KindInfo, "v0.1.0")
+	if err != nil {
+		t.Fatalf("with the page's credentials: %v", err)
+	}
+	if strings.Contains(string(data), "pw-in-page") {
+		t.Errorf(".info carries the password: %s", data)
+	}
+	// A fresh Fetcher: a mirror keeps the credentials it was made with.
+	f = newTestFetcher(t, fx, func(c *Config) { c.Dir = t.TempDir() })
+	err = openErr(t, f, host+"/private/bad", KindInfo, "v0.1.0")
+	var ae *AuthError
+	if !errors.As(err, &ae) || strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("wrong credentials in the page: %v", err)
+	}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, []byte("pw-in-page")) || bytes.Contains(b, []byte("wrong-pw")) {
+			t.Errorf("password stored in %s", p)
+		}
+		return nil
+	})
+}
+
+// TestOptionLikeRepoURL: a go-import page cannot smuggle an ssh option
+// in as the host name of an ssh repository. (git, whose working
+// directory is $TMPDIR here, refuses the host; the marker would show a
+// git that did not.)
+func TestOptionLikeRepoURL(t *testing.T) {
+	fx, _ := smallFixture(t)
+	tmp := t.TempDir()
+	imp(fx.srv, "sshopt", "git", "ssh://-oProxyCommand=touch$IFS"+"pwned/repo/x.git", "")
+	f := newTestFetcher(t, fx, func(c *Config) { c.Timeouts.LsRemote = 10 * time.Second })
+	t.Setenv("TMPDIR", tmp)
+	if err := openErr(t, f, host+"/sshopt", KindList, ""); err == nil || IsNotExist(err) {
+		t.Errorf("option-like ssh host: %v, want a failure", err)
+	}
+	if _, err := os.Stat(filepath.Join(tmp, "pwned")); err == nil {
+		t.Fatal("an option-like ssh host ran a command")
+	}
+}
+
+// TestHangingDiscovery: a ?go-get=1 page that never answers is cut off by
+// the discovery timeout, and a request that leaves does not wait for it.
+func TestHangingDiscovery(t *testing.T) {
+	fx, _ := smallFixture(t)
+	f := newTestFetcher(t, fx, func(c *Config) { c.Timeouts.Discovery = 2 * time.Second })
+	done := make(chan error, 1)
+	go func() { done <- openErr(t, f, testgit.HangHost+"/mod", KindList, "") }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
+			t.Errorf("hanging discovery: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("hanging discovery not cut off")
+	}
+
+	f = newTestFetcher(t, fx, nil) // discovery timeout: 30s
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, _, err := f.Open(ctx, testgit.HangHost+"/mod", KindList, "")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("request that left: %v", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("a request that left waited %v for discovery", d)
+	}
+}
+
+// TestCanceledGitIsNotMissing: a git command cut off by its request's
+// cancellation or deadline says nothing about the revision or file: not
+// "not found" (which would be a 404, or a made-up go.mod).
+func TestCanceledGitIsNotMissing(t *testing.T) {
+	fx, _ := smallFixture(t)
+	imp(fx.srv, "lib", "git", fx.srv.RepoURL("https", "lib"), "")
+	f := newTestFetcher(t, fx, nil)
+	ctx := context.Background()
+	rr, err := f.lookup(ctx, host+"/lib")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := f.mirrorFor(ctx, rr.Repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := m.sync(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := newView(m, snap).Stat(ctx, "v1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	for _, rev := range []string{"v1.0.0", info.Name[:12], info.Name} {
+		if _, err := newView(m, snap).Stat(canceled, rev); err == nil || IsNotExist(err) {
+			t.Errorf("Stat(%s) canceled: %v, want a failure that is not \"not found\"", rev, err)
+		}
+	}
+	v := newView(m, snap)
+	v.statCache[info.Name] = statResult{info: info} // the Stat is done; the read is canceled
+	if _, err := v.ReadFile(canceled, info.Name, "go.mod", 1<<20); err == nil || IsNotExist(err) {
+		t.Errorf("ReadFile canceled: %v, want a failure that is not \"not found\"", err)
+	}
+}
+
+// TestCanceledCredentialLookup: a request that leaves while a GOAUTH
+// command runs does not leave its repository without credentials.
+func TestCanceledCredentialLookup(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	p := s.NewRepo("private/slow")
+	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/slow\n"})
+	p.Tag("v0.1.0", "")
+	p.Push()
+	s.RequireAuth("private/", "bob", "hunter2")
+	imp(s, "private/slow", "git", s.RepoURL("https", "private/slow"), "")
+	script := filepath.Join(t.TempDir(), "auth.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\ncase \"$1\" in */repo/*) sleep 1;; esac\nprintf '%s\\n\\nAuthorization: Basic "+base64.StdEncoding.EncodeToString([]byte("bob:hunter2"))+"\\n\\n' \"$1\"\n"), 0o700)
+	f := newTestFetcher(t, fx, func(c *Config) { c.GOAUTH = "sh " + script })
+	// Discovery is quick; the repository's lookup (slow) is cut off.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, _, err := f.Open(ctx, host+"/private/slow", KindInfo, "v0.1.0"); err == nil {
+		t.Fatal("a request cut off during the credential lookup answered")
+	}
+	if err := openErr(t, f, host+"/private/slow", KindInfo, "v0.1.0"); err != nil {
+		t.Errorf("after a cut-off credential lookup: %v", err)
+	}
+}

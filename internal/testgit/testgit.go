@@ -105,9 +105,6 @@ func New(t testing.TB) *Server {
 	return s
 }
 
-// ProxyURL is the forward proxy's URL.
-func (s *Server) ProxyURL() string { return s.proxy.URL }
-
 // Env is what a client process needs to reach the server by host name:
 // the proxy (never for 127.0.0.1, where modproxy and fake upstreams run)
 // and the test CA for Go programs and for git.
