@@ -196,6 +196,14 @@ func (f *Fetcher) noRoom(req Request, err error) {
 	f.log.Warn("store disk full: serving unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
 }
 
+// notStored reports a verified artifact the store failed to take for a
+// reason other than space: it is served, counted as unstored, and logged
+// as an error, since the store itself is failing.
+func (f *Fetcher) notStored(req Request, err error) {
+	f.m.servedUnstored.WithLabelValues(string(req.Kind)).Inc()
+	f.log.Error("store failed: serving a verified artifact unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
+}
+
 // storeDir is the directory of a store kept in a local file, "" for one
 // that is not (S3): its free space is not ours to watch.
 func storeDir(st Store) string {

@@ -636,6 +636,7 @@ func TestLargeZipStreamsBeforeDownloadEnds(t *testing.T) {
 	if len(body)+1 != len(zip) {
 		t.Fatalf("got %d bytes, want %d", len(body)+1, len(zip))
 	}
+	waitFlights(t, e.f)
 	if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); err != nil {
 		t.Errorf("streamed zip not stored: %v", err)
 	}
@@ -806,5 +807,24 @@ func TestSpoolDirPrepared(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// waitFlights waits until f has no zip download in flight: a follower gets
+// the last byte once the zip is verified, before the store commit ends.
+func waitFlights(t *testing.T, f *Fetcher) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second) // hang guard only
+	for {
+		f.zipMu.Lock()
+		n := len(f.zipFlights)
+		f.zipMu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d zip downloads still in flight", n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
