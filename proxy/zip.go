@@ -505,6 +505,17 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	start := time.Now()
 	buf := make([]byte, 256<<10)
 	written := have
+	// Followers are woken per notifyBytes or notifyEvery, not per read: a
+	// TLS body reads a 16 KiB record at a time, and waking every follower
+	// for each (a pread, a socket write and a flush) cost more CPU than
+	// the download.
+	notified, notifiedAt := written, start
+	defer func() {
+		// Whatever the outcome: a resume continues from fl.written.
+		if owned && notified != written {
+			fl.update(func() { fl.written = written })
+		}
+	}()
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
@@ -527,7 +538,8 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 				fl.update(func() {
 					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), size, written
 				})
-			} else if owned {
+			} else if owned && (written-notified >= notifyBytes || time.Since(notifiedAt) >= notifyEvery) {
+				notified, notifiedAt = written, time.Now()
 				fl.update(func() { fl.written = written })
 			}
 		}
@@ -577,6 +589,13 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	}
 	return stored, nil
 }
+
+// A download in progress wakes its followers when it has notifyBytes more
+// or notifyEvery has passed.
+const (
+	notifyBytes = 256 << 10
+	notifyEvery = 5 * time.Millisecond
+)
 
 // serveStream copies a download in progress to w, withholding the last
 // byte until the gate has checked and verified the whole zip. headerSent reports whether the response
