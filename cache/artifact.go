@@ -398,7 +398,21 @@ func (p *putter) stage(chunks [][]byte) error {
 		return fmt.Errorf("stage content: %w", err)
 	}
 	p.staged = true
+	p.s.unmapAfterAppend()
 	return nil
+}
+
+// unmapAfterAppend drops the store's mapping from the process's resident
+// set after a staging transaction. Appending chunks rewrites bbolt's last
+// leaf, which copies the up to three chunks already in it out of the
+// mapping: a cold download left that share of every large zip it stored
+// mapped, 130 MB of RSS for a project of 190 MB of zips. The pages stay in
+// the page cache; readers fault back in what they use.
+func (s *Store) unmapAfterAppend() {
+	_ = s.view(func(tx *bbolt.Tx) error {
+		dropRange(tx.DB().Info().Data, uintptr(tx.Size()))
+		return nil
+	})
 }
 
 // publish writes the last chunks and the record in one transaction. If

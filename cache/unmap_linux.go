@@ -26,3 +26,16 @@ func dropMapped(v []byte) {
 		_ = unix.Madvise(v[lo:hi], unix.MADV_DONTNEED)
 	}
 }
+
+// dropRange is dropMapped for the size bytes of bbolt's mapping at base
+// (DB.Info().Data). It must be called inside a transaction, which keeps
+// the mapping in place: outside one, the range may have been remapped to
+// other memory, which MADV_DONTNEED would zero.
+func dropRange(base, size uintptr) {
+	lo := (base + pageSize - 1) &^ (pageSize - 1)
+	hi := (base + size) &^ (pageSize - 1)
+	if hi > lo {
+		// Advice only: an error changes nothing that matters.
+		_, _, _ = unix.Syscall(unix.SYS_MADVISE, lo, hi-lo, unix.MADV_DONTNEED)
+	}
+}

@@ -25,6 +25,22 @@ const DefaultMinFreeSpace = 64 << 20
 // (a container's modproxy is pid 1 after every restart).
 const spoolPrefix = "modproxy-zip-"
 
+// prepareSpool creates the spool directory if it is missing and checks
+// that a spool file can be created in it. Without it a mistyped or not yet
+// created --spool-dir started a proxy that answered /readyz but failed
+// every zip miss with 502.
+func prepareSpool(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("spool directory: %w", err)
+	}
+	f, err := os.CreateTemp(dir, spoolPrefix+"probe-")
+	if err != nil {
+		return fmt.Errorf("spool directory %s is not writable: %w", dir, err)
+	}
+	name := f.Name()
+	return errors.Join(f.Close(), os.Remove(name))
+}
+
 // cleanSpool removes the spool files in dir that no process holds: a crash
 // or kill -9 leaves them, up to 500 MB each.
 func cleanSpool(dir string, log *slog.Logger) {
@@ -178,6 +194,14 @@ func (f *Fetcher) noRoom(req Request, err error) {
 	}
 	f.m.servedUnstored.WithLabelValues(string(req.Kind)).Inc()
 	f.log.Warn("store disk full: serving unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
+}
+
+// notStored reports a verified artifact the store failed to take for a
+// reason other than space: it is served, counted as unstored, and logged
+// as an error, since the store itself is failing.
+func (f *Fetcher) notStored(req Request, err error) {
+	f.m.servedUnstored.WithLabelValues(string(req.Kind)).Inc()
+	f.log.Error("store failed: serving a verified artifact unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
 }
 
 // storeDir is the directory of a store kept in a local file, "" for one

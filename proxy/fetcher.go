@@ -246,6 +246,9 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 	if !cfg.Offline && len(cfg.Upstreams) == 0 && len(cfg.PrivateUpstreams) == 0 {
 		return nil, errors.New("proxy: no upstream (use offline mode to serve only the store)")
 	}
+	if err := prepareSpool(cfg.SpoolDir); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	g, err := gate.New(gate.Config{Store: cfg.Store, Verifier: cfg.Verifier, FailOpen: cfg.VerifyFailOpen, TempDir: cfg.SpoolDir})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)

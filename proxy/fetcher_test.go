@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -635,6 +636,7 @@ func TestLargeZipStreamsBeforeDownloadEnds(t *testing.T) {
 	if len(body)+1 != len(zip) {
 		t.Fatalf("got %d bytes, want %d", len(body)+1, len(zip))
 	}
+	waitFlights(t, e.f)
 	if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); err != nil {
 		t.Errorf("streamed zip not stored: %v", err)
 	}
@@ -749,5 +751,80 @@ func TestCleanList(t *testing.T) {
 		if err != nil || string(got) != tt.want {
 			t.Errorf("cleanList(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
+	}
+}
+
+// A missing --spool-dir is created; one that cannot hold spool files is
+// refused at start, not discovered by every zip miss answering 502.
+func TestSpoolDirPrepared(t *testing.T) {
+	base := t.TempDir()
+	file := filepath.Join(base, "a-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readOnly := filepath.Join(base, "read-only")
+	if err := os.Mkdir(readOnly, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, dir string
+		wantErr   bool
+	}{
+		{"missing, created", filepath.Join(base, "new", "spool"), false},
+		{"existing", base, false},
+		{"a regular file", file, true},
+		{"below a regular file", filepath.Join(file, "spool"), true},
+		{"read-only", readOnly, os.Geteuid() != 0}, // root writes anyway
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := cache.Open(filepath.Join(t.TempDir(), "db"), cache.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			f, err := NewFetcher(Config{Store: st, Offline: true, SpoolDir: tc.dir})
+			if tc.wantErr {
+				if err == nil {
+					f.Close()
+					t.Fatalf("NewFetcher with spool dir %s: no error", tc.dir)
+				}
+				if !strings.Contains(err.Error(), "spool directory") {
+					t.Errorf("error %q does not name the spool directory", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			entries, err := os.ReadDir(tc.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range entries {
+				if strings.HasPrefix(e.Name(), spoolPrefix) {
+					t.Errorf("probe left behind: %s", e.Name())
+				}
+			}
+		})
+	}
+}
+
+// waitFlights waits until f has no zip download in flight: a follower gets
+// the last byte once the zip is verified, before the store commit ends.
+func waitFlights(t *testing.T, f *Fetcher) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second) // hang guard only
+	for {
+		f.zipMu.Lock()
+		n := len(f.zipFlights)
+		f.zipMu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d zip downloads still in flight", n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -142,6 +142,25 @@ func (p *prefetcher) claim(key cache.Key) bool {
 	return true
 }
 
+// wanted reports whether a prefetch of key would be started were there
+// budget left: it is not stored, not known missing, not tracked, and the
+// filter allows it (a denied one counts as dropped too).
+func (p *prefetcher) wanted(key cache.Key, req Request) bool {
+	if allow := p.allow.Load(); allow != nil && !(*allow)(req.Module, req.Version) {
+		return true
+	}
+	if _, err := p.f.store.Stat(key); err == nil {
+		return false
+	}
+	if p.f.neg.get(req.negKey()) != nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, tracked := p.tracked[key]
+	return !tracked
+}
+
 // register starts tracking a prefetch of key; false means skip it: it is
 // stored, known missing, already tracked, or too much is tracked.
 func (p *prefetcher) register(kind string, key cache.Key, req Request) (ok, dropped bool) {
@@ -221,14 +240,20 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 		return
 	}
 	p.sweep(false)
-	if len(reqs) > p.perRequest {
-		p.count(kind, prefetchDropped, len(reqs)-p.perRequest)
-		reqs = reqs[:p.perRequest]
-	}
 	// Registered now, before the response that triggered them is sent, so
-	// that the go command's next requests find them claimable.
+	// that the go command's next requests find them claimable. The budget
+	// counts prefetches started, not requirements listed: a large go.mod's
+	// first requirements are mostly stored already, and capping the list
+	// before skipping them dropped most of a big graph (892 dropped, 112
+	// used for one build of a popular web server).
 	var todo []Request
 	for _, req := range reqs {
+		if len(todo) == p.perRequest {
+			if p.wanted(req.key(), req) {
+				p.count(kind, prefetchDropped, 1)
+			}
+			continue
+		}
 		ok, dropped := p.register(kind, req.key(), req)
 		if ok {
 			todo = append(todo, req)

@@ -323,6 +323,35 @@ func TestPrefetchRequiresBounded(t *testing.T) {
 	}
 }
 
+// The per-request budget counts prefetches started: requirements already
+// stored do not use it up, and are not counted as dropped.
+func TestPrefetchBudgetSkipsStored(t *testing.T) {
+	deps := depModules("example.com/dep", 10)
+	root := requiringModule("example.com/root", deps)
+	up := newUpstream(t, append(deps, root)...)
+	log := newEventLog()
+	front := recordingFront(t, "up", up.URL(), log, nil)
+	e, done := prefetchEnv(t, front.URL, func(c *Config) { c.PrefetchPerRequest = 4 })
+	for _, d := range deps[:4] {
+		e.mustGet("/"+d.Path+"/@v/v1.0.0.mod", 200)
+	}
+	e.mustGet("/example.com/root/@v/v1.0.0.mod", 200)
+	waitTrigger(t, done)
+	for _, d := range deps[4:8] {
+		if n := log.count("up start /" + d.Path + "/"); n != 1 {
+			t.Errorf("%s fetched %d times, want 1 (prefetched: the first four requirements were stored)", d.Path, n)
+		}
+	}
+	for _, d := range deps[8:] {
+		if n := log.count("up start /" + d.Path + "/"); n != 0 {
+			t.Errorf("%s fetched %d times: over the budget of 4", d.Path, n)
+		}
+	}
+	if got := prefetchCount(e, prefetchRequire, prefetchDropped); got != 2 {
+		t.Errorf("prefetch{require,dropped} = %d, want 2 (d08, d09; the stored ones are not dropped)", got)
+	}
+}
+
 // Prefetches in flight are cancelled when the Fetcher closes; those that
 // could not start within the window are dropped.
 func TestPrefetchCancelled(t *testing.T) {

@@ -77,6 +77,7 @@ func TestStreamingZipResumesFromNextUpstream(t *testing.T) {
 			if tt.ranges && b.Ranged(".zip") != 1 {
 				t.Errorf("B answered %d range requests, want 1", b.Ranged(".zip"))
 			}
+			waitFlights(t, e.f)
 			if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); err != nil {
 				t.Errorf("resumed zip not stored: %v", err)
 			}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modproxy/modproxy/cache"
@@ -52,7 +53,12 @@ type zipFlight struct {
 	size      int64         // Content-Length of the streaming attempt, or -1
 	done      bool
 	err       error
-	rt        route
+	// verified: the spool holds the whole zip and the gate accepted it.
+	// Followers may take its last byte; the store commit that follows is
+	// not the client's wait (a 50 MB zip spent ~0.2 s there). Nor is it
+	// cancelled when the last client leaves: the zip is complete.
+	verified atomic.Bool
+	rt       route
 	// unstored: the zip was verified but the store had no room; clients
 	// are served the spool file, which stays until the last of them opened
 	// it.
@@ -250,7 +256,7 @@ func (f *Fetcher) settleLocked(key cache.Key, fl *zipFlight) {
 		}
 		return
 	}
-	if fl.waiting+fl.following > 0 || fl.keep || fl.ctx.Err() != nil {
+	if fl.waiting+fl.following > 0 || fl.keep || fl.verified.Load() || fl.ctx.Err() != nil {
 		return
 	}
 	// Every client left: stop the download, and let the next request for
@@ -499,6 +505,17 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	start := time.Now()
 	buf := make([]byte, 256<<10)
 	written := have
+	// Followers are woken per notifyBytes or notifyEvery, not per read: a
+	// TLS body reads a 16 KiB record at a time, and waking every follower
+	// for each (a pread, a socket write and a flush) cost more CPU than
+	// the download.
+	notified, notifiedAt := written, start
+	defer func() {
+		// Whatever the outcome: a resume continues from fl.written.
+		if owned && notified != written {
+			fl.update(func() { fl.written = written })
+		}
+	}()
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
@@ -521,7 +538,8 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 				fl.update(func() {
 					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), size, written
 				})
-			} else if owned {
+			} else if owned && (written-notified >= notifyBytes || time.Since(notifiedAt) >= notifyEvery) {
+				notified, notifiedAt = written, time.Now()
 				fl.update(func() { fl.written = written })
 			}
 		}
@@ -540,6 +558,9 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 		return cache.Meta{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
 	f.noteUnverified(req, t)
+	if owned {
+		fl.update(func() { fl.verified.Store(true); fl.written = written })
+	}
 	// Staging a zip the store's disk cannot hold would grow the store file
 	// until the disk is full, and leave it that large: check first.
 	if dir := storeDir(f.store); dir != "" {
@@ -550,11 +571,16 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 		stored, err = f.gate.Commit(t)
 	}
 	if err != nil {
-		if !isNoSpace(err) {
+		if !isNoSpace(err) && !owned {
 			return cache.Meta{}, fmt.Errorf("store %s: %w", req, err)
 		}
-		// Verified but no room: pass it through unstored.
-		f.noRoom(req, err)
+		// Verified but not stored: pass it through unstored. Followers
+		// may already have the whole verified zip: it is not fetched again.
+		if isNoSpace(err) {
+			f.noRoom(req, err)
+		} else {
+			f.notStored(req, err)
+		}
 		if !owned {
 			own()
 		}
@@ -564,8 +590,15 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	return stored, nil
 }
 
+// A download in progress wakes its followers when it has notifyBytes more
+// or notifyEvery has passed.
+const (
+	notifyBytes = 256 << 10
+	notifyEvery = 5 * time.Millisecond
+)
+
 // serveStream copies a download in progress to w, withholding the last
-// byte until the zip is committed. headerSent reports whether the response
+// byte until the gate has checked and verified the whole zip. headerSent reports whether the response
 // had begun when it returned: a download that fails before this client
 // got a byte can still be answered with a clean error status; one that
 // fails later must abort the connection.
@@ -579,16 +612,17 @@ func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (hea
 	buf := make([]byte, 256<<10)
 	for {
 		fl.mu.Lock()
-		avail, done, ferr, ch := fl.written, fl.done, fl.err, fl.changed
+		avail, done, ferr, ch, verified := fl.written, fl.done, fl.err, fl.changed, fl.verified.Load()
 		fl.mu.Unlock()
-		if done && ferr != nil {
+		whole := done || verified
+		if done && ferr != nil && !verified {
 			return headerSent, ferr
 		}
 		limit := avail
-		if !done && size >= 0 && limit >= size {
+		if !whole && size >= 0 && limit >= size {
 			limit = size - 1 // the last byte waits for verification
 		}
-		if done {
+		if whole {
 			limit = -1 // everything that is in the file
 		}
 		for limit < 0 || sent < limit {
@@ -611,7 +645,7 @@ func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (hea
 				sent += int64(n)
 			}
 			if err == io.EOF {
-				if done {
+				if whole {
 					if !headerSent { // an empty zip: still a whole answer
 						w.WriteHeader(http.StatusOK)
 					}

@@ -39,6 +39,13 @@ func goodZip(t *testing.T, files map[string]string) []byte {
 // inflates to real bytes.
 func lyingZip(t *testing.T, declared uint64, real int64) []byte {
 	t.Helper()
+	return lyingZipAmong(t, declared, real, 0)
+}
+
+// lyingZipAmong is lyingZip with good honest entries besides the liar,
+// so that hashZip's workers meet it while the others inflate.
+func lyingZipAmong(t *testing.T, declared uint64, real int64, good int) []byte {
+	t.Helper()
 	var comp bytes.Buffer
 	fw, _ := flate.NewWriter(&comp, flate.BestSpeed)
 	if _, err := io.CopyN(fw, zeros{}, real); err != nil {
@@ -56,6 +63,13 @@ func lyingZip(t *testing.T, declared uint64, real int64) []byte {
 		t.Fatal(err)
 	}
 	w.Write(comp.Bytes())
+	for i := range good {
+		w, err := zw.Create(fmt.Sprintf("%s@%s/good%03d.go", modPath, modVersion, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(w, "package m\n// %s\n", strings.Repeat("y", 4096+i))
+	}
 	zw.Close()
 	return out.Bytes()
 }
@@ -96,6 +110,8 @@ func TestContentChecks(t *testing.T) {
 		{"mod too large", cache.KindMod, bytes.Repeat([]byte("a"), MaxMod+1), "larger than"},
 		{"zip ok", cache.KindZip, goodZip(t, map[string]string{"go.mod": "module example.com/m\n", "m.go": "package m\n"}), ""},
 		{"zip lying sizes", cache.KindZip, lyingZip(t, 1024, 200<<20), "inflates past its declared 1024 bytes"},
+		{"zip lying entry among 200 good ones", cache.KindZip, lyingZipAmong(t, 1024, 200<<20, 200), "big.go inflates past its declared 1024 bytes"},
+		{"zip entry inflating short, among good ones", cache.KindZip, lyingZipAmong(t, 4<<20, 1<<20, 50), "inflates to 1048576 bytes, fewer than its declared 4194304"},
 		{"zip html", cache.KindZip, []byte("<html>login</html>"), "zip of example.com/m@v1.0.0"},
 		{"zip other module", cache.KindZip, func() []byte {
 			z, _ := testsumdb.MakeZip("example.com/evil", modVersion, map[string][]byte{"e.go": []byte("package e\n")})
@@ -125,15 +141,38 @@ func TestContentChecks(t *testing.T) {
 	}
 }
 
+// hashZip inflates entries on several CPUs: its hash must be dirhash's
+// for every shape of zip.
 func TestZipHashMatchesDirhash(t *testing.T) {
-	z := goodZip(t, map[string]string{"go.mod": "module example.com/m\n", "a/b.go": "package b\n", "LICENSE": "x"})
-	got, err := CheckZipFile(modPath, modVersion, writeTemp(t, z))
-	if err != nil {
-		t.Fatal(err)
+	many := map[string]string{"go.mod": "module example.com/m\n"}
+	for i := range 300 {
+		many[fmt.Sprintf("p%03d/f.go", i)] = fmt.Sprintf("package p%d\n// %s\n", i, strings.Repeat("x", i*37))
 	}
-	want, _ := testsumdb.HashZip(z)
-	if got != want {
-		t.Fatalf("hash %s, dirhash says %s", got, want)
+	random := make([]byte, 3<<20)
+	for i := range random {
+		random[i] = byte(i*7919 + i>>8)
+	}
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+	}{
+		{"three files", map[string]string{"go.mod": "module example.com/m\n", "a/b.go": "package b\n", "LICENSE": "x"}},
+		{"many files, more than workers", many},
+		{"empty files", map[string]string{"go.mod": "module example.com/m\n", "empty.go": "", "z/empty.txt": ""}},
+		{"one large, many small", map[string]string{"go.mod": "module example.com/m\n", "big.bin": string(random), "a.go": "package a\n", "b.go": "package a\n"}},
+		{"names that sort by bytes", map[string]string{"go.mod": "module example.com/m\n", "B.go": "package m\n", "a.go": "package m\n", "a-b/x.go": "package x\n", "a/x.go": "package x\n", "_a.go": "package m\n"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			z := goodZip(t, tt.files)
+			got, err := CheckZipFile(modPath, modVersion, writeTemp(t, z))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := testsumdb.HashZip(z)
+			if got != want {
+				t.Fatalf("hash %s, dirhash says %s", got, want)
+			}
+		})
 	}
 }
 

@@ -83,7 +83,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.BoolVar(&c.offline, "offline", false, "serve only what is stored; never contact an upstream")
 	f.BoolVar(&c.sumdbFailOpen, "sumdb-fail-open", false, "while the checksum database is unreachable, store and serve modules unverified instead of refusing them")
 	f.BoolVar(&c.prefetch, "prefetch", true, "after an .info miss fetch that version's .mod, after a .mod is first served fetch the .mod files it requires (never zips)")
-	f.BoolVar(&c.prefetchInfo, "prefetch-info", false, "also prefetch a version's .info after its .mod is first served (go mod download and go list -m ask for every .info, one at a time)")
+	f.BoolVar(&c.prefetchInfo, "prefetch-info", true, "also prefetch a version's .info after its .mod is first served (go mod download and go list -m ask for every .info, one at a time; a build never does)")
 	f.DurationVar(&c.listTTL, "list-ttl", 5*time.Minute, "freshness of list and @latest answers")
 	f.DurationVar(&c.negativeTTL, "negative-ttl", time.Minute, "how long an upstream's not-found answer is remembered")
 	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")

@@ -202,7 +202,7 @@ func runColdSumDB(ctx context.Context, env *Env) ([]Result, error) {
 			label string
 		}{
 			{env.Opts.sumdbNoPrefetch, "--prefetch=false", "--prefetch=false"},
-			{env.Opts.sumdbPrefetchInfo, "--prefetch-info", "--prefetch-info"},
+			{env.Opts.sumdbNoPrefetchInfo, "--prefetch-info=false", "--prefetch-info=false"},
 		}
 		for _, v := range variants {
 			if !v.on {

@@ -33,21 +33,21 @@ import (
 
 // options are the command-line settings shared by every scenario.
 type options struct {
-	duration          time.Duration // measured window of one load step
-	warmup            time.Duration // unmeasured load before the first step
-	jsonOut           string
-	bin               string // prebuilt modproxy; empty builds one
-	only, skip        string
-	keep              bool
-	timeout           time.Duration
-	bigZipMB          int
-	e2eMods           int
-	wanLatency        time.Duration
-	sumdbLatencies    string
-	sumdbNoPrefetch   bool
-	sumdbPrefetchInfo bool
-	serverLog         string
-	zipSizes          string
+	duration            time.Duration // measured window of one load step
+	warmup              time.Duration // unmeasured load before the first step
+	jsonOut             string
+	bin                 string // prebuilt modproxy; empty builds one
+	only, skip          string
+	keep                bool
+	timeout             time.Duration
+	bigZipMB            int
+	e2eMods             int
+	wanLatency          time.Duration
+	sumdbLatencies      string
+	sumdbNoPrefetch     bool
+	sumdbNoPrefetchInfo bool
+	serverLog           string
+	zipSizes            string
 }
 
 func main() {
@@ -66,7 +66,7 @@ func main() {
 	flag.DurationVar(&o.wanLatency, "wan-latency", 30*time.Millisecond, "upstream latency per request in the cold end-to-end scenario")
 	flag.StringVar(&o.sumdbLatencies, "sumdb-latencies", "30ms,100ms", "upstream and checksum-database latencies per request in the cold-sumdb scenario, comma-separated")
 	flag.BoolVar(&o.sumdbNoPrefetch, "sumdb-no-prefetch", false, "cold-sumdb: also run a fresh modproxy with --prefetch=false, to show what prefetch buys")
-	flag.BoolVar(&o.sumdbPrefetchInfo, "sumdb-prefetch-info", false, "cold-sumdb: also run a fresh modproxy with --prefetch-info")
+	flag.BoolVar(&o.sumdbNoPrefetchInfo, "sumdb-no-prefetch-info", false, "cold-sumdb: also run a fresh modproxy with --prefetch-info=false")
 	flag.StringVar(&o.serverLog, "server-log-level", "info", "modproxy --log-level (info logs every request, as in production)")
 	flag.StringVar(&o.zipSizes, "zip-sizes", "1,8,40,100", "zip sizes of the zip-sizes scenario, MB")
 	list := flag.Bool("list", false, "list the scenarios and exit")
