@@ -15,22 +15,16 @@ var pageSize = uintptr(os.Getpagesize())
 // access; only the process's resident set shrinks. Streaming a large zip
 // would otherwise leave every page of it counted in the proxy's RSS.
 func dropMapped(v []byte) {
-	if len(v) == 0 {
-		return
-	}
-	base := uintptr(unsafe.Pointer(unsafe.SliceData(v)))
-	lo := int((pageSize - base%pageSize) % pageSize)
-	hi := len(v) - int((base+uintptr(len(v)))%pageSize)
-	if hi-lo >= int(pageSize) {
-		// Advice only: an error changes nothing that matters.
-		_ = unix.Madvise(v[lo:hi], unix.MADV_DONTNEED)
+	if len(v) > 0 {
+		dropRange(uintptr(unsafe.Pointer(unsafe.SliceData(v))), uintptr(len(v)))
 	}
 }
 
 // dropRange is dropMapped for the size bytes of bbolt's mapping at base
-// (DB.Info().Data). It must be called inside a transaction, which keeps
-// the mapping in place: outside one, the range may have been remapped to
-// other memory, which MADV_DONTNEED would zero.
+// (DB.Info().Data), rounded inwards to whole pages. It must be called
+// inside a transaction, which keeps the mapping in place: outside one, the
+// range may have been remapped to other memory, which MADV_DONTNEED would
+// zero.
 func dropRange(base, size uintptr) {
 	lo := (base + pageSize - 1) &^ (pageSize - 1)
 	hi := (base + size) &^ (pageSize - 1)

@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -54,8 +58,7 @@ func TestVerifiedZipServedBeforeCommit(t *testing.T) {
 	up := newUpstream(t, mod)
 	want := up.Zip(mod.Path, mod.Version)
 	disk := &holdingDisk{reached: make(chan struct{}), release: make(chan struct{})}
-	var e *env
-	e = newEnv(t, up.URL(), func(c *Config) {
+	e := newEnv(t, up.URL(), func(c *Config) {
 		c.HoldBackBytes = 64 << 10
 		c.DiskFree = disk.DiskFree
 		disk.storeDir = filepath.Dir(c.Store.(*cache.Store).Path())
@@ -122,8 +125,7 @@ func TestVerifiedZipStoreFailure(t *testing.T) {
 	want := up.Zip(mod.Path, mod.Version)
 	m := NewMetrics(prometheus.NewRegistry())
 	disk := &holdingDisk{reached: make(chan struct{}), release: make(chan struct{})}
-	var e *env
-	e = newEnv(t, up.URL(), func(c *Config) {
+	e := newEnv(t, up.URL(), func(c *Config) {
 		c.HoldBackBytes = 64 << 10
 		c.DiskFree = disk.DiskFree
 		c.Metrics = m
@@ -151,5 +153,72 @@ func TestVerifiedZipStoreFailure(t *testing.T) {
 	}
 	if n := up.Count(".zip"); n != 1 {
 		t.Errorf("upstream asked for the zip %d times, want 1 (a store failure is not an upstream failure)", n)
+	}
+}
+
+// An upstream that stalls after sending a few more bytes than the
+// followers were last told of must not hold those bytes back: followers
+// are woken per 256 KiB, and a timer announces the rest.
+func TestStalledUpstreamBytesReachFollower(t *testing.T) {
+	const hangGuard = 2 * time.Minute
+	mod := bigStreamingModule()
+	up := newUpstream(t, mod)
+	zip := up.Zip(mod.Path, mod.Version)
+	const holdBack = 64 << 10
+	const sent = 110 << 10 // the hold-back, then a short tail, then nothing
+	if len(zip) <= sent {
+		t.Fatalf("zip of %d bytes is too small for the test", len(zip))
+	}
+	testDone := make(chan struct{})
+	clientHasByte := make(chan struct{})
+	rest := httputil.NewSingleHostReverseProxy(mustParseURL(t, up.URL()))
+	stalling := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, ".zip") {
+			rest.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(zip)))
+		w.Write(zip[:100<<10])
+		w.(http.Flusher).Flush()
+		select { // the tail comes in a read of its own
+		case <-clientHasByte:
+		case <-testDone:
+			return
+		}
+		w.Write(zip[100<<10 : sent])
+		w.(http.Flusher).Flush()
+		select { // stall until the test ends
+		case <-testDone:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(stalling.Close)
+	t.Cleanup(func() { close(testDone) })
+	e := newEnv(t, stalling.URL, func(c *Config) { c.HoldBackBytes = holdBack })
+
+	got := make(chan error, 1)
+	go func() {
+		resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
+		if err == nil {
+			defer resp.Body.Close()
+			buf := make([]byte, sent)
+			if _, err = io.ReadFull(resp.Body, buf[:1]); err != nil {
+				got <- err
+				return
+			}
+			close(clientHasByte)
+			if _, err = io.ReadFull(resp.Body, buf[1:]); err == nil && string(buf) != string(zip[:sent]) {
+				err = fmt.Errorf("the %d bytes received differ from the zip's", sent)
+			}
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(hangGuard):
+		t.Fatalf("the follower did not get the %d bytes the upstream sent before it stalled", sent)
 	}
 }

@@ -186,22 +186,20 @@ func (d *diskState) room(dir string, size int64) error {
 	return fmt.Errorf("%w: %s on the file system of %s", syscall.ENOSPC, why, dir)
 }
 
-// noRoom records a verified miss of req that the store had no room for and
-// that is passed through to the client unstored.
+// noRoom records a verified miss of req that the store did not take and
+// that is passed through to the client unstored. Out of space, the store's
+// disk is marked full (/readyz); any other failure is the store itself
+// failing, logged as an error.
 func (f *Fetcher) noRoom(req Request, err error) {
+	f.m.servedUnstored.WithLabelValues(string(req.Kind)).Inc()
+	if !isNoSpace(err) {
+		f.log.Error("store failed: serving a verified artifact unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
+		return
+	}
 	if dir := storeDir(f.store); dir != "" {
 		f.disk.markFull(dir, oneLine(err.Error()))
 	}
-	f.m.servedUnstored.WithLabelValues(string(req.Kind)).Inc()
 	f.log.Warn("store disk full: serving unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
-}
-
-// notStored reports a verified artifact the store failed to take for a
-// reason other than space: it is served, counted as unstored, and logged
-// as an error, since the store itself is failing.
-func (f *Fetcher) notStored(req Request, err error) {
-	f.m.servedUnstored.WithLabelValues(string(req.Kind)).Inc()
-	f.log.Error("store failed: serving a verified artifact unstored", "request", req.String(), "kind", req.Kind, "err", oneLine(err.Error()))
 }
 
 // storeDir is the directory of a store kept in a local file, "" for one

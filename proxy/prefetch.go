@@ -142,28 +142,11 @@ func (p *prefetcher) claim(key cache.Key) bool {
 	return true
 }
 
-// wanted reports whether a prefetch of key would be started were there
-// budget left: it is not stored, not known missing, not tracked, and the
-// filter allows it (a denied one counts as dropped too).
-func (p *prefetcher) wanted(key cache.Key, req Request) bool {
-	if allow := p.allow.Load(); allow != nil && !(*allow)(req.Module, req.Version) {
-		return true
-	}
-	if _, err := p.f.store.Stat(key); err == nil {
-		return false
-	}
-	if p.f.neg.get(req.negKey()) != nil {
-		return false
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	_, tracked := p.tracked[key]
-	return !tracked
-}
-
 // register starts tracking a prefetch of key; false means skip it: it is
-// stored, known missing, already tracked, or too much is tracked.
-func (p *prefetcher) register(kind string, key cache.Key, req Request) (ok, dropped bool) {
+// stored, known missing, already tracked, or too much is tracked. full
+// means the request's budget is spent: a key that would have been
+// prefetched is then dropped, not tracked.
+func (p *prefetcher) register(kind string, key cache.Key, req Request, full bool) (ok, dropped bool) {
 	if allow := p.allow.Load(); allow != nil && !(*allow)(req.Module, req.Version) {
 		return false, true
 	}
@@ -181,7 +164,7 @@ func (p *prefetcher) register(kind string, key cache.Key, req Request) (ok, drop
 	if _, ok := p.tracked[key]; ok {
 		return false, false
 	}
-	if len(p.tracked) >= maxPrefetchTracked {
+	if full || len(p.tracked) >= maxPrefetchTracked {
 		return false, true
 	}
 	p.tracked[key] = &prefetched{kind: kind, started: p.now()}
@@ -244,17 +227,11 @@ func (p *prefetcher) start(kind string, reqs []Request) {
 	// that the go command's next requests find them claimable. The budget
 	// counts prefetches started, not requirements listed: a large go.mod's
 	// first requirements are mostly stored already, and capping the list
-	// before skipping them dropped most of a big graph (892 dropped, 112
-	// used for one build of a popular web server).
+	// before skipping them left the unstored ones past the 32nd
+	// unfetched, and counted the stored ones as dropped.
 	var todo []Request
 	for _, req := range reqs {
-		if len(todo) == p.perRequest {
-			if p.wanted(req.key(), req) {
-				p.count(kind, prefetchDropped, 1)
-			}
-			continue
-		}
-		ok, dropped := p.register(kind, req.key(), req)
+		ok, dropped := p.register(kind, req.key(), req, len(todo) == p.perRequest)
 		if ok {
 			todo = append(todo, req)
 		} else if dropped {

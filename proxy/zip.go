@@ -505,15 +505,24 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	start := time.Now()
 	buf := make([]byte, 256<<10)
 	written := have
-	// Followers are woken per notifyBytes or notifyEvery, not per read: a
-	// TLS body reads a 16 KiB record at a time, and waking every follower
-	// for each (a pread, a socket write and a flush) cost more CPU than
-	// the download.
-	notified, notifiedAt := written, start
+	// Followers are woken per notifyBytes, not per read: a TLS body reads
+	// a 16 KiB record at a time, and waking every follower for each (a
+	// pread, a socket write and a flush) cost more CPU than the download.
+	// Bytes they have not been told of are announced notifyEvery later by
+	// wake, so that an upstream that stalls does not hold them back.
+	notified := written
+	var latest atomic.Int64 // bytes in the spool, for wake
+	var armed atomic.Bool
+	wake := time.AfterFunc(time.Hour, func() {
+		armed.Store(false)
+		fl.update(func() { fl.written = max(fl.written, latest.Load()) })
+	})
+	wake.Stop()
 	defer func() {
+		wake.Stop()
 		// Whatever the outcome: a resume continues from fl.written.
 		if owned && notified != written {
-			fl.update(func() { fl.written = written })
+			fl.update(func() { fl.written = max(fl.written, written) })
 		}
 	}()
 	for {
@@ -538,9 +547,14 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 				fl.update(func() {
 					fl.streaming, fl.spool, fl.size, fl.written = true, spool.Name(), size, written
 				})
-			} else if owned && (written-notified >= notifyBytes || time.Since(notifiedAt) >= notifyEvery) {
-				notified, notifiedAt = written, time.Now()
-				fl.update(func() { fl.written = written })
+			} else if owned {
+				latest.Store(written)
+				if written-notified >= notifyBytes {
+					notified = written
+					fl.update(func() { fl.written = written })
+				} else if armed.CompareAndSwap(false, true) {
+					wake.Reset(notifyEvery)
+				}
 			}
 		}
 		if rerr == io.EOF {
@@ -576,11 +590,7 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 		}
 		// Verified but not stored: pass it through unstored. Followers
 		// may already have the whole verified zip: it is not fetched again.
-		if isNoSpace(err) {
-			f.noRoom(req, err)
-		} else {
-			f.notStored(req, err)
-		}
+		f.noRoom(req, err)
 		if !owned {
 			own()
 		}
@@ -590,18 +600,18 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	return stored, nil
 }
 
-// A download in progress wakes its followers when it has notifyBytes more
-// or notifyEvery has passed.
+// A download in progress wakes its followers when it has notifyBytes more,
+// or notifyEvery after a byte they were not told of.
 const (
 	notifyBytes = 256 << 10
 	notifyEvery = 5 * time.Millisecond
 )
 
 // serveStream copies a download in progress to w, withholding the last
-// byte until the gate has checked and verified the whole zip. headerSent reports whether the response
-// had begun when it returned: a download that fails before this client
-// got a byte can still be answered with a clean error status; one that
-// fails later must abort the connection.
+// byte until the gate has checked and verified the whole zip. headerSent
+// reports whether the response had begun when it returned: a download that
+// fails before this client got a byte can still be answered with a clean
+// error status; one that fails later must abort the connection.
 func (z *ZipResult) serveStream(ctx context.Context, w http.ResponseWriter) (headerSent bool, err error) {
 	fl := z.flight
 	fl.mu.Lock()

@@ -136,24 +136,21 @@ const maxHashWorkers = 4
 // much CPU as the go command's own; one CPU per zip made a verifying proxy
 // twice as slow as going direct.
 func hashZip(files []*zip.File) (string, error) {
-	names := make([]string, len(files))
-	entries := make(map[string]*zip.File, len(files))
-	for i, f := range files {
+	byName := slices.Clone(files)
+	for _, f := range byName {
 		if strings.Contains(f.Name, "\n") {
 			return "", errors.New("dirhash: filenames with newlines are not supported")
 		}
-		names[i] = f.Name
-		entries[f.Name] = f
 	}
-	slices.Sort(names)
-	order := make([]int, len(names))
+	slices.SortFunc(byName, func(a, b *zip.File) int { return strings.Compare(a.Name, b.Name) })
+	order := make([]int, len(byName)) // indexes into byName, largest entry first
 	for i := range order {
 		order[i] = i
 	}
 	slices.SortStableFunc(order, func(a, b int) int {
-		return cmp.Compare(entries[names[b]].UncompressedSize64, entries[names[a]].UncompressedSize64)
+		return cmp.Compare(byName[b].UncompressedSize64, byName[a].UncompressedSize64)
 	})
-	sums := make([][sha256.Size]byte, len(names))
+	sums := make([][sha256.Size]byte, len(byName))
 	budget := &inflateBudget{}
 	budget.left.Store(MaxZip)
 	var (
@@ -164,7 +161,7 @@ func hashZip(files []*zip.File) (string, error) {
 		ferr   error
 		wg     sync.WaitGroup
 	)
-	workers := min(runtime.GOMAXPROCS(0), maxHashWorkers, len(names))
+	workers := min(runtime.GOMAXPROCS(0), maxHashWorkers, len(byName))
 	for range workers {
 		wg.Go(func() {
 			inf := new(inflater)
@@ -174,7 +171,7 @@ func hashZip(files []*zip.File) (string, error) {
 					return
 				}
 				i := order[j]
-				err := inf.sum(entries[names[i]], budget, &sums[i])
+				err := inf.sum(byName[i], budget, &sums[i])
 				if err != nil {
 					failed.Store(true)
 					mu.Lock()
@@ -192,8 +189,8 @@ func hashZip(files []*zip.File) (string, error) {
 		return "", ferr
 	}
 	h := sha256.New()
-	for i, name := range names {
-		fmt.Fprintf(h, "%x  %s\n", sums[i], name)
+	for i, f := range byName {
+		fmt.Fprintf(h, "%x  %s\n", sums[i], f.Name)
 	}
 	return "h1:" + base64.StdEncoding.EncodeToString(h.Sum(nil)), nil
 }
@@ -216,8 +213,8 @@ func (inf *inflater) sum(f *zip.File, budget *inflateBudget, dst *[sha256.Size]b
 // by the workers of hashZip.
 type inflateBudget struct{ left atomic.Int64 }
 
-// inflater opens the entries of one zip in turn (dirhash reads each to
-// its end before it opens the next), reusing one read buffer, one
+// inflater opens entries of one zip in turn, each read to its end before
+// the next (one inflater per hashZip worker), reusing one read buffer, one
 // decompressor and one copy buffer for all of them. A decompressor and a
 // 32 KiB copy buffer per entry made the garbage collector a tenth of a
 // cold download's CPU, and 4 KiB reads of the raw data a system call per
@@ -232,7 +229,7 @@ type inflater struct {
 // bytes. It decompresses the raw data itself rather than through
 // archive/zip's checks, so that a lie is reported as one. The reader it
 // returns is valid until the next open.
-func (inf *inflater) open(f *zip.File, budget *inflateBudget) (io.ReadCloser, error) {
+func (inf *inflater) open(f *zip.File, budget *inflateBudget) (*entryReader, error) {
 	raw, err := f.OpenRaw()
 	if err != nil {
 		return nil, err
@@ -314,10 +311,6 @@ func (r *entryReader) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 }
-
-// Close does nothing: the decompressor is the inflater's, reset for the
-// next entry.
-func (r *entryReader) Close() error { return nil }
 
 // sameMajor reports whether module path decl, declared in the go.mod of a
 // version of module path, is of path's major version, as the go command's

@@ -366,6 +366,19 @@ func TestHangFigures(t *testing.T) {
 		}
 		return firstErr, late
 	}
+	// okLatencies checks that every request of a run succeeded and returns
+	// their latencies; phase names the run in errors.
+	okLatencies := func(t *testing.T, phase string, rs []res) []time.Duration {
+		t.Helper()
+		var ds []time.Duration
+		for _, r := range rs {
+			ds = append(ds, r.d)
+			if r.status != 200 {
+				t.Errorf("%s: status %d", phase, r.status)
+			}
+		}
+		return ds
+	}
 	run := func(base string, first, n, conc int) []res {
 		out := make([]res, n)
 		var wg sync.WaitGroup
@@ -398,19 +411,8 @@ func TestHangFigures(t *testing.T) {
 			"--sumdb", "off", "--private", "", "--nosumdb", "", "--first-byte-timeout", fbt.String())
 		before := run(mp.URL, 0, 8, 8) // the first wave waits on A
 		after := run(mp.URL, 8, 40, 8) // A's circuit is open by now
-		var bd, ad []time.Duration
-		for _, r := range before {
-			bd = append(bd, r.d)
-			if r.status != 200 {
-				t.Errorf("before the circuit opened: status %d", r.status)
-			}
-		}
-		for _, r := range after {
-			ad = append(ad, r.d)
-			if r.status != 200 {
-				t.Errorf("after the circuit opened: status %d", r.status)
-			}
-		}
+		bd := okLatencies(t, "before the circuit opened", before)
+		ad := okLatencies(t, "after the circuit opened", after)
 		b50, b99 := quantiles(bd)
 		a50, a99 := quantiles(ad)
 		t.Logf("FIGURE A|B, A hangs (first-byte timeout %v): before the circuit opens p50 %v p99 %v (n=%d); after p50 %v p99 %v (n=%d)",
@@ -432,19 +434,8 @@ func TestHangFigures(t *testing.T) {
 		a.SetFaults(testupstream.Fault{Delay: time.Minute}) // accepts, reads, never answers
 		before := run(mp.URL, 30, 8, 8)
 		after := run(mp.URL, 38, 20, 8)
-		var bd, ad []time.Duration
-		for _, r := range before {
-			bd = append(bd, r.d)
-			if r.status != 200 {
-				t.Errorf("before the circuit opened: status %d", r.status)
-			}
-		}
-		for _, r := range after {
-			ad = append(ad, r.d)
-			if r.status != 200 {
-				t.Errorf("after the circuit opened: status %d", r.status)
-			}
-		}
+		bd := okLatencies(t, "before the circuit opened", before)
+		ad := okLatencies(t, "after the circuit opened", after)
 		b50, b99 := quantiles(bd)
 		a50, a99 := quantiles(ad)
 		t.Logf("FIGURE A|B, A hangs after 30 requests of baseline: first wave p50 %v p99 %v (n=%d); later p50 %v p99 %v (n=%d)",
