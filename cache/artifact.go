@@ -421,7 +421,12 @@ func (s *Store) unmapAfterAppend() {
 func (p *putter) publish(chunks [][]byte) (Meta, error) {
 	var stored Meta
 	lost := false
-	err := p.s.update(func(tx *bbolt.Tx) error {
+	// Shared with other small writes (batch), so it may run again after a
+	// rollback: it starts from the blob's state before the transaction.
+	blob, n := p.rec.blob, p.rec.chunks
+	err := p.s.batch(func(tx *bbolt.Tx) error {
+		stored, lost = Meta{}, false
+		p.rec.blob, p.rec.chunks = blob, n
 		if rec, err := lookup(tx, p.key); err == nil {
 			stored, lost = rec.Meta, true
 			return nil
@@ -448,6 +453,7 @@ func (p *putter) publish(chunks [][]byte) (Meta, error) {
 		return count(tx, p.kind, 1, p.rec.Size)
 	})
 	if err != nil {
+		p.rec.blob, p.rec.chunks = blob, n
 		return Meta{}, fmt.Errorf("publish: %w", err)
 	}
 	if lost {

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
@@ -127,6 +125,10 @@ type Config struct {
 	// DiskFree returns the free bytes of the file system holding a
 	// directory (default statfs; a test seam).
 	DiskFree func(dir string) (uint64, error)
+
+	// beforeCommit, a test seam, runs before the store commit of a
+	// verified .info, .mod or zip, after its clients were answered.
+	beforeCommit func(Request)
 }
 
 func (c *Config) setDefaults() {
@@ -223,9 +225,10 @@ type Fetcher struct {
 	workMu sync.Mutex
 	closed bool
 
-	meta      singleflight.Group
-	neg       *negativeCache
-	condemned condemnedCopies
+	metaMu      sync.Mutex
+	metaFlights map[string]*sharedFetch
+	neg         *negativeCache
+	condemned   condemnedCopies
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
@@ -256,20 +259,21 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cleanSpool(cfg.SpoolDir, cfg.Logger)
 	f := &Fetcher{
-		cfg:        cfg,
-		store:      cfg.Store,
-		gate:       g,
-		health:     cfg.Health,
-		log:        cfg.Logger,
-		m:          cfg.Metrics,
-		ctx:        ctx,
-		cancel:     cancel,
-		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
-		condemned:  condemnedCopies{now: cfg.Now},
-		zipFlights: make(map[cache.Key]*zipFlight),
-		slots:      newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
-		quota:      &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
-		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), localDirs(cfg.Store, cfg.SpoolDir)...),
+		cfg:         cfg,
+		store:       cfg.Store,
+		gate:        g,
+		health:      cfg.Health,
+		log:         cfg.Logger,
+		m:           cfg.Metrics,
+		ctx:         ctx,
+		cancel:      cancel,
+		neg:         newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
+		condemned:   condemnedCopies{now: cfg.Now},
+		zipFlights:  make(map[cache.Key]*zipFlight),
+		metaFlights: make(map[string]*sharedFetch),
+		slots:       newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
+		quota:       &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
+		disk:        newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), localDirs(cfg.Store, cfg.SpoolDir)...),
 	}
 	if !cfg.NoPrefetch && !cfg.Offline {
 		f.pf = newPrefetcher(f)
@@ -429,30 +433,69 @@ type metaResult struct {
 	unstored bool
 }
 
-// fetchShared runs fetch once for all concurrent callers with the same key,
-// on the Fetcher's context, and returns when it is done or ctx is.
-func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch func(context.Context) (metaResult, error)) (metaResult, bool, error) {
-	ch := f.meta.DoChan(key, func() (any, error) {
-		if !f.startWork() {
-			return metaResult{}, fmt.Errorf("fetch %s: %w", key, errFetcherClosed)
-		}
-		defer f.wg.Done()
-		fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
-		defer cancel()
-		return fetch(fctx)
+// sharedFetch is a metadata fetch shared by the concurrent requests for
+// one key. Its answer may be published before the fetch ends (a verified
+// .mod is answered before its store commit); until the fetch ends, new
+// requests for the key join it and get that answer instead of starting
+// another fetch of what is being stored.
+type sharedFetch struct {
+	once sync.Once
+	done chan struct{} // closed when res and err are set
+	res  metaResult
+	err  error
+}
+
+func (s *sharedFetch) publish(res metaResult, err error) {
+	s.once.Do(func() {
+		s.res, s.err = res, err
+		close(s.done)
 	})
-	select {
-	case r := <-ch:
-		if r.Shared {
-			f.m.fetchShared.WithLabelValues(string(kind)).Inc()
+}
+
+// fetchShared runs fetch once for all concurrent callers with the same key,
+// on the Fetcher's context, and returns when its answer is published or
+// ctx is done. fetch may publish its answer before it returns, to answer
+// its callers before work they need not wait for; what it returns is
+// otherwise the answer. joined reports whether the caller joined a fetch
+// already in flight.
+func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch func(ctx context.Context, publish func(metaResult)) (metaResult, error)) (_ metaResult, joined bool, _ error) {
+	f.metaMu.Lock()
+	sf, joined := f.metaFlights[key]
+	if joined {
+		f.m.fetchShared.WithLabelValues(string(kind)).Inc()
+	} else {
+		if !f.startWork() {
+			f.metaMu.Unlock()
+			return metaResult{}, false, fmt.Errorf("fetch %s: %w", key, errFetcherClosed)
 		}
-		if r.Err != nil {
-			return metaResult{}, r.Shared, r.Err
-		}
-		return r.Val.(metaResult), r.Shared, nil
-	case <-ctx.Done():
-		return metaResult{}, false, ctx.Err()
+		sf = &sharedFetch{done: make(chan struct{})}
+		f.metaFlights[key] = sf
+		go func() {
+			defer f.wg.Done()
+			fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
+			defer cancel()
+			res, err := fetch(fctx, func(r metaResult) { sf.publish(r, nil) })
+			sf.publish(res, err)
+			f.metaMu.Lock()
+			delete(f.metaFlights, key)
+			f.metaMu.Unlock()
+		}()
 	}
+	f.metaMu.Unlock()
+	select {
+	case <-sf.done:
+		return sf.res, joined, sf.err
+	case <-ctx.Done():
+		return metaResult{}, joined, ctx.Err()
+	}
+}
+
+// fetching reports whether a metadata fetch for key is in flight.
+func (f *Fetcher) fetching(key string) bool {
+	f.metaMu.Lock()
+	defer f.metaMu.Unlock()
+	_, ok := f.metaFlights[key]
+	return ok
 }
 
 // Small returns the .info or .mod file named by req (canonical version).
@@ -497,7 +540,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		return nil, herr
 	}
 	ups, private := f.upstreamsFor(req.Module)
-	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context, publish func(metaResult)) (metaResult, error) {
 		if req.Kind == KindMod {
 			f.lookupAhead(ctx, req, private)
 		}
@@ -512,17 +555,21 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 			}
 			return metaResult{}, herr
 		}
-		stored, err := f.gate.Commit(got)
-		unstored := false
-		if err != nil {
-			if !isNoSpace(err) {
-				return metaResult{}, fmt.Errorf("store %s: %w", req, err)
-			}
-			f.noRoom(req, err)
-			stored, unstored = cache.Meta{Upstream: rt.upstream, Hash: got.Hash(), State: got.State(), Size: int64(len(got.Data())), SHA256: sha256.Sum256(got.Data())}, true
-		}
 		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
-		return metaResult{data: got.Data(), meta: stored, route: rt, unstored: unstored}, nil
+		// Checked and verified: its requests need not wait for the store
+		// commit (a shared transaction, see cache's batch). Requests that
+		// arrive during the commit join this fetch.
+		publish(metaResult{data: got.Data(), meta: got.Meta(), route: rt})
+		if h := f.cfg.beforeCommit; h != nil {
+			h(req)
+		}
+		stored, err := f.gate.Commit(got)
+		if err != nil {
+			// Answered unstored; a later request fetches it again.
+			f.noRoom(req, err)
+			return metaResult{data: got.Data(), meta: got.Meta(), route: rt, unstored: true}, nil
+		}
+		return metaResult{data: got.Data(), meta: stored, route: rt}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -544,7 +591,7 @@ func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (*gat
 		return nil, err
 	}
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
-	t, err := f.gate.CheckSmall(ctx, key, data, gate.Origin{Upstream: u.Name()})
+	t, err := f.gate.CheckSmall(ctx, key, data, gate.Origin{Upstream: u.Name(), Created: f.cfg.Now()})
 	if err != nil {
 		return nil, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
@@ -582,7 +629,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 	if len(ups) == 0 {
 		return nil, noPrivateUpstream(req)
 	}
-	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
 		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxInfoSize)
 			if err != nil {
@@ -651,7 +698,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 		wait, cancel = context.WithTimeout(ctx, f.cfg.StaleBudget)
 		defer cancel()
 	}
-	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
+	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
 		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxListSize)
 			if err != nil {
