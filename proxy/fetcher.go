@@ -439,10 +439,13 @@ type metaResult struct {
 // requests for the key join it and get that answer instead of starting
 // another fetch of what is being stored.
 type sharedFetch struct {
-	once sync.Once
-	done chan struct{} // closed when res and err are set
-	res  metaResult
-	err  error
+	once  sync.Once
+	done  chan struct{} // closed when res and err are set
+	res   metaResult
+	err   error
+	ended chan struct{} // closed when final and finalErr are set
+	final    metaResult
+	finalErr error
 }
 
 func (s *sharedFetch) publish(res metaResult, err error) {
@@ -453,12 +456,12 @@ func (s *sharedFetch) publish(res metaResult, err error) {
 }
 
 // fetchShared runs fetch once for all concurrent callers with the same key,
-// on the Fetcher's context, and returns when its answer is published or
-// ctx is done. fetch may publish its answer before it returns, to answer
-// its callers before work they need not wait for; what it returns is
-// otherwise the answer. joined reports whether the caller joined a fetch
-// already in flight.
-func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch func(ctx context.Context, publish func(metaResult)) (metaResult, error)) (_ metaResult, joined bool, _ error) {
+// on the Fetcher's context, and returns when its answer is published (or,
+// with toEnd, when fetch returns) or ctx is done. fetch may publish its
+// answer before it returns, to answer its callers before work they need
+// not wait for; what it returns is otherwise the answer. joined reports
+// whether the caller joined a fetch already in flight.
+func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, toEnd bool, fetch func(ctx context.Context, publish func(metaResult)) (metaResult, error)) (_ metaResult, joined bool, _ error) {
 	f.metaMu.Lock()
 	sf, joined := f.metaFlights[key]
 	if joined {
@@ -468,7 +471,7 @@ func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch 
 			f.metaMu.Unlock()
 			return metaResult{}, false, fmt.Errorf("fetch %s: %w", key, errFetcherClosed)
 		}
-		sf = &sharedFetch{done: make(chan struct{})}
+		sf = &sharedFetch{done: make(chan struct{}), ended: make(chan struct{})}
 		f.metaFlights[key] = sf
 		go func() {
 			defer f.wg.Done()
@@ -476,12 +479,22 @@ func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch 
 			defer cancel()
 			res, err := fetch(fctx, func(r metaResult) { sf.publish(r, nil) })
 			sf.publish(res, err)
+			sf.final, sf.finalErr = res, err
+			close(sf.ended)
 			f.metaMu.Lock()
 			delete(f.metaFlights, key)
 			f.metaMu.Unlock()
 		}()
 	}
 	f.metaMu.Unlock()
+	if toEnd {
+		select {
+		case <-sf.ended:
+			return sf.final, joined, sf.finalErr
+		case <-ctx.Done():
+			return metaResult{}, joined, ctx.Err()
+		}
+	}
 	select {
 	case <-sf.done:
 		return sf.res, joined, sf.err
@@ -540,7 +553,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		return nil, herr
 	}
 	ups, private := f.upstreamsFor(req.Module)
-	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context, publish func(metaResult)) (metaResult, error) {
+	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, req.Stored, func(ctx context.Context, publish func(metaResult)) (metaResult, error) {
 		if req.Kind == KindMod {
 			f.lookupAhead(ctx, req, private)
 		}
@@ -556,6 +569,13 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 			return metaResult{}, herr
 		}
 		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
+		// On a full disk it is answered unstored, and says so.
+		if dir := storeDir(f.store); dir != "" {
+			if err := f.disk.room(dir, int64(len(got.Data()))); err != nil {
+				f.noRoom(req, err)
+				return metaResult{data: got.Data(), meta: got.Meta(), route: rt, unstored: true}, nil
+			}
+		}
 		// Checked and verified: its requests need not wait for the store
 		// commit (a shared transaction, see cache's batch). Requests that
 		// arrive during the commit join this fetch.
@@ -573,6 +593,9 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 	})
 	if err != nil {
 		return nil, err
+	}
+	if req.Stored && res.unstored {
+		return nil, insufficientStorage("%s.%s was verified but not stored: the store's disk is full", req, req.Kind)
 	}
 	return &Artifact{Data: res.data, Meta: res.meta, Cache: "miss", Route: res.route, Modified: res.meta.Created, Unstored: res.unstored}, nil
 }
@@ -629,7 +652,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 	if len(ups) == 0 {
 		return nil, noPrivateUpstream(req)
 	}
-	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
+	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, false, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
 		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxInfoSize)
 			if err != nil {
@@ -698,7 +721,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 		wait, cancel = context.WithTimeout(ctx, f.cfg.StaleBudget)
 		defer cancel()
 	}
-	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
+	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, false, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
 		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxListSize)
 			if err != nil {
