@@ -439,11 +439,11 @@ type metaResult struct {
 // requests for the key join it and get that answer instead of starting
 // another fetch of what is being stored.
 type sharedFetch struct {
-	once  sync.Once
-	done  chan struct{} // closed when res and err are set
-	res   metaResult
-	err   error
-	ended chan struct{} // closed when final and finalErr are set
+	once     sync.Once
+	done     chan struct{} // closed when res and err are set
+	res      metaResult
+	err      error
+	ended    chan struct{} // closed when final and finalErr are set
 	final    metaResult
 	finalErr error
 }
