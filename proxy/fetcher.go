@@ -579,6 +579,8 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		// Checked and verified: its requests need not wait for the store
 		// commit (a shared transaction, see cache's batch). Requests that
 		// arrive during the commit join this fetch.
+		f.m.commitsPending.Inc()
+		defer f.m.commitsPending.Dec()
 		publish(metaResult{data: got.Data(), meta: got.Meta(), route: rt})
 		if h := f.cfg.beforeCommit; h != nil {
 			h(req)

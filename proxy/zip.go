@@ -606,6 +606,9 @@ func (f *Fetcher) commitZip(req Request, fl *zipFlight, vz verifiedZip, rt route
 	}
 	if err != nil {
 		f.noRoom(req, err)
+	} else {
+		f.m.commitsPending.Inc()
+		defer f.m.commitsPending.Dec()
 	}
 	fl.update(func() {
 		if !fl.streaming {
