@@ -478,12 +478,15 @@ func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, toEnd 
 			fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
 			defer cancel()
 			res, err := fetch(fctx, func(r metaResult) { sf.publish(r, nil) })
-			sf.publish(res, err)
-			sf.final, sf.finalErr = res, err
-			close(sf.ended)
+			// Forgotten before its answer is given: a request that comes
+			// after the answer (a list past its TTL) fetches again, and
+			// does not join a fetch that has ended.
 			f.metaMu.Lock()
 			delete(f.metaFlights, key)
 			f.metaMu.Unlock()
+			sf.publish(res, err)
+			sf.final, sf.finalErr = res, err
+			close(sf.ended)
 		}()
 	}
 	f.metaMu.Unlock()
