@@ -232,6 +232,10 @@ type Fetcher struct {
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
+	// zipCommits bounds the zip commits that hold a staging buffer
+	// (4 MB) at once: they are answered already, and the store writes one
+	// transaction at a time, so more would only wait with full buffers.
+	zipCommits chan struct{}
 	slots      *downloadSlots
 	quota      *spoolQuota
 	disk       *diskState
@@ -270,6 +274,7 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 		neg:         newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
 		condemned:   condemnedCopies{now: cfg.Now},
 		zipFlights:  make(map[cache.Key]*zipFlight),
+		zipCommits:  make(chan struct{}, maxZipCommits),
 		metaFlights: make(map[string]*sharedFetch),
 		slots:       newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
 		quota:       &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},

@@ -582,6 +582,9 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	return verifiedZip{ticket: t, size: written}, nil
 }
 
+// maxZipCommits bounds concurrent zip commits (Fetcher.zipCommits).
+const maxZipCommits = 2
+
 // verifiedZip is a zip download that passed the gate, in the flight's
 // spool file.
 type verifiedZip struct {
@@ -623,7 +626,10 @@ func (f *Fetcher) commitZip(req Request, fl *zipFlight, vz verifiedZip, rt route
 	if h := f.cfg.beforeCommit; h != nil {
 		h(req)
 	}
-	if _, err := f.gate.Commit(vz.ticket); err != nil {
+	f.zipCommits <- struct{}{}
+	_, err = f.gate.Commit(vz.ticket)
+	<-f.zipCommits
+	if err != nil {
 		f.noRoom(req, err)
 		fl.update(func() { fl.unstored = true })
 	}
