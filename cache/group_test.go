@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"sync"
@@ -269,5 +270,54 @@ func TestBatchConcurrentWriters(t *testing.T) {
 	defer s.group.mu.Unlock()
 	if s.group.busy || len(s.group.pending) != 0 {
 		t.Errorf("group busy %v with %d pending after every writer returned", s.group.busy, len(s.group.pending))
+	}
+}
+
+// Artifacts published in a shared transaction that is rolled back (another
+// call in it failed) are published again from scratch: each gets its own
+// content, under a blob of its own.
+func TestBatchedPublishRetries(t *testing.T) {
+	s := openTest(t, testOptions())
+	errBad := errors.New("bad call")
+	release := holdGroup(t, s)
+	keys := []Key{
+		{Path: "example.com/a", Version: "v1.0.0", Kind: KindMod},
+		{Path: "example.com/b", Version: "v1.0.0", Kind: KindMod},
+	}
+	data := [][]byte{content(1500, 1), content(2500, 2)} // more than one chunk each
+	errs := make([]error, len(keys)+1)
+	var wg sync.WaitGroup
+	put := func(i int) {
+		defer wg.Done()
+		_, errs[i] = s.put(keys[i], bytes.NewReader(data[i]), Meta{Size: int64(len(data[i])), State: StateExempt})
+	}
+	wg.Add(3)
+	go put(0)
+	waitPending(t, s, 1)
+	go func() { // fails after its write, rolling back the first publish
+		defer wg.Done()
+		errs[2] = s.batch(func(tx *bbolt.Tx) error {
+			if err := putTest(tx, "bad"); err != nil {
+				return err
+			}
+			return errBad
+		})
+	}()
+	waitPending(t, s, 2)
+	go put(1)
+	waitPending(t, s, 3)
+	release()
+	wg.Wait()
+	if !errors.Is(errs[2], errBad) {
+		t.Errorf("failing call: %v", errs[2])
+	}
+	for i, k := range keys {
+		if errs[i] != nil {
+			t.Fatalf("put %v: %v", k, errs[i])
+		}
+		got, _, err := s.Get(k)
+		if err != nil || !bytes.Equal(got, data[i]) {
+			t.Errorf("%v after a rolled-back shared publish: %d bytes, %v; want its own %d bytes", k, len(got), err, len(data[i]))
+		}
 	}
 }
