@@ -418,10 +418,34 @@ func (s *Store) unmapAfterAppend() {
 // publish writes the last chunks and the record in one transaction. If
 // the key was published meanwhile, it writes nothing and returns the stored
 // Meta; its own staged blob is then discarded.
+// maxBatchedPublish is the most content a publishing transaction may
+// write and still share a transaction with other writes.
+const maxBatchedPublish = 64 << 10
+
+func chunksSize(chunks [][]byte) int {
+	n := 0
+	for _, c := range chunks {
+		n += len(c)
+	}
+	return n
+}
+
 func (p *putter) publish(chunks [][]byte) (Meta, error) {
 	var stored Meta
 	lost := false
-	err := p.s.update(func(tx *bbolt.Tx) error {
+	// A small publish shares a transaction with other small writes
+	// (batch), so it may run again after a rollback: it starts from the
+	// blob's state before the transaction. A large one (the last chunks of
+	// a zip) runs alone: a shared transaction of several would hold all
+	// their pages in memory at once.
+	blob, n := p.rec.blob, p.rec.chunks
+	run := p.s.batch
+	if size := chunksSize(chunks); size > maxBatchedPublish {
+		run = p.s.update
+	}
+	err := run(func(tx *bbolt.Tx) error {
+		stored, lost = Meta{}, false
+		p.rec.blob, p.rec.chunks = blob, n
 		if rec, err := lookup(tx, p.key); err == nil {
 			stored, lost = rec.Meta, true
 			return nil
@@ -448,6 +472,7 @@ func (p *putter) publish(chunks [][]byte) (Meta, error) {
 		return count(tx, p.kind, 1, p.rec.Size)
 	})
 	if err != nil {
+		p.rec.blob, p.rec.chunks = blob, n
 		return Meta{}, fmt.Errorf("publish: %w", err)
 	}
 	if lost {

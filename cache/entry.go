@@ -27,7 +27,7 @@ func (s *Store) GetEntry(key string) (Entry, error) {
 // PutEntry replaces the mutable entry at key, with Fetched set to now.
 func (s *Store) PutEntry(key string, value []byte) error {
 	v := appendEntry(make([]byte, 0, 16+len(value)), s.now(), value)
-	err := s.update(func(tx *bbolt.Tx) error {
+	err := s.batch(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketEntries).Put([]byte(key), v)
 	})
 	if err != nil {
@@ -44,7 +44,8 @@ func (s *Store) PutEntry(key string, value []byte) error {
 func (s *Store) SwapEntry(key string, old, new []byte) (bool, error) {
 	v := appendEntry(make([]byte, 0, 16+len(new)), s.now(), new)
 	swapped := false
-	err := s.update(func(tx *bbolt.Tx) error {
+	err := s.batch(func(tx *bbolt.Tx) error {
+		swapped = false
 		b := tx.Bucket(bucketEntries)
 		if cur := b.Get([]byte(key)); cur == nil {
 			if len(old) != 0 {
@@ -118,7 +119,7 @@ func (s *Store) PutKV(bucket, key string, value []byte) error {
 	if bucket == "" {
 		return fmt.Errorf("put %s/%s: empty bucket name", bucket, key)
 	}
-	err := s.update(func(tx *bbolt.Tx) error {
+	err := s.batch(func(tx *bbolt.Tx) error {
 		b, err := tx.Bucket(bucketKV).CreateBucketIfNotExists([]byte(bucket))
 		if err != nil {
 			return err
@@ -135,7 +136,7 @@ func (s *Store) PutKV(bucket, key string, value []byte) error {
 // It is for data found bad (a checksum-database tile or record that fails
 // authentication), which must not be served again.
 func (s *Store) DeleteKV(bucket, key string) error {
-	err := s.update(func(tx *bbolt.Tx) error {
+	err := s.batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketKV).Bucket([]byte(bucket))
 		if b == nil {
 			return nil

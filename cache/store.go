@@ -74,6 +74,8 @@ type Store struct {
 	corruptions       atomic.Int64
 	damagedBlobs      sync.Map              // blob ID -> struct{}: damage counted
 	writeBlocked      atomic.Pointer[error] // set after a write transaction failed on damage
+
+	group commitGroup // small writes sharing transactions (see batch)
 }
 
 // Open opens (creating if needed) the store in the file at path and

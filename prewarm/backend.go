@@ -72,7 +72,7 @@ func (b *fetcherBackend) Fetch(ctx context.Context, k cache.Key, needHash bool) 
 	} else if !errors.Is(err, cache.ErrNotFound) {
 		return Artifact{}, fmt.Errorf("stat %s: %w", k, err)
 	}
-	req := proxy.Request{Module: k.Path, Version: k.Version, Kind: proxy.Kind(k.Kind)}
+	req := proxy.Request{Module: k.Path, Version: k.Version, Kind: proxy.Kind(k.Kind), Stored: true}
 	var m cache.Meta
 	switch k.Kind {
 	case cache.KindZip:
@@ -218,6 +218,8 @@ func (b *httpBackend) get(ctx context.Context, p string) (*http.Response, error)
 		return nil, err
 	}
 	req.Header.Set("User-Agent", "modproxy-prewarm")
+	// Answered once stored: the store is full when prewarm exits.
+	req.Header.Set(proxy.HeaderWantStored, "1")
 	resp, err := b.client.Do(req)
 	if err != nil {
 		return nil, err

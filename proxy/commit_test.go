@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -20,26 +19,30 @@ import (
 	"github.com/modproxy/modproxy/internal/testupstream"
 )
 
-// holdingDisk is a DiskFree seam that, once armed, holds the store commit
-// of a verified zip (its free-space check, the step before the commit)
-// until released.
-type holdingDisk struct {
-	storeDir string
-	armed    atomic.Bool
-	reached  chan struct{}
-	release  chan struct{}
-	after    func() // runs when released, before the commit
+// holdingCommit is a Config.beforeCommit seam that, once armed, holds the
+// store commit of the first artifact of kind until released.
+type holdingCommit struct {
+	kind    Kind
+	armed   atomic.Bool
+	reached chan struct{}
+	release chan struct{}
+	after   func() // runs when released, before the commit
 }
 
-func (d *holdingDisk) DiskFree(dir string) (uint64, error) {
-	if dir == d.storeDir && d.armed.CompareAndSwap(true, false) {
-		close(d.reached)
-		<-d.release
-		if d.after != nil {
-			d.after()
+func newHoldingCommit(kind Kind) *holdingCommit {
+	h := &holdingCommit{kind: kind, reached: make(chan struct{}), release: make(chan struct{})}
+	h.armed.Store(true)
+	return h
+}
+
+func (h *holdingCommit) beforeCommit(req Request) {
+	if req.Kind == h.kind && h.armed.CompareAndSwap(true, false) {
+		close(h.reached)
+		<-h.release
+		if h.after != nil {
+			h.after()
 		}
 	}
-	return 1 << 40, nil
 }
 
 func bigStreamingModule() testupstream.Module {
@@ -50,69 +53,96 @@ func bigStreamingModule() testupstream.Module {
 	return testupstream.Module{Path: "example.com/big", Version: "v1.0.0", Files: map[string]string{"big.go": "package big\n" + string(big)}}
 }
 
-// A client following a download gets the last byte once the zip is
-// verified, while the store commit has not begun; the commit then runs to
-// the end although every client has left.
-func TestVerifiedZipServedBeforeCommit(t *testing.T) {
-	mod := bigStreamingModule()
-	up := newUpstream(t, mod)
-	want := up.Zip(mod.Path, mod.Version)
-	disk := &holdingDisk{reached: make(chan struct{}), release: make(chan struct{})}
-	e := newEnv(t, up.URL(), func(c *Config) {
-		c.HoldBackBytes = 64 << 10
-		c.DiskFree = disk.DiskFree
-		disk.storeDir = filepath.Dir(c.Store.(*cache.Store).Path())
-	})
-	disk.armed.Store(true)
-	released := false
-	defer func() {
-		if !released {
-			close(disk.release)
-		}
-	}()
-	type result struct {
-		status int
-		body   []byte
-		err    error
+// A verified artifact is answered before its store commit: a .mod, a zip
+// small enough to be held back (verified before its first byte) and a zip
+// streamed as it arrives (its last byte withheld until verified). A
+// request arriving during the commit is answered from the same fetch, and
+// the commit runs to the end although every client has left.
+func TestVerifiedAnswerBeforeCommit(t *testing.T) {
+	const hangGuard = 2 * time.Minute
+	big := bigStreamingModule()
+	cases := []struct {
+		name     string
+		mod      testupstream.Module
+		kind     Kind
+		holdBack int64 // Config.HoldBackBytes; 0 is the default
+	}{
+		{"mod", testupstream.Module{Path: "example.com/hello", Version: "v1.0.0"}, KindMod, 0},
+		{"held-back zip", testupstream.Module{Path: "example.com/hello", Version: "v1.0.0"}, KindZip, 0},
+		{"streaming zip", big, KindZip, 64 << 10},
 	}
-	done := make(chan result, 1)
-	go func() {
-		resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		done <- result{resp.StatusCode, body, err}
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(2 * time.Minute): // hang guard only
-		t.Fatal("the client waits for the store commit")
-	}
-	if r.err != nil || r.status != http.StatusOK || string(r.body) != string(want) {
-		t.Fatalf("status %d, %d of %d bytes, err %v", r.status, len(r.body), len(want), r.err)
-	}
-	select {
-	case <-disk.reached:
-	default:
-		t.Fatal("the client had the whole zip before the gate had verified it")
-	}
-	key := cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}
-	if _, err := e.store.Stat(key); err == nil {
-		t.Fatal("stored before the commit was released: the test holds the wrong step")
-	}
-	// The client is gone; the flight must not be cancelled now.
-	close(disk.release)
-	released = true
-	waitFlights(t, e.f)
-	if _, err := e.store.Stat(key); err != nil {
-		t.Fatalf("verified zip not stored after its client left: %v", err)
-	}
-	if n := up.Count(".zip"); n != 1 {
-		t.Errorf("upstream asked for the zip %d times, want 1", n)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var up *testupstream.Server
+			var want []byte
+			if c.mod.Path == big.Path {
+				up = newUpstream(t, big)
+			} else {
+				up = newUpstream(t)
+			}
+			ext := ".mod"
+			if c.kind == KindZip {
+				ext, want = ".zip", up.Zip(c.mod.Path, c.mod.Version)
+				if c.holdBack == 0 && int64(len(want)) >= 8<<20 {
+					t.Fatalf("zip of %d bytes is not held back", len(want))
+				}
+			} else {
+				want = up.GoMod(c.mod.Path, c.mod.Version)
+			}
+			hold := newHoldingCommit(c.kind)
+			released := false
+			defer func() {
+				if !released {
+					close(hold.release)
+				}
+			}()
+			e := newEnv(t, up.URL(), func(cfg *Config) {
+				cfg.HoldBackBytes, cfg.NoPrefetch = c.holdBack, true
+				cfg.beforeCommit = hold.beforeCommit
+			})
+			path := "/" + c.mod.Path + "/@v/" + c.mod.Version + ext
+			get := func(what string) {
+				t.Helper()
+				done := make(chan response, 1)
+				go func() { done <- e.get(path) }()
+				select {
+				case r := <-done:
+					if r.status != http.StatusOK || r.body != string(want) {
+						t.Fatalf("%s: %d, %d of %d bytes", what, r.status, len(r.body), len(want))
+					}
+				case <-time.After(hangGuard):
+					t.Fatalf("%s waits for the store commit", what)
+				}
+			}
+			get("the client")
+			select {
+			case <-hold.reached:
+			default:
+				t.Fatal("answered before the commit was reached: the test holds the wrong step")
+			}
+			key := cache.Key{Path: c.mod.Path, Version: c.mod.Version, Kind: cache.Kind(c.kind)}
+			if _, err := e.store.Stat(key); err == nil {
+				t.Fatal("stored before the commit was released: the test holds the wrong step")
+			}
+			get("a request during the commit")
+			if n := up.Count(c.mod.Version + ext); n != 1 {
+				t.Errorf("upstream asked %d times during the commit, want 1", n)
+			}
+			// The clients are gone; the commit must not be cancelled now.
+			close(hold.release)
+			released = true
+			waitFlights(t, e.f)
+			if _, err := e.store.Stat(key); err != nil {
+				t.Fatalf("verified %s not stored after its clients left: %v", ext, err)
+			}
+			r := e.mustGet(path, 200)
+			if r.header.Get(headerCache) != "hit" {
+				t.Errorf("after the commit: cache %q, want hit", r.header.Get(headerCache))
+			}
+			if n := up.Count(c.mod.Version + ext); n != 1 {
+				t.Errorf("upstream asked %d times, want 1", n)
+			}
+		})
 	}
 }
 
@@ -124,26 +154,24 @@ func TestVerifiedZipStoreFailure(t *testing.T) {
 	up := newUpstream(t, mod)
 	want := up.Zip(mod.Path, mod.Version)
 	m := NewMetrics(prometheus.NewRegistry())
-	disk := &holdingDisk{reached: make(chan struct{}), release: make(chan struct{})}
+	hold := newHoldingCommit(KindZip)
 	e := newEnv(t, up.URL(), func(c *Config) {
 		c.HoldBackBytes = 64 << 10
-		c.DiskFree = disk.DiskFree
 		c.Metrics = m
-		disk.storeDir = filepath.Dir(c.Store.(*cache.Store).Path())
+		c.beforeCommit = hold.beforeCommit
 	})
-	disk.after = func() {
+	hold.after = func() {
 		if err := e.store.Close(); err != nil {
 			t.Errorf("close store: %v", err)
 		}
 	}
-	disk.armed.Store(true)
 	resp, err := e.srv.Client().Get(e.srv.URL + "/example.com/big/@v/v1.0.0.zip")
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	close(disk.release)
+	close(hold.release)
 	if err != nil || resp.StatusCode != http.StatusOK || string(got) != string(want) {
 		t.Fatalf("status %d, %d of %d bytes, err %v", resp.StatusCode, len(got), len(want), err)
 	}

@@ -82,6 +82,7 @@ func TestDirectEntry(t *testing.T) {
 	for _, p := range []string{"/git.example/lib/@v/v1.0.0.info", "/git.example/lib/@v/v1.0.0.mod", "/git.example/lib/@v/v1.0.0.zip"} {
 		e.mustGet(p, 200)
 	}
+	waitFlights(t, e.f)
 	if r := e.mustGet("/git.example/lib/@v/v1.0.0.zip", 200); r.body != zip || r.header.Get(headerCache) != "hit" {
 		t.Errorf("zip not stored: cache %q", r.header.Get(headerCache))
 	}

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
@@ -127,6 +125,10 @@ type Config struct {
 	// DiskFree returns the free bytes of the file system holding a
 	// directory (default statfs; a test seam).
 	DiskFree func(dir string) (uint64, error)
+
+	// beforeCommit, a test seam, runs before the store commit of a
+	// verified .info, .mod or zip, after its clients were answered.
+	beforeCommit func(Request)
 }
 
 func (c *Config) setDefaults() {
@@ -223,12 +225,17 @@ type Fetcher struct {
 	workMu sync.Mutex
 	closed bool
 
-	meta      singleflight.Group
-	neg       *negativeCache
-	condemned condemnedCopies
+	metaMu      sync.Mutex
+	metaFlights map[string]*sharedFetch
+	neg         *negativeCache
+	condemned   condemnedCopies
 
 	zipMu      sync.Mutex
 	zipFlights map[cache.Key]*zipFlight
+	// zipCommits bounds the zip commits that hold a staging buffer
+	// (4 MB) at once: they are answered already, and the store writes one
+	// transaction at a time, so more would only wait with full buffers.
+	zipCommits chan struct{}
 	slots      *downloadSlots
 	quota      *spoolQuota
 	disk       *diskState
@@ -256,20 +263,22 @@ func NewFetcher(cfg Config) (*Fetcher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cleanSpool(cfg.SpoolDir, cfg.Logger)
 	f := &Fetcher{
-		cfg:        cfg,
-		store:      cfg.Store,
-		gate:       g,
-		health:     cfg.Health,
-		log:        cfg.Logger,
-		m:          cfg.Metrics,
-		ctx:        ctx,
-		cancel:     cancel,
-		neg:        newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
-		condemned:  condemnedCopies{now: cfg.Now},
-		zipFlights: make(map[cache.Key]*zipFlight),
-		slots:      newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
-		quota:      &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
-		disk:       newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), localDirs(cfg.Store, cfg.SpoolDir)...),
+		cfg:         cfg,
+		store:       cfg.Store,
+		gate:        g,
+		health:      cfg.Health,
+		log:         cfg.Logger,
+		m:           cfg.Metrics,
+		ctx:         ctx,
+		cancel:      cancel,
+		neg:         newNegativeCache(cfg.NegativeTTL, 100_000, cfg.Now),
+		condemned:   condemnedCopies{now: cfg.Now},
+		zipFlights:  make(map[cache.Key]*zipFlight),
+		zipCommits:  make(chan struct{}, maxZipCommits),
+		metaFlights: make(map[string]*sharedFetch),
+		slots:       newDownloadSlots(cfg.MaxZipDownloads, cfg.ZipQueue, cfg.ZipQueueWait, cfg.Metrics),
+		quota:       &spoolQuota{limit: cfg.SpoolQuota, m: cfg.Metrics},
+		disk:        newDiskState(cfg.DiskFree, uint64(cfg.MinFreeSpace), localDirs(cfg.Store, cfg.SpoolDir)...),
 	}
 	if !cfg.NoPrefetch && !cfg.Offline {
 		f.pf = newPrefetcher(f)
@@ -429,30 +438,85 @@ type metaResult struct {
 	unstored bool
 }
 
-// fetchShared runs fetch once for all concurrent callers with the same key,
-// on the Fetcher's context, and returns when it is done or ctx is.
-func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, fetch func(context.Context) (metaResult, error)) (metaResult, bool, error) {
-	ch := f.meta.DoChan(key, func() (any, error) {
-		if !f.startWork() {
-			return metaResult{}, fmt.Errorf("fetch %s: %w", key, errFetcherClosed)
-		}
-		defer f.wg.Done()
-		fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
-		defer cancel()
-		return fetch(fctx)
+// sharedFetch is a metadata fetch shared by the concurrent requests for
+// one key. Its answer may be published before the fetch ends (a verified
+// .mod is answered before its store commit); until the fetch ends, new
+// requests for the key join it and get that answer instead of starting
+// another fetch of what is being stored.
+type sharedFetch struct {
+	once     sync.Once
+	done     chan struct{} // closed when res and err are set
+	res      metaResult
+	err      error
+	ended    chan struct{} // closed when final and finalErr are set
+	final    metaResult
+	finalErr error
+}
+
+func (s *sharedFetch) publish(res metaResult, err error) {
+	s.once.Do(func() {
+		s.res, s.err = res, err
+		close(s.done)
 	})
-	select {
-	case r := <-ch:
-		if r.Shared {
-			f.m.fetchShared.WithLabelValues(string(kind)).Inc()
+}
+
+// fetchShared runs fetch once for all concurrent callers with the same key,
+// on the Fetcher's context, and returns when its answer is published (or,
+// with toEnd, when fetch returns) or ctx is done. fetch may publish its
+// answer before it returns, to answer its callers before work they need
+// not wait for; what it returns is otherwise the answer. joined reports
+// whether the caller joined a fetch already in flight.
+func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, toEnd bool, fetch func(ctx context.Context, publish func(metaResult)) (metaResult, error)) (_ metaResult, joined bool, _ error) {
+	f.metaMu.Lock()
+	sf, joined := f.metaFlights[key]
+	if joined {
+		f.m.fetchShared.WithLabelValues(string(kind)).Inc()
+	} else {
+		if !f.startWork() {
+			f.metaMu.Unlock()
+			return metaResult{}, false, fmt.Errorf("fetch %s: %w", key, errFetcherClosed)
 		}
-		if r.Err != nil {
-			return metaResult{}, r.Shared, r.Err
-		}
-		return r.Val.(metaResult), r.Shared, nil
-	case <-ctx.Done():
-		return metaResult{}, false, ctx.Err()
+		sf = &sharedFetch{done: make(chan struct{}), ended: make(chan struct{})}
+		f.metaFlights[key] = sf
+		go func() {
+			defer f.wg.Done()
+			fctx, cancel := context.WithTimeout(f.ctx, f.cfg.MetadataTimeout)
+			defer cancel()
+			res, err := fetch(fctx, func(r metaResult) { sf.publish(r, nil) })
+			// Forgotten before its answer is given: a request that comes
+			// after the answer (a list past its TTL) fetches again, and
+			// does not join a fetch that has ended.
+			f.metaMu.Lock()
+			delete(f.metaFlights, key)
+			f.metaMu.Unlock()
+			sf.publish(res, err)
+			sf.final, sf.finalErr = res, err
+			close(sf.ended)
+		}()
 	}
+	f.metaMu.Unlock()
+	if toEnd {
+		select {
+		case <-sf.ended:
+			return sf.final, joined, sf.finalErr
+		case <-ctx.Done():
+			return metaResult{}, joined, ctx.Err()
+		}
+	}
+	select {
+	case <-sf.done:
+		return sf.res, joined, sf.err
+	case <-ctx.Done():
+		return metaResult{}, joined, ctx.Err()
+	}
+}
+
+// fetching reports whether a metadata fetch for key is in flight.
+func (f *Fetcher) fetching(key string) bool {
+	f.metaMu.Lock()
+	defer f.metaMu.Unlock()
+	_, ok := f.metaFlights[key]
+	return ok
 }
 
 // Small returns the .info or .mod file named by req (canonical version).
@@ -497,7 +561,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		return nil, herr
 	}
 	ups, private := f.upstreamsFor(req.Module)
-	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, req.Stored, func(ctx context.Context, publish func(metaResult)) (metaResult, error) {
 		if req.Kind == KindMod {
 			f.lookupAhead(ctx, req, private)
 		}
@@ -512,20 +576,36 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 			}
 			return metaResult{}, herr
 		}
-		stored, err := f.gate.Commit(got)
-		unstored := false
-		if err != nil {
-			if !isNoSpace(err) {
-				return metaResult{}, fmt.Errorf("store %s: %w", req, err)
-			}
-			f.noRoom(req, err)
-			stored, unstored = cache.Meta{Upstream: rt.upstream, Hash: got.Hash(), State: got.State(), Size: int64(len(got.Data())), SHA256: sha256.Sum256(got.Data())}, true
-		}
 		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
-		return metaResult{data: got.Data(), meta: stored, route: rt, unstored: unstored}, nil
+		// On a full disk it is answered unstored, and says so.
+		if dir := storeDir(f.store); dir != "" {
+			if err := f.disk.room(dir, int64(len(got.Data()))); err != nil {
+				f.noRoom(req, err)
+				return metaResult{data: got.Data(), meta: got.Meta(), route: rt, unstored: true}, nil
+			}
+		}
+		// Checked and verified: its requests need not wait for the store
+		// commit (a shared transaction, see cache's batch). Requests that
+		// arrive during the commit join this fetch.
+		f.m.commitsPending.Inc()
+		defer f.m.commitsPending.Dec()
+		publish(metaResult{data: got.Data(), meta: got.Meta(), route: rt})
+		if h := f.cfg.beforeCommit; h != nil {
+			h(req)
+		}
+		stored, err := f.gate.Commit(got)
+		if err != nil {
+			// Answered unstored; a later request fetches it again.
+			f.noRoom(req, err)
+			return metaResult{data: got.Data(), meta: got.Meta(), route: rt, unstored: true}, nil
+		}
+		return metaResult{data: got.Data(), meta: stored, route: rt}, nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if req.Stored && res.unstored {
+		return nil, insufficientStorage("%s.%s was verified but not stored: the store's disk is full", req, req.Kind)
 	}
 	return &Artifact{Data: res.data, Meta: res.meta, Cache: "miss", Route: res.route, Modified: res.meta.Created, Unstored: res.unstored}, nil
 }
@@ -544,7 +624,7 @@ func (f *Fetcher) fetchSmall(ctx context.Context, u Upstream, req Request) (*gat
 		return nil, err
 	}
 	key := cache.Key{Path: req.Module, Version: req.Version, Kind: cache.Kind(req.Kind)}
-	t, err := f.gate.CheckSmall(ctx, key, data, gate.Origin{Upstream: u.Name()})
+	t, err := f.gate.CheckSmall(ctx, key, data, gate.Origin{Upstream: u.Name(), Created: f.cfg.Now()})
 	if err != nil {
 		return nil, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
@@ -582,7 +662,7 @@ func (f *Fetcher) Query(ctx context.Context, req Request) (*Artifact, error) {
 	if len(ups) == 0 {
 		return nil, noPrivateUpstream(req)
 	}
-	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, func(ctx context.Context) (metaResult, error) {
+	res, _, err := f.fetchShared(ctx, "query:"+req.URLPath(), req.Kind, false, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
 		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxInfoSize)
 			if err != nil {
@@ -651,7 +731,7 @@ func (f *Fetcher) Mutable(ctx context.Context, req Request) (*Artifact, error) {
 		wait, cancel = context.WithTimeout(ctx, f.cfg.StaleBudget)
 		defer cancel()
 	}
-	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, func(ctx context.Context) (metaResult, error) {
+	res, _, err := f.fetchShared(wait, "mutable:"+key, req.Kind, false, func(ctx context.Context, _ func(metaResult)) (metaResult, error) {
 		data, rt, errs := tryUpstreams(ctx, f, ups, !private, req, func(ctx context.Context, u Upstream) ([]byte, error) {
 			data, err := f.getSmall(ctx, u, req.URLPath(), maxListSize)
 			if err != nil {

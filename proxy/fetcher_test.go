@@ -160,6 +160,7 @@ func TestLazyArtifactsAndHits(t *testing.T) {
 		t.Errorf(".mod miss fetched the zip: %v", up.Requests())
 	}
 	// Hits never go upstream again.
+	waitFlights(t, e.f)
 	for range 3 {
 		r = e.mustGet("/example.com/hello/@v/v1.0.0.mod", 200)
 	}
@@ -402,6 +403,7 @@ func TestZipHTTPDetails(t *testing.T) {
 	if r.body != want || r.header.Get("Content-Type") != "application/zip" || r.header.Get(headerCache) != "miss" {
 		t.Fatalf("zip miss: %d bytes, headers %v", len(r.body), r.header)
 	}
+	waitFlights(t, e.f)
 	r = e.mustGet(p, 200)
 	if r.body != want || r.header.Get(headerCache) != "hit" || r.header.Get("Content-Length") != fmt.Sprint(len(want)) {
 		t.Fatalf("zip hit: %d bytes, headers %v", len(r.body), r.header)
@@ -545,6 +547,7 @@ func TestChecksumDatabaseDownFailsClosedUnlessFailOpen(t *testing.T) {
 					t.Errorf("GET %s = %d %q, want 200 (fail-open)", p, r.status, r.body)
 				}
 			}
+			waitFlights(t, e.f)
 			n := 0
 			e.store.Walk(func(k cache.Key, m cache.Meta) error {
 				n++
@@ -809,8 +812,9 @@ func TestSpoolDirPrepared(t *testing.T) {
 	}
 }
 
-// waitFlights waits until f has no zip download in flight: a follower gets
-// the last byte once the zip is verified, before the store commit ends.
+// waitFlights waits until f has no zip download or metadata fetch in
+// flight: a client is answered once the artifact is verified, before the
+// store commit ends.
 func waitFlights(t *testing.T, f *Fetcher) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second) // hang guard only
@@ -818,11 +822,14 @@ func waitFlights(t *testing.T, f *Fetcher) {
 		f.zipMu.Lock()
 		n := len(f.zipFlights)
 		f.zipMu.Unlock()
-		if n == 0 {
+		f.metaMu.Lock()
+		m := len(f.metaFlights)
+		f.metaMu.Unlock()
+		if n+m == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d zip downloads still in flight", n)
+			t.Fatalf("%d zip downloads and %d metadata fetches still in flight", n, m)
 		}
 		time.Sleep(time.Millisecond)
 	}

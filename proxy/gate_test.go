@@ -91,6 +91,7 @@ func TestPrivateUpstreamGarbageIsRefused(t *testing.T) {
 	})
 	// The .info is fine and stored, exempt.
 	e.mustGet("/"+mod+"/@v/v1.0.0.info", 200)
+	waitFlights(t, e.f)
 	if m, err := e.store.Stat(cache.Key{Path: mod, Version: "v1.0.0", Kind: cache.KindInfo}); err != nil || m.State != cache.StateExempt {
 		t.Errorf(".info: %+v, %v", m, err)
 	}

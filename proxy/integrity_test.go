@@ -90,6 +90,7 @@ func TestFailOpenNeverStoresOverPoisonedState(t *testing.T) {
 			up.SetFaults(testupstream.Fault{Match: func(p string) bool { return strings.HasSuffix(p, ".mod") }, Tamper: true})
 
 			r := e.get("/" + path + "/@v/" + version + ".mod")
+			waitFlights(t, e.f)
 			_, _, serr := e.store.Get(cache.Key{Path: path, Version: version, Kind: cache.KindMod})
 			if !poisoned {
 				if r.status != 200 || serr != nil {
@@ -243,6 +244,7 @@ func TestFailOpenArtifactsAreVerifiedInTheBackground(t *testing.T) {
 	if r.body != string(up.GoMod(path, "v1.1.0")) {
 		t.Errorf("refetched go.mod = %q", r.body)
 	}
+	waitFlights(t, e.f)
 	if m, err := e.store.Stat(tampered); err != nil || m.State != cache.StateVerified {
 		t.Errorf("refetched go.mod: %+v, %v; want it verified", m, err)
 	}

@@ -82,6 +82,9 @@ func TestZipFetchLease(t *testing.T) {
 			if n := up.Count(".zip"); n != c.upstream {
 				t.Errorf("upstream zip fetches %d, want %d", n, c.upstream)
 			}
+			// The lease is released once the zip is committed, after its
+			// client was answered.
+			waitFor(t, "the fetch lease to be released", func() bool { return ls.released.Load() >= c.acquiredOK })
 			if ls.acquired.Load() != c.acquiredOK || ls.released.Load() != c.acquiredOK {
 				t.Errorf("leases acquired %d released %d, want %d each", ls.acquired.Load(), ls.released.Load(), c.acquiredOK)
 			}

@@ -28,6 +28,9 @@ type Metrics struct {
 	// servedUnstored counts misses passed through to the client because
 	// the store had no room for them.
 	servedUnstored *prometheus.CounterVec
+	// commitsPending counts verified artifacts answered and not yet
+	// committed to the store.
+	commitsPending prometheus.Gauge
 }
 
 // NewMetrics creates the proxy's collectors and registers them with reg
@@ -73,6 +76,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		zipInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "modproxy_zip_downloads_in_flight",
 			Help: "Upstream zip downloads holding a download slot (--max-zip-downloads).",
+		}),
+		commitsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "modproxy_store_commits_pending",
+			Help: "Verified artifacts already answered whose store commit has not ended (a replica killed now would not have stored them; a graceful stop waits for them).",
 		}),
 		zipQueued: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "modproxy_zip_downloads_queued",
@@ -121,7 +128,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.duration, m.staleServed, m.fetches, m.fetchShared, m.storedUnverified, m.reverified, m.prefetch,
-			m.zipInFlight, m.zipQueued, m.spoolBytes, m.zipRejected, m.zipCanceled, m.servedUnstored)
+			m.zipInFlight, m.zipQueued, m.spoolBytes, m.zipRejected, m.zipCanceled, m.servedUnstored, m.commitsPending)
 	}
 	return m
 }

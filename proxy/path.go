@@ -30,6 +30,11 @@ type Request struct {
 	// ("master", "v1.2"): the answer is passed through from an upstream and
 	// never stored under the query's name.
 	Query bool
+	// Stored asks for the answer only once the artifact is in the store
+	// (prewarm, whose promise is a filled store): a verified artifact is
+	// otherwise answered while it is committed. One that cannot be stored
+	// is then an error (507).
+	Stored bool
 }
 
 // String returns the request in module@version form for messages.

@@ -153,6 +153,10 @@ func (p *prefetcher) register(kind string, key cache.Key, req Request, full bool
 	if _, err := p.f.store.Stat(key); err == nil {
 		return false, false
 	}
+	// Being fetched for a client, or answered and being committed.
+	if p.f.fetching("small:" + req.URLPath()) {
+		return false, false
+	}
 	if p.f.neg.get(req.negKey()) != nil {
 		return false, false
 	}

@@ -229,6 +229,7 @@ func TestPrefetchModAfterInfoMiss(t *testing.T) {
 	if n := db.LookupCount(path); n != 1 {
 		t.Fatalf("database got %d lookups, want 1 (with the prefetch)", n)
 	}
+	waitFlights(t, e.f)
 	r := e.mustGet("/"+path+"/@v/"+version+".mod", 200)
 	if c := r.header.Get(headerCache); c != "hit" {
 		t.Errorf(".mod after the prefetch: cache %q, want hit", c)
@@ -521,6 +522,7 @@ func TestPrefetchInfoAfterMod(t *testing.T) {
 			if n := up.Count("/" + path + "/@v/" + version + ".info"); n != 1 {
 				t.Fatalf("upstream got %d .info requests, want 1 (the prefetch)", n)
 			}
+			waitFlights(t, e.f)
 			r := e.mustGet("/"+path+"/@v/"+version+".info", 200)
 			if c := r.header.Get(headerCache); c != "hit" {
 				t.Errorf(".info after the prefetch: cache %q, want hit", c)

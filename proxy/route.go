@@ -18,6 +18,11 @@ const (
 	headerCache    = "X-Modproxy-Cache"
 )
 
+// HeaderWantStored on a request asks for the answer only once the
+// artifact is stored (Request.Stored): `modproxy prewarm --server` sends
+// it, so that the store is full when it exits.
+const HeaderWantStored = "X-Modproxy-Want-Stored"
+
 // route is the outcome of trying upstreams for one request.
 type route struct {
 	upstream string // the upstream that answered

@@ -203,6 +203,7 @@ func (s *Server) serveModule(w http.ResponseWriter, r *http.Request) {
 	if rec, ok := w.(*recorder); ok {
 		rec.kind = string(req.Kind)
 	}
+	req.Stored = r.Header.Get(HeaderWantStored) != ""
 	ctx := r.Context()
 	switch {
 	case req.Kind == KindZip:
@@ -299,7 +300,10 @@ func (s *Server) serveZip(w http.ResponseWriter, r *http.Request, req Request) {
 // has quarantined it by then, so the second attempt fetches it afresh).
 func (s *Server) serveZipAttempt(w http.ResponseWriter, r *http.Request, req Request, mayRefetch bool) {
 	mode := ZipWait
-	if r.Method == http.MethodGet {
+	switch {
+	case req.Stored:
+		mode = ZipPrewarm
+	case r.Method == http.MethodGet:
 		mode = ZipStream
 		if !r.ProtoAtLeast(1, 1) {
 			// No chunked encoding: an answer of unknown length ends with

@@ -224,6 +224,8 @@ func TestSpoolQuota(t *testing.T) {
 		t.Errorf("first download: %d %q", r.status, r.body)
 	}
 	e.mustGet("/example.com/small2/@v/v1.0.0.zip", 200)
+	// Released once each zip is committed, after its client was answered.
+	waitFor(t, "the spool quota to be released", func() bool { return value(m.spoolBytes) == 0 })
 	if got := value(m.spoolBytes); got != 0 {
 		t.Errorf("spool bytes after every download = %v, want 0", got)
 	}
@@ -394,6 +396,7 @@ func TestFullDiskPassesThroughUnstored(t *testing.T) {
 	if r.header.Get("Warning") != "" {
 		t.Errorf("Warning after space was freed: %q", r.header.Get("Warning"))
 	}
+	waitFlights(t, e.f)
 	if _, err := e.store.Stat(cache.Key{Path: mod.Path, Version: mod.Version, Kind: cache.KindZip}); err != nil {
 		t.Errorf("zip not stored after space was freed: %v", err)
 	}

@@ -115,6 +115,10 @@ func (t *Ticket) State() cache.State { return t.meta.State }
 // Hash is the content's "h1:" hash ("" for .info).
 func (t *Ticket) Hash() string { return t.meta.Hash }
 
+// Meta is what the store will record when the ticket is committed, but
+// for the time of creation when the origin gave none.
+func (t *Ticket) Meta() cache.Meta { return t.meta }
+
 // Data is the content of an .info or .mod ticket.
 func (t *Ticket) Data() []byte { return t.data }
 

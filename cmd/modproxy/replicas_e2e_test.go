@@ -68,6 +68,21 @@ func (rs *replicaSet) s3() *s3store.Store {
 	return s
 }
 
+// waitCommitted waits until p has committed every artifact it answered.
+func waitCommitted(t *testing.T, p *proc) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) { // hang guard only
+		_, metrics := p.get(t, "/metrics")
+		v := metricValue(metrics, "modproxy_store_commits_pending")
+		if v == "0" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("modproxy_store_commits_pending = %q a minute after the last answer", v)
+		}
+	}
+}
+
 func (p *proc) kill() {
 	p.cmd.Process.Kill() // SIGKILL: no drain, no cleanup
 	err := <-p.done
@@ -83,6 +98,9 @@ func TestReplicasShareOneBucketEndToEnd(t *testing.T) {
 	a := rs.start(up.URL())
 	project := writeProject(t)
 	newGoEnv(t, a.URL, db).run(project, "mod", "download")
+	// A verified artifact is answered before its store commit: killed
+	// now, A would lose the last commits (a graceful stop waits for them).
+	waitCommitted(t, a)
 	a.kill()
 
 	up.Close()
