@@ -447,8 +447,11 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 	faults := []fault{
 		{name: "SYN drop", damage: synDrop, repair: synRepair, expect: kernelReason("kernel_syn_retrans"),
 			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.299"},
-		{name: "10% loss", warm: infos(0, 10), damage: lossOn, repair: lossOff, expect: kernelReason("kernel_loss"),
-			paths: infos(10, 210), conc: 4, goGet: "example.com/k@v1.0.299"},
+		// Loss also raises the SRTT (retransmissions, a shrunken
+		// window, a busy machine): the decision may name it, but the loss
+		// signal must rise.
+		{name: "10% loss", warm: infos(0, 10), damage: lossOn, repair: lossOff, expect: kernelReason("kernel_loss", "kernel_srtt"),
+			signal: "kernel_loss", paths: infos(10, 210), conc: 4, goGet: "example.com/k@v1.0.299"},
 		{name: "stall mid-zip", damage: func() {
 			a.SetFaults(testupstream.Fault{Stall: 30 * time.Second, SlowBody: 100 * time.Millisecond,
 				Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
