@@ -283,6 +283,15 @@ func kernelEvidenceOf(t *testing.T, mp *proc, upstream string) *kernelEvidence {
 	return nil
 }
 
+// srttOutrunByLoss reports whether, for the SRTT signal, a full queue's
+// drops demoted A first (the loss signal rose): traffic then left A
+// before its SRTT reached the signal's thresholds, but the kernel must
+// still have measured it growing. Seen in 2 of 11 full runs, on a busy
+// machine whose baseline was already 0.7 ms.
+func srttOutrunByLoss(signal string, k *kernelEvidence) bool {
+	return signal == "kernel_srtt" && k != nil && k.severity("kernel_loss") > 0 && k.SRTTRecent > 1.5*k.SRTTBaseline
+}
+
 func (k *kernelEvidence) severity(reason string) float64 {
 	for _, s := range k.Signals {
 		if s.Reason == reason {
@@ -547,7 +556,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				if mode == "on" {
 					ke := kernelEvidenceOf(t, mp, a.URL())
 					t.Logf("kernel evidence on A: %s", ke)
-					if f.signal != "" && (ke == nil || ke.severity(f.signal) == 0) {
+					if f.signal != "" && (ke == nil || ke.severity(f.signal) == 0) && !srttOutrunByLoss(f.signal, ke) {
 						t.Errorf("%s: the %s signal did not rise: %s", f.name, f.signal, ke)
 					}
 					// The heatmap's decisions strip marks them on the time line.
