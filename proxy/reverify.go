@@ -67,7 +67,7 @@ func (r *reverifier) notify() {
 
 // run passes until ctx is done.
 func (r *reverifier) run(ctx context.Context) {
-	pending := true // the store may hold unverified artifacts of an earlier run
+	pending := r.startPending()
 	var timer *time.Timer
 	var timerC <-chan time.Time
 	defer func() {
@@ -114,6 +114,14 @@ func (r *reverifier) pass(ctx context.Context) (done bool, err error) {
 		k cache.Key
 		m cache.Meta
 	}
+	// Read before the walk: a pass that leaves nothing to verify marks
+	// the store clean only if no unverified commit changed it since.
+	var mark []byte
+	if e, err := r.store.GetEntry(gate.UnverifiedMarker); err == nil {
+		mark = e.Value
+	} else if !errors.Is(err, cache.ErrNotFound) {
+		return false, fmt.Errorf("reading %s: %w", gate.UnverifiedMarker, err)
+	}
 	var todo []item
 	err = r.store.Walk(func(k cache.Key, m cache.Meta) error {
 		if (k.Kind == cache.KindMod || k.Kind == cache.KindZip) && m.State == cache.StateUnverified && !r.v.Exempt(k.Path) && !r.checked(k, m) {
@@ -124,21 +132,42 @@ func (r *reverifier) pass(ctx context.Context) (done bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("walking store: %w", err)
 	}
-	if len(todo) == 0 {
-		return true, nil
+	if len(todo) > 0 {
+		r.log.Info("verifying artifacts stored unverified", "count", len(todo))
 	}
-	r.log.Info("verifying artifacts stored unverified", "count", len(todo))
+	unsettled := 0
 	for i, it := range todo {
 		if ctx.Err() != nil {
 			return false, ctx.Err()
 		}
-		if !r.verifyOne(ctx, it.k, it.m) {
+		reachable, settled := r.verifyOne(ctx, it.k, it.m)
+		if !reachable {
 			r.log.Info("checksum database unreachable: background verification paused", "done", i, "left", len(todo)-i, "retry", r.retry)
 			return false, nil
 		}
+		if !settled {
+			unsettled++
+		}
 	}
-	r.log.Info("background verification pass done", "count", len(todo))
+	if len(todo) > 0 {
+		r.log.Info("background verification pass done", "count", len(todo), "unsettled", unsettled)
+	}
+	// Artifacts the database does not know, or that failed otherwise, are
+	// looked at again at the next start.
+	if unsettled == 0 && string(mark) != gate.MarkerClean {
+		if _, err := r.store.SwapEntry(gate.UnverifiedMarker, mark, []byte(gate.MarkerClean)); err != nil {
+			r.log.Warn("cannot mark the store clean of unverified artifacts; the next start walks it again", "err", err)
+		}
+	}
 	return true, nil
+}
+
+// startPending reports whether the store may hold unverified artifacts
+// of an earlier run (see gate.UnverifiedMarker): only a clean marker lets
+// the start skip its walk.
+func (r *reverifier) startPending() bool {
+	e, err := r.store.GetEntry(gate.UnverifiedMarker)
+	return err != nil || string(e.Value) != gate.MarkerClean
 }
 
 // checkedKey is the mutable entry recording a background verification.
@@ -156,9 +185,11 @@ func (r *reverifier) checked(k cache.Key, m cache.Meta) bool {
 	return sum == hex.EncodeToString(m.SHA256[:])
 }
 
-// verifyOne verifies one artifact; it returns false when the database
-// could not be asked, so that the pass stops.
-func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) bool {
+// verifyOne verifies one artifact; reachable is false when the database
+// could not be asked, so that the pass stops; settled is true when the
+// artifact is verified or quarantined, so that no start need look at it
+// again.
+func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) (reachable, settled bool) {
 	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
 	defer cancel()
 	hash, err := r.verify(ctx, k)
@@ -170,6 +201,7 @@ func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) b
 			r.log.Warn("cannot record background verification", "module", k.Path, "version", k.Version, "kind", kind, "err", perr)
 		}
 		r.log.Debug("verified artifact stored unverified", "module", k.Path, "version", k.Version, "kind", kind, "hash", hash)
+		return true, true
 	case errors.Is(err, sumdb.ErrMismatch), errors.Is(err, gate.ErrContent):
 		r.m.reverified.WithLabelValues(kind, "mismatch").Inc()
 		if r.health != nil && m.Upstream != "" {
@@ -178,6 +210,7 @@ func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) b
 		qerr := r.store.Quarantine(k, "background verification: "+err.Error())
 		r.log.Error("artifact stored unverified (fail-open) disagrees with the checksum database: quarantined",
 			"module", k.Path, "version", k.Version, "kind", kind, "upstream", m.Upstream, "err", err, "quarantine_err", qerr)
+		return true, qerr == nil
 	case errors.Is(err, sumdb.ErrNotFound):
 		r.m.reverified.WithLabelValues(kind, "not_found").Inc()
 		r.log.Warn("artifact stored unverified is not in the checksum database", "module", k.Path, "version", k.Version, "kind", kind, "err", err)
@@ -185,12 +218,12 @@ func (r *reverifier) verifyOne(ctx context.Context, k cache.Key, m cache.Meta) b
 		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		r.m.reverified.WithLabelValues(kind, "unavailable").Inc()
 		r.log.Debug("checksum database not reachable for background verification", "err", err)
-		return false
+		return false, false
 	default:
 		r.m.reverified.WithLabelValues(kind, "error").Inc()
 		r.log.Warn("background verification failed", "module", k.Path, "version", k.Version, "kind", kind, "err", err)
 	}
-	return true
+	return true, false
 }
 
 // verify runs the gate's content checks on a stored artifact and asks the

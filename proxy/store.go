@@ -29,6 +29,7 @@ type Store interface {
 	// checksum-database state; see sumdb.Store for the rest of it).
 	GetEntry(key string) (cache.Entry, error)
 	PutEntry(key string, value []byte) error
+	SwapEntry(key string, old, new []byte) (bool, error)
 
 	// Ping proves the store is reachable and writable, for /readyz.
 	Ping() error

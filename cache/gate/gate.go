@@ -27,6 +27,7 @@ package gate
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -62,7 +63,21 @@ type Verifier interface {
 // partial artifact.
 type Store interface {
 	Put(k cache.Key, r io.Reader, m cache.Meta, w grant.Write) (cache.Meta, error)
+	PutEntry(key string, value []byte) error
 }
+
+// UnverifiedMarker is the store entry that tells whether the store may
+// hold artifacts committed unverified (fail-open) that no background pass
+// has verified yet: MarkerClean when none, anything else (or no entry, as
+// in a store written by an older build) when it may. Commit sets it before
+// and after committing an unverified artifact; the background verifier
+// sets it to MarkerClean, by compare-and-swap, after a pass that left
+// nothing to verify, so that a start with a clean marker need not walk the
+// store (on S3, one HEAD request per artifact).
+const UnverifiedMarker = "reverify/unverified"
+
+// MarkerClean is UnverifiedMarker's value when nothing is left to verify.
+const MarkerClean = "clean"
 
 // Config configures a Gate.
 type Config struct {
@@ -290,6 +305,15 @@ func (g *Gate) Commit(t *Ticket) (cache.Meta, error) {
 	if t == nil || t.g != g {
 		return cache.Meta{}, errors.New("gate: commit of a ticket this gate did not issue")
 	}
+	if t.meta.State == cache.StateUnverified {
+		// Before: a store that has the artifact has the marker. After
+		// too: a background pass that read the marker between the two
+		// and missed the artifact cannot then mark the store clean.
+		if err := g.markUnverified(); err != nil {
+			return cache.Meta{}, fmt.Errorf("commit %s: %w", t.key, err)
+		}
+		defer g.markUnverified()
+	}
 	if t.data != nil || t.open == nil {
 		return g.cfg.Store.Put(t.key, bytes.NewReader(t.data), t.meta, grant.Write{})
 	}
@@ -300,6 +324,17 @@ func (g *Gate) Commit(t *Ticket) (cache.Meta, error) {
 	defer r.Close()
 	// Put checks Size and SHA256 against what was checked.
 	return g.cfg.Store.Put(t.key, r, t.meta, grant.Write{})
+}
+
+// markUnverified sets UnverifiedMarker to a value no other call writes.
+func (g *Gate) markUnverified() error {
+	var nonce [8]byte
+	rand.Read(nonce[:])
+	v := fmt.Sprintf("pending %s %x", time.Now().UTC().Format(time.RFC3339Nano), nonce)
+	if err := g.cfg.Store.PutEntry(UnverifiedMarker, []byte(v)); err != nil {
+		return fmt.Errorf("mark the store as holding unverified artifacts: %w", err)
+	}
+	return nil
 }
 
 // Copy copies the artifacts of src that keep accepts (all when keep is

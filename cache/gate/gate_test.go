@@ -264,11 +264,18 @@ func TestStatesAndVerify(t *testing.T) {
 	if _, err := commit(cache.Key{Path: "corp.example/q", Version: modVersion, Kind: cache.KindMod}, []byte("<html>")); !errors.Is(err, ErrContent) {
 		t.Fatalf("exempt HTML go.mod: %v", err)
 	}
+	// Verified and exempt commits leave the unverified marker alone.
+	if _, err := st.GetEntry(UnverifiedMarker); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("unverified marker after verified and exempt commits: %v", err)
+	}
 	// unverified (fail-open) while the database is down
 	v.down = true
 	umod := []byte("module example.com/u\n")
 	if tk, err := commit(cache.Key{Path: "example.com/u", Version: modVersion, Kind: cache.KindMod}, umod); err != nil || tk.State() != cache.StateUnverified || tk.Unverified() == nil {
 		t.Fatalf("fail-open: %v", err)
+	}
+	if e, err := st.GetEntry(UnverifiedMarker); err != nil || string(e.Value) == MarkerClean {
+		t.Fatalf("unverified marker after a fail-open commit: %q, %v; want it pending", e.Value, err)
 	}
 	v.down = false
 

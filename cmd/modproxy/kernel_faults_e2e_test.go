@@ -283,6 +283,15 @@ func kernelEvidenceOf(t *testing.T, mp *proc, upstream string) *kernelEvidence {
 	return nil
 }
 
+// srttOutrunByLoss reports whether, for the SRTT signal, a full queue's
+// drops demoted A first (the loss signal rose): traffic then left A
+// before its SRTT reached the signal's thresholds, but the kernel must
+// still have measured it growing. Seen in 2 of 11 full runs, on a busy
+// machine whose baseline was already 0.7 ms.
+func srttOutrunByLoss(signal string, k *kernelEvidence) bool {
+	return signal == "kernel_srtt" && k != nil && k.severity("kernel_loss") > 0 && k.SRTTRecent > 1.5*k.SRTTBaseline
+}
+
 func (k *kernelEvidence) severity(reason string) float64 {
 	for _, s := range k.Signals {
 		if s.Reason == reason {
@@ -447,8 +456,11 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 	faults := []fault{
 		{name: "SYN drop", damage: synDrop, repair: synRepair, expect: kernelReason("kernel_syn_retrans"),
 			paths: infos(0, 16), conc: 8, goGet: "example.com/k@v1.0.299"},
-		{name: "10% loss", warm: infos(0, 10), damage: lossOn, repair: lossOff, expect: kernelReason("kernel_loss"),
-			paths: infos(10, 210), conc: 4, goGet: "example.com/k@v1.0.299"},
+		// Loss also raises the SRTT (retransmissions, a shrunken
+		// window, a busy machine): the decision may name it, but the loss
+		// signal must rise.
+		{name: "10% loss", warm: infos(0, 10), damage: lossOn, repair: lossOff, expect: kernelReason("kernel_loss", "kernel_srtt"),
+			signal: "kernel_loss", paths: infos(10, 210), conc: 4, goGet: "example.com/k@v1.0.299"},
 		{name: "stall mid-zip", damage: func() {
 			a.SetFaults(testupstream.Fault{Stall: 30 * time.Second, SlowBody: 100 * time.Millisecond,
 				Match: func(p string) bool { return strings.HasSuffix(p, ".zip") }})
@@ -544,7 +556,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				if mode == "on" {
 					ke := kernelEvidenceOf(t, mp, a.URL())
 					t.Logf("kernel evidence on A: %s", ke)
-					if f.signal != "" && (ke == nil || ke.severity(f.signal) == 0) {
+					if f.signal != "" && (ke == nil || ke.severity(f.signal) == 0) && !srttOutrunByLoss(f.signal, ke) {
 						t.Errorf("%s: the %s signal did not rise: %s", f.name, f.signal, ke)
 					}
 					// The heatmap's decisions strip marks them on the time line.
