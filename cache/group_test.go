@@ -57,6 +57,19 @@ func waitPending(t *testing.T, s *Store, n int) {
 	}
 }
 
+// queueCalls starts n calls of call(i), one after another, each queued
+// for the group's next transaction (which holdGroup holds) before the next
+// starts, so that they share it in index order. wait waits for them all.
+func queueCalls(t *testing.T, s *Store, n int, call func(i int)) (wait func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { call(i) })
+		waitPending(t, s, i+1)
+	}
+	return wg.Wait
+}
+
 func kvValue(t *testing.T, s *Store, key string) ([]byte, bool) {
 	t.Helper()
 	v, err := s.GetKV("test", key)
@@ -102,29 +115,23 @@ func TestBatchSharesTransactions(t *testing.T) {
 			)
 			runs := make([]atomic.Int32, n)
 			errs := make([]error, n)
-			var wg sync.WaitGroup
-			for i := range n {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs[i] = s.batch(func(tx *bbolt.Tx) error {
-						runs[i].Add(1)
-						if err := putTest(tx, fmt.Sprint(i)); err != nil {
-							return err
-						}
-						if i == c.bad {
-							return errBad // after its write: it must be rolled back
-						}
-						mu.Lock()
-						txIDs[i] = tx.ID()
-						mu.Unlock()
-						return nil
-					})
-				}()
-				waitPending(t, s, i+1) // queued in index order
-			}
+			wait := queueCalls(t, s, n, func(i int) {
+				errs[i] = s.batch(func(tx *bbolt.Tx) error {
+					runs[i].Add(1)
+					if err := putTest(tx, fmt.Sprint(i)); err != nil {
+						return err
+					}
+					if i == c.bad {
+						return errBad // after its write: it must be rolled back
+					}
+					mu.Lock()
+					txIDs[i] = tx.ID()
+					mu.Unlock()
+					return nil
+				})
+			})
 			release()
-			wg.Wait()
+			wait()
 			ids := map[int]bool{}
 			for i := range n {
 				_, stored := kvValue(t, s, fmt.Sprint(i))
@@ -166,17 +173,11 @@ func TestBatchSwapEntrySerializes(t *testing.T) {
 	release := holdGroup(t, s)
 	swapped := make([]bool, n)
 	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			swapped[i], errs[i] = s.SwapEntry("head", nil, fmt.Appendf(nil, "value %d", i))
-		}()
-	}
-	waitPending(t, s, n)
+	wait := queueCalls(t, s, n, func(i int) {
+		swapped[i], errs[i] = s.SwapEntry("head", nil, fmt.Appendf(nil, "value %d", i))
+	})
 	release()
-	wg.Wait()
+	wait()
 	winners := 0
 	winner := -1
 	for i := range n {
@@ -205,19 +206,13 @@ func TestBatchCommitFailureFailsEach(t *testing.T) {
 	const n = 8
 	release := holdGroup(t, s)
 	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = s.PutKV("test", fmt.Sprint(i), []byte("v"))
-		}()
-	}
-	waitPending(t, s, n)
+	wait := queueCalls(t, s, n, func(i int) {
+		errs[i] = s.PutKV("test", fmt.Sprint(i), []byte("v"))
+	})
 	blocked := fmt.Errorf("%w: test: writes refused", ErrCorrupt)
 	s.writeBlocked.Store(&blocked)
 	release()
-	wg.Wait()
+	wait()
 	s.writeBlocked.Store(nil)
 	for i, err := range errs {
 		if !errors.Is(err, ErrCorrupt) {

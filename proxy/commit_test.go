@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -197,32 +193,8 @@ func TestStalledUpstreamBytesReachFollower(t *testing.T) {
 	if len(zip) <= sent {
 		t.Fatalf("zip of %d bytes is too small for the test", len(zip))
 	}
-	testDone := make(chan struct{})
-	clientHasByte := make(chan struct{})
-	rest := httputil.NewSingleHostReverseProxy(mustParseURL(t, up.URL()))
-	stalling := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasSuffix(r.URL.Path, ".zip") {
-			rest.ServeHTTP(w, r)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(zip)))
-		w.Write(zip[:100<<10])
-		w.(http.Flusher).Flush()
-		select { // the tail comes in a read of its own
-		case <-clientHasByte:
-		case <-testDone:
-			return
-		}
-		w.Write(zip[100<<10 : sent])
-		w.(http.Flusher).Flush()
-		select { // stall until the test ends
-		case <-testDone:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(stalling.Close)
-	t.Cleanup(func() { close(testDone) })
-	e := newEnv(t, stalling.URL, func(c *Config) { c.HoldBackBytes = holdBack })
+	stallingURL, clientHasByte := pausingZipUpstream(t, up, zip, 100<<10, sent)
+	e := newEnv(t, stallingURL, func(c *Config) { c.HoldBackBytes = holdBack })
 
 	got := make(chan error, 1)
 	go func() {
@@ -249,4 +221,77 @@ func TestStalledUpstreamBytesReachFollower(t *testing.T) {
 	case <-time.After(hangGuard):
 		t.Fatalf("the follower did not get the %d bytes the upstream sent before it stalled", sent)
 	}
+}
+
+// A request with HeaderWantStored (prewarm through a server) is answered
+// only once the artifact is stored: while its commit is held, a plain
+// request for the same artifact is answered, this one is not; on a full
+// disk it gets 507 instead of an unstored answer.
+func TestWantStoredAnswersOnlyStored(t *testing.T) {
+	const hangGuard = 2 * time.Minute
+	for _, c := range []struct {
+		name string
+		kind Kind
+		ext  string
+	}{{"mod", KindMod, ".mod"}, {"held-back zip", KindZip, ".zip"}} {
+		t.Run(c.name, func(t *testing.T) {
+			up := newUpstream(t)
+			hold := newHoldingCommit(c.kind)
+			e := newEnv(t, up.URL(), func(cfg *Config) { cfg.NoPrefetch, cfg.beforeCommit = true, hold.beforeCommit })
+			path := "/example.com/hello/@v/v1.0.0" + c.ext
+			key := cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: cache.Kind(c.kind)}
+			type answer struct {
+				status int
+				stored bool // at the moment the answer arrived
+			}
+			done := make(chan answer, 1)
+			go func() {
+				r := e.get(path, HeaderWantStored, "1")
+				_, err := e.store.Stat(key)
+				done <- answer{r.status, err == nil}
+			}()
+			select {
+			case <-hold.reached:
+			case <-time.After(hangGuard):
+				close(hold.release)
+				t.Fatal("the commit was never reached")
+			}
+			// The answer is published: a plain request gets it now.
+			if r := e.get(path); r.status != http.StatusOK {
+				t.Errorf("plain request during the commit: %d", r.status)
+			}
+			close(hold.release)
+			select {
+			case a := <-done:
+				if a.status != http.StatusOK || !a.stored {
+					t.Errorf("answer %d, stored when answered: %v; want 200 once stored", a.status, a.stored)
+				}
+			case <-time.After(hangGuard):
+				t.Fatal("no answer after the commit")
+			}
+		})
+	}
+	t.Run("full disk", func(t *testing.T) {
+		up := newUpstream(t)
+		disk := &fakeDisk{}
+		e := newEnv(t, up.URL(), func(c *Config) { c.NoPrefetch, c.DiskFree, c.MinFreeSpace = true, disk.DiskFree, 1<<20 })
+		for _, ext := range []string{".mod", ".zip"} {
+			disk.free.Store(0)
+			if ext == ".zip" {
+				n := int64(len(up.Zip("example.com/hello", "v1.0.0")))
+				disk.free.Store(1<<20 + n + n/32) // room for the spool, not for the store
+			}
+			r := e.get("/example.com/hello/@v/v1.0.0"+ext, HeaderWantStored, "1")
+			if r.status != http.StatusInsufficientStorage {
+				t.Errorf("%s on a full disk with %s: %d %q, want 507", ext, HeaderWantStored, r.status, r.body)
+			}
+			kind := cache.KindMod
+			if ext == ".zip" {
+				kind = cache.KindZip
+			}
+			if _, err := e.store.Stat(cache.Key{Path: "example.com/hello", Version: "v1.0.0", Kind: kind}); err == nil {
+				t.Errorf("%s stored on a full disk", ext)
+			}
+		}
+	})
 }

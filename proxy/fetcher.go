@@ -511,6 +511,9 @@ func (f *Fetcher) fetchShared(ctx context.Context, key string, kind Kind, toEnd 
 	}
 }
 
+// smallKey is the fetchShared key of an .info or .mod request.
+func smallKey(req Request) string { return "small:" + req.URLPath() }
+
 // fetching reports whether a metadata fetch for key is in flight.
 func (f *Fetcher) fetching(key string) bool {
 	f.metaMu.Lock()
@@ -561,7 +564,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		return nil, herr
 	}
 	ups, private := f.upstreamsFor(req.Module)
-	res, _, err := f.fetchShared(ctx, "small:"+req.URLPath(), req.Kind, req.Stored, func(ctx context.Context, publish func(metaResult)) (metaResult, error) {
+	res, _, err := f.fetchShared(ctx, smallKey(req), req.Kind, req.Stored, func(ctx context.Context, publish func(metaResult)) (metaResult, error) {
 		if req.Kind == KindMod {
 			f.lookupAhead(ctx, req, private)
 		}
@@ -577,11 +580,14 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 			return metaResult{}, herr
 		}
 		f.m.fetches.WithLabelValues(string(req.Kind), "ok").Inc()
+		answer := metaResult{data: got.Data(), meta: got.Meta(), route: rt}
+		unstored := answer
+		unstored.unstored = true
 		// On a full disk it is answered unstored, and says so.
 		if dir := storeDir(f.store); dir != "" {
 			if err := f.disk.room(dir, int64(len(got.Data()))); err != nil {
 				f.noRoom(req, err)
-				return metaResult{data: got.Data(), meta: got.Meta(), route: rt, unstored: true}, nil
+				return unstored, nil
 			}
 		}
 		// Checked and verified: its requests need not wait for the store
@@ -589,7 +595,7 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		// arrive during the commit join this fetch.
 		f.m.commitsPending.Inc()
 		defer f.m.commitsPending.Dec()
-		publish(metaResult{data: got.Data(), meta: got.Meta(), route: rt})
+		publish(answer)
 		if h := f.cfg.beforeCommit; h != nil {
 			h(req)
 		}
@@ -597,9 +603,10 @@ func (f *Fetcher) fetchSmallShared(ctx context.Context, req Request, prefetch bo
 		if err != nil {
 			// Answered unstored; a later request fetches it again.
 			f.noRoom(req, err)
-			return metaResult{data: got.Data(), meta: got.Meta(), route: rt, unstored: true}, nil
+			return unstored, nil
 		}
-		return metaResult{data: got.Data(), meta: stored, route: rt}, nil
+		answer.meta = stored
+		return answer, nil
 	})
 	if err != nil {
 		return nil, err

@@ -578,29 +578,8 @@ func TestLargeZipStreamsBeforeDownloadEnds(t *testing.T) {
 	if half < 2*holdBack {
 		t.Fatalf("zip of %d bytes: its first half does not get past the %d-byte hold-back", len(zip), holdBack)
 	}
-	clientHasByte := make(chan struct{})
-	testDone := make(chan struct{})
-	rest := httputil.NewSingleHostReverseProxy(mustParseURL(t, up.URL()))
-	gated := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasSuffix(r.URL.Path, ".zip") {
-			rest.ServeHTTP(w, r)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(zip)))
-		w.Write(zip[:half])
-		w.(http.Flusher).Flush()
-		select {
-		case <-clientHasByte:
-		case <-testDone:
-			return
-		case <-r.Context().Done():
-			return
-		}
-		w.Write(zip[half:])
-	}))
-	t.Cleanup(gated.Close)
-	t.Cleanup(func() { close(testDone) }) // before gated.Close: a held handler returns
-	e := newEnv(t, gated.URL, func(c *Config) { c.HoldBackBytes = holdBack })
+	gatedURL, clientHasByte := pausingZipUpstream(t, up, zip, half, len(zip))
+	e := newEnv(t, gatedURL, func(c *Config) { c.HoldBackBytes = holdBack })
 
 	type first struct {
 		resp *http.Response
@@ -810,6 +789,43 @@ func TestSpoolDirPrepared(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pausingZipUpstream serves up's files, but a zip (zip, with its length)
+// in two parts: zip[:cut], then, once resume is closed, zip[cut:end]. With
+// end short of the zip, it then stalls until the test ends.
+func pausingZipUpstream(t *testing.T, up *testupstream.Server, zip []byte, cut, end int) (url string, resume chan struct{}) {
+	t.Helper()
+	resume = make(chan struct{})
+	testDone := make(chan struct{})
+	rest := httputil.NewSingleHostReverseProxy(mustParseURL(t, up.URL()))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, ".zip") {
+			rest.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(zip)))
+		w.Write(zip[:cut])
+		w.(http.Flusher).Flush()
+		select { // the next part comes in a read of its own
+		case <-resume:
+		case <-testDone:
+			return
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(zip[cut:end])
+		w.(http.Flusher).Flush()
+		if end < len(zip) {
+			select { // stall until the test ends
+			case <-testDone:
+			case <-r.Context().Done():
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(testDone) }) // before srv.Close: a held handler returns
+	return srv.URL, resume
 }
 
 // waitFlights waits until f has no zip download or metadata fetch in

@@ -154,7 +154,7 @@ func (p *prefetcher) register(kind string, key cache.Key, req Request, full bool
 		return false, false
 	}
 	// Being fetched for a client, or answered and being committed.
-	if p.f.fetching("small:" + req.URLPath()) {
+	if p.f.fetching(smallKey(req)) {
 		return false, false
 	}
 	if p.f.neg.get(req.negKey()) != nil {

@@ -202,7 +202,8 @@ func (inf *inflater) sum(f *zip.File, budget *inflateBudget, dst *[sha256.Size]b
 		return err
 	}
 	h := sha256.New()
-	if _, err := io.Copy(h, r); err != nil {
+	// entryReader has no WriteTo: the copy uses the inflater's buffer.
+	if _, err := io.CopyBuffer(h, r, inf.buf); err != nil {
 		return err
 	}
 	h.Sum(dst[:0])
@@ -254,14 +255,13 @@ func (inf *inflater) open(f *zip.File, budget *inflateBudget) (*entryReader, err
 	default:
 		return nil, contentErr("entry %s uses compression method %d (module zips use store or deflate)", f.Name, f.Method)
 	}
-	return &entryReader{rc: rc, name: f.Name, declared: f.UncompressedSize64, crc: f.CRC32, sum: crc32.NewIEEE(), budget: budget, buf: inf.buf}, nil
+	return &entryReader{rc: rc, name: f.Name, declared: f.UncompressedSize64, crc: f.CRC32, sum: crc32.NewIEEE(), budget: budget}, nil
 }
 
 // entryReader reads one zip entry, refusing more bytes than it declares or
 // than the zip's budget allows, fewer than it declares, and a wrong CRC-32.
 type entryReader struct {
 	rc       io.Reader
-	buf      []byte // for WriteTo
 	name     string
 	declared uint64
 	read     uint64
@@ -288,28 +288,6 @@ func (r *entryReader) Read(p []byte) (int, error) {
 		return n, contentErr("entry %s is corrupt: %v", r.name, err)
 	}
 	return n, err
-}
-
-// WriteTo lets io.Copy use the inflater's buffer instead of allocating
-// one per entry.
-func (r *entryReader) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	for {
-		n, err := r.Read(r.buf)
-		if n > 0 {
-			m, werr := w.Write(r.buf[:n])
-			total += int64(m)
-			if werr != nil {
-				return total, werr
-			}
-		}
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
 }
 
 // sameMajor reports whether module path decl, declared in the go.mod of a
