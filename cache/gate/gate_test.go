@@ -74,6 +74,38 @@ func lyingZipAmong(t *testing.T, declared uint64, real int64, good int) []byte {
 	return out.Bytes()
 }
 
+// damagedZip is a module zip whose entry big.go, Go-like text of 1 MiB,
+// has its deflate stream passed through damage, and its CRC-32 changed when
+// badCRC is set. Its declared sizes stay those of the real content.
+func damagedZip(t *testing.T, damage func([]byte) []byte, badCRC bool) []byte {
+	t.Helper()
+	var src bytes.Buffer
+	for i := 0; src.Len() < 1<<20; i++ {
+		fmt.Fprintf(&src, "func f%d(x int) int { return x*%d + %d }\n", i, i%97, i%13)
+	}
+	var comp bytes.Buffer
+	fw, _ := flate.NewWriter(&comp, flate.DefaultCompression)
+	fw.Write(src.Bytes())
+	fw.Close()
+	crc := crc32.ChecksumIEEE(src.Bytes())
+	if badCRC {
+		crc++
+	}
+	data := damage(comp.Bytes())
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	w, err := zw.CreateRaw(&zip.FileHeader{
+		Name: modPath + "@" + modVersion + "/big.go", Method: zip.Deflate,
+		CompressedSize64: uint64(len(data)), UncompressedSize64: uint64(src.Len()), CRC32: crc,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(data)
+	zw.Close()
+	return out.Bytes()
+}
+
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
@@ -112,6 +144,12 @@ func TestContentChecks(t *testing.T) {
 		{"zip lying sizes", cache.KindZip, lyingZip(t, 1024, 200<<20), "inflates past its declared 1024 bytes"},
 		{"zip lying entry among 200 good ones", cache.KindZip, lyingZipAmong(t, 1024, 200<<20, 200), "big.go inflates past its declared 1024 bytes"},
 		{"zip entry inflating short, among good ones", cache.KindZip, lyingZipAmong(t, 4<<20, 1<<20, 50), "inflates to 1048576 bytes, fewer than its declared 4194304"},
+		// A damaged deflate stream is refused by name, whatever the decoder
+		// makes of it, never hashed as if it ended cleanly.
+		{"zip deflate stream cut short", cache.KindZip, damagedZip(t, func(c []byte) []byte { return c[:len(c)/2] }, false), "big.go is corrupt"},
+		{"zip deflate stream of garbage", cache.KindZip, damagedZip(t, func(c []byte) []byte { return bytes.Repeat([]byte{0xff}, len(c)) }, false), "big.go is corrupt"},
+		{"zip deflate stream with a flipped bit", cache.KindZip, damagedZip(t, func(c []byte) []byte { c[len(c)/3] ^= 0x10; return c }, false), "big.go"},
+		{"zip wrong CRC-32", cache.KindZip, damagedZip(t, func(c []byte) []byte { return c }, true), "big.go fails its CRC-32 check"},
 		{"zip html", cache.KindZip, []byte("<html>login</html>"), "zip of example.com/m@v1.0.0"},
 		{"zip other module", cache.KindZip, func() []byte {
 			z, _ := testsumdb.MakeZip("example.com/evil", modVersion, map[string][]byte{"e.go": []byte("package e\n")})
