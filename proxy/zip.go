@@ -623,10 +623,10 @@ func (f *Fetcher) commitZip(req Request, fl *zipFlight, vz verifiedZip, rt route
 	if err != nil {
 		return
 	}
+	f.zipCommits <- struct{}{}
 	if h := f.cfg.beforeCommit; h != nil {
 		h(req)
 	}
-	f.zipCommits <- struct{}{}
 	_, err = f.gate.Commit(vz.ticket)
 	<-f.zipCommits
 	if err != nil {
