@@ -378,8 +378,40 @@ func TestCommitRefusesContentChangedSinceCheck(t *testing.T) {
 	}
 }
 
+// A spooled zip whose digest, taken by the caller while writing it, does
+// not match the file (changed after it was written, or a wrong digest)
+// is checked on the file's bytes, but never committed: a zip other than
+// the one downloaded cannot be stored under its digest.
+func TestCheckSpooledZipRefusesOtherBytes(t *testing.T) {
+	k := cache.Key{Path: modPath, Version: modVersion, Kind: cache.KindZip}
+	downloaded := goodZip(t, map[string]string{"m.go": "package m\n"})
+	swapped := goodZip(t, map[string]string{"m.go": "package m // swapped\n"})
+	for name, c := range map[string]struct {
+		size int64
+		sha  [32]byte
+	}{
+		"file changed after the download": {int64(len(downloaded)), sha256.Sum256(downloaded)},
+		"wrong size":                      {int64(len(swapped)) + 1, sha256.Sum256(swapped)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := openStore(t)
+			g, _ := New(Config{Store: st, TempDir: t.TempDir()})
+			tk, err := g.CheckSpooledZip(context.Background(), k, writeTemp(t, swapped), c.size, c.sha, Origin{})
+			if err != nil {
+				t.Fatal(err) // the file's own bytes are a good zip
+			}
+			if _, err := g.Commit(tk); err == nil {
+				t.Fatal("committed bytes other than the digest's")
+			}
+			if _, err := st.Stat(k); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("stored: %v", err)
+			}
+		})
+	}
+}
+
 // CheckZip takes the digest while spooling, CheckZipFile by reading the
-// file: both record the content's size and SHA-256, which Commit checks.
+// file, CheckSpooledZip from its caller: all record the content's size and SHA-256, which Commit checks.
 func TestCheckZipDigestMatchesContent(t *testing.T) {
 	content := goodZip(t, map[string]string{"m.go": "package m\n"})
 	want := sha256.Sum256(content)
@@ -389,6 +421,9 @@ func TestCheckZipDigestMatchesContent(t *testing.T) {
 		"CheckZip": func(g *Gate) (*Ticket, error) { return g.CheckZip(context.Background(), k, open, Origin{}) },
 		"CheckZipFile": func(g *Gate) (*Ticket, error) {
 			return g.CheckZipFile(context.Background(), k, writeTemp(t, content), Origin{})
+		},
+		"CheckSpooledZip": func(g *Gate) (*Ticket, error) {
+			return g.CheckSpooledZip(context.Background(), k, writeTemp(t, content), int64(len(content)), want, Origin{})
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
