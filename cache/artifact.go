@@ -280,10 +280,20 @@ func (s *Store) putArtifact(k Key, r io.Reader, m Meta) (Meta, error) {
 	p.rec.Meta = Meta{Hash: m.Hash, Upstream: m.Upstream, Created: m.Created, State: m.State, Proof: m.Proof}
 	p.rec.chunkSize = s.chunkSize
 	p.rec.checksummed = true
-	bufp := s.stagePool.Get().(*[]byte)
-	defer s.stagePool.Put(bufp)
-
-	stored, err = p.run(r, *bufp)
+	var buf []byte
+	if m.Size > 0 && m.Size < int64(s.chunkSize) {
+		// A small artifact of known size (every .info and .mod) gets a
+		// buffer of its size, one byte more to see a longer content.
+		// Taking a staging buffer instead cost a 4 MiB allocation and
+		// clearing whenever the garbage collector had emptied the pool,
+		// which in a cold download it mostly had.
+		buf = make([]byte, m.Size+1+chunkCRCLen)
+	} else {
+		bufp := s.stagePool.Get().(*[]byte)
+		defer s.stagePool.Put(bufp)
+		buf = *bufp
+	}
+	stored, err = p.run(r, buf)
 	if err != nil && p.rec.blob != 0 && p.staged {
 		if derr := s.discard(p.rec.blob); derr != nil {
 			err = errors.Join(err, fmt.Errorf("discard staged content: %w", derr))
@@ -318,8 +328,9 @@ func (p *putter) run(r io.Reader, buf []byte) (Meta, error) {
 		// Fill buf with whole chunks; only the last chunk may be short.
 		var chunks [][]byte
 		eof := false
-		for off := 0; off+stride <= len(buf) && !eof; off += stride {
-			n, err := io.ReadFull(r, buf[off:off+cs])
+		// A buffer shorter than a chunk holds one short chunk.
+		for off := 0; off+chunkCRCLen < len(buf) && !eof; off += stride {
+			n, err := io.ReadFull(r, buf[off:min(off+cs, len(buf)-chunkCRCLen)])
 			switch {
 			case err == io.EOF || err == io.ErrUnexpectedEOF:
 				eof = true
