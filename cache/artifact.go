@@ -281,13 +281,13 @@ func (s *Store) putArtifact(k Key, r io.Reader, m Meta) (Meta, error) {
 	p.rec.chunkSize = s.chunkSize
 	p.rec.checksummed = true
 	var buf []byte
-	if m.Size > 0 && m.Size < int64(s.chunkSize) {
-		// A small artifact of known size (every .info and .mod) gets a
-		// buffer of its size, one byte more to see a longer content.
-		// Taking a staging buffer instead cost a 4 MiB allocation and
-		// clearing whenever the garbage collector had emptied the pool,
-		// which in a cold download it mostly had.
-		buf = make([]byte, m.Size+1+chunkCRCLen)
+	if n := fitBuffer(m.Size, s.chunkSize, s.stageLen); n > 0 {
+		// An artifact of known size smaller than a staging buffer (every
+		// .info and .mod, most zips) gets a buffer of its size. Taking a
+		// staging buffer instead cost a 4 MiB allocation and clearing
+		// whenever the garbage collector had emptied the pool, which in a
+		// cold download it mostly had.
+		buf = make([]byte, n)
 	} else {
 		bufp := s.stagePool.Get().(*[]byte)
 		defer s.stagePool.Put(bufp)
@@ -300,6 +300,21 @@ func (s *Store) putArtifact(k Key, r io.Reader, m Meta) (Meta, error) {
 		}
 	}
 	return stored, err
+}
+
+// fitBuffer is the length of a Put buffer that holds content of size
+// bytes and one byte more (to see a longer content) in chunks of
+// chunkSize, each with its checksum trailer: 0 for an unknown size, or
+// one that needs limit bytes or more.
+func fitBuffer(size int64, chunkSize, limit int) int {
+	if size <= 0 || size >= int64(limit) {
+		return 0
+	}
+	n := int(size) + 1
+	if n += (n + chunkSize - 1) / chunkSize * chunkCRCLen; n >= limit {
+		return 0
+	}
+	return n
 }
 
 var errReadOnly = errors.New("store is read-only")

@@ -856,3 +856,25 @@ func TestOpenRejectsHugeChunks(t *testing.T) {
 		t.Error("Open with a 1 GiB chunk size succeeded")
 	}
 }
+
+func TestFitBuffer(t *testing.T) {
+	const cs, limit = 1024, 4 * (1024 + chunkCRCLen)
+	for _, tt := range []struct {
+		size int64
+		want int
+	}{
+		{0, 0}, {-1, 0},
+		{1, 2 + chunkCRCLen},
+		{cs - 1, cs + chunkCRCLen},
+		{cs, cs + 1 + 2*chunkCRCLen}, // a whole chunk, then the byte that must not come
+		{3*cs - 1, 3*cs + 3*chunkCRCLen},
+		{3 * cs, 3*cs + 1 + 4*chunkCRCLen},
+		{4 * cs, 0}, // needs more than limit: a staging buffer
+		{limit, 0},
+		{1 << 62, 0},
+	} {
+		if got := fitBuffer(tt.size, cs, limit); got != tt.want {
+			t.Errorf("fitBuffer(%d) = %d, want %d", tt.size, got, tt.want)
+		}
+	}
+}
