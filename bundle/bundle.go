@@ -3,10 +3,11 @@
 //
 // A bundle is a modproxy store file holding a chosen subset of another
 // store's artifacts plus all of its checksum-database data (lookup records,
-// tiles and tree heads), so that "modproxy serve --offline" on the bundle,
-// or on a store the bundle was imported into, lets the go command download
-// and verify those modules with GOSUMDB on. [Export] writes one; [Import]
-// merges one into a store, checking every artifact on the way in.
+// tiles and tree heads), so that "modproxy serve --offline" on a store the
+// bundle was imported into lets the go command download and verify those
+// modules with GOSUMDB on. [Export] writes one (marked as a bundle:
+// [CheckServable] keeps it from being served as it is); [Import] merges one
+// into a store, checking every artifact on the way in.
 //
 // A GOPROXY directory is the same content laid out as the go command reads
 // it from GOPROXY=file:///dir: <escaped path>/@v/list, <version>.info, .mod
@@ -28,16 +29,41 @@
 package bundle
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/module"
 
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/gate"
 )
+
+// ExportMarker is the store entry that marks a store file as a bundle
+// written by Export. Import never copies it.
+const ExportMarker = "bundle/exported"
+
+// CheckServable refuses a store that is a bundle. A bundle is untrusted
+// input, proven only by Import; serving one as a store would serve its
+// artifacts on the strength of the states and hashes it claims for
+// itself. The marker protects against that mistake, not against a forged
+// bundle that leaves it out: a store file is the proxy's own, and a file
+// from elsewhere must come in through Import.
+func CheckServable(s *cache.Store, path string) error {
+	e, err := s.GetEntry(ExportMarker)
+	if errors.Is(err, cache.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	return fmt.Errorf("%s is a bundle written by modproxy export on %s, which is untrusted input and is never served as a store: "+
+		"import it with \"modproxy import --db STORE %s\" (it authenticates the checksum-database data and verifies every artifact), then serve STORE",
+		path, e.Fetched.UTC().Format(time.DateOnly), path)
+}
 
 // sumdbMetaPrefix is the prefix of the store's mutable entries that belong
 // to checksum databases (tree heads, the partial-tile index).
@@ -132,6 +158,9 @@ func Export(src *cache.Store, out string, keep func(cache.Key) bool, includeUnve
 		return fail(err)
 	}
 	rep.SumDB = n + m
+	if err := dst.PutEntry(ExportMarker, []byte("written by modproxy export")); err != nil {
+		return fail(err)
+	}
 	if err := dst.Close(); err != nil {
 		os.Remove(tmpName)
 		return rep, fmt.Errorf("export to %s: %w", out, err)

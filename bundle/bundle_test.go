@@ -248,5 +248,19 @@ func TestExportImportStore(t *testing.T) {
 	if err != nil || rep.Artifacts != 0 || rep.Existing != 6 {
 		t.Errorf("second Import: %+v, %v", rep, err)
 	}
-
+	// The bundle is marked and refused as a store to serve; the store it
+	// was imported into, and the source, are not marked.
+	b, err := cache.Open(out, cache.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := CheckServable(b, out); err == nil || !strings.Contains(err.Error(), "modproxy import --db STORE "+out) {
+		t.Errorf("CheckServable(bundle) = %v, want a refusal naming modproxy import", err)
+	}
+	for name, s := range map[string]*cache.Store{"imported store": dst, "source": f.store} {
+		if err := CheckServable(s, name); err != nil {
+			t.Errorf("CheckServable(%s) = %v", name, err)
+		}
+	}
 }

@@ -44,51 +44,61 @@ func TestRoundTrip(t *testing.T) {
 		{"many staging txns", 5*stage + 3*cs + 7, KindZip},
 	}
 	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			k := Key{Path: "example.com/rt", Version: fmt.Sprintf("v0.%d.0", i), Kind: tt.kind}
-			data := content(tt.size, uint64(i))
-			want := Meta{
-				Size:     int64(tt.size),
-				Created:  clock.Now(),
-				SHA256:   sha256.Sum256(data),
-				Hash:     "h1:test=",
-				Upstream: "https://mirror.example.com/go",
-			}
-			got, err := s.put(k, bytes.NewReader(data), Meta{Hash: want.Hash, Upstream: want.Upstream})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != want {
-				t.Fatalf("Put = %+v, want %+v", got, want)
-			}
-			if m, err := s.Stat(k); err != nil || m != want {
-				t.Fatalf("Stat = %+v, %v; want %+v", m, err, want)
-			}
-			b, m, err := s.Get(k)
-			if err != nil || m != want || !bytes.Equal(b, data) {
-				t.Fatalf("Get = %d bytes, %+v, %v; want %d bytes, %+v", len(b), m, err, len(data), want)
-			}
-			r, err := s.Open(k)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.Size() != int64(tt.size) || r.Meta() != want {
-				t.Errorf("Reader Size, Meta = %d, %+v", r.Size(), r.Meta())
-			}
-			if err := iotest.TestReader(r, data); err != nil {
-				t.Error(err)
-			}
-			if _, err := r.Seek(0, io.SeekStart); err != nil {
-				t.Fatal(err)
-			}
-			var buf bytes.Buffer
-			if n, err := io.Copy(&buf, r); err != nil || n != int64(tt.size) || !bytes.Equal(buf.Bytes(), data) {
-				t.Errorf("io.Copy (WriteTo) = %d, %v", n, err)
-			}
-			if err := r.Close(); err != nil {
-				t.Error(err)
-			}
-		})
+		// A size the caller declares picks the buffer of a small artifact.
+		for _, declared := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/declared=%v", tt.name, declared), func(t *testing.T) {
+				k := Key{Path: "example.com/rt", Version: fmt.Sprintf("v0.%d.0", i), Kind: tt.kind}
+				if declared {
+					k.Path = "example.com/rtsized"
+				}
+				data := content(tt.size, uint64(i))
+				want := Meta{
+					Size:     int64(tt.size),
+					Created:  clock.Now(),
+					SHA256:   sha256.Sum256(data),
+					Hash:     "h1:test=",
+					Upstream: "https://mirror.example.com/go",
+				}
+				in := Meta{Hash: want.Hash, Upstream: want.Upstream}
+				if declared {
+					in.Size = want.Size
+				}
+				got, err := s.put(k, bytes.NewReader(data), in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != want {
+					t.Fatalf("Put = %+v, want %+v", got, want)
+				}
+				if m, err := s.Stat(k); err != nil || m != want {
+					t.Fatalf("Stat = %+v, %v; want %+v", m, err, want)
+				}
+				b, m, err := s.Get(k)
+				if err != nil || m != want || !bytes.Equal(b, data) {
+					t.Fatalf("Get = %d bytes, %+v, %v; want %d bytes, %+v", len(b), m, err, len(data), want)
+				}
+				r, err := s.Open(k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.Size() != int64(tt.size) || r.Meta() != want {
+					t.Errorf("Reader Size, Meta = %d, %+v", r.Size(), r.Meta())
+				}
+				if err := iotest.TestReader(r, data); err != nil {
+					t.Error(err)
+				}
+				if _, err := r.Seek(0, io.SeekStart); err != nil {
+					t.Fatal(err)
+				}
+				var buf bytes.Buffer
+				if n, err := io.Copy(&buf, r); err != nil || n != int64(tt.size) || !bytes.Equal(buf.Bytes(), data) {
+					t.Errorf("io.Copy (WriteTo) = %d, %v", n, err)
+				}
+				if err := r.Close(); err != nil {
+					t.Error(err)
+				}
+			})
+		}
 	}
 }
 
@@ -142,6 +152,12 @@ func TestPutFailureLeavesNothing(t *testing.T) {
 		{"long content", bytes.NewReader(data), Meta{Size: 5000}, nil, "longer than expected 5000"},
 		{"sha mismatch", bytes.NewReader(data), Meta{SHA256: sha256.Sum256([]byte("other"))}, nil, "SHA-256"},
 		{"sha mismatch small", bytes.NewReader(data[:10]), Meta{SHA256: sha256.Sum256([]byte("other"))}, nil, "SHA-256"},
+		// Known sizes under a chunk get a buffer of that size plus one.
+		{"small content longer by one", bytes.NewReader(data[:100]), Meta{Size: 99}, nil, "longer than expected 99"},
+		{"small content much longer", bytes.NewReader(data), Meta{Size: 99}, nil, "longer than expected 99"},
+		{"a chunk declared one byte short", bytes.NewReader(data[:opts.ChunkSize]), Meta{Size: int64(opts.ChunkSize) - 1}, nil, "longer than expected"},
+		{"small content short by one", bytes.NewReader(data[:98]), Meta{Size: 99}, nil, "expected"},
+		{"small content empty", bytes.NewReader(nil), Meta{Size: 99}, nil, "expected"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -838,5 +854,27 @@ func TestReadOnly(t *testing.T) {
 func TestOpenRejectsHugeChunks(t *testing.T) {
 	if _, err := Open(filepath.Join(t.TempDir(), "s.db"), Options{ChunkSize: 1 << 30}); err == nil {
 		t.Error("Open with a 1 GiB chunk size succeeded")
+	}
+}
+
+func TestFitBuffer(t *testing.T) {
+	const cs, limit = 1024, 4 * (1024 + chunkCRCLen)
+	for _, tt := range []struct {
+		size int64
+		want int
+	}{
+		{0, 0}, {-1, 0},
+		{1, 2 + chunkCRCLen},
+		{cs - 1, cs + chunkCRCLen},
+		{cs, cs + 1 + 2*chunkCRCLen}, // a whole chunk, then the byte that must not come
+		{3*cs - 1, 3*cs + 3*chunkCRCLen},
+		{3 * cs, 3*cs + 1 + 4*chunkCRCLen},
+		{4 * cs, 0}, // needs more than limit: a staging buffer
+		{limit, 0},
+		{1 << 62, 0},
+	} {
+		if got := fitBuffer(tt.size, cs, limit); got != tt.want {
+			t.Errorf("fitBuffer(%d) = %d, want %d", tt.size, got, tt.want)
+		}
 	}
 }

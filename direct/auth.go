@@ -21,14 +21,40 @@ import (
 // and "command ..." methods separated by ';', earlier ones winning;
 // credentials are looked up by URL prefix (host, then deeper paths win).
 // Headers are never logged or returned to clients.
+//
+// Unlike the go command, which runs for seconds, modproxy runs for months
+// while tokens are rotated and netrc files rewritten under it. What the
+// methods answer is therefore kept for credentialTTL only, and a URL whose
+// server refuses the credentials sent (see forget) asks the methods again,
+// at most once per credentialRetry.
 type credentials struct {
 	methods []authMethod
 	netrc   string // netrc file for the netrc method
+	now     func() time.Time
 
 	mu    sync.Mutex
-	cache map[string]http.Header // prefix (host/path, no scheme) -> headers
-	ran   map[string]bool        // per-URL methods already run, by prefix
+	cache map[string]credEntry // prefix (host/path, no scheme) -> headers
+	ran   map[string]time.Time // per-URL methods last run, by URL key
+	// refused is when a server last refused the credentials of a URL key.
+	refused map[string]time.Time
 }
+
+// credEntry is one prefix's headers and when a method produced them.
+type credEntry struct {
+	h  http.Header
+	at time.Time
+}
+
+const (
+	// credentialTTL bounds how long an answer of the GOAUTH methods is
+	// used: a token removed from a netrc file or no longer printed by a
+	// command stops being sent within it.
+	credentialTTL = 5 * time.Minute
+	// credentialRetry is the shortest time between two runs of the
+	// methods for one URL after its server refused what they gave: a
+	// wrong password does not run a GOAUTH command per request.
+	credentialRetry = 10 * time.Second
+)
 
 type authMethod struct {
 	kind string   // netrc, git, command
@@ -38,7 +64,8 @@ type authMethod struct {
 // parseGOAUTH parses a GOAUTH value. Empty means "netrc", the go
 // command's default.
 func parseGOAUTH(s, netrcPath string) (*credentials, error) {
-	c := &credentials{netrc: netrcPath, cache: map[string]http.Header{}, ran: map[string]bool{}}
+	c := &credentials{netrc: netrcPath, now: time.Now,
+		cache: map[string]credEntry{}, ran: map[string]time.Time{}, refused: map[string]time.Time{}}
 	s = strings.TrimSpace(s)
 	if s == "" {
 		s = "netrc"
@@ -99,47 +126,28 @@ func defaultNetrc() string {
 
 // headerFor returns the credentials for rawURL (nil: none). Methods run
 // in reverse order so that the first listed method's answer wins, as with
-// the go command.
+// the go command. They run again for a URL whose last run is older than
+// credentialTTL, or that forget marked refused since.
 func (c *credentials) headerFor(ctx context.Context, rawURL string) http.Header {
-	if c == nil || len(c.methods) == 0 {
+	key, ok := c.key(rawURL)
+	if !ok {
 		return nil
 	}
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Host == "" {
-		return nil
-	}
-	key := u.Host + strings.TrimSuffix(u.Path, "/")
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.ran[key] {
-		c.ran[key] = true
-		for _, m := range slices.Backward(c.methods) {
-			switch m.kind {
-			case "netrc":
-				for _, l := range slices.Backward(readNetrc(c.netrc)) {
-					h := http.Header{}
-					h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(l.login+":"+l.password)))
-					c.cache[l.machine] = h
-				}
-			case "git":
-				if prefix, h, err := gitCredential(ctx, m.args[0], "https://"+key); err == nil {
-					c.cache[prefix] = h
-				}
-			case "command":
-				if creds, err := authCommand(ctx, m.args, "https://"+key); err == nil {
-					for p, h := range creds {
-						c.cache[p] = h
-					}
-				}
-			}
-		}
+	now := c.now()
+	last, ran := c.ran[key]
+	if !ran || now.Sub(last) >= credentialTTL || c.refused[key].After(last) {
+		c.ran[key] = now
+		delete(c.refused, key)
+		c.run(ctx, key, now)
 		if ctx.Err() != nil {
 			delete(c.ran, key) // cut off: ask again next time
 		}
 	}
 	for p := key; ; {
-		if h, ok := c.cache[p]; ok {
-			return h.Clone()
+		if e, ok := c.cache[p]; ok && now.Sub(e.at) < credentialTTL {
+			return e.h.Clone()
 		}
 		i := strings.LastIndexByte(p, '/')
 		if i < 0 {
@@ -147,6 +155,61 @@ func (c *credentials) headerFor(ctx context.Context, rawURL string) http.Header 
 		}
 		p = p[:i]
 	}
+}
+
+// key is rawURL's lookup key: host and path, no scheme or trailing slash.
+func (c *credentials) key(rawURL string) (string, bool) {
+	if c == nil || len(c.methods) == 0 {
+		return "", false
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" {
+		return "", false
+	}
+	return u.Host + strings.TrimSuffix(u.Path, "/"), true
+}
+
+// run runs the methods for key, under c.mu.
+func (c *credentials) run(ctx context.Context, key string, now time.Time) {
+	for _, m := range slices.Backward(c.methods) {
+		switch m.kind {
+		case "netrc":
+			for _, l := range slices.Backward(readNetrc(c.netrc)) {
+				h := http.Header{}
+				h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(l.login+":"+l.password)))
+				c.cache[l.machine] = credEntry{h, now}
+			}
+		case "git":
+			if prefix, h, err := gitCredential(ctx, m.args[0], "https://"+key); err == nil {
+				c.cache[prefix] = credEntry{h, now}
+			}
+		case "command":
+			if creds, err := authCommand(ctx, m.args, "https://"+key); err == nil {
+				for p, h := range creds {
+					c.cache[p] = credEntry{h, now}
+				}
+			}
+		}
+	}
+}
+
+// forget records that the server of rawURL refused the credentials sent
+// with a request (401 or 403, or git's authentication failure). The next
+// request for it runs the methods again, unless they ran less than
+// credentialRetry ago. It reports whether that next request will.
+func (c *credentials) forget(rawURL string) bool {
+	key, ok := c.key(rawURL)
+	if !ok {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	if now.Sub(c.ran[key]) < credentialRetry {
+		return false
+	}
+	c.refused[key] = now
+	return true
 }
 
 // apply adds credentials to a discovery or proxy request. As with the go
@@ -160,6 +223,24 @@ func (c *credentials) apply(req *http.Request) {
 			req.Header.Add(k, v)
 		}
 	}
+}
+
+// do sends req (a GET without a body) with its credentials. A server that
+// answers 401 or 403 gets the request once more with credentials looked
+// up again, where forget allows it: a token rotated since it was cached
+// costs one refused request, not credentialTTL of them.
+func (c *credentials) do(client *http.Client, req *http.Request) (*http.Response, error) {
+	plain := req.Clone(req.Context())
+	c.apply(req)
+	resp, err := client.Do(req)
+	if err != nil || req.URL.Scheme != "https" ||
+		(resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden) ||
+		!c.forget(req.URL.String()) {
+		return resp, err
+	}
+	resp.Body.Close()
+	c.apply(plain)
+	return client.Do(plain)
 }
 
 type netrcLine struct{ machine, login, password string }
@@ -346,6 +427,17 @@ func splitQuoted(s string) ([]string, error) {
 		return nil, errors.New("empty command")
 	}
 	return f, nil
+}
+
+// forgetRepo is forget for the credentials gitAuthConfig found for repo.
+// Credentials in repo's URL itself are not looked up, so not again either.
+func (c *credentials) forgetRepo(repo string) bool {
+	u, err := url.Parse(repo)
+	if err != nil || u.User != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		return false
+	}
+	u.Scheme = "https"
+	return c.forget(u.String())
 }
 
 // gitAuthConfig turns the credentials for repo into git configuration:

@@ -394,8 +394,7 @@ func (f *Fetcher) fetchMeta(ctx context.Context, client *http.Client, u *url.URL
 		return nil, err
 	}
 	req.Header.Set("User-Agent", "modproxy")
-	f.auth.apply(req)
-	resp, err := client.Do(req)
+	resp, err := f.auth.do(client, req)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %v", u, redactText(err.Error()))
 	}
@@ -503,10 +502,11 @@ func matchGoImport(imports []metaImport, importPath string) (metaImport, error) 
 
 // ping checks that git can list repo.
 func (f *Fetcher) ping(ctx context.Context, repo string) error {
-	m, err := f.mirrorFor(ctx, repo)
-	if err != nil {
+	m := f.mirrorFor(repo)
+	config := m.auth(ctx)
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	_, err = f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: m.config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
+	_, err := f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
 	return err
 }

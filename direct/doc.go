@@ -18,7 +18,9 @@
 // allowlist, bounded concurrency and per-phase timeouts. Credentials come
 // from GOAUTH methods (netrc, git credential helpers, commands) and reach
 // git through its environment, never its command line; they never appear
-// in errors, logs or served files.
+// in errors, logs or served files. They are looked up again after five
+// minutes and when a server refuses them, so rotated tokens need no
+// restart.
 //
 // Parts of this package are adapted from the go command's sources
 // (cmd/go/internal/modfetch, cmd/go/internal/modfetch/codehost,

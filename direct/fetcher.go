@@ -204,34 +204,25 @@ func (f *Fetcher) observe(ctx context.Context, phase string, d time.Duration) {
 // HTTP is allowed only for an http:// repository, which discovery
 // accepts only for --insecure paths; redirects to it are refused
 // otherwise.
-func (f *Fetcher) mirrorFor(ctx context.Context, repo string) (*mirror, error) {
+func (f *Fetcher) mirrorFor(repo string) *mirror {
 	clean := redactURL(repo)
 	f.mirrorsMu.Lock()
-	m := f.mirrors[clean]
-	f.mirrorsMu.Unlock()
-	if m != nil {
-		return m, nil
+	defer f.mirrorsMu.Unlock()
+	if m := f.mirrors[clean]; m != nil {
+		return m
 	}
 	allow := "https:ssh"
 	if strings.HasPrefix(clean, "http://") {
 		allow = "https:ssh:http"
 	}
-	// Credentials may take a GOAUTH command to find: not under the lock.
-	config := f.auth.gitAuthConfig(ctx, repo)
-	if err := ctx.Err(); err != nil {
-		return nil, err // the lookup was cut off: the mirror would keep no credentials
-	}
-	f.mirrorsMu.Lock()
-	defer f.mirrorsMu.Unlock()
-	if m := f.mirrors[clean]; m != nil {
-		return m, nil
-	}
-	m = &mirror{
+	m := &mirror{
 		r: f.run, remote: clean, dir: mirrorDir(f.cfg.Dir, clean), allow: allow,
-		config: config, ttl: f.cfg.RefsTTL,
+		ttl:    f.cfg.RefsTTL,
+		auth:   func(ctx context.Context) []string { return f.auth.gitAuthConfig(ctx, repo) },
+		forget: func() bool { return f.auth.forgetRepo(repo) },
 	}
 	f.mirrors[clean] = m
-	return m, nil
+	return m
 }
 
 // Request kinds, as the GOPROXY protocol names them.
@@ -260,10 +251,7 @@ func (f *Fetcher) Open(ctx context.Context, path, kind, version string) (io.Read
 	if rr.VCS == "mod" {
 		return f.openProxy(ctx, rr.Repo, path, kind, version)
 	}
-	m, err := f.mirrorFor(ctx, rr.Repo)
-	if err != nil {
-		return nil, 0, err
-	}
+	m := f.mirrorFor(rr.Repo)
 	rc, n, err := f.openGit(ctx, m, rr, path, kind, version, false)
 	if IsNotExist(err) && errors.Is(err, errStaleRefs) {
 		// A reused ls-remote may predate the version asked for (a tag
@@ -398,8 +386,7 @@ func (f *Fetcher) openProxy(ctx context.Context, base, path, kind, version strin
 	if err != nil {
 		return nil, 0, err
 	}
-	f.auth.apply(req)
-	resp, err := client.Do(req)
+	resp, err := f.auth.do(client, req)
 	if err != nil {
 		return nil, 0, fmt.Errorf("module proxy %s: %s", redactURL(base), redactText(err.Error()))
 	}

@@ -277,10 +277,14 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 // arrives while it runs.
 type mirror struct {
 	r      *runner
-	remote string   // URL without credentials
-	dir    string   // GIT_DIR
-	allow  string   // GIT_ALLOW_PROTOCOL
-	config []string // credentials (URL-scoped extra headers)
+	remote string // URL without credentials
+	dir    string // GIT_DIR
+	allow  string // GIT_ALLOW_PROTOCOL
+	// auth returns the credentials (URL-scoped extra headers) for a sync;
+	// forget reports that the remote refused them and whether auth will
+	// look them up again (see credentials.forget).
+	auth   func(context.Context) []string
+	forget func() bool
 	ttl    time.Duration
 
 	flight  singleflight.Group
@@ -338,12 +342,33 @@ func (m *mirror) sync(ctx context.Context, force bool) (_ *snapshot, reused bool
 }
 
 func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
-	out, err := m.r.run(ctx, gitCall{
-		args: []string{"ls-remote", "-q", "--end-of-options", m.remote}, config: m.config,
-		allow: m.allow, phase: PhaseLsRemote, timeout: m.r.timeouts.LsRemote,
-	})
+	// Credentials are looked up for every sync (they are cached for
+	// credentialTTL), so that a rotated token reaches a mirror that
+	// lives as long as the process.
+	config := m.auth(ctx)
+	if err := ctx.Err(); err != nil {
+		return nil, err // the lookup was cut off: do not go on without credentials
+	}
+	lsRemote := func() ([]byte, error) {
+		out, err := m.r.run(ctx, gitCall{
+			args: []string{"ls-remote", "-q", "--end-of-options", m.remote}, config: config,
+			allow: m.allow, phase: PhaseLsRemote, timeout: m.r.timeouts.LsRemote,
+		})
+		if err != nil {
+			return nil, m.remoteError(err)
+		}
+		return out, nil
+	}
+	out, err := lsRemote()
+	var ae *AuthError
+	if errors.As(err, &ae) && m.forget() {
+		// Refused: the credentials may have been rotated since they
+		// were looked up. Look them up again once.
+		config = m.auth(ctx)
+		out, err = lsRemote()
+	}
 	if err != nil {
-		return nil, m.remoteError(err)
+		return nil, err
 	}
 	raw := map[string]string{}
 	refs := map[string]string{}
@@ -375,7 +400,7 @@ func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
 	}
 	m.fetchMu.Lock()
 	defer m.fetchMu.Unlock()
-	if err := m.fetchLocked(ctx, raw, s.sha256); err != nil {
+	if err := m.fetchLocked(ctx, raw, s.sha256, config); err != nil {
 		if _, lerr := m.localRefs(ctx); lerr == nil || ctx.Err() != nil {
 			return nil, m.remoteError(err) // the remote failed, not the mirror
 		}
@@ -383,7 +408,7 @@ func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
 		if rerr := os.RemoveAll(m.dir); rerr != nil {
 			return nil, err
 		}
-		if err2 := m.fetchLocked(ctx, raw, s.sha256); err2 != nil {
+		if err2 := m.fetchLocked(ctx, raw, s.sha256, config); err2 != nil {
 			return nil, m.remoteError(err2)
 		}
 	}
@@ -391,8 +416,9 @@ func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
 }
 
 // fetchLocked makes the mirror's refs equal to raw (unpeeled), cloning
-// on first use and fetching incrementally after.
-func (m *mirror) fetchLocked(ctx context.Context, raw map[string]string, sha256 bool) error {
+// on first use and fetching incrementally after, with the credentials in
+// config.
+func (m *mirror) fetchLocked(ctx context.Context, raw map[string]string, sha256 bool, config []string) error {
 	if _, err := os.Stat(filepath.Join(m.dir, readyMarker)); err != nil {
 		if err := m.init(ctx, sha256); err != nil {
 			return err
@@ -405,7 +431,7 @@ func (m *mirror) fetchLocked(ctx context.Context, raw map[string]string, sha256 
 	// killed midway, and would fail every later fetch.
 	clearStaleLocks(m.dir)
 	_, err := m.r.run(ctx, gitCall{
-		dir: m.dir, config: m.config, allow: m.allow, phase: PhaseFetch, timeout: m.r.timeouts.Fetch,
+		dir: m.dir, config: config, allow: m.allow, phase: PhaseFetch, timeout: m.r.timeouts.Fetch,
 		args: []string{"fetch", "-f", "--prune", "--no-tags", "--no-recurse-submodules", "--no-write-fetch-head",
 			"--end-of-options", "origin", "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"},
 	})

@@ -686,10 +686,7 @@ func TestCanceledGitIsNotMissing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := f.mirrorFor(ctx, rr.Repo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := f.mirrorFor(rr.Repo)
 	snap, _, err := m.sync(ctx, false)
 	if err != nil {
 		t.Fatal(err)
@@ -734,5 +731,148 @@ func TestCanceledCredentialLookup(t *testing.T) {
 	}
 	if err := openErr(t, f, host+"/private/slow", KindInfo, "v0.1.0"); err != nil {
 		t.Errorf("after a cut-off credential lookup: %v", err)
+	}
+}
+
+// TestRotatedCredentials: a long-running proxy sees tokens rotated under
+// it. A repository and a go-import page whose password changes under a
+// running Fetcher must each be picked up at their first refusal, without
+// a restart. The GOAUTH command gives each its own prefix, so that one
+// refusal's new lookup cannot refresh the other's credentials.
+func TestRotatedCredentials(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	p := s.NewRepo("private/rot")
+	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/rot\n", "p.go": "package p\n"})
+	p.Tag("v0.1.0", "")
+	p.Push()
+	s.RequireAuth("private/", "bob", "pw1")
+	imp(s, "private/rot", "git", s.RepoURL("https", "private/rot"), "")
+	imp(s, "pages/lib", "git", s.RepoURL("https", "lib"), "")
+	s.RequireAuthPages(host+"/pages", "bob", "pw1")
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	os.WriteFile(pwFile, []byte("pw1"), 0o600)
+	script := filepath.Join(dir, "auth.sh")
+	os.WriteFile(script, []byte(`#!/bin/sh
+case "$1" in
+*/repo/*) prefix=https://`+host+`/repo ;;
+*/pages/*) prefix=https://`+host+`/pages ;;
+*) exit 0 ;;
+esac
+printf '%s\n\nAuthorization: Basic %s\n\n' "$prefix" "$(printf 'bob:%s' "$(cat `+pwFile+`)" | base64)"
+`), 0o700)
+	// Discovery is not remembered, so that the page is asked again.
+	f := newTestFetcher(t, fx, func(c *Config) { c.GOAUTH, c.DiscoveryTTL = "sh "+script, time.Nanosecond })
+	if _, err := readAll(t, f, host+"/private/rot", KindInfo, "v0.1.0"); err != nil {
+		t.Fatalf("before the rotation: %v", err)
+	}
+	if err := openErr(t, f, host+"/pages/lib", KindList, ""); err != nil {
+		t.Fatalf("discovery before the rotation: %v", err)
+	}
+	// Rotate: the server takes only the new password, the command gives
+	// it; the cached credentials still hold the old one. A refusal within
+	// credentialRetry of the first lookup is not retried: move the clock.
+	p.Tag("v0.2.0", "")
+	p.Push()
+	s.RequireAuth("private/", "bob", "pw2")
+	s.RequireAuthPages(host+"/pages", "bob", "pw2")
+	os.WriteFile(pwFile, []byte("pw2"), 0o600)
+	f.auth.now = func() time.Time { return time.Now().Add(credentialRetry) }
+	data, err := readAll(t, f, host+"/private/rot", KindInfo, "v0.2.0")
+	if err != nil {
+		t.Fatalf("repository after the rotation: %v", err)
+	}
+	if !strings.Contains(string(data), "v0.2.0") {
+		t.Errorf(".info after the rotation: %s", data)
+	}
+	if err := openErr(t, f, host+"/pages/lib", KindList, ""); err != nil {
+		t.Errorf("discovery after the rotation: %v", err)
+	}
+}
+
+// TestRefusedCredentialsRateLimited: a wrong password is refused on every
+// request, but the GOAUTH command that gave it runs once per URL per
+// credentialRetry, not once per request.
+func TestRefusedCredentialsRateLimited(t *testing.T) {
+	fx, _ := smallFixture(t)
+	s := fx.srv
+	p := s.NewRepo("private/bad")
+	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/bad\n"})
+	p.Tag("v0.1.0", "")
+	p.Push()
+	s.RequireAuth("private/", "bob", "right")
+	imp(s, "private/bad", "git", s.RepoURL("https", "private/bad"), "")
+	dir := t.TempDir()
+	log := filepath.Join(dir, "runs")
+	script := filepath.Join(dir, "auth.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\necho \"$1\" >> "+log+"\nprintf '%s\\n\\nAuthorization: Basic "+
+		base64.StdEncoding.EncodeToString([]byte("bob:wrong"))+"\\n\\n' \"$1\"\n"), 0o700)
+	f := newTestFetcher(t, fx, func(c *Config) { c.GOAUTH = "sh " + script })
+	for i := range 5 {
+		var ae *AuthError
+		if err := openErr(t, f, host+"/private/bad", KindInfo, "v0.1.0"); !errors.As(err, &ae) {
+			t.Fatalf("request %d with a wrong password: %v, want an AuthError", i, err)
+		}
+	}
+	runs, _ := os.ReadFile(log)
+	perURL := map[string]int{}
+	for _, u := range strings.Fields(string(runs)) {
+		perURL[u]++
+	}
+	for u, n := range perURL {
+		if n != 1 {
+			t.Errorf("GOAUTH command ran %d times for %s in 5 refused requests, want 1", n, u)
+		}
+	}
+	if len(perURL) == 0 {
+		t.Error("the GOAUTH command never ran")
+	}
+}
+
+// TestCredentialTTL: an answer of the GOAUTH methods is used for
+// credentialTTL, then looked up again; a removed entry stops being sent.
+func TestCredentialTTL(t *testing.T) {
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine h.example login bob password pw1\n"), 0o600)
+	c, err := parseGOAUTH("netrc", netrc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	now := t0
+	c.now = func() time.Time { return now }
+	basic := func(pw string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte("bob:"+pw))
+	}
+	for _, step := range []struct {
+		after time.Duration
+		netrc string // "" leaves the file as it is
+		want  string
+	}{
+		{0, "", basic("pw1")},
+		{time.Minute, "machine h.example login bob password pw2\n", basic("pw1")}, // cached
+		{credentialTTL, "", basic("pw2")},                                         // looked up again
+		{credentialTTL + time.Minute, "machine other.example login x password y\n", basic("pw2")},
+		{2 * credentialTTL, "", ""}, // removed: no longer sent
+	} {
+		if step.netrc != "" {
+			os.WriteFile(netrc, []byte(step.netrc), 0o600)
+		}
+		now = t0.Add(step.after)
+		got := c.headerFor(context.Background(), "https://h.example/repo").Get("Authorization")
+		if got != step.want {
+			t.Errorf("after %v: Authorization %q, want %q", step.after, got, step.want)
+		}
+	}
+	// A refusal right after a lookup does not run the methods again; one
+	// after credentialRetry does.
+	now = now.Add(time.Second)
+	if c.forget("https://h.example/repo") {
+		t.Error("forget within credentialRetry of the lookup allowed a new one")
+	}
+	now = now.Add(credentialRetry)
+	if !c.forget("https://h.example/repo") {
+		t.Error("forget after credentialRetry did not allow a new lookup")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -294,4 +295,82 @@ func TestWantStoredAnswersOnlyStored(t *testing.T) {
 			}
 		}
 	})
+}
+
+// At most maxZipCommits zip commits run at once, each with a staging
+// buffer; the other answered zips wait for a slot, and their clients do
+// not wait for any of it.
+func TestZipCommitsBounded(t *testing.T) {
+	const hangGuard = 2 * time.Minute
+	const n = maxZipCommits + 2
+	var mods []testupstream.Module
+	for i := range n {
+		mods = append(mods, testupstream.Module{Path: fmt.Sprintf("example.com/c%d", i), Version: "v1.0.0"})
+	}
+	up := newUpstream(t, mods...)
+	var inside, most atomic.Int32
+	entered := make(chan struct{}, n)
+	release := make(chan struct{})
+	var once sync.Once
+	releaseAll := func() { once.Do(func() { close(release) }) }
+	defer releaseAll()
+	e := newEnv(t, up.URL(), func(c *Config) {
+		c.NoPrefetch = true
+		c.beforeCommit = func(req Request) {
+			if req.Kind != KindZip {
+				return
+			}
+			cur := inside.Add(1)
+			for {
+				m := most.Load()
+				if cur <= m || most.CompareAndSwap(m, cur) {
+					break
+				}
+			}
+			entered <- struct{}{}
+			<-release
+			inside.Add(-1)
+		}
+	})
+	answers := make(chan error, n)
+	for _, m := range mods {
+		go func() {
+			want := up.Zip(m.Path, m.Version)
+			r := e.get("/" + m.Path + "/@v/" + m.Version + ".zip")
+			if r.status != http.StatusOK || r.body != string(want) {
+				answers <- fmt.Errorf("%s: %d, %d of %d bytes", m.Path, r.status, len(r.body), len(want))
+				return
+			}
+			answers <- nil
+		}()
+	}
+	for range n {
+		select {
+		case err := <-answers:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(hangGuard):
+			t.Fatal("a client waits for a zip commit slot")
+		}
+	}
+	for range maxZipCommits {
+		<-entered
+	}
+	// The others are answered and wait for a slot; give them time to
+	// (wrongly) take one.
+	time.Sleep(200 * time.Millisecond)
+	if got := inside.Load(); got != maxZipCommits {
+		t.Errorf("%d zip commits run at once, want %d", got, maxZipCommits)
+	}
+	releaseAll()
+	waitFlights(t, e.f)
+	if got := most.Load(); got != maxZipCommits {
+		t.Errorf("at most %d zip commits ran at once, want %d", got, maxZipCommits)
+	}
+	for _, m := range mods {
+		if _, err := e.store.Stat(cache.Key{Path: m.Path, Version: m.Version, Kind: cache.KindZip}); err != nil {
+			t.Errorf("%s not stored: %v", m.Path, err)
+		}
+	}
 }

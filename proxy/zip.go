@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"os"
@@ -509,6 +511,13 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	start := time.Now()
 	buf := make([]byte, 256<<10)
 	written := have
+	// The digest the store checks the commit against, taken as the bytes
+	// arrive rather than by reading the spool once more. A resumed copy
+	// (have > 0) is digested from the spool after.
+	var digest hash.Hash
+	if have == 0 {
+		digest = sha256.New()
+	}
 	// Followers are woken per notifyBytes, not per read: a TLS body reads
 	// a 16 KiB record at a time, and waking every follower for each (a
 	// pread, a socket write and a flush) cost more CPU than the download.
@@ -545,6 +554,9 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 				}
 				return verifiedZip{}, fmt.Errorf("spool zip of %s: %w", req, err)
 			}
+			if digest != nil {
+				digest.Write(buf[:n])
+			}
 			written += int64(n)
 			if !owned && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
 				own()
@@ -571,7 +583,14 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	if size >= 0 && written != size {
 		return verifiedZip{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, size)}
 	}
-	t, err := f.gate.CheckZipFile(ctx, key, spool.Name(), gate.Origin{Upstream: u.Name()})
+	var t *gate.Ticket
+	if digest != nil {
+		var sum [sha256.Size]byte
+		digest.Sum(sum[:0])
+		t, err = f.gate.CheckSpooledZip(ctx, key, spool.Name(), written, sum, gate.Origin{Upstream: u.Name()})
+	} else {
+		t, err = f.gate.CheckZipFile(ctx, key, spool.Name(), gate.Origin{Upstream: u.Name()})
+	}
 	if err != nil {
 		return verifiedZip{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}
@@ -623,10 +642,10 @@ func (f *Fetcher) commitZip(req Request, fl *zipFlight, vz verifiedZip, rt route
 	if err != nil {
 		return
 	}
+	f.zipCommits <- struct{}{}
 	if h := f.cfg.beforeCommit; h != nil {
 		h(req)
 	}
-	f.zipCommits <- struct{}{}
 	_, err = f.gate.Commit(vz.ticket)
 	<-f.zipCommits
 	if err != nil {

@@ -181,6 +181,20 @@ func (g *Gate) CheckZipFile(ctx context.Context, k cache.Key, file string, o Ori
 	return g.checkZip(ctx, k, file, m, func() (io.ReadCloser, error) { return os.Open(file) })
 }
 
+// CheckSpooledZip is CheckZipFile for a file whose size and SHA-256 the
+// caller took while writing it, which saves reading it once more. Commit
+// still fails unless it reads bytes of that size and SHA-256.
+func (g *Gate) CheckSpooledZip(ctx context.Context, k cache.Key, file string, size int64, sha [sha256.Size]byte, o Origin) (*Ticket, error) {
+	if k.Kind != cache.KindZip {
+		return nil, fmt.Errorf("gate: %s: not a zip", k)
+	}
+	if err := checkKey(k); err != nil {
+		return nil, err
+	}
+	m := cache.Meta{Upstream: o.Upstream, Created: o.Created, Size: size, SHA256: sha}
+	return g.checkZip(ctx, k, file, m, func() (io.ReadCloser, error) { return os.Open(file) })
+}
+
 // checkZip checks the zip at file, whose Size and SHA256 are in m, and
 // makes the ticket that commits what open reads.
 func (g *Gate) checkZip(ctx context.Context, k cache.Key, file string, m cache.Meta, open func() (io.ReadCloser, error)) (*Ticket, error) {

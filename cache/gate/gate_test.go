@@ -74,6 +74,38 @@ func lyingZipAmong(t *testing.T, declared uint64, real int64, good int) []byte {
 	return out.Bytes()
 }
 
+// damagedZip is a module zip whose entry big.go, Go-like text of 1 MiB,
+// has its deflate stream passed through damage, and its CRC-32 changed when
+// badCRC is set. Its declared sizes stay those of the real content.
+func damagedZip(t *testing.T, damage func([]byte) []byte, badCRC bool) []byte {
+	t.Helper()
+	var src bytes.Buffer
+	for i := 0; src.Len() < 1<<20; i++ {
+		fmt.Fprintf(&src, "func f%d(x int) int { return x*%d + %d }\n", i, i%97, i%13)
+	}
+	var comp bytes.Buffer
+	fw, _ := flate.NewWriter(&comp, flate.DefaultCompression)
+	fw.Write(src.Bytes())
+	fw.Close()
+	crc := crc32.ChecksumIEEE(src.Bytes())
+	if badCRC {
+		crc++
+	}
+	data := damage(comp.Bytes())
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	w, err := zw.CreateRaw(&zip.FileHeader{
+		Name: modPath + "@" + modVersion + "/big.go", Method: zip.Deflate,
+		CompressedSize64: uint64(len(data)), UncompressedSize64: uint64(src.Len()), CRC32: crc,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(data)
+	zw.Close()
+	return out.Bytes()
+}
+
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
@@ -112,6 +144,12 @@ func TestContentChecks(t *testing.T) {
 		{"zip lying sizes", cache.KindZip, lyingZip(t, 1024, 200<<20), "inflates past its declared 1024 bytes"},
 		{"zip lying entry among 200 good ones", cache.KindZip, lyingZipAmong(t, 1024, 200<<20, 200), "big.go inflates past its declared 1024 bytes"},
 		{"zip entry inflating short, among good ones", cache.KindZip, lyingZipAmong(t, 4<<20, 1<<20, 50), "inflates to 1048576 bytes, fewer than its declared 4194304"},
+		// A damaged deflate stream is refused by name, whatever the decoder
+		// makes of it, never hashed as if it ended cleanly.
+		{"zip deflate stream cut short", cache.KindZip, damagedZip(t, func(c []byte) []byte { return c[:len(c)/2] }, false), "big.go is corrupt"},
+		{"zip deflate stream of garbage", cache.KindZip, damagedZip(t, func(c []byte) []byte { return bytes.Repeat([]byte{0xff}, len(c)) }, false), "big.go is corrupt"},
+		{"zip deflate stream with a flipped bit", cache.KindZip, damagedZip(t, func(c []byte) []byte { c[len(c)/3] ^= 0x10; return c }, false), "big.go"},
+		{"zip wrong CRC-32", cache.KindZip, damagedZip(t, func(c []byte) []byte { return c }, true), "big.go fails its CRC-32 check"},
 		{"zip html", cache.KindZip, []byte("<html>login</html>"), "zip of example.com/m@v1.0.0"},
 		{"zip other module", cache.KindZip, func() []byte {
 			z, _ := testsumdb.MakeZip("example.com/evil", modVersion, map[string][]byte{"e.go": []byte("package e\n")})
@@ -340,8 +378,40 @@ func TestCommitRefusesContentChangedSinceCheck(t *testing.T) {
 	}
 }
 
+// A spooled zip whose digest, taken by the caller while writing it, does
+// not match the file (changed after it was written, or a wrong digest)
+// is checked on the file's bytes, but never committed: a zip other than
+// the one downloaded cannot be stored under its digest.
+func TestCheckSpooledZipRefusesOtherBytes(t *testing.T) {
+	k := cache.Key{Path: modPath, Version: modVersion, Kind: cache.KindZip}
+	downloaded := goodZip(t, map[string]string{"m.go": "package m\n"})
+	swapped := goodZip(t, map[string]string{"m.go": "package m // swapped\n"})
+	for name, c := range map[string]struct {
+		size int64
+		sha  [32]byte
+	}{
+		"file changed after the download": {int64(len(downloaded)), sha256.Sum256(downloaded)},
+		"wrong size":                      {int64(len(swapped)) + 1, sha256.Sum256(swapped)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := openStore(t)
+			g, _ := New(Config{Store: st, TempDir: t.TempDir()})
+			tk, err := g.CheckSpooledZip(context.Background(), k, writeTemp(t, swapped), c.size, c.sha, Origin{})
+			if err != nil {
+				t.Fatal(err) // the file's own bytes are a good zip
+			}
+			if _, err := g.Commit(tk); err == nil {
+				t.Fatal("committed bytes other than the digest's")
+			}
+			if _, err := st.Stat(k); !errors.Is(err, cache.ErrNotFound) {
+				t.Fatalf("stored: %v", err)
+			}
+		})
+	}
+}
+
 // CheckZip takes the digest while spooling, CheckZipFile by reading the
-// file: both record the content's size and SHA-256, which Commit checks.
+// file, CheckSpooledZip from its caller: all record the content's size and SHA-256, which Commit checks.
 func TestCheckZipDigestMatchesContent(t *testing.T) {
 	content := goodZip(t, map[string]string{"m.go": "package m\n"})
 	want := sha256.Sum256(content)
@@ -351,6 +421,9 @@ func TestCheckZipDigestMatchesContent(t *testing.T) {
 		"CheckZip": func(g *Gate) (*Ticket, error) { return g.CheckZip(context.Background(), k, open, Origin{}) },
 		"CheckZipFile": func(g *Gate) (*Ticket, error) {
 			return g.CheckZipFile(context.Background(), k, writeTemp(t, content), Origin{})
+		},
+		"CheckSpooledZip": func(g *Gate) (*Ticket, error) {
+			return g.CheckSpooledZip(context.Background(), k, writeTemp(t, content), int64(len(content)), want, Origin{})
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -283,6 +283,37 @@ func kernelEvidenceOf(t *testing.T, mp *proc, upstream string) *kernelEvidence {
 	return nil
 }
 
+// waitBacklog waits until the root qdisc of dev in ns holds at least min
+// bytes, or for at most limit. A queue that is still filling (the bulk's
+// slow start, later on a busy machine) drops packets before it delays
+// them: measured from a fixed sleep, A was sometimes demoted for loss
+// before any of modproxy's packets had waited in the queue, and its SRTT
+// never rose (1.35× its baseline).
+func waitBacklog(t *testing.T, ns, dev string, min int, limit time.Duration) {
+	t.Helper()
+	re := regexp.MustCompile(`backlog (\d+)(b|Kb|Mb)`)
+	deadline := time.Now().Add(limit)
+	last := "no backlog line"
+	for time.Now().Before(deadline) {
+		out, err := exec.Command("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tc -s qdisc show: %v\n%s", err, out)
+		}
+		if m := re.FindStringSubmatch(string(out)); m != nil {
+			last = m[0]
+			n, _ := strconv.Atoi(m[1])
+			n <<= map[string]int{"b": 0, "Kb": 10, "Mb": 20}[m[2]]
+			if n >= min {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Not fatal: the fault is still on, and the assertions say whether
+	// it was seen. The log tells a reader why a run was odd.
+	t.Logf("the queue on %s did not reach %d bytes in %v (last: %s)", dev, min, limit, last)
+}
+
 // srttOutrunByLoss reports whether, for the SRTT signal, a full queue's
 // drops demoted A first (the loss signal rose): traffic then left A
 // before its SRTT reached the signal's thresholds, but the kernel must
@@ -446,7 +477,7 @@ func TestKernelEvidenceFaultsEndToEnd(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(300 * time.Millisecond) // the queue fills
+		waitBacklog(t, ns, "up0", 40<<10, 5*time.Second)
 	}
 	decongest := func() {
 		close(bulkStop)

@@ -270,6 +270,12 @@ func TestPrewarmOfflineEndToEnd(t *testing.T) {
 		if got := pwStoreKeys(t, bundleFile); len(got) != len(pwStoreKeys(t, storeA)) {
 			t.Errorf("bundle of the workspace holds %d artifacts, the store %d", len(got), len(pwStoreKeys(t, storeA)))
 		}
+		// Served as it is, a bundle is refused with the way in.
+		cmd := exec.Command(modproxyBin(t), "serve", "--listen", "127.0.0.1:0", "--offline", "--db", bundleFile, "--ebpf=off")
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "is a bundle written by modproxy export") ||
+			!strings.Contains(string(out), "modproxy import --db STORE") {
+			t.Errorf("serve --db BUNDLE: %v\n%s", err, out)
+		}
 		storeC := filepath.Join(t.TempDir(), "c.db")
 		pwRun(t, false, append([]string{"import", "--db", storeC, bundleFile}, trust...)...)
 		// verify --offline proves every artifact from the store's

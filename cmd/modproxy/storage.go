@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
+	"github.com/modproxy/modproxy/bundle"
 	"github.com/modproxy/modproxy/cache"
 	"github.com/modproxy/modproxy/cache/lru"
 	"github.com/modproxy/modproxy/cache/s3store"
@@ -112,6 +113,10 @@ func openStorage(ctx context.Context, db string, sc storageConfig, spoolDir stri
 	// next request refetches it.
 	st.bolt, err = cache.Open(db, cache.Options{QuarantineCorrupt: true})
 	if err != nil {
+		return nil, err
+	}
+	if err := bundle.CheckServable(st.bolt, db); err != nil {
+		st.bolt.Close()
 		return nil, err
 	}
 	st.local, err = lru.New(st.bolt, limit)
