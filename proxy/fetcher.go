@@ -101,8 +101,13 @@ type Config struct {
 	// every module's .info, one at a time, after the .mod files; builds
 	// and go mod tidy do not.
 	PrefetchInfo bool
-	Logger       *slog.Logger
-	Metrics      *Metrics
+	// PrefetchPrunedMinMiss is the median cost of the recent .mod misses
+	// from which the requirements of a pruned go.mod (go 1.17 or later)
+	// are prefetched too (default 20ms; negative: always). See
+	// prefetcher.speculate.
+	PrefetchPrunedMinMiss time.Duration
+	Logger                *slog.Logger
+	Metrics               *Metrics
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 
@@ -201,6 +206,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PrefetchWindow <= 0 {
 		c.PrefetchWindow = defaultPrefetchWindow
+	}
+	if c.PrefetchPrunedMinMiss == 0 {
+		c.PrefetchPrunedMinMiss = defaultPrefetchPrunedMinMiss
 	}
 }
 

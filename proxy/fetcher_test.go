@@ -75,7 +75,11 @@ func newEnv(t *testing.T, list string, cfg func(*Config)) *env {
 	e.store = st
 	now := time.Now()
 	e.now.Store(&now)
-	c := Config{Store: st, ListTTL: time.Minute, Now: func() time.Time { return *e.now.Load() }, SpoolDir: t.TempDir()}
+	c := Config{Store: st, ListTTL: time.Minute, Now: func() time.Time { return *e.now.Load() }, SpoolDir: t.TempDir(),
+		// The fake upstreams answer in well under a millisecond: without
+		// this, the requirements of their go 1.21 go.mod files would not be
+		// prefetched after five misses (TestPrefetchPrunedAdapts).
+		PrefetchPrunedMinMiss: -1}
 	if list != "" {
 		ups, err := ParseUpstreams(list)
 		if err != nil {

@@ -67,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind", "result"}),
 		prefetch: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_prefetch_total",
-			Help: "Prefetched files by kind (mod: the .mod after an .info miss; require: .mod files required by a go.mod served; info: the .info after its .mod, with --prefetch-info) and result (used: a client asked for it, wasted: nobody did within the window, error, dropped: over budget).",
+			Help: "Prefetched files by kind (mod: the .mod after an .info miss; require: .mod files required by a go.mod served; info: the .info after its .mod, with --prefetch-info) and result (used: a client asked for it, wasted: nobody did within the window, error, dropped: over budget, pruned: a requirement of a go 1.17+ go.mod, not prefetched while .mod misses are cheap).",
 		}, []string{"kind", "result"}),
 		fetchShared: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modproxy_fetch_shared_total",
@@ -122,7 +122,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	for _, k := range []string{prefetchMod, prefetchRequire, prefetchInfo} {
-		for _, r := range []string{prefetchUsed, prefetchWasted, prefetchError, prefetchDropped} {
+		for _, r := range []string{prefetchUsed, prefetchWasted, prefetchError, prefetchDropped, prefetchPruned} {
 			m.prefetch.WithLabelValues(k, r)
 		}
 	}

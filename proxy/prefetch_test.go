@@ -443,11 +443,17 @@ func TestRequiredMods(t *testing.T) {
 		{"bad path", "module a\nrequire ../../etc v1.0.0\n", nil},
 		{"duplicate", "module a\nrequire b.example/x v1.0.0\nrequire b.example/x v1.0.0\n", []string{"b.example/x@v1.0.0"}},
 		{"incompatible", "module a\nrequire b.example/x v2.0.0+incompatible\n", []string{"b.example/x@v2.0.0+incompatible"}},
+		{"pruned", "module a\n\ngo 1.21\n\nrequire b.example/x v1.0.0\n", []string{"b.example/x@v1.0.0"}},
+		{"unpruned", "module a\n\ngo 1.16\n\nrequire b.example/x v1.0.0\n", []string{"b.example/x@v1.0.0"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string
-			for _, r := range requiredMods([]byte(tt.gomod)) {
+			reqs, pruned := requiredMods([]byte(tt.gomod))
+			if want := strings.Contains(tt.gomod, "go 1.21"); pruned != want {
+				t.Errorf("pruned = %v, want %v", pruned, want)
+			}
+			for _, r := range reqs {
 				if r.Kind != KindMod {
 					t.Errorf("%s: kind %s, want mod", r, r.Kind)
 				}
@@ -553,4 +559,87 @@ func TestPrefetchFailureNotNegativelyCached(t *testing.T) {
 	}
 	up.SetFaults() // the upstream is back
 	e.mustGet("/"+deps[0].Path+"/@v/v1.0.0.mod", 200)
+}
+
+func TestPrunes(t *testing.T) {
+	for v, want := range map[string]bool{
+		"1.16": false, "1.9": false, "1.16.15": false, "1.17": true, "1.17.0": true,
+		"1.21": true, "1.21rc1": true, "1.100": true, "2.0": true, "": false, "x": false, "1.": false,
+	} {
+		if got := prunes(v); got != want {
+			t.Errorf("prunes(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
+
+// The requirements of a pruned go.mod (go 1.17+) are prefetched while the
+// recent .mod misses are expensive, not once they are cheap; those of an
+// unpruned go.mod always are. Counted as pruned when skipped.
+func TestPrefetchPrunedAdapts(t *testing.T) {
+	deps := depModules("example.com/pd", 4)
+	unprunedDeps := depModules("example.com/ud", 2)
+	var mods []testupstream.Module
+	mods = append(mods, deps...)
+	mods = append(mods, unprunedDeps...)
+	pruned := requiringModule("example.com/pruned", deps)
+	unpruned := requiringModule("example.com/unpruned", unprunedDeps)
+	unpruned.Files["go.mod"] = strings.Replace(unpruned.Files["go.mod"], "go 1.21", "go 1.16", 1)
+	var fillers []testupstream.Module
+	for i := range minMissSamples {
+		fillers = append(fillers, testupstream.Module{Path: fmt.Sprintf("example.com/f%d", i), Version: "v1.0.0"})
+	}
+	mods = append(mods, pruned, unpruned)
+	mods = append(mods, fillers...)
+	for _, c := range []struct {
+		name    string
+		minMiss time.Duration
+		want    bool // pruned requirements prefetched
+	}{
+		{"misses cheaper than the threshold", time.Hour, false},
+		{"misses dearer than the threshold", time.Nanosecond, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := newUpstream(t, mods...)
+			e := newEnv(t, up.URL(), func(cfg *Config) { cfg.PrefetchPrunedMinMiss = c.minMiss })
+			// Misses to learn from.
+			for _, m := range fillers {
+				e.mustGet("/"+m.Path+"/@v/v1.0.0.mod", 200)
+			}
+			waitFlights(t, e.f)
+			e.mustGet("/example.com/pruned/@v/v1.0.0.mod", 200)
+			e.mustGet("/example.com/unpruned/@v/v1.0.0.mod", 200)
+			stored := func(ms []testupstream.Module) bool {
+				for _, d := range ms {
+					if _, err := e.store.Stat(cache.Key{Path: d.Path, Version: d.Version, Kind: cache.KindMod}); err != nil {
+						return false
+					}
+				}
+				return true
+			}
+			// The unpruned go.mod was served last: once its requirements
+			// are stored, the pruned one's prefetch has started if it was
+			// to start.
+			waitFor(t, "the requirements of the unpruned go.mod prefetched", func() bool { return stored(unprunedDeps) })
+			if c.want {
+				waitFor(t, "the requirements of the pruned go.mod prefetched", func() bool { return stored(deps) })
+			} else {
+				waitFlights(t, e.f)
+				for _, d := range deps {
+					if _, err := e.store.Stat(cache.Key{Path: d.Path, Version: d.Version, Kind: cache.KindMod}); err == nil {
+						t.Errorf("requirement %s of a pruned go.mod prefetched while misses are cheap", d.Path)
+					}
+				}
+				if n := up.Count("/example.com/pd/"); n != 0 {
+					t.Errorf("the upstream was asked %d times for requirements of the pruned go.mod", n)
+				}
+			}
+			wantPruned := 0
+			if !c.want {
+				wantPruned = len(deps)
+			}
+			if got := prefetchCount(e, prefetchRequire, prefetchPruned); got != wantPruned {
+				t.Errorf("prefetch{require,pruned} = %d, want %d", got, wantPruned)
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
@@ -66,16 +67,18 @@ func newPipeline(ctx context.Context, c serveConfig, set resolvedSettings, store
 		Offline:          c.offline,
 		NoPrefetch:       !c.prefetch,
 		PrefetchInfo:     c.prefetchInfo,
-		ListTTL:          c.listTTL,
-		NegativeTTL:      c.negativeTTL,
-		SpoolDir:         c.spoolDir,
-		MaxZipDownloads:  c.maxZipDownloads,
-		ZipQueue:         c.zipQueue,
-		ZipQueueWait:     c.zipQueueWait,
-		SpoolQuota:       int64(c.spoolQuota),
-		MinFreeSpace:     int64(c.minFreeSpace),
-		Logger:           logger,
-		Metrics:          proxy.NewMetrics(reg),
+		// The flag's 0 is "always", the Config's "the default".
+		PrefetchPrunedMinMiss: cmp.Or(c.prefetchPrunedMinMiss, -1),
+		ListTTL:               c.listTTL,
+		NegativeTTL:           c.negativeTTL,
+		SpoolDir:              c.spoolDir,
+		MaxZipDownloads:       c.maxZipDownloads,
+		ZipQueue:              c.zipQueue,
+		ZipQueueWait:          c.zipQueueWait,
+		SpoolQuota:            int64(c.spoolQuota),
+		MinFreeSpace:          int64(c.minFreeSpace),
+		Logger:                logger,
+		Metrics:               proxy.NewMetrics(reg),
 	})
 	if err != nil {
 		if od != nil {

@@ -23,32 +23,33 @@ import (
 
 // serveConfig is everything "modproxy serve" is configured with.
 type serveConfig struct {
-	listen          string
-	db              string
-	upstream        string
-	privateUpstream string
-	private         string
-	nosumdb         string
-	sumdb           string
-	offline         bool
-	sumdbFailOpen   bool
-	prefetch        bool
-	prefetchInfo    bool
-	listTTL         time.Duration
-	negativeTTL     time.Duration
-	logFormat       string
-	logLevel        string
-	spoolDir        string
-	maxZipDownloads int
-	zipQueue        int
-	zipQueueWait    time.Duration
-	spoolQuota      byteSize
-	minFreeSpace    byteSize
-	shutdownTimeout time.Duration
-	net             netConfig
-	direct          directConfig
-	access          accessConfig
-	storage         storageConfig
+	listen                string
+	db                    string
+	upstream              string
+	privateUpstream       string
+	private               string
+	nosumdb               string
+	sumdb                 string
+	offline               bool
+	sumdbFailOpen         bool
+	prefetch              bool
+	prefetchInfo          bool
+	prefetchPrunedMinMiss time.Duration
+	listTTL               time.Duration
+	negativeTTL           time.Duration
+	logFormat             string
+	logLevel              string
+	spoolDir              string
+	maxZipDownloads       int
+	zipQueue              int
+	zipQueueWait          time.Duration
+	spoolQuota            byteSize
+	minFreeSpace          byteSize
+	shutdownTimeout       time.Duration
+	net                   netConfig
+	direct                directConfig
+	access                accessConfig
+	storage               storageConfig
 }
 
 func newServeCmd() *cobra.Command {
@@ -83,6 +84,7 @@ Every flag can also be set with an environment variable MODPROXY_<FLAG>
 	f.BoolVar(&c.offline, "offline", false, "serve only what is stored; never contact an upstream")
 	f.BoolVar(&c.sumdbFailOpen, "sumdb-fail-open", false, "while the checksum database is unreachable, store and serve modules unverified instead of refusing them")
 	f.BoolVar(&c.prefetch, "prefetch", true, "after an .info miss fetch that version's .mod, after a .mod is first served fetch the .mod files it requires (never zips)")
+	f.DurationVar(&c.prefetchPrunedMinMiss, "prefetch-pruned-min-miss", 20*time.Millisecond, "prefetch the requirements of a go 1.17+ go.mod (which the go command's pruned module graph mostly does not read) only while the median recent .mod miss costs at least this; 0: always")
 	f.BoolVar(&c.prefetchInfo, "prefetch-info", true, "also prefetch a version's .info after its .mod is first served (go mod download and go list -m ask for every .info, one at a time; a build never does)")
 	f.DurationVar(&c.listTTL, "list-ttl", 5*time.Minute, "freshness of list and @latest answers")
 	f.DurationVar(&c.negativeTTL, "negative-ttl", time.Minute, "how long an upstream's not-found answer is remembered")
