@@ -448,9 +448,6 @@ func (s *Store) unmapAfterAppend() {
 	})
 }
 
-// publish writes the last chunks and the record in one transaction. If
-// the key was published meanwhile, it writes nothing and returns the stored
-// Meta; its own staged blob is then discarded.
 // maxBatchedPublish is the most content a publishing transaction may
 // write and still share a transaction with other writes.
 const maxBatchedPublish = 64 << 10
@@ -463,6 +460,9 @@ func chunksSize(chunks [][]byte) int {
 	return n
 }
 
+// publish writes the last chunks and the record in one transaction. If
+// the key was published meanwhile, it writes nothing and returns the stored
+// Meta; its own staged blob is then discarded.
 func (p *putter) publish(chunks [][]byte) (Meta, error) {
 	var stored Meta
 	lost := false
@@ -473,7 +473,7 @@ func (p *putter) publish(chunks [][]byte) (Meta, error) {
 	// their pages in memory at once.
 	blob, n := p.rec.blob, p.rec.chunks
 	run := p.s.batch
-	if size := chunksSize(chunks); size > maxBatchedPublish {
+	if chunksSize(chunks) > maxBatchedPublish {
 		run = p.s.update
 	}
 	err := run(func(tx *bbolt.Tx) error {

@@ -503,10 +503,10 @@ func matchGoImport(imports []metaImport, importPath string) (metaImport, error) 
 // ping checks that git can list repo.
 func (f *Fetcher) ping(ctx context.Context, repo string) error {
 	m := f.mirrorFor(repo)
-	config := m.auth(ctx)
-	if err := ctx.Err(); err != nil {
+	config, err := m.credentials(ctx)
+	if err != nil {
 		return err
 	}
-	_, err := f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
+	_, err = f.run.run(ctx, gitCall{args: []string{"ls-remote", "-q", "--end-of-options", repo}, config: config, allow: m.allow, timeout: f.cfg.Timeouts.LsRemote})
 	return err
 }

@@ -341,13 +341,23 @@ func (m *mirror) sync(ctx context.Context, force bool) (_ *snapshot, reused bool
 	}
 }
 
-func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
-	// Credentials are looked up for every sync (they are cached for
-	// credentialTTL), so that a rotated token reaches a mirror that
-	// lives as long as the process.
+// credentials returns the git configuration carrying the remote's
+// credentials. They are looked up for every use (and cached for
+// credentialTTL), so that a rotated token reaches a mirror that lives as
+// long as the process. A lookup cut off by ctx is an error: git must not
+// go on without credentials.
+func (m *mirror) credentials(ctx context.Context) ([]string, error) {
 	config := m.auth(ctx)
 	if err := ctx.Err(); err != nil {
-		return nil, err // the lookup was cut off: do not go on without credentials
+		return nil, err
+	}
+	return config, nil
+}
+
+func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
+	config, err := m.credentials(ctx)
+	if err != nil {
+		return nil, err
 	}
 	lsRemote := func() ([]byte, error) {
 		out, err := m.r.run(ctx, gitCall{
@@ -364,8 +374,9 @@ func (m *mirror) doSync(ctx context.Context) (*snapshot, error) {
 	if errors.As(err, &ae) && m.forget() {
 		// Refused: the credentials may have been rotated since they
 		// were looked up. Look them up again once.
-		config = m.auth(ctx)
-		out, err = lsRemote()
+		if config, err = m.credentials(ctx); err == nil {
+			out, err = lsRemote()
+		}
 	}
 	if err != nil {
 		return nil, err

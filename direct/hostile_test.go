@@ -32,6 +32,19 @@ func smallFixture(t *testing.T) (*fixture, *testgit.Repo) {
 	return &fixture{srv: s}, r
 }
 
+// privateRepo creates repository private/<name> with module
+// host/private/<name> tagged v0.1.0, served over HTTPS only to user and
+// password, and its go-import page.
+func privateRepo(s *testgit.Server, name, user, password string) *testgit.Repo {
+	r := s.NewRepo("private/" + name)
+	r.Commit(name, map[string]string{"go.mod": "module " + host + "/private/" + name + "\n", name + ".go": "package " + name + "\n"})
+	r.Tag("v0.1.0", "")
+	r.Push()
+	s.RequireAuth("private/", user, password)
+	imp(s, "private/"+name, "git", s.RepoURL("https", "private/"+name), "")
+	return r
+}
+
 func imp(s *testgit.Server, prefix, vcs, repo, subdir string) {
 	s.AddGoImport(testgit.GoImport{Prefix: host + "/" + prefix, VCS: vcs, Repo: repo, SubDir: subdir})
 }
@@ -291,12 +304,7 @@ func TestModVCS(t *testing.T) {
 func TestCredentials(t *testing.T) {
 	fx, _ := smallFixture(t)
 	s := fx.srv
-	p := s.NewRepo("private/p")
-	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/p\n", "p.go": "package p\n"})
-	p.Tag("v0.1.0", "")
-	p.Push()
-	s.RequireAuth("private/", "bob", "hunter2")
-	imp(s, "private/p", "git", s.RepoURL("https", "private/p"), "")
+	privateRepo(s, "p", "bob", "hunter2")
 	dir := t.TempDir()
 	netrc := filepath.Join(dir, "netrc")
 	os.WriteFile(netrc, []byte("machine other.example login x password y\nmachine "+host+" login bob password hunter2\n"), 0o600)
@@ -714,12 +722,7 @@ func TestCanceledGitIsNotMissing(t *testing.T) {
 func TestCanceledCredentialLookup(t *testing.T) {
 	fx, _ := smallFixture(t)
 	s := fx.srv
-	p := s.NewRepo("private/slow")
-	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/slow\n"})
-	p.Tag("v0.1.0", "")
-	p.Push()
-	s.RequireAuth("private/", "bob", "hunter2")
-	imp(s, "private/slow", "git", s.RepoURL("https", "private/slow"), "")
+	privateRepo(s, "slow", "bob", "hunter2")
 	script := filepath.Join(t.TempDir(), "auth.sh")
 	os.WriteFile(script, []byte("#!/bin/sh\ncase \"$1\" in */repo/*) sleep 1;; esac\nprintf '%s\\n\\nAuthorization: Basic "+base64.StdEncoding.EncodeToString([]byte("bob:hunter2"))+"\\n\\n' \"$1\"\n"), 0o700)
 	f := newTestFetcher(t, fx, func(c *Config) { c.GOAUTH = "sh " + script })
@@ -742,12 +745,7 @@ func TestCanceledCredentialLookup(t *testing.T) {
 func TestRotatedCredentials(t *testing.T) {
 	fx, _ := smallFixture(t)
 	s := fx.srv
-	p := s.NewRepo("private/rot")
-	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/rot\n", "p.go": "package p\n"})
-	p.Tag("v0.1.0", "")
-	p.Push()
-	s.RequireAuth("private/", "bob", "pw1")
-	imp(s, "private/rot", "git", s.RepoURL("https", "private/rot"), "")
+	p := privateRepo(s, "rot", "bob", "pw1")
 	imp(s, "pages/lib", "git", s.RepoURL("https", "lib"), "")
 	s.RequireAuthPages(host+"/pages", "bob", "pw1")
 	dir := t.TempDir()
@@ -797,12 +795,7 @@ printf '%s\n\nAuthorization: Basic %s\n\n' "$prefix" "$(printf 'bob:%s' "$(cat `
 func TestRefusedCredentialsRateLimited(t *testing.T) {
 	fx, _ := smallFixture(t)
 	s := fx.srv
-	p := s.NewRepo("private/bad")
-	p.Commit("p", map[string]string{"go.mod": "module " + host + "/private/bad\n"})
-	p.Tag("v0.1.0", "")
-	p.Push()
-	s.RequireAuth("private/", "bob", "right")
-	imp(s, "private/bad", "git", s.RepoURL("https", "private/bad"), "")
+	privateRepo(s, "bad", "bob", "right")
 	dir := t.TempDir()
 	log := filepath.Join(dir, "runs")
 	script := filepath.Join(dir, "auth.sh")

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"os"
@@ -512,11 +511,11 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	buf := make([]byte, 256<<10)
 	written := have
 	// The digest the store checks the commit against, taken as the bytes
-	// arrive rather than by reading the spool once more. A resumed copy
-	// (have > 0) is digested from the spool after.
-	var digest hash.Hash
-	if have == 0 {
-		digest = sha256.New()
+	// arrive rather than by reading the spool once more; a resumed copy's
+	// first have bytes come from the spool.
+	digest := sha256.New()
+	if _, err := io.Copy(digest, io.NewSectionReader(spool, 0, have)); err != nil {
+		return verifiedZip{}, fmt.Errorf("read spooled zip of %s: %w", req, err)
 	}
 	// Followers are woken per notifyBytes, not per read: a TLS body reads
 	// a 16 KiB record at a time, and waking every follower for each (a
@@ -554,9 +553,7 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 				}
 				return verifiedZip{}, fmt.Errorf("spool zip of %s: %w", req, err)
 			}
-			if digest != nil {
-				digest.Write(buf[:n])
-			}
+			digest.Write(buf[:n])
 			written += int64(n)
 			if !owned && (written >= f.cfg.HoldBackBytes || time.Since(start) >= f.cfg.HoldBackTime) {
 				own()
@@ -583,14 +580,9 @@ func (f *Fetcher) receiveZip(ctx context.Context, key cache.Key, req Request, u 
 	if size >= 0 && written != size {
 		return verifiedZip{}, &UpstreamError{Upstream: u.Name(), Err: fmt.Errorf("zip of %s truncated: %d of %d bytes", req, written, size)}
 	}
-	var t *gate.Ticket
-	if digest != nil {
-		var sum [sha256.Size]byte
-		digest.Sum(sum[:0])
-		t, err = f.gate.CheckSpooledZip(ctx, key, spool.Name(), written, sum, gate.Origin{Upstream: u.Name()})
-	} else {
-		t, err = f.gate.CheckZipFile(ctx, key, spool.Name(), gate.Origin{Upstream: u.Name()})
-	}
+	var sum [sha256.Size]byte
+	digest.Sum(sum[:0])
+	t, err := f.gate.CheckSpooledZip(ctx, key, spool.Name(), written, sum, gate.Origin{Upstream: u.Name()})
 	if err != nil {
 		return verifiedZip{}, &UpstreamError{Upstream: u.Name(), Err: err}
 	}

@@ -168,31 +168,34 @@ func (g *Gate) CheckSmall(ctx context.Context, k cache.Key, data []byte, o Origi
 // CheckZipFile checks the zip at file, which must stay unchanged until
 // the ticket is committed (Commit reads it again and fails if it changed).
 func (g *Gate) CheckZipFile(ctx context.Context, k cache.Key, file string, o Origin) (*Ticket, error) {
-	if k.Kind != cache.KindZip {
-		return nil, fmt.Errorf("gate: %s: not a zip", k)
-	}
-	if err := checkKey(k); err != nil {
+	if err := checkZipKey(k); err != nil {
 		return nil, err
 	}
-	m := cache.Meta{Upstream: o.Upstream, Created: o.Created}
+	var m cache.Meta
 	if err := fileDigest(file, &m); err != nil {
 		return nil, fmt.Errorf("read zip of %s@%s: %w", k.Path, k.Version, err)
 	}
-	return g.checkZip(ctx, k, file, m, func() (io.ReadCloser, error) { return os.Open(file) })
+	return g.CheckSpooledZip(ctx, k, file, m.Size, m.SHA256, o)
 }
 
 // CheckSpooledZip is CheckZipFile for a file whose size and SHA-256 the
 // caller took while writing it, which saves reading it once more. Commit
 // still fails unless it reads bytes of that size and SHA-256.
 func (g *Gate) CheckSpooledZip(ctx context.Context, k cache.Key, file string, size int64, sha [sha256.Size]byte, o Origin) (*Ticket, error) {
-	if k.Kind != cache.KindZip {
-		return nil, fmt.Errorf("gate: %s: not a zip", k)
-	}
-	if err := checkKey(k); err != nil {
+	if err := checkZipKey(k); err != nil {
 		return nil, err
 	}
 	m := cache.Meta{Upstream: o.Upstream, Created: o.Created, Size: size, SHA256: sha}
 	return g.checkZip(ctx, k, file, m, func() (io.ReadCloser, error) { return os.Open(file) })
+}
+
+// checkZipKey refuses a key that is not a zip's or names an invalid module
+// version, before anything is read.
+func checkZipKey(k cache.Key) error {
+	if k.Kind != cache.KindZip {
+		return fmt.Errorf("gate: %s: not a zip", k)
+	}
+	return checkKey(k)
 }
 
 // checkZip checks the zip at file, whose Size and SHA256 are in m, and
