@@ -219,3 +219,54 @@ func TestSalvageIntactStore(t *testing.T) {
 		t.Errorf("salvage of an intact store: %d of %d artifacts, lost %v", rep.Artifacts, len(fx.contents), rep.Lost)
 	}
 }
+
+// TestGarbageInBlobsCollected: what a killed Put or damage leaves in blobs
+// (an unreferenced bucket, a value where a bucket belongs) goes at the next
+// Open, and the store's own artifacts stay.
+func TestGarbageInBlobsCollected(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	s, err := Open(path, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := Key{"example.com/kept", "v1.0.0", KindZip}
+	data := content(ownBucketSize, 3)
+	put(t, s, k, data)
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		blobs := tx.Bucket(bucketBlobs)
+		for _, blob := range []uint64{1000, 1001} {
+			p := blobPrefix(blob)
+			if err := tx.Bucket(bucketPending).Put(p[:], appendTime(nil, s.now())); err != nil {
+				return err
+			}
+		}
+		p := blobPrefix(1000)
+		b, err := blobs.CreateBucket(p[:])
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte{0, 0, 0, 0}, make([]byte, 100)); err != nil {
+			return err
+		}
+		p = blobPrefix(1001)
+		return blobs.Put(p[:], []byte("not a bucket"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(path, testOptions()); err != nil {
+		t.Fatalf("open with garbage in blobs: %v", err)
+	}
+	defer s.Close()
+	checkInvariants(t, s) // no orphan, nothing pending
+	s.view(func(tx *bbolt.Tx) error {
+		if n := tx.Bucket(bucketBlobs).Stats().KeyN; n != 1+int(chunkCount(int64(len(data)), s.chunkSize)) {
+			t.Errorf("blobs holds %d keys after garbage collection, want the kept artifact's bucket and chunks", n)
+		}
+		return nil
+	})
+	if got, _, err := s.Get(k); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("kept artifact: %v", err)
+	}
+}

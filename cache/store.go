@@ -330,9 +330,15 @@ func (s *Store) collectGarbage() error {
 func (s *Store) discard(blob uint64) error {
 	prefix := blobPrefix(blob)
 	err := s.update(func(tx *bbolt.Tx) error {
-		err := tx.Bucket(bucketBlobs).DeleteBucket(prefix[:])
-		if errors.Is(err, berrors.ErrBucketNotFound) {
+		blobs := tx.Bucket(bucketBlobs)
+		err := blobs.DeleteBucket(prefix[:])
+		switch {
+		case errors.Is(err, berrors.ErrBucketNotFound):
 			return nil
+		case errors.Is(err, berrors.ErrIncompatibleValue):
+			// A value where the blob's bucket belongs: damage, and
+			// unreferenced like the rest of the blob.
+			return blobs.Delete(prefix[:])
 		}
 		return err
 	})
