@@ -16,8 +16,8 @@ import (
 // small ones, a few of several MB, with the default chunk and staging
 // sizes) and counts what the store writes to its file. A new blob in the
 // shared chunks bucket rewrote the leaf holding the last chunks of the
-// blobs before it: 2.35 times the content for this mix. In buckets of
-// their own the blobs write 1.3 times it (a staging transaction rewrites
+// blobs before it: 2.12 times the content for this mix. In buckets of
+// their own the blobs write 1.40 times it (a staging transaction rewrites
 // the leaf of the blob's own previous chunks). Bytes written, not time:
 // the count does not depend on the machine's load.
 //
