@@ -28,11 +28,12 @@ func flipChunkByte(t *testing.T, s *Store, k Key, idx uint32, at int) {
 		t.Fatal(err)
 	}
 	err = s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketChunks)
-		key := chunkKey(rec.blob, idx)
-		v := bytes.Clone(b.Get(key[:]))
+		b := rec.chunkBucket(tx)
+		var kb [12]byte
+		key := rec.storedKey(&kb, idx)
+		v := bytes.Clone(b.Get(key))
 		v[at] ^= 0x10
-		return b.Put(key[:], v)
+		return b.Put(key, v)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -348,6 +349,16 @@ func newDamageFixture(t *testing.T, unsynced bool) damageFixture {
 			s.Delete(k)
 		}
 		delete(fx.contents, k)
+	}
+	// Damage and salvage must meet both chunk layouts.
+	layouts := map[bool]int{}
+	for k := range fx.contents {
+		if rec, err := s.stat(k); err == nil {
+			layouts[rec.ownBucket]++
+		}
+	}
+	if layouts[true] == 0 || layouts[false] == 0 {
+		t.Fatalf("fixture layouts: %d artifacts in their own bucket, %d in the shared one; want both", layouts[true], layouts[false])
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -14,12 +14,16 @@ var (
 	bucketArtifacts  = []byte("artifacts")
 	bucketQuarantine = []byte("quarantine")
 	bucketChunks     = []byte("chunks")
+	bucketBlobs      = []byte("blobs") // schema 3; a store of an older schema may lack it
 	bucketPending    = []byte("pending")
 	bucketEntries    = []byte("meta") // mutable entries; the on-disk name predates the rename
 	bucketKV         = []byte("kv")
 	bucketSys        = []byte("sys")
 
-	allBuckets = [][]byte{bucketArtifacts, bucketQuarantine, bucketChunks, bucketPending, bucketEntries, bucketKV, bucketSys}
+	// requiredBuckets are the buckets of every schema: a read-only Open
+	// needs them. A writable Open creates allBuckets.
+	requiredBuckets = [][]byte{bucketArtifacts, bucketQuarantine, bucketChunks, bucketPending, bucketEntries, bucketKV, bucketSys}
+	allBuckets      = append(requiredBuckets[:len(requiredBuckets):len(requiredBuckets)], bucketBlobs)
 )
 
 // Keys in the sys bucket.
@@ -30,16 +34,21 @@ var (
 
 const (
 	// schemaVersion 2 added chunk checksums (artifact records of format
-	// 2). A store of schema 1 is upgraded in place when opened for
-	// writing: its artifacts keep their format-1 records and unchecksummed
-	// chunks, which stay readable (see the package comment).
-	schemaVersion    = 2
+	// 2), schema 3 the blobs bucket (format 3). A store of an older schema
+	// is upgraded in place when opened for writing: its artifacts keep
+	// their records and chunks, which stay readable (see the package
+	// comment). A build that reads only older schemas refuses the store
+	// instead of missing the content of format-3 records.
+	schemaVersion    = 3
 	minSchemaVersion = 1
 
 	formatV1 = 1 // leading byte of quarantine and entry records, and of artifact records without chunk checksums
 	// formatV2 is the leading byte of artifact records whose chunks carry
 	// a CRC-32C of their content (chunkCRCLen bytes after it).
 	formatV2 = 2
+	// formatV3 is formatV2 with the chunks in a bucket of their own, in
+	// blobs.
+	formatV3 = 3
 )
 
 // chunkCRCLen is the length of the big-endian CRC-32C (Castagnoli) that
@@ -148,11 +157,24 @@ func blobPrefix(blob uint64) [8]byte {
 	return p
 }
 
+// chunkKey is the key of chunk idx of blob in the chunks bucket. It is
+// also what a chunk's checksum covers, whichever bucket holds the chunk.
 func chunkKey(blob uint64, idx uint32) [12]byte {
 	var k [12]byte
 	binary.BigEndian.PutUint64(k[:8], blob)
 	binary.BigEndian.PutUint32(k[8:], idx)
 	return k
+}
+
+// storedKey sets *buf to chunk idx's chunkKey and returns its key in the
+// bucket chunkBucket returns: all of it in the chunks bucket, the index
+// alone in a blob's own bucket.
+func (r *record) storedKey(buf *[12]byte, idx uint32) []byte {
+	*buf = chunkKey(r.blob, idx)
+	if r.ownBucket {
+		return buf[8:]
+	}
+	return buf[:]
 }
 
 // record is a decoded artifact record.
@@ -161,8 +183,12 @@ type record struct {
 	blob      uint64
 	chunkSize int
 	chunks    uint32
-	// checksummed records (format 2) have a CRC-32C after every chunk.
+	// checksummed records (formats 2 and 3) have a CRC-32C after every
+	// chunk.
 	checksummed bool
+	// ownBucket records (format 3) keep their chunks in a bucket of their
+	// own in blobs, keyed by chunk index, instead of in chunks.
+	ownBucket bool
 }
 
 // storedLen is the length chunk i has in the chunks bucket.
@@ -215,7 +241,10 @@ func chunkCount(size int64, chunkSize int) uint32 {
 func appendRecord(dst, key []byte, r *record) []byte {
 	start := len(dst)
 	format := byte(formatV1)
-	if r.checksummed {
+	switch {
+	case r.ownBucket:
+		format = formatV3
+	case r.checksummed:
 		format = formatV2
 	}
 	dst = append(dst, format)
@@ -297,22 +326,23 @@ func decodeRecord(key, b []byte) (record, error) {
 	if err != nil {
 		return r, err
 	}
-	if b[0] == formatV2 {
+	if b[0] != formatV1 {
 		n := len(b) - chunkCRCLen
 		if n < 1 || recordCRC(key, b[:n]) != binary.BigEndian.Uint32(b[n:]) {
 			return r, fmt.Errorf("%w: artifact record fails its checksum", errCorrupt)
 		}
 		d.b = b[1:n]
 		r.checksummed = true
+		r.ownBucket = b[0] == formatV3
 	}
 	err = d.record(&r)
 	return r, err
 }
 
-// artifactDecoder is recordDecoder for artifact records, which have two
+// artifactDecoder is recordDecoder for artifact records, which have three
 // formats.
 func artifactDecoder(b []byte) (decoder, error) {
-	if len(b) == 0 || (b[0] != formatV1 && b[0] != formatV2) {
+	if len(b) == 0 || b[0] < formatV1 || b[0] > formatV3 {
 		return decoder{}, fmt.Errorf("%w: unknown artifact record format", errCorrupt)
 	}
 	return decoder{b: b[1:]}, nil

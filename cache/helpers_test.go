@@ -153,12 +153,14 @@ func checkInvariants(t testing.TB, s *Store) {
 		if err != nil {
 			return err
 		}
-		err = tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
-			blob, idx := binary.BigEndian.Uint64(k), binary.BigEndian.Uint32(k[8:])
+		chunk := func(blob uint64, idx uint32, v []byte, own bool) {
 			r := refs[blob]
 			if r == nil {
 				t.Errorf("orphan chunk %d of blob %d", idx, blob)
-				return nil
+				return
+			}
+			if own != r.rec.ownBucket {
+				t.Errorf("blob %d: chunk %d in its own bucket %v, record says %v", blob, idx, own, r.rec.ownBucket)
 			}
 			if idx != r.seen {
 				t.Errorf("blob %d: chunk %d, want %d", blob, idx, r.seen)
@@ -169,7 +171,28 @@ func checkInvariants(t testing.TB, s *Store) {
 				}
 			}
 			r.seen = idx + 1
+		}
+		err = tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
+			chunk(binary.BigEndian.Uint64(k), binary.BigEndian.Uint32(k[8:]), v, false)
 			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			blob := binary.BigEndian.Uint64(k)
+			b := tx.Bucket(bucketBlobs).Bucket(k)
+			if v != nil || b == nil {
+				t.Errorf("blobs: key %x is not a bucket", k)
+				return nil
+			}
+			if n := b.Stats().KeyN; n == 0 {
+				t.Errorf("blob %d: empty bucket", blob)
+			}
+			return b.ForEach(func(k, v []byte) error {
+				chunk(blob, binary.BigEndian.Uint32(k), v, true)
+				return nil
+			})
 		})
 		if err != nil {
 			return err
@@ -200,6 +223,14 @@ func countChunks(t testing.TB, s *Store) (chunks, pending int) {
 	t.Helper()
 	err := s.view(func(tx *bbolt.Tx) error {
 		chunks = tx.Bucket(bucketChunks).Stats().KeyN
+		blobs := tx.Bucket(bucketBlobs)
+		err := blobs.ForEach(func(k, _ []byte) error {
+			chunks += blobs.Bucket(k).Stats().KeyN
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		pending = tx.Bucket(bucketPending).Stats().KeyN
 		return nil
 	})

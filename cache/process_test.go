@@ -264,9 +264,19 @@ func orphanChunks(t *testing.T, path string) int {
 		if tx.Bucket(bucketPending).Stats().KeyN == 0 {
 			t.Error("no pending blob recorded for the staged Put")
 		}
-		return tx.Bucket(bucketChunks).ForEach(func(k, _ []byte) error {
+		err := tx.Bucket(bucketChunks).ForEach(func(k, _ []byte) error {
 			if !referenced[binary.BigEndian.Uint64(k)] {
 				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		blobs := tx.Bucket(bucketBlobs)
+		return blobs.ForEach(func(k, _ []byte) error {
+			if !referenced[binary.BigEndian.Uint64(k)] {
+				n += blobs.Bucket(k).Stats().KeyN
 			}
 			return nil
 		})

@@ -111,7 +111,7 @@ func Salvage(src string, dst *Store, w grant.Write) (*SalvageReport, error) {
 	} else {
 		sv.lose("quarantine bucket", "not found (its page is damaged): quarantined artifacts cannot be told apart")
 	}
-	sv.artifacts(buckets[string(bucketArtifacts)], buckets[string(bucketChunks)], quarantined)
+	sv.artifacts(buckets[string(bucketArtifacts)], buckets[string(bucketChunks)], buckets[string(bucketBlobs)], quarantined)
 	sv.pairs(buckets[string(bucketEntries)], "meta", func(tx *bbolt.Tx) (*bbolt.Bucket, error) { return tx.Bucket(bucketEntries), nil },
 		func(v []byte) bool { _, err := decodeEntry(v); return err == nil }, &sv.rep.Meta)
 	if kv := buckets[string(bucketKV)]; kv != nil {
@@ -238,7 +238,10 @@ func (sv *salvager) scanBucket(v []byte, what string, fn func(leafKV)) {
 
 type chunkLoc struct{ off, n int64 }
 
-func (sv *salvager) artifacts(arts, chunks []byte, quarantined map[uint64]bool) {
+// artifacts copies the artifacts of the artifacts bucket arts whose chunks
+// are readable in the chunks bucket or their own bucket in blobs (nil
+// before schema 3).
+func (sv *salvager) artifacts(arts, chunks, blobs []byte, quarantined map[uint64]bool) {
 	if arts == nil {
 		return
 	}
@@ -270,21 +273,44 @@ func (sv *salvager) artifacts(arts, chunks []byte, quarantined map[uint64]bool) 
 		items = append(items, item{k, rec})
 		wanted[rec.blob] = make([]chunkLoc, rec.chunks)
 	})
+	// found records where chunk idx of blob is.
+	found := func(blob uint64, idx uint32, kv leafKV) {
+		locs, ok := wanted[blob]
+		if !ok || int(idx) >= len(locs) {
+			return
+		}
+		if kv.val != nil { // an inline bucket (a tiny store or blob)
+			locs[idx] = chunkLoc{off: -1, n: int64(len(kv.val))}
+			key := chunkKey(blob, idx)
+			sv.inline[string(key[:])] = kv.val
+			return
+		}
+		locs[idx] = chunkLoc{off: kv.off, n: kv.n}
+	}
 	if chunks != nil {
 		sv.scanBucket(chunks, "chunks", func(kv leafKV) {
-			if len(kv.key) != 12 || kv.bucket {
-				return
-			}
-			locs, ok := wanted[binary.BigEndian.Uint64(kv.key)]
-			if idx := binary.BigEndian.Uint32(kv.key[8:]); ok && int(idx) < len(locs) {
-				if kv.val != nil { // an inline chunks bucket (a tiny store)
-					locs[idx] = chunkLoc{off: -1, n: int64(len(kv.val))}
-					sv.inline[string(kv.key)] = kv.val
-					return
-				}
-				locs[idx] = chunkLoc{off: kv.off, n: kv.n}
+			if len(kv.key) == 12 && !kv.bucket {
+				found(binary.BigEndian.Uint64(kv.key), binary.BigEndian.Uint32(kv.key[8:]), kv)
 			}
 		})
+	}
+	if blobs != nil {
+		var own []leafKV
+		sv.scanBucket(blobs, "blobs", func(kv leafKV) {
+			if len(kv.key) == 8 && kv.bucket {
+				if _, ok := wanted[binary.BigEndian.Uint64(kv.key)]; ok {
+					own = append(own, kv)
+				}
+			}
+		})
+		for _, b := range own {
+			blob := binary.BigEndian.Uint64(b.key)
+			sv.scanBucket(b.val, fmt.Sprintf("blob %d", blob), func(kv leafKV) {
+				if len(kv.key) == 4 && !kv.bucket {
+					found(blob, binary.BigEndian.Uint32(kv.key), kv)
+				}
+			})
+		}
 	}
 	sort.Slice(items, func(i, j int) bool {
 		return bytes.Compare(appendArtifactKey(nil, items[i].k), appendArtifactKey(nil, items[j].k)) < 0

@@ -52,6 +52,7 @@ type Options struct {
 	stageBytes      int   // 0 means stageBytes
 	skipCheck       bool  // open without checkFile (salvage reads damaged files)
 	largeSize       int64 // 0 means dropMappedSize
+	ownBucketSize   int64 // 0 means ownBucketSize, negative never (the layout of schema 2)
 }
 
 // Store is a bbolt-backed module artifact store. See the package comment.
@@ -69,6 +70,9 @@ type Store struct {
 	// file is the store file opened for reading, for preadChunk.
 	file      *os.File
 	largeSize int64 // artifacts this large are read with pread (dropMappedSize)
+	// ownBucketSize: content this large is stored in a bucket of its own
+	// (ownBucketSize); negative: never.
+	ownBucketSize int64
 
 	quarantineCorrupt bool
 	corruptions       atomic.Int64
@@ -138,9 +142,13 @@ func Open(path string, opts Options) (*Store, error) {
 
 		quarantineCorrupt: opts.QuarantineCorrupt,
 		largeSize:         dropMappedSize,
+		ownBucketSize:     ownBucketSize,
 	}
 	if opts.largeSize > 0 {
 		s.largeSize = opts.largeSize
+	}
+	if opts.ownBucketSize != 0 {
+		s.ownBucketSize = opts.ownBucketSize
 	}
 	// Whole chunks per staging transaction, at least one.
 	stage := stageBytes
@@ -171,7 +179,7 @@ func (s *Store) init() error {
 			if err := checkOwned(tx); err != nil {
 				return err
 			}
-			for _, name := range allBuckets {
+			for _, name := range requiredBuckets {
 				if tx.Bucket(name) == nil {
 					return fmt.Errorf("%w (no %q bucket)", ErrNotStore, name)
 				}
@@ -194,8 +202,9 @@ func (s *Store) init() error {
 				return err
 			}
 		}
-		// New stores, and stores of schema 1 (upgraded in place: their
-		// records say which artifacts have chunk checksums).
+		// New stores, and stores of older schemas (upgraded in place:
+		// their records say which artifacts have chunk checksums and
+		// where their chunks are).
 		return sys.Put(sysSchema, []byte{schemaVersion})
 	})
 	if err != nil {
@@ -276,7 +285,16 @@ func (s *Store) collectGarbage() error {
 			next := blobPrefix(blob + 1)
 			k, _ = c.Seek(next[:])
 		}
-		return nil
+		// Blobs of their own bucket: one key each.
+		return tx.Bucket(bucketBlobs).ForEach(func(k, _ []byte) error {
+			if len(k) != 8 {
+				return fmt.Errorf("%w: blob key %x", errCorrupt, k)
+			}
+			if _, ok := referenced[binary.BigEndian.Uint64(k)]; !ok {
+				orphans = append(orphans, binary.BigEndian.Uint64(k))
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("collect garbage: %w", err)
@@ -304,11 +322,29 @@ func (s *Store) collectGarbage() error {
 	return nil
 }
 
-// discard deletes the chunks of blob, at most gcBatch per transaction, then
-// its pending entry. blob must be in pending or unreferenced already, so a
-// crash part-way leaves it for the next Open.
+// discard deletes the chunks of blob, then its pending entry. blob must be
+// in pending or unreferenced already, so a crash part-way leaves it for the
+// next Open. A blob's own bucket goes in one transaction: deleting a bucket
+// frees its pages without rewriting a leaf. Chunks in the shared bucket go
+// at most gcBatch per transaction, since each delete rewrites its leaf.
 func (s *Store) discard(blob uint64) error {
 	prefix := blobPrefix(blob)
+	err := s.update(func(tx *bbolt.Tx) error {
+		blobs := tx.Bucket(bucketBlobs)
+		err := blobs.DeleteBucket(prefix[:])
+		switch {
+		case errors.Is(err, berrors.ErrBucketNotFound):
+			return nil
+		case errors.Is(err, berrors.ErrIncompatibleValue):
+			// A value where the blob's bucket belongs: damage, and
+			// unreferenced like the rest of the blob.
+			return blobs.Delete(prefix[:])
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("discard blob %d: %w", blob, err)
+	}
 	for done := false; !done; {
 		err := s.update(func(tx *bbolt.Tx) error {
 			c := tx.Bucket(bucketChunks).Cursor()

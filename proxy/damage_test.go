@@ -11,9 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/modproxy/modproxy/cache"
+	"github.com/modproxy/modproxy/cache/storedamage"
 	"github.com/modproxy/modproxy/internal/testupstream"
 )
 
@@ -51,40 +50,7 @@ func servePath(t *testing.T, path, upstream string) (string, *cache.Store, func(
 // flipStoredChunk flips one byte of chunk idx of every stored zip, behind
 // the store's back (the file must be closed).
 func flipStoredChunk(t *testing.T, path string, idx uint32) {
-	flipStoredChunks(t, path, func(k, v []byte) bool { return k[11] == byte(idx) && len(v) > 1000 })
-}
-
-func flipStoredChunks(t *testing.T, path string, match func(k, v []byte) bool) {
-	t.Helper()
-	db, err := bbolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("chunks"))
-		bad := map[string][]byte{}
-		b.ForEach(func(k, v []byte) error {
-			if len(k) == 12 && match(k, v) {
-				nv := bytes.Clone(v)
-				nv[len(nv)/3] ^= 0x01
-				bad[string(k)] = nv
-			}
-			return nil
-		})
-		if len(bad) == 0 {
-			t.Fatal("no chunk to damage")
-		}
-		for k, v := range bad {
-			if err := b.Put([]byte(k), v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	storedamage.FlipChunks(t, path, func(i uint32, v []byte) bool { return i == idx && len(v) > 1000 })
 }
 
 // TestDamagedStoredZip flips a bit in a stored zip chunk. A client must
@@ -179,7 +145,7 @@ func TestDamagedStoredMod(t *testing.T) {
 	url, _, stop := servePath(t, path, up.URL())
 	want := getBody(t, url+p)
 	stop()
-	flipStoredChunks(t, path, func(k, v []byte) bool { return bytes.HasPrefix(v, []byte("module ")) })
+	storedamage.FlipChunks(t, path, func(_ uint32, v []byte) bool { return bytes.HasPrefix(v, []byte("module ")) })
 	url, st, stop := servePath(t, path, up.URL())
 	defer stop()
 	if got := getBody(t, url+p); !bytes.Equal(got, want) {

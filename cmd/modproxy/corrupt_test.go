@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"testing"
 
-	"go.etcd.io/bbolt"
+	"github.com/modproxy/modproxy/cache/storedamage"
 )
 
 // corruptZipChunk flips a byte inside every stored chunk that starts a zip
@@ -12,36 +12,7 @@ import (
 // editing the file might, bypassing the store's API.
 func corruptZipChunk(t *testing.T, path string) {
 	t.Helper()
-	db, err := bbolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("chunks"))
-		if b == nil {
-			t.Fatal("no chunks bucket")
-		}
-		bad := map[string][]byte{}
-		c := b.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if bytes.HasPrefix(v, []byte("PK\x03\x04")) && len(v) > 80 {
-				nv := append([]byte(nil), v...)
-				nv[len(nv)/2] ^= 0xff
-				bad[string(k)] = nv
-			}
-		}
-		if len(bad) == 0 {
-			t.Fatal("no zip chunk found")
-		}
-		for k, v := range bad {
-			if err := b.Put([]byte(k), v); err != nil {
-				return err
-			}
-		}
-		return nil
+	storedamage.FlipChunks(t, path, func(_ uint32, v []byte) bool {
+		return bytes.HasPrefix(v, []byte("PK\x03\x04")) && len(v) > 80
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }

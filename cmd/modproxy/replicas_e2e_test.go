@@ -216,7 +216,13 @@ func TestReplicaKilledMidFetch(t *testing.T) {
 	if waited := time.Since(killed); waited > ttl+10*time.Second {
 		t.Errorf("B served after %v; the dead replica's lease (TTL %v) blocked it too long", waited, ttl)
 	}
-	if m, err := st.Stat(k); err != nil || m.State != cache.StateVerified {
+	// The zip streamed to the client while B downloaded it; B commits it
+	// to the bucket after the stream's last byte.
+	m, err := st.Stat(k)
+	for deadline := time.Now().Add(10 * time.Second); errors.Is(err, cache.ErrNotFound) && time.Now().Before(deadline); m, err = st.Stat(k) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil || m.State != cache.StateVerified {
 		t.Errorf("zip in the bucket after B fetched it: %+v %v", m, err)
 	}
 	_, metrics := b.get(t, "/metrics")
