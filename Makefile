@@ -34,10 +34,11 @@ test: vet ## the full test suite: vet, race-enabled tests, a short fuzz run
 test-short: ## quick tests without the race detector
 	$(GO) test -short -count=1 ./...
 
-fuzz: ## fuzz the request-path, Authorization-header and go-import page parsers, FUZZTIME each (FUZZTIME=10m)
+fuzz: ## fuzz the request-path, Authorization-header, go-import page and store-record parsers, FUZZTIME each (FUZZTIME=10m)
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./proxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAuthorization$$' -fuzztime $(FUZZTIME) ./auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseGoImports$$' -fuzztime $(FUZZTIME) ./direct/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./cache/
 
 vet: ## go vet and gofmt
 	$(GO) vet ./...
