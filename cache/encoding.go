@@ -191,7 +191,7 @@ type record struct {
 	ownBucket bool
 }
 
-// storedLen is the length chunk i has in the chunks bucket.
+// storedLen is the length chunk i has in its bucket (content and trailer).
 func (r *record) storedLen(i uint32) int {
 	if r.checksummed {
 		return r.chunkLen(i) + chunkCRCLen
