@@ -191,7 +191,8 @@ type record struct {
 	ownBucket bool
 }
 
-// storedLen is the length chunk i has in its bucket (content and trailer).
+// storedLen is the length chunk i has in its bucket: content, and the
+// checksum trailer of a checksummed record.
 func (r *record) storedLen(i uint32) int {
 	if r.checksummed {
 		return r.chunkLen(i) + chunkCRCLen
