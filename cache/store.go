@@ -324,29 +324,18 @@ func (s *Store) collectGarbage() error {
 
 // discard deletes the chunks of blob, then its pending entry. blob must be
 // in pending or unreferenced already, so a crash part-way leaves it for the
-// next Open. A blob's own bucket goes in one transaction: deleting a bucket
-// frees its pages without rewriting a leaf. Chunks in the shared bucket go
-// at most gcBatch per transaction, since each delete rewrites its leaf.
+// next Open. A blob's own bucket goes with one DeleteBucket, which frees its
+// pages without rewriting a leaf, in the first transaction: a blob of
+// either layout costs one commit unless it has more than gcBatch chunks in
+// the shared bucket, which go at most gcBatch per transaction, since each
+// delete rewrites its leaf.
 func (s *Store) discard(blob uint64) error {
 	prefix := blobPrefix(blob)
-	err := s.update(func(tx *bbolt.Tx) error {
-		blobs := tx.Bucket(bucketBlobs)
-		err := blobs.DeleteBucket(prefix[:])
-		switch {
-		case errors.Is(err, berrors.ErrBucketNotFound):
-			return nil
-		case errors.Is(err, berrors.ErrIncompatibleValue):
-			// A value where the blob's bucket belongs: damage, and
-			// unreferenced like the rest of the blob.
-			return blobs.Delete(prefix[:])
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("discard blob %d: %w", blob, err)
-	}
 	for done := false; !done; {
 		err := s.update(func(tx *bbolt.Tx) error {
+			if err := deleteOwnBucket(tx, prefix); err != nil {
+				return err
+			}
 			c := tx.Bucket(bucketChunks).Cursor()
 			// Seek afresh after each delete: a bbolt cursor's Next after
 			// Delete can skip a key.
@@ -367,6 +356,22 @@ func (s *Store) discard(blob uint64) error {
 		}
 	}
 	return nil
+}
+
+// deleteOwnBucket deletes the bucket of the blob with prefix in blobs, if
+// it has one.
+func deleteOwnBucket(tx *bbolt.Tx, prefix [8]byte) error {
+	blobs := tx.Bucket(bucketBlobs)
+	err := blobs.DeleteBucket(prefix[:])
+	switch {
+	case errors.Is(err, berrors.ErrBucketNotFound):
+		return nil
+	case errors.Is(err, berrors.ErrIncompatibleValue):
+		// A value where the blob's bucket belongs: damage, and
+		// unreferenced like the rest of the blob.
+		return blobs.Delete(prefix[:])
+	}
+	return err
 }
 
 // Close closes the store. Readers opened from it fail afterwards.

@@ -34,9 +34,9 @@ type credentials struct {
 
 	mu    sync.Mutex
 	cache map[string]credEntry // prefix (host/path, no scheme) -> headers
-	ran   map[string]time.Time // per-URL methods last run, by URL key
-	// refused is when a server last refused the credentials of a URL key.
-	refused map[string]time.Time
+	// ran is when the per-URL methods last ran, by URL key; forget deletes
+	// a key so that the next lookup runs them again.
+	ran map[string]time.Time
 }
 
 // credEntry is one prefix's headers and when a method produced them.
@@ -64,8 +64,7 @@ type authMethod struct {
 // parseGOAUTH parses a GOAUTH value. Empty means "netrc", the go
 // command's default.
 func parseGOAUTH(s, netrcPath string) (*credentials, error) {
-	c := &credentials{netrc: netrcPath, now: time.Now,
-		cache: map[string]credEntry{}, ran: map[string]time.Time{}, refused: map[string]time.Time{}}
+	c := &credentials{netrc: netrcPath, now: time.Now, cache: map[string]credEntry{}, ran: map[string]time.Time{}}
 	s = strings.TrimSpace(s)
 	if s == "" {
 		s = "netrc"
@@ -137,9 +136,8 @@ func (c *credentials) headerFor(ctx context.Context, rawURL string) http.Header 
 	defer c.mu.Unlock()
 	now := c.now()
 	last, ran := c.ran[key]
-	if !ran || now.Sub(last) >= credentialTTL || c.refused[key].After(last) {
+	if !ran || now.Sub(last) >= credentialTTL {
 		c.ran[key] = now
-		delete(c.refused, key)
 		c.run(ctx, key, now)
 		if ctx.Err() != nil {
 			delete(c.ran, key) // cut off: ask again next time
@@ -204,11 +202,10 @@ func (c *credentials) forget(rawURL string) bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.now()
-	if now.Sub(c.ran[key]) < credentialRetry {
+	if last, ran := c.ran[key]; ran && c.now().Sub(last) < credentialRetry {
 		return false
 	}
-	c.refused[key] = now
+	delete(c.ran, key)
 	return true
 }
 

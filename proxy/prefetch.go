@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"context"
+	"go/version"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -454,17 +454,8 @@ func (r Request) key() cache.Key {
 }
 
 // prunes reports whether a go.mod declaring go version v (1.21, 1.21.0,
-// 1.21rc1, 1.9) has a pruned module graph: go 1.17 and later.
+// 1.21rc1, 1.9) has a pruned module graph: go 1.17 and later. An invalid
+// version compares below every valid one.
 func prunes(v string) bool {
-	major, rest, _ := strings.Cut(v, ".")
-	if major != "1" {
-		n, err := strconv.Atoi(major)
-		return err == nil && n > 1
-	}
-	minor := rest
-	if i := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
-		minor = rest[:i]
-	}
-	n, err := strconv.Atoi(minor)
-	return err == nil && n >= 17
+	return version.Compare("go"+v, "go1.17") >= 0
 }
