@@ -134,6 +134,10 @@ type Config struct {
 	// beforeCommit, a test seam, runs before the store commit of a
 	// verified .info, .mod or zip, after its clients were answered.
 	beforeCommit func(Request)
+	// afterRelease, a test seam, runs when a verified zip has been
+	// released to its clients, before its commit or, with no room, before
+	// its download ends unstored.
+	afterRelease func(Request)
 }
 
 func (c *Config) setDefaults() {

@@ -186,34 +186,37 @@ func (f *Fetcher) Zip(ctx context.Context, req Request, mode ZipMode) (*ZipResul
 	for {
 		fl.mu.Lock()
 		done, streaming, ch, size := fl.done, fl.streaming, fl.changed, fl.size
-		if streaming && !done && (mode == ZipStream || mode == ZipStreamSized && size >= 0) {
+		ferr, rt, unstored, spoolName, written := fl.err, fl.rt, fl.unstored, fl.spool, fl.written
+		// Unstored is set once the zip is verified, whole in the spool
+		// (commitZip): it is served from there whether or not the flight
+		// has ended. Following it as a stream instead gave a client that
+		// joined in between an unstored answer of no length: an empty 200.
+		if streaming && !done && !unstored && (mode == ZipStream || mode == ZipStreamSized && size >= 0) {
 			// The route is known once the zip is verified (commitZip).
 			spool, err := os.Open(fl.spool)
-			rt, unstored := fl.rt, fl.unstored
 			fl.mu.Unlock()
 			if err != nil {
 				return nil, fmt.Errorf("follow download of %s: %w", req, err)
 			}
 			follows = true
-			return &ZipResult{Cache: "miss", Route: rt, Unstored: unstored, flight: fl, spool: spool, release: f.unfollow(key, fl)}, nil
+			return &ZipResult{Cache: "miss", Route: rt, flight: fl, spool: spool, release: f.unfollow(key, fl)}, nil
 		}
-		ferr, rt, unstored, spoolName, written := fl.err, fl.rt, fl.unstored, fl.spool, fl.written
 		fl.mu.Unlock()
+		if unstored && mode == ZipPrewarm {
+			// Prewarm is there to store: a zip it cannot keep failed.
+			return nil, insufficientStorage("%s.zip was verified but not stored: the store's disk is full", req)
+		}
+		if unstored {
+			spool, err := os.Open(spoolName)
+			if err != nil {
+				return nil, fmt.Errorf("read unstored download of %s: %w", req, err)
+			}
+			follows = true
+			return &ZipResult{Cache: "miss", Route: rt, Unstored: true, Size: written, spool: spool, release: f.unfollow(key, fl)}, nil
+		}
 		if done {
 			if ferr != nil {
 				return nil, ferr
-			}
-			if unstored && mode == ZipPrewarm {
-				// Prewarm is there to store: a zip it cannot keep failed.
-				return nil, insufficientStorage("%s.zip was verified but not stored: the store's disk is full", req)
-			}
-			if unstored {
-				spool, err := os.Open(spoolName)
-				if err != nil {
-					return nil, fmt.Errorf("read unstored download of %s: %w", req, err)
-				}
-				follows = true
-				return &ZipResult{Cache: "miss", Route: rt, Unstored: true, Size: written, spool: spool, release: f.unfollow(key, fl)}, nil
 			}
 			r, err := f.store.Open(key)
 			if err != nil {
@@ -631,6 +634,9 @@ func (f *Fetcher) commitZip(req Request, fl *zipFlight, vz verifiedZip, rt route
 		fl.rt, fl.written, fl.unstored = rt, vz.size, err != nil
 		fl.verified.Store(true)
 	})
+	if h := f.cfg.afterRelease; h != nil {
+		h(req)
+	}
 	if err != nil {
 		return
 	}

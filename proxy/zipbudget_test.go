@@ -354,6 +354,53 @@ type fakeDisk struct{ free atomic.Int64 }
 
 func (d *fakeDisk) DiskFree(string) (uint64, error) { return uint64(d.free.Load()), nil }
 
+// TestUnstoredZipBeforeFlightEnds: clients of a zip verified with no room
+// in the store, asking before its download has ended (the first client,
+// woken by the verification, and one arriving then), get the whole zip
+// from the spool with the not-stored Warning. Following it as a stream
+// gave them an empty 200.
+func TestUnstoredZipBeforeFlightEnds(t *testing.T) {
+	mod := bigTestModule("example.com/big", "v1.0.0", 200<<10)
+	up := newUpstream(t, mod)
+	zip := up.Zip(mod.Path, mod.Version)
+	disk := &fakeDisk{}
+	disk.free.Store(1<<20 + int64(len(zip)) + int64(len(zip))/32) // room for the spool, not for the store
+	released, hold := make(chan struct{}), make(chan struct{})
+	e := newEnv(t, up.URL(), func(c *Config) {
+		c.DiskFree, c.MinFreeSpace = disk.DiskFree, 1<<20
+		c.afterRelease = func(Request) {
+			close(released)
+			<-hold
+		}
+	})
+	const path = "/example.com/big/@v/v1.0.0.zip"
+	first := make(chan response, 1)
+	go func() {
+		// Not e.get: its Fatal must not run off the test's goroutine.
+		resp, err := e.srv.Client().Get(e.srv.URL + path)
+		if err != nil {
+			first <- response{body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			b = []byte(err.Error())
+		}
+		first <- response{resp.StatusCode, string(b), resp.Header}
+	}()
+	<-released
+	for i, r := range []response{e.get(path), <-first} {
+		if r.status != 200 || r.body != string(zip) {
+			t.Errorf("client %d while the download had not ended: %d, %d of %d bytes", i, r.status, len(r.body), len(zip))
+		}
+		if !strings.Contains(r.header.Get("Warning"), "not stored") {
+			t.Errorf("client %d: Warning = %q, want the not-stored warning", i, r.header.Get("Warning"))
+		}
+	}
+	close(hold)
+}
+
 // TestFullDiskPassesThroughUnstored: with no room on the store's disk a
 // verified miss is served unstored (Warning, counted), /readyz answers 503
 // with the reason, and both recover when space is freed.
@@ -371,7 +418,7 @@ func TestFullDiskPassesThroughUnstored(t *testing.T) {
 	const path = "/example.com/big/@v/v1.0.0.zip"
 	r := e.mustGet(path, 200)
 	if r.body != string(up.Zip(mod.Path, mod.Version)) {
-		t.Fatal("unstored zip differs from upstream's")
+		t.Fatalf("unstored zip differs from upstream's: %d bytes, want %d, status %d, headers %v", len(r.body), zipLen, r.status, r.header)
 	}
 	if !strings.Contains(r.header.Get("Warning"), "not stored") {
 		t.Errorf("Warning = %q, want the not-stored warning", r.header.Get("Warning"))
